@@ -1,1 +1,47 @@
-pub fn x(){}
+//! sutra: in-database multi-tenancy for PostgreSQL.
+//!
+//! This crate is the PostgreSQL side: loading, configuration, and the SQL-callable functions.
+//! The algorithms themselves live in the Postgres-free `sutra-core` crate.
+
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+
+::pgrx::pg_module_magic!(name, version);
+
+mod error;
+mod fmgr;
+mod guc;
+mod vector;
+
+extension_sql_file!("../sql/vector.sql", name = "vector");
+
+/// Library entry point. sutra keeps state in shared memory and hooks the executor, which only
+/// works when the postmaster loads it at start, so any other way of loading it is refused.
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    // SAFETY: a plain global of the backend, written only by the postmaster while it loads the
+    // preload libraries; reading it here, single-threaded, is sound.
+    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    if !preloading {
+        error::raise_hint(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "sutra must be loaded via shared_preload_libraries",
+            "Add shared_preload_libraries = 'sutra' to postgresql.conf and restart the server.",
+        );
+    }
+    guc::init();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;
+
+/// Settings for the cluster `cargo pgrx test` starts.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries = 'sutra'"]
+    }
+}

@@ -184,6 +184,44 @@ fn parse_number(token: &str) -> Result<f32, ParseError> {
     Ok(value)
 }
 
+/// True when the decimal `digits` (as printed) lies exactly on the edge of the interval of
+/// values that round to `x`, that is, on the midpoint between `x` and a neighbouring f32.
+/// Such a decimal reads back as `x` only under round-half-even, so PostgreSQL never prints one.
+fn on_rounding_edge(x: f32, digits: &str) -> bool {
+    // Midpoints between neighbouring f32 values need 25 significant bits: exact in f64. A
+    // decimal of at most 9 digits that is not exactly a midpoint cannot parse to one.
+    let v: f64 = digits.parse().expect("formatted by Rust");
+    let xf = x as f64;
+    let below = x.next_down() as f64;
+    let above = if x.next_up().is_finite() {
+        x.next_up() as f64
+    } else {
+        xf + (xf - below)
+    };
+    v == (xf + below) / 2.0 || v == (xf + above) / 2.0
+}
+
+/// The shortest decimal digits of a positive finite `x` in scientific form (`d.ddde-N`), chosen
+/// as PostgreSQL's float4out chooses them: the fewest significant digits that read back as `x`
+/// under any rounding (never a value on the edge of `x`'s rounding interval), and among those the
+/// nearest to `x`, ties to an even last digit.
+fn shortest_digits(x: f32, scratch: &mut String) {
+    scratch.clear();
+    // Rust's shortest form has the fewest digits that round-trip, possibly on an edge; PostgreSQL
+    // needs at least as many.
+    let _ = write!(scratch, "{:e}", x);
+    let mut n = scratch.split('e').next().unwrap().bytes().filter(u8::is_ascii_digit).count();
+    loop {
+        scratch.clear();
+        // Exact formatting to `n` significant digits rounds the exact value half to even.
+        let _ = write!(scratch, "{:.*e}", n - 1, x);
+        if n >= 9 || (scratch.parse::<f32>() == Ok(x) && !on_rounding_edge(x, scratch)) {
+            return;
+        }
+        n += 1;
+    }
+}
+
 /// Appends one element in PostgreSQL's `float4out` layout (shortest round-trip digits).
 pub fn write_element(out: &mut String, x: f32, scratch: &mut String) {
     if x == 0.0 {
@@ -201,23 +239,21 @@ pub fn write_element(out: &mut String, x: f32, scratch: &mut String) {
         });
         return;
     }
-    scratch.clear();
-    // `{:e}` prints the shortest digits that round-trip, as `-d.ddde-N`.
-    let _ = write!(scratch, "{:e}", x);
-    let (mantissa, exp) = scratch.split_once('e').expect("exponent form");
-    let exp: i32 = exp.parse().expect("exponent");
-    let (negative, mantissa) = match mantissa.strip_prefix('-') {
-        Some(m) => (true, m),
-        None => (false, mantissa),
-    };
-    if negative {
+    if x < 0.0 {
         out.push('-');
     }
+    shortest_digits(x.abs(), scratch);
+    let (mantissa, exp) = scratch.split_once('e').expect("exponent form");
+    let exp: i32 = exp.parse().expect("exponent");
     let mut digits = [0u8; 16];
     let mut n = 0;
     for b in mantissa.bytes().filter(|b| b.is_ascii_digit()) {
         digits[n] = b;
         n += 1;
+    }
+    // Exact formatting may leave trailing zeros ("1.500e0"); they are not significant.
+    while n > 1 && digits[n - 1] == b'0' {
+        n -= 1;
     }
     let digits = &digits[..n];
     let push = |out: &mut String, d: &[u8]| {
@@ -336,6 +372,14 @@ mod tests {
         assert_eq!(el(f32::MAX), "3.4028235e+38");
         assert_eq!(el(f32::MIN_POSITIVE), "1.1754944e-38");
         assert_eq!(format(&[1.0, 2.5, -3.0]), "[1,2.5,-3]");
+        // Exact ties round to an even last digit (19781.0625 is exactly between two 8-digit
+        // decimals).
+        assert_eq!(el(19781.0625), "19781.062");
+        // The 7-digit decimal 2.747984e9 lies exactly on the edge of the float's rounding
+        // interval: PostgreSQL prints 8 digits instead.
+        assert_eq!(el(-2747983872.0), "-2.7479839e+09");
+        assert_eq!(el(50816768.0), "5.0816768e+07");
+        assert_eq!(el(1e-45), "1e-45");
     }
 
     proptest! {

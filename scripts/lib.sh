@@ -1,0 +1,103 @@
+# Helpers shared by sutra's scripts: toolchain setup and throwaway PostgreSQL clusters.
+# Source it; it sets REPO, PG_CONFIG, PG_BIN and PGRX_VERSION.
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+PG_BIN=$(dirname "$PG_CONFIG")
+PGRX_VERSION=$(sed -nE 's/^pgrx = "=?([0-9.]+)"/\1/p' "$REPO/Cargo.toml" | head -n1)
+APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang pkg-config sudo)
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+
+is_root() { [ "$(id -u)" = 0 ]; }
+
+# Runs a command as root (directly when we are root).
+as_root() { if is_root; then "$@"; else sudo "$@"; fi; }
+
+# Runs a PostgreSQL server command: as the postgres OS user when we are root (initdb and
+# pg_ctl refuse root), as ourselves otherwise.
+as_pg() { if is_root; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+ensure_packages() {
+    local missing=()
+    for p in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing ${missing[*]}"
+        as_root apt-get update -qq
+        # The server and its headers are installed together so that they stay on one minor version.
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${APT_PACKAGES[@]}" >/dev/null
+    fi
+}
+
+ensure_cargo_pgrx() {
+    if [ "$(cargo pgrx --version 2>/dev/null)" != "cargo-pgrx $PGRX_VERSION" ]; then
+        log "installing cargo-pgrx $PGRX_VERSION (a few minutes, once)"
+        cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
+    fi
+    local config="${PGRX_HOME:-$HOME/.pgrx}/config.toml"
+    if ! grep -qs "^pg15 = \"$PG_CONFIG\"" "$config"; then
+        log "cargo pgrx init against $PG_CONFIG"
+        cargo pgrx init --pg15 "$PG_CONFIG"
+    fi
+}
+
+# Everything a build needs: system packages, cargo-pgrx, pgrx's configuration.
+setup_toolchain() {
+    ensure_packages
+    ensure_cargo_pgrx
+}
+
+# Builds and installs the extension into the system PostgreSQL (extra args: e.g. --release).
+install_extension() {
+    log "building and installing sutra $*"
+    local sudo_flag=()
+    is_root || sudo_flag=(--sudo)
+    (cd "$REPO" && cargo pgrx install --pg-config "$PG_CONFIG" "${sudo_flag[@]}" "$@")
+}
+
+# cluster_start DIR PORT [CONF_LINE...]: a new cluster in DIR, listening on a socket in DIR only,
+# with sutra preloaded unless a CONF_LINE sets shared_preload_libraries itself.
+cluster_start() {
+    local dir=$1 port=$2
+    shift 2
+    cluster_stop "$dir"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    is_root && chown postgres: "$dir"
+    as_pg "$PG_BIN/initdb" -D "$dir" -A trust -U postgres --no-sync -E UTF8 --locale=C >"$dir.initdb.log" 2>&1
+    {
+        echo "port = $port"
+        echo "listen_addresses = ''"
+        echo "unix_socket_directories = '$dir'"
+        echo "fsync = off"
+        if ! printf '%s\n' "$@" | grep -q '^shared_preload_libraries'; then
+            echo "shared_preload_libraries = 'sutra'"
+        fi
+        printf '%s\n' "$@"
+    } >>"$dir/postgresql.conf"
+    # Without RUST_BACKTRACE the server reports errors without a Rust backtrace in DETAIL, so
+    # expected test output does not depend on the caller's environment.
+    as_pg env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE "$PG_BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start >/dev/null
+}
+
+cluster_stop() {
+    local dir=$1
+    if [ -f "$dir/postmaster.pid" ]; then
+        as_pg "$PG_BIN/pg_ctl" -D "$dir" -m fast -w stop >/dev/null 2>&1 || true
+    fi
+}
+
+# A Python virtualenv under target/ with the client libraries the client tests use.
+ensure_python_env() {
+    local venv="$REPO/target/venv"
+    local stamp="$venv/.requirements"
+    if ! cmp -s "$REPO/pgrx-tests/client/requirements.txt" "$stamp" 2>/dev/null; then
+        log "preparing the Python client environment"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q --disable-pip-version-check -r "$REPO/pgrx-tests/client/requirements.txt"
+        cp "$REPO/pgrx-tests/client/requirements.txt" "$stamp"
+    fi
+    PYTHON="$venv/bin/python"
+}

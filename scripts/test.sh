@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Runs every test suite of sutra: Rust unit tests, #[pg_test] tests in a real PostgreSQL, SQL
+# regression tests with expected output, and client tests through real drivers. Sets up what is
+# missing first (see setup in lib.sh). Throwaway clusters live under target/ and are stopped on
+# exit. Ends with a line "N passed, N failed" counting individual tests.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO"
+
+setup_toolchain
+ensure_python_env
+
+RESULTS="$REPO/target/test-results"
+rm -rf "$RESULTS"
+mkdir -p "$RESULTS"
+PASSED=0
+FAILED=0
+SUITES_FAILED=()
+
+count() { # count NAME PASSED FAILED
+    PASSED=$((PASSED + $2))
+    FAILED=$((FAILED + $3))
+    printf '    %s: %d passed, %d failed\n' "$1" "$2" "$3" >&2
+}
+
+# Sums the "N passed; M failed" of cargo's test result lines in a log.
+cargo_counts() {
+    sed -nE 's/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/p' "$1" |
+        awk '{p += $1; f += $2} END {print p + 0, f + 0}'
+}
+
+run_suite() { # run_suite NAME COMMAND...: runs, logs, and records a failure of the command
+    local name=$1
+    shift
+    log "$name"
+    if "$@" 2>&1 | tee "$RESULTS/$name.log"; then return 0; fi
+    SUITES_FAILED+=("$name")
+    return 1
+}
+
+# 1. Rust unit tests of the Postgres-free core.
+run_suite unit cargo test -p sutra-core || true
+read -r p f < <(cargo_counts "$RESULTS/unit.log")
+count unit "$p" "$f"
+
+# 2. #[pg_test] tests: pgrx starts its own cluster, with sutra preloaded.
+PGRX_ARGS=()
+if is_root; then
+    mkdir -p "$REPO/target/pgrx-test-data"
+    chown postgres: "$REPO/target/pgrx-test-data"
+    PGRX_ARGS=(--runas postgres --pgdata "$REPO/target/pgrx-test-data")
+fi
+run_suite pg_test cargo pgrx test pg15 "${PGRX_ARGS[@]}" || true
+read -r p f < <(cargo_counts "$RESULTS/pg_test.log")
+count pg_test "$p" "$f"
+
+# 3. and 4. run against throwaway clusters of the installed extension (no test functions in it).
+install_extension
+CLUSTER="$REPO/target/test-cluster"
+PLAIN="$REPO/target/test-cluster-nopreload"
+PORT=54615
+PLAIN_PORT=54616
+trap 'cluster_stop "$CLUSTER"; cluster_stop "$PLAIN"' EXIT
+log "starting throwaway clusters"
+cluster_start "$CLUSTER" "$PORT"
+cluster_start "$PLAIN" "$PLAIN_PORT" "shared_preload_libraries = ''"
+
+# 3. SQL regression tests with expected output.
+REGRESS_DIR="$REPO/pgrx-tests/regress"
+PG_REGRESS="$(dirname "$("$PG_CONFIG" --pgxs)")/../test/regress/pg_regress"
+mkdir -p "$RESULTS/regress"
+run_suite regress "$PG_REGRESS" --host="$CLUSTER" --port="$PORT" --user=postgres \
+    --inputdir="$REGRESS_DIR" --outputdir="$RESULTS/regress" --dbname=sutra_regress \
+    --load-extension=sutra --schedule="$REGRESS_DIR/schedule" || true
+p=$(grep -cE '\.\.\. ok( |$)' "$RESULTS/regress.log" || true)
+f=$(grep -cE '\.\.\. FAILED' "$RESULTS/regress.log" || true)
+[ -f "$RESULTS/regress/regression.diffs" ] && cat "$RESULTS/regress/regression.diffs" >&2
+count regress "$p" "$f"
+
+# 4. Client tests through real drivers.
+as_pg "$PG_BIN/psql" -X -q -h "$CLUSTER" -p "$PORT" -U postgres -d postgres \
+    -c "CREATE DATABASE sutra_client" -c "\\c sutra_client" -c "CREATE EXTENSION sutra" >/dev/null
+export SUTRA_TEST_HOST="$CLUSTER" SUTRA_TEST_PORT="$PORT"
+export SUTRA_NOPRELOAD_HOST="$PLAIN" SUTRA_NOPRELOAD_PORT="$PLAIN_PORT"
+run_suite client "$PYTHON" -m pytest -q -p no:cacheprovider "$REPO/pgrx-tests/client" || true
+p=$(sed -nE 's/.* ([0-9]+) passed.*/\1/p' "$RESULTS/client.log" | tail -n1)
+f=$(sed -nE 's/.* ([0-9]+) failed.*/\1/p' "$RESULTS/client.log" | tail -n1)
+count client "${p:-0}" "${f:-0}"
+
+if [ ${#SUITES_FAILED[@]} -gt 0 ]; then
+    echo "failed suites: ${SUITES_FAILED[*]}" >&2
+    # A suite that failed without a failing test (a build error, a crash) still fails the run.
+    [ "$FAILED" -gt 0 ] || FAILED=1
+fi
+echo "$PASSED passed, $FAILED failed"
+[ "$FAILED" -eq 0 ]

@@ -1,0 +1,58 @@
+//! Declaring PostgreSQL version-1 C functions.
+//!
+//! sutra writes the SQL of its types, operators and casts by hand (`sql/*.sql`), the way a C
+//! extension does, so it has full control of volatility, strictness and parallel safety. The Rust
+//! side of each such function is declared with [`pg_function!`].
+
+/// Declares `pg_finfo_<name>` (the version-1 call convention record PostgreSQL looks up with
+/// `dlsym`) and the entry point `<name>`, guarded as `#[pg_guard]` guards, so that a Rust panic or an
+/// `ereport` becomes a PostgreSQL error instead of unwinding into C.
+macro_rules! pg_function {
+    ($(#[$meta:meta])* fn $name:ident($fcinfo:ident) $body:block) => {
+        ::paste::paste! {
+            #[unsafe(no_mangle)]
+            #[doc(hidden)]
+            pub extern "C" fn [<pg_finfo_ $name>]() -> &'static ::pgrx::pg_sys::Pg_finfo_record {
+                const V1: ::pgrx::pg_sys::Pg_finfo_record =
+                    ::pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
+                &V1
+            }
+        }
+        $(#[$meta])*
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C-unwind" fn $name(
+            $fcinfo: ::pgrx::pg_sys::FunctionCallInfo,
+        ) -> ::pgrx::pg_sys::Datum {
+            // What `#[pg_guard]` expands to: run the body under pgrx's guard, which turns a
+            // panic or an ereport into a PostgreSQL error at this boundary.
+            ::pgrx::pg_sys::submodules::panic::pgrx_extern_c_guard(move || {
+                #[allow(unused_unsafe)]
+                unsafe { $body }
+            })
+        }
+    };
+}
+
+pub(crate) use pg_function;
+
+use pgrx::pg_sys;
+
+/// Argument `n` as an `i32`.
+///
+/// # Safety
+/// `fcinfo` is the call's own, with at least `n + 1` arguments, argument `n` an `int4`.
+#[inline]
+pub unsafe fn arg_i32(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> i32 {
+    pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, n).value() as i32
+}
+
+/// Copies a Rust string into a palloc'd, NUL-terminated C string (for `cstring` results).
+pub fn palloc_cstring(s: &str) -> pg_sys::Datum {
+    // SAFETY: palloc either returns `len + 1` writable bytes or raises an ERROR (no return).
+    unsafe {
+        let p = pg_sys::palloc(s.len() + 1) as *mut u8;
+        std::ptr::copy_nonoverlapping(s.as_ptr(), p, s.len());
+        *p.add(s.len()) = 0;
+        pg_sys::Datum::from(p)
+    }
+}

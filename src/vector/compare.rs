@@ -1,0 +1,51 @@
+//! The btree ordering of vectors: element by element, then the shorter vector first. It gives
+//! `=`, `<>`, `<`, `<=`, `>`, `>=`, ORDER BY, DISTINCT, GROUP BY and unique indexes.
+
+use std::cmp::Ordering;
+
+use pgrx::pg_sys;
+
+use super::arg;
+use crate::fmgr::pg_function;
+
+fn compare(a: &[f32], b: &[f32]) -> Ordering {
+    for (x, y) in a.iter().zip(b) {
+        // Vectors hold no NaN, so the partial order is total here.
+        match x.partial_cmp(y).unwrap_or(Ordering::Equal) {
+            Ordering::Equal => continue,
+            other => return other,
+        }
+    }
+    a.len().cmp(&b.len())
+}
+
+/// The ordering of the two vector arguments.
+///
+/// # Safety
+/// Both arguments are non-null vectors.
+unsafe fn args_cmp(fcinfo: pg_sys::FunctionCallInfo) -> Ordering {
+    compare(arg(fcinfo, 0), arg(fcinfo, 1))
+}
+
+pg_function! {
+    /// `vector_cmp(vector, vector)`: the btree support function.
+    fn vector_cmp(fcinfo) { pg_sys::Datum::from(args_cmp(fcinfo) as i32) }
+}
+pg_function! {
+    fn vector_lt(fcinfo) { pg_sys::Datum::from(args_cmp(fcinfo).is_lt()) }
+}
+pg_function! {
+    fn vector_le(fcinfo) { pg_sys::Datum::from(args_cmp(fcinfo).is_le()) }
+}
+pg_function! {
+    fn vector_eq(fcinfo) { pg_sys::Datum::from(args_cmp(fcinfo).is_eq()) }
+}
+pg_function! {
+    fn vector_ne(fcinfo) { pg_sys::Datum::from(args_cmp(fcinfo).is_ne()) }
+}
+pg_function! {
+    fn vector_ge(fcinfo) { pg_sys::Datum::from(args_cmp(fcinfo).is_ge()) }
+}
+pg_function! {
+    fn vector_gt(fcinfo) { pg_sys::Datum::from(args_cmp(fcinfo).is_gt()) }
+}

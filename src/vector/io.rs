@@ -1,0 +1,155 @@
+//! Text and binary forms of `sutra.vector`, and its `vector(n)` type modifier.
+
+use std::ffi::CStr;
+
+use pgrx::pg_sys;
+use pgrx::PgSqlErrorCode;
+use sutra_core::vector_text::{self, ParseError};
+use sutra_core::VECTOR_MAX_DIM;
+
+use super::{arg, check_dims, check_element, check_typmod, raise_element_error, NewVector};
+use crate::error::{raise, raise_detail};
+use crate::fmgr::{arg_i32, palloc_cstring, pg_function};
+
+fn raise_parse_error(e: ParseError, input: &str) -> ! {
+    match e {
+        ParseError::Syntax { detail } => {
+            let message = format!("invalid input syntax for type vector: \"{input}\"");
+            match detail {
+                Some(d) => raise_detail(PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION, message, d),
+                None => raise(PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION, message),
+            }
+        }
+        ParseError::Empty => check_dims(0),
+        ParseError::TooManyDimensions => check_dims(VECTOR_MAX_DIM + 1),
+        ParseError::OutOfRange(token) => raise(
+            PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+            format!("\"{token}\" is out of range for type vector"),
+        ),
+        ParseError::NaN => raise_element_error(vector_text::ElementError::NaN),
+        ParseError::Infinite => raise_element_error(vector_text::ElementError::Infinite),
+    }
+    unreachable!("each arm raises")
+}
+
+pg_function! {
+    /// `vector_in(cstring, oid, integer)`: the text form `[1,2,3]`.
+    fn vector_in(fcinfo) {
+        // SAFETY: argument 0 of a type input function is a NUL-terminated C string.
+        let cstr = CStr::from_ptr(pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, 0).cast_mut_ptr());
+        let typmod = arg_i32(fcinfo, 2);
+        let text = match cstr.to_str() {
+            Ok(t) => t,
+            Err(_) => raise_parse_error(
+                ParseError::Syntax { detail: None },
+                &cstr.to_string_lossy(),
+            ),
+        };
+        let values = vector_text::parse(text).unwrap_or_else(|e| raise_parse_error(e, text));
+        check_typmod(values.len(), typmod);
+        NewVector::from_slice(&values).into_datum()
+    }
+}
+
+pg_function! {
+    /// `vector_out(vector)`: shortest round-trip digits, as float4out prints them.
+    fn vector_out(fcinfo) {
+        palloc_cstring(&vector_text::format(arg(fcinfo, 0)))
+    }
+}
+
+pg_function! {
+    /// `vector_typmod_in(cstring[])`: the `n` of `vector(n)`.
+    fn vector_typmod_in(fcinfo) {
+        let arr = pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, 0).cast_mut_ptr::<pg_sys::ArrayType>();
+        let mut n: std::ffi::c_int = 0;
+        // SAFETY: the argument is the cstring[] PostgreSQL built from the modifier list;
+        // ArrayGetIntegerTypmods raises an ERROR itself for anything that is not an integer.
+        let mods = pg_sys::ArrayGetIntegerTypmods(arr, &mut n);
+        if n != 1 {
+            raise_detail(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                "invalid type modifier",
+                "Type vector takes one modifier, the number of dimensions.",
+            );
+        }
+        let dims = *mods;
+        if dims < 1 {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                "dimensions for type vector must be at least 1",
+            );
+        }
+        if dims as usize > VECTOR_MAX_DIM {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("dimensions for type vector cannot exceed {VECTOR_MAX_DIM}"),
+            );
+        }
+        pg_sys::Datum::from(dims)
+    }
+}
+
+pg_function! {
+    /// `vector_typmod_out(integer)`: `(n)`, or nothing for an unconstrained vector.
+    fn vector_typmod_out(fcinfo) {
+        let typmod = arg_i32(fcinfo, 0);
+        if typmod >= 0 {
+            palloc_cstring(&format!("({typmod})"))
+        } else {
+            palloc_cstring("")
+        }
+    }
+}
+
+pg_function! {
+    /// `vector_recv(internal, oid, integer)`: int16 dim, int16 unused (0), dim x float4, all in
+    /// network byte order.
+    fn vector_recv(fcinfo) {
+        let buf = pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, 0).cast_mut_ptr::<pg_sys::StringInfoData>();
+        let typmod = arg_i32(fcinfo, 2);
+        // SAFETY: `buf` is the message buffer PostgreSQL passes to a receive function; the
+        // pq_getmsg* functions raise "insufficient data left in message" instead of reading past
+        // its end.
+        let dim = pg_sys::pq_getmsgint(buf, 2) as u16 as i16;
+        let unused = pg_sys::pq_getmsgint(buf, 2) as u16 as i16;
+        check_dims(dim.max(0) as usize);
+        if unused != 0 {
+            raise_detail(
+                PgSqlErrorCode::ERRCODE_INVALID_BINARY_REPRESENTATION,
+                "invalid binary data for type vector",
+                format!("Expected the unused field to be 0, not {unused}."),
+            );
+        }
+        check_typmod(dim as usize, typmod);
+        let mut v = NewVector::new(dim as usize);
+        for x in v.elements_mut() {
+            *x = pg_sys::pq_getmsgfloat4(buf);
+            check_element(*x);
+        }
+        v.into_datum()
+    }
+}
+
+pg_function! {
+    /// `vector_send(vector)`: the binary form read by [`vector_recv`].
+    fn vector_send(fcinfo) {
+        let v = arg(fcinfo, 0);
+        let mut bytes = Vec::with_capacity(4 + 4 * v.len());
+        bytes.extend_from_slice(&(v.len() as i16).to_be_bytes());
+        bytes.extend_from_slice(&0i16.to_be_bytes());
+        for x in v {
+            bytes.extend_from_slice(&x.to_bits().to_be_bytes());
+        }
+        pg_sys::Datum::from(pgrx::varlena::rust_byte_slice_to_bytea(&bytes).into_pg())
+    }
+}
+
+pg_function! {
+    /// `vector(vector, integer, boolean)`: the cast that applies a `vector(n)` modifier.
+    fn vector_typmod_cast(fcinfo) {
+        let v = arg(fcinfo, 0);
+        check_typmod(v.len(), arg_i32(fcinfo, 1));
+        pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, 0)
+    }
+}
