@@ -83,9 +83,14 @@ as_pg "$PG_BIN/psql" -X -q -h "$CLUSTER" -p "$PORT" -U postgres -d postgres \
 export SUTRA_TEST_HOST="$CLUSTER" SUTRA_TEST_PORT="$PORT"
 export SUTRA_NOPRELOAD_HOST="$PLAIN" SUTRA_NOPRELOAD_PORT="$PLAIN_PORT"
 run_suite client "$PYTHON" -m pytest -q -p no:cacheprovider "$REPO/pgrx-tests/client" || true
-p=$(sed -nE 's/.* ([0-9]+) passed.*/\1/p' "$RESULTS/client.log" | tail -n1)
-f=$(sed -nE 's/.* ([0-9]+) failed.*/\1/p' "$RESULTS/client.log" | tail -n1)
-count client "${p:-0}" "${f:-0}"
+# pytest's last line sums up: "8 passed, 1 failed, 2 errors in 0.5s".
+summary=$(tail -n 1 "$RESULTS/client.log")
+pytest_count() { # pytest_count WORD_REGEX: the sum of the numbers before the matching words
+    awk -v w="$1" '{for (i = 1; i < NF; i++) if ($(i + 1) ~ "^(" w "),?$") s += $i} END {print s + 0}' <<<"$summary"
+}
+p=$(pytest_count passed)
+f=$(pytest_count 'failed|errors?')
+count client "$p" "$f"
 
 if [ ${#SUITES_FAILED[@]} -gt 0 ]; then
     echo "failed suites: ${SUITES_FAILED[*]}" >&2
