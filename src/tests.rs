@@ -41,6 +41,19 @@ mod tests {
     }
 
     #[pg_test]
+    fn text_form_reads_back_bit_for_bit() {
+        let values = sample_floats(5000);
+        for chunk in values.chunks(1000) {
+            let arr = real_array_literal(chunk);
+            let q = format!(
+                "SELECT sutra.vector_send(v::text::sutra.vector) = sutra.vector_send(v)
+                 FROM (SELECT {arr}::sutra.vector AS v) s"
+            );
+            assert_eq!(Spi::get_one::<bool>(&q).unwrap(), Some(true));
+        }
+    }
+
+    #[pg_test]
     fn binary_form_is_pgvectors() {
         let bytes = Spi::get_one::<Vec<u8>>("SELECT sutra.vector_send('[1,2,-0.5]')")
             .unwrap()

@@ -1,7 +1,7 @@
 //! Distance-kernel throughput: every SIMD kernel set this CPU runs against the scalar loops, on
 //! the same vectors in the same run.
 //!
-//! Run: `cargo run --release -p sutra-bench --bin kernels` (or `scripts/bench-kernels.sh`).
+//! Run: `cargo run --release -p sutra-bench --bin kernels`.
 //! Prints, per dimension and distance, million distance computations per second for each kernel
 //! set and its speed-up over scalar.
 

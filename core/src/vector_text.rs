@@ -1,11 +1,8 @@
-//! The text form of a vector: `[1,2.5,-3e-07]`, the same as pgvector's.
+//! Reading the text form of a vector: `[1,2.5,-3e-07]`, the same as pgvector's.
 //!
-//! Input accepts whitespace around elements and brackets, decimal numbers with an optional sign,
-//! fraction and exponent. Output prints each element with the fewest digits that read back to the
-//! same `float4`, in the layout of PostgreSQL's `float4out` (fixed notation for decimal exponents
-//! from -4 to 5, scientific notation with a signed two-digit exponent otherwise).
-
-use std::fmt::Write;
+//! Input accepts whitespace around elements and brackets, and decimal numbers with an optional
+//! sign, fraction and exponent. (Output is PostgreSQL's own float4 formatting, called by the
+//! extension, so a vector prints exactly as a `real[]` does.)
 
 use crate::VECTOR_MAX_DIM;
 
@@ -184,138 +181,10 @@ fn parse_number(token: &str) -> Result<f32, ParseError> {
     Ok(value)
 }
 
-/// True when the decimal `digits` (as printed) lies exactly on the edge of the interval of
-/// values that round to `x`, that is, on the midpoint between `x` and a neighbouring f32.
-/// Such a decimal reads back as `x` only under round-half-even, so PostgreSQL never prints one.
-fn on_rounding_edge(x: f32, digits: &str) -> bool {
-    // Midpoints between neighbouring f32 values need 25 significant bits: exact in f64. A
-    // decimal of at most 9 digits that is not exactly a midpoint cannot parse to one.
-    let v: f64 = digits.parse().expect("formatted by Rust");
-    let xf = x as f64;
-    let below = x.next_down() as f64;
-    let above = if x.next_up().is_finite() {
-        x.next_up() as f64
-    } else {
-        xf + (xf - below)
-    };
-    v == (xf + below) / 2.0 || v == (xf + above) / 2.0
-}
-
-/// The shortest decimal digits of a positive finite `x` in scientific form (`d.ddde-N`), chosen
-/// as PostgreSQL's float4out chooses them: the fewest significant digits that read back as `x`
-/// under any rounding (never a value on the edge of `x`'s rounding interval), and among those the
-/// nearest to `x`, ties to an even last digit.
-fn shortest_digits(x: f32, scratch: &mut String) {
-    scratch.clear();
-    // Rust's shortest form has the fewest digits that round-trip, possibly on an edge; PostgreSQL
-    // needs at least as many.
-    let _ = write!(scratch, "{:e}", x);
-    let mut n = scratch.split('e').next().unwrap().bytes().filter(u8::is_ascii_digit).count();
-    loop {
-        scratch.clear();
-        // Exact formatting to `n` significant digits rounds the exact value half to even.
-        let _ = write!(scratch, "{:.*e}", n - 1, x);
-        if n >= 9 || (scratch.parse::<f32>() == Ok(x) && !on_rounding_edge(x, scratch)) {
-            return;
-        }
-        n += 1;
-    }
-}
-
-/// Appends one element in PostgreSQL's `float4out` layout (shortest round-trip digits).
-pub fn write_element(out: &mut String, x: f32, scratch: &mut String) {
-    if x == 0.0 {
-        out.push_str(if x.is_sign_negative() { "-0" } else { "0" });
-        return;
-    }
-    if !x.is_finite() {
-        // Vectors never hold these; print them the way float4out does all the same.
-        out.push_str(if x.is_nan() {
-            "NaN"
-        } else if x > 0.0 {
-            "Infinity"
-        } else {
-            "-Infinity"
-        });
-        return;
-    }
-    if x < 0.0 {
-        out.push('-');
-    }
-    shortest_digits(x.abs(), scratch);
-    let (mantissa, exp) = scratch.split_once('e').expect("exponent form");
-    let exp: i32 = exp.parse().expect("exponent");
-    let mut digits = [0u8; 16];
-    let mut n = 0;
-    for b in mantissa.bytes().filter(|b| b.is_ascii_digit()) {
-        digits[n] = b;
-        n += 1;
-    }
-    // Exact formatting may leave trailing zeros ("1.500e0"); they are not significant.
-    while n > 1 && digits[n - 1] == b'0' {
-        n -= 1;
-    }
-    let digits = &digits[..n];
-    let push = |out: &mut String, d: &[u8]| {
-        for &b in d {
-            out.push(b as char);
-        }
-    };
-    if (-4..6).contains(&exp) {
-        if exp >= 0 {
-            let int_len = exp as usize + 1;
-            if digits.len() <= int_len {
-                push(out, digits);
-                for _ in digits.len()..int_len {
-                    out.push('0');
-                }
-            } else {
-                push(out, &digits[..int_len]);
-                out.push('.');
-                push(out, &digits[int_len..]);
-            }
-        } else {
-            out.push_str("0.");
-            for _ in 0..(-exp - 1) {
-                out.push('0');
-            }
-            push(out, digits);
-        }
-    } else {
-        push(out, &digits[..1]);
-        if digits.len() > 1 {
-            out.push('.');
-            push(out, &digits[1..]);
-        }
-        let _ = write!(out, "e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs());
-    }
-}
-
-/// Formats a vector in its text form.
-pub fn format(v: &[f32]) -> String {
-    let mut out = String::with_capacity(2 + v.len() * 12);
-    let mut scratch = String::with_capacity(24);
-    out.push('[');
-    for (i, &x) in v.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        write_element(&mut out, x, &mut scratch);
-    }
-    out.push(']');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    fn el(x: f32) -> String {
-        let mut s = String::new();
-        write_element(&mut s, x, &mut String::new());
-        s
-    }
 
     #[test]
     fn parses_plain_and_spaced_forms() {
@@ -347,51 +216,29 @@ mod tests {
         );
     }
 
+    proptest! {
+        /// Any finite float, written in either notation, reads back bit for bit.
+        #[test]
+        fn reads_back_exactly(bits in proptest::collection::vec(any::<u32>(), 1..64)) {
+            let v: Vec<f32> = bits.into_iter().map(f32::from_bits).filter(|x| x.is_finite()).collect();
+            prop_assume!(!v.is_empty());
+            let sci: Vec<String> = v.iter().map(|x| format!("{x:e}")).collect();
+            let plain: Vec<String> = v.iter().map(|x| format!("{x}")).collect();
+            for text in [format!("[{}]", sci.join(",")), format!("[ {} ]", plain.join(" , "))] {
+                let back = parse(&text).unwrap();
+                prop_assert_eq!(
+                    back.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                    v.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+                );
+            }
+        }
+    }
+
     #[test]
     fn dimension_limit() {
         let ok = format!("[{}]", vec!["1"; VECTOR_MAX_DIM].join(","));
         assert_eq!(parse(&ok).unwrap().len(), VECTOR_MAX_DIM);
         let too_many = format!("[{}]", vec!["1"; VECTOR_MAX_DIM + 1].join(","));
         assert_eq!(parse(&too_many), Err(ParseError::TooManyDimensions));
-    }
-
-    #[test]
-    fn elements_print_like_float4out() {
-        assert_eq!(el(1.0), "1");
-        assert_eq!(el(-0.0), "-0");
-        assert_eq!(el(0.1), "0.1");
-        assert_eq!(el(1.5), "1.5");
-        assert_eq!(el(100000.0), "100000");
-        assert_eq!(el(123456.7), "123456.7");
-        assert_eq!(el(1000000.0), "1e+06");
-        assert_eq!(el(1234567.0), "1.234567e+06");
-        assert_eq!(el(0.0001), "0.0001");
-        assert_eq!(el(0.00012), "0.00012");
-        assert_eq!(el(0.00001), "1e-05");
-        assert_eq!(el(-3.0e-7), "-3e-07");
-        assert_eq!(el(f32::MAX), "3.4028235e+38");
-        assert_eq!(el(f32::MIN_POSITIVE), "1.1754944e-38");
-        assert_eq!(format(&[1.0, 2.5, -3.0]), "[1,2.5,-3]");
-        // Exact ties round to an even last digit (19781.0625 is exactly between two 8-digit
-        // decimals).
-        assert_eq!(el(19781.0625), "19781.062");
-        // The 7-digit decimal 2.747984e9 lies exactly on the edge of the float's rounding
-        // interval: PostgreSQL prints 8 digits instead.
-        assert_eq!(el(-2747983872.0), "-2.7479839e+09");
-        assert_eq!(el(50816768.0), "5.0816768e+07");
-        assert_eq!(el(1e-45), "1e-45");
-    }
-
-    proptest! {
-        #[test]
-        fn text_round_trips(bits in proptest::collection::vec(any::<u32>(), 1..64)) {
-            let v: Vec<f32> = bits.into_iter().map(f32::from_bits).filter(|x| x.is_finite()).collect();
-            prop_assume!(!v.is_empty());
-            let back = parse(&format(&v)).unwrap();
-            prop_assert_eq!(
-                back.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                v.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
-            );
-        }
     }
 }

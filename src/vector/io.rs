@@ -51,10 +51,37 @@ pg_function! {
     }
 }
 
+extern "C" {
+    /// PostgreSQL's float4 formatting (`common/shortest_dec.h`, exported by the server): writes
+    /// the fewest digits that read back as `f` into `result` (at most 15 bytes, no NUL) and
+    /// returns the length. It cannot fail and raises no error.
+    fn float_to_shortest_decimal_bufn(f: f32, result: *mut std::ffi::c_char) -> std::ffi::c_int;
+}
+
+/// `FLOAT_SHORTEST_DECIMAL_LEN`: room for any float4 in shortest form plus a NUL.
+const FLOAT_SHORTEST_DECIMAL_LEN: usize = 16;
+
 pg_function! {
-    /// `vector_out(vector)`: shortest round-trip digits, as float4out prints them.
+    /// `vector_out(vector)`: each element exactly as `float4out` prints it.
     fn vector_out(fcinfo) {
-        palloc_cstring(&vector_text::format(arg(fcinfo, 0)))
+        let v = arg(fcinfo, 0);
+        // "[" + elements + commas + "]" + NUL
+        let mut out = Vec::<u8>::with_capacity(v.len() * FLOAT_SHORTEST_DECIMAL_LEN + 2);
+        out.push(b'[');
+        for (i, &x) in v.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let at = out.len();
+            out.resize(at + FLOAT_SHORTEST_DECIMAL_LEN, 0);
+            // SAFETY: the buffer has FLOAT_SHORTEST_DECIMAL_LEN writable bytes at `at`, the most
+            // the function writes.
+            let n = float_to_shortest_decimal_bufn(x, out[at..].as_mut_ptr() as *mut std::ffi::c_char);
+            out.truncate(at + n as usize);
+        }
+        out.push(b']');
+        // SAFETY: the function writes only ASCII digits, signs, '.', 'e' and letters.
+        palloc_cstring(std::str::from_utf8_unchecked(&out))
     }
 }
 
