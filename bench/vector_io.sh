@@ -6,7 +6,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 setup_toolchain
 install_extension --release >/dev/null 2>&1
-CLUSTER="$REPO/target/bench-cluster"
+CLUSTER="$(pg_workdir)/bench-cluster"
 trap 'cluster_stop "$CLUSTER"' EXIT
 cluster_start "$CLUSTER" 54635
 psql_q() { as_pg "$PG_BIN/psql" -X -q -A -t -h "$CLUSTER" -p 54635 -U postgres -d postgres "$@"; }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything sutra needs (system packages, cargo-pgrx, pgrx's configuration), builds and
 # installs the extension (release build), then runs a short SQL tour on a throwaway cluster under
-# target/ (not the system's cluster) and stops it again. Safe to run again; fast once set up.
+# target/ (not the system's cluster; see pg_workdir in lib.sh) and stops it again. Safe to run again; fast once set up.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO"
@@ -9,7 +9,7 @@ cd "$REPO"
 setup_toolchain
 install_extension --release
 
-CLUSTER="$REPO/target/demo-cluster"
+CLUSTER="$(pg_workdir)/demo-cluster"
 PORT=54625
 trap 'cluster_stop "$CLUSTER"' EXIT
 log "starting a throwaway cluster in $CLUSTER (port $PORT)"

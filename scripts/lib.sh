@@ -57,6 +57,19 @@ install_extension() {
     (cd "$REPO" && cargo pgrx install --pg-config "$PG_CONFIG" "${sudo_flag[@]}" "$@")
 }
 
+# Where throwaway clusters keep their data: target/ under the repository, or, when the postgres OS
+# user cannot reach it (a clone inside a private home directory), a directory under /tmp.
+pg_workdir() {
+    local dir="$REPO/target"
+    mkdir -p "$dir"
+    if is_root && ! runuser -u postgres -- test -x "$dir"; then
+        dir="/tmp/sutra-$(printf '%s' "$REPO" | md5sum | cut -c1-12)"
+        mkdir -p "$dir"
+        chmod 755 "$dir"
+    fi
+    printf '%s\n' "$dir"
+}
+
 # cluster_start DIR PORT [CONF_LINE...]: a new cluster in DIR, listening on a socket in DIR only,
 # with sutra preloaded unless a CONF_LINE sets shared_preload_libraries itself.
 cluster_start() {

@@ -45,10 +45,11 @@ count unit "$p" "$f"
 
 # 2. #[pg_test] tests: pgrx starts its own cluster, with sutra preloaded.
 PGRX_ARGS=()
+PGWORK=$(pg_workdir)
 if is_root; then
-    mkdir -p "$REPO/target/pgrx-test-data"
-    chown postgres: "$REPO/target/pgrx-test-data"
-    PGRX_ARGS=(--runas postgres --pgdata "$REPO/target/pgrx-test-data")
+    mkdir -p "$PGWORK/pgrx-test-data"
+    chown postgres: "$PGWORK/pgrx-test-data"
+    PGRX_ARGS=(--runas postgres --pgdata "$PGWORK/pgrx-test-data")
 fi
 run_suite pg_test cargo pgrx test pg15 "${PGRX_ARGS[@]}" || true
 read -r p f < <(cargo_counts "$RESULTS/pg_test.log")
@@ -56,8 +57,8 @@ count pg_test "$p" "$f"
 
 # 3. and 4. run against throwaway clusters of the installed extension (no test functions in it).
 install_extension
-CLUSTER="$REPO/target/test-cluster"
-PLAIN="$REPO/target/test-cluster-nopreload"
+CLUSTER="$PGWORK/test-cluster"
+PLAIN="$PGWORK/test-cluster-nopreload"
 PORT=54615
 PLAIN_PORT=54616
 trap 'cluster_stop "$CLUSTER"; cluster_stop "$PLAIN"' EXIT

@@ -9,6 +9,8 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format
 from pgvector.psycopg import register_vector
 
+from conftest import connect
+
 
 @pytest.fixture
 def table(conn):
@@ -130,9 +132,14 @@ def test_loading_without_preload_is_refused(plain_conn):
 
 
 def test_sutra_parameters_cannot_be_planted(conn):
+    # The sutra. prefix is reserved: no route can create a value sutra did not define.
     for stmt in (
         "SET sutra.tenant_id = 'forged'",
+        "SET LOCAL sutra.tenant_id = 'forged'",
         "SELECT set_config('sutra.tenant_id', 'forged', false)",
+        "SELECT set_config('sutra.tenant_id', 'forged', true)",
+        "ALTER ROLE CURRENT_USER SET sutra.tenant_id = 'forged'",
+        "ALTER DATABASE sutra_client SET sutra.tenant_id = 'forged'",
     ):
         with conn.cursor() as cur:
             cur.execute("SAVEPOINT s")
@@ -141,3 +148,10 @@ def test_sutra_parameters_cannot_be_planted(conn):
             assert err.value.sqlstate == "42602"
             assert '"sutra" is a reserved prefix' in (err.value.diag.message_detail or "")
             cur.execute("ROLLBACK TO SAVEPOINT s")
+
+
+def test_sutra_parameters_cannot_come_with_the_connection():
+    with pytest.raises(psycopg.OperationalError) as err:
+        connect("SUTRA_TEST_HOST", "SUTRA_TEST_PORT", options="-c sutra.tenant_id=forged")
+    assert 'invalid configuration parameter name "sutra.tenant_id"' in str(err.value)
+    assert '"sutra" is a reserved prefix' in str(err.value)
