@@ -31,21 +31,23 @@ pg_function! {
     /// `vector_cmp(vector, vector)`: the btree support function.
     fn vector_cmp(fcinfo) { pg_sys::Datum::from(args_cmp(fcinfo) as i32) }
 }
-pg_function! {
-    fn vector_lt(fcinfo) { pg_sys::Datum::from(args_cmp(fcinfo).is_lt()) }
+
+/// Declares the boolean comparison functions behind `<`, `<=`, `=`, `<>`, `>=`, `>`.
+macro_rules! comparisons {
+    ($($name:ident => $test:ident),* $(,)?) => {
+        $(
+            pg_function! {
+                fn $name(fcinfo) { pg_sys::Datum::from(args_cmp(fcinfo).$test()) }
+            }
+        )*
+    };
 }
-pg_function! {
-    fn vector_le(fcinfo) { pg_sys::Datum::from(args_cmp(fcinfo).is_le()) }
-}
-pg_function! {
-    fn vector_eq(fcinfo) { pg_sys::Datum::from(args_cmp(fcinfo).is_eq()) }
-}
-pg_function! {
-    fn vector_ne(fcinfo) { pg_sys::Datum::from(args_cmp(fcinfo).is_ne()) }
-}
-pg_function! {
-    fn vector_ge(fcinfo) { pg_sys::Datum::from(args_cmp(fcinfo).is_ge()) }
-}
-pg_function! {
-    fn vector_gt(fcinfo) { pg_sys::Datum::from(args_cmp(fcinfo).is_gt()) }
+
+comparisons! {
+    vector_lt => is_lt,
+    vector_le => is_le,
+    vector_eq => is_eq,
+    vector_ne => is_ne,
+    vector_ge => is_ge,
+    vector_gt => is_gt,
 }
