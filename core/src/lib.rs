@@ -1,9 +1,12 @@
-//! The parts of sutra that need no PostgreSQL: the vector text format, distance kernels and
-//! element-wise arithmetic. Everything here is plain Rust with plain unit tests; the extension
+//! The parts of sutra that need no PostgreSQL: the vector text format, distance kernels,
+//! element-wise arithmetic, the signed tenant context, API keys and JWT. Everything here is plain Rust with plain unit tests; the extension
 //! crate turns the error values into PostgreSQL errors.
 
+pub mod api_key;
 pub mod arith;
 pub mod distance;
+pub mod jwt;
+pub mod tenant_context;
 pub mod vector_text;
 
 /// The largest number of dimensions a `sutra.vector` may have (the same bound as pgvector's).

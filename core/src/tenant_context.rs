@@ -1,0 +1,249 @@
+//! The signed tenant context: the value sutra puts in the `sutra.tenant_id` parameter.
+//!
+//! ```text
+//! v1.<tenant uuid>.<scopes>.<expires>.<mac>
+//! ```
+//!
+//! `scopes` is a subset of `rwa` in that order (`r` read, `w` write, `a` admin), `expires` is in
+//! Unix seconds, and `mac` is the unpadded base64url HMAC-SHA256, under the cluster's context
+//! secret, of everything before the last dot. Every node that holds the secret can check a value
+//! without having seen the authentication (a Citus worker receiving `SET LOCAL`), and no one
+//! without the secret can make one.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+const VERSION: &str = "v1";
+
+/// A set of scopes: what a tenant session may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Scopes(u8);
+
+impl Scopes {
+    pub const READ: Scopes = Scopes(1);
+    pub const WRITE: Scopes = Scopes(2);
+    pub const ADMIN: Scopes = Scopes(4);
+    pub const ALL: Scopes = Scopes(7);
+    const LETTERS: [(char, Scopes); 3] = [('r', Self::READ), ('w', Self::WRITE), ('a', Self::ADMIN)];
+    const NAMES: [(&'static str, Scopes); 3] =
+        [("read", Self::READ), ("write", Self::WRITE), ("admin", Self::ADMIN)];
+
+    pub fn contains(self, other: Scopes) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub fn union(self, other: Scopes) -> Scopes {
+        Scopes(self.0 | other.0)
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// One scope by name: `read`, `write` or `admin`.
+    pub fn by_name(name: &str) -> Option<Scopes> {
+        Self::NAMES.iter().find(|(n, _)| *n == name).map(|&(_, s)| s)
+    }
+
+    /// A set from scope names; `None` if any name is unknown.
+    pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<Scopes> {
+        names.into_iter().try_fold(Scopes(0), |acc, n| Some(acc.union(Self::by_name(n)?)))
+    }
+
+    /// The scope names, in the order read, write, admin.
+    pub fn names(self) -> Vec<&'static str> {
+        Self::NAMES.iter().filter(|(_, s)| self.contains(*s)).map(|&(n, _)| n).collect()
+    }
+
+    fn letters(self) -> String {
+        let s: String =
+            Self::LETTERS.iter().filter(|(_, s)| self.contains(*s)).map(|&(c, _)| c).collect();
+        if s.is_empty() {
+            "-".into()
+        } else {
+            s
+        }
+    }
+
+    fn from_letters(s: &str) -> Option<Scopes> {
+        if s == "-" {
+            return Some(Scopes(0));
+        }
+        let mut out = Scopes(0);
+        let mut last = 0;
+        for c in s.chars() {
+            let i = Self::LETTERS.iter().position(|&(l, _)| l == c)?;
+            // In canonical order, each letter once: a value has one spelling only.
+            if i + 1 <= last {
+                return None;
+            }
+            last = i + 1;
+            out = out.union(Self::LETTERS[i].1);
+        }
+        Some(out)
+    }
+}
+
+/// What a verified context grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Context {
+    /// The tenant's uuid, canonical lower-case form.
+    pub tenant: String,
+    pub scopes: Scopes,
+    /// Unix seconds after which the context is no longer valid.
+    pub expires: i64,
+}
+
+/// Why a value is not a valid context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContextError {
+    /// Not of the form `v1.<uuid>.<scopes>.<expires>.<mac>`.
+    Malformed,
+    /// Well formed, but not signed with this cluster's secret.
+    BadSignature,
+    /// Valid, but past its expiry.
+    Expired,
+}
+
+/// True for the canonical text form of a uuid: 8-4-4-4-12 lower-case hex digits.
+pub fn is_canonical_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
+        })
+}
+
+fn mac(secret: &[u8], payload: &str) -> HmacSha256 {
+    let mut m = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
+    m.update(payload.as_bytes());
+    m
+}
+
+/// Signs a context. `ctx.tenant` must be a canonical uuid.
+pub fn sign(ctx: &Context, secret: &[u8]) -> String {
+    debug_assert!(is_canonical_uuid(&ctx.tenant));
+    let payload = format!("{VERSION}.{}.{}.{}", ctx.tenant, ctx.scopes.letters(), ctx.expires);
+    let tag = mac(secret, &payload).finalize().into_bytes();
+    format!("{payload}.{}", URL_SAFE_NO_PAD.encode(tag))
+}
+
+/// Checks a value's form and signature (in constant time) and its expiry against `now`.
+pub fn verify(value: &str, secret: &[u8], now: i64) -> Result<Context, ContextError> {
+    let (payload, tag) = value.rsplit_once('.').ok_or(ContextError::Malformed)?;
+    let mut parts = payload.split('.');
+    let (Some(VERSION), Some(tenant), Some(scopes), Some(expires), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ContextError::Malformed);
+    };
+    if !is_canonical_uuid(tenant) {
+        return Err(ContextError::Malformed);
+    }
+    let scopes = Scopes::from_letters(scopes).ok_or(ContextError::Malformed)?;
+    // Digits only, so "+5" or " 5" cannot give a second spelling of the same value.
+    if expires.is_empty() || expires.len() > 18 || !expires.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ContextError::Malformed);
+    }
+    let expires: i64 = expires.parse().map_err(|_| ContextError::Malformed)?;
+    let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| ContextError::Malformed)?;
+    mac(secret, payload).verify_slice(&tag).map_err(|_| ContextError::BadSignature)?;
+    if now >= expires {
+        return Err(ContextError::Expired);
+    }
+    Ok(Context { tenant: tenant.to_string(), scopes, expires })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const TENANT: &str = "5f0c6a2e-8d5b-4b8e-9a51-0c1d2e3f4a5b";
+
+    fn ctx(scopes: Scopes) -> Context {
+        Context { tenant: TENANT.into(), scopes, expires: 2_000_000_000 }
+    }
+
+    #[test]
+    fn signed_values_verify() {
+        for scopes in [Scopes::READ, Scopes::READ.union(Scopes::WRITE), Scopes::ALL, Scopes(0)] {
+            let v = sign(&ctx(scopes), SECRET);
+            assert_eq!(verify(&v, SECRET, 1_700_000_000), Ok(ctx(scopes)), "{v}");
+        }
+    }
+
+    #[test]
+    fn expiry_is_checked() {
+        let v = sign(&ctx(Scopes::READ), SECRET);
+        assert_eq!(verify(&v, SECRET, 1_999_999_999).map(|c| c.expires), Ok(2_000_000_000));
+        assert_eq!(verify(&v, SECRET, 2_000_000_000), Err(ContextError::Expired));
+    }
+
+    #[test]
+    fn forgeries_fail() {
+        let v = sign(&ctx(Scopes::READ), SECRET);
+        // another secret
+        assert_eq!(verify(&v, b"another secret", 0), Err(ContextError::BadSignature));
+        // another tenant, more scopes, a later expiry: each with the original signature
+        let other = "00000000-0000-0000-0000-000000000001";
+        for forged in [
+            v.replace(TENANT, other),
+            v.replace(".r.", ".rwa."),
+            v.replace("2000000000", "2000000001"),
+        ] {
+            assert_eq!(verify(&forged, SECRET, 0), Err(ContextError::BadSignature), "{forged}");
+        }
+        // every single-character change of the value
+        for i in 0..v.len() {
+            let mut b = v.clone().into_bytes();
+            b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+            let s = String::from_utf8(b).unwrap();
+            assert!(verify(&s, SECRET, 0).is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn malformed_values_fail() {
+        let v = sign(&ctx(Scopes::READ), SECRET);
+        let (payload, tag) = v.rsplit_once('.').unwrap();
+        for bad in [
+            String::new(),
+            "forged".into(),
+            TENANT.into(),
+            payload.into(),
+            format!("v2{}", &v[2..]),
+            format!("{payload}.{tag}.x"),
+            v.replace(TENANT, &TENANT.to_uppercase()),
+            v.replace(".r.", ".wr."),
+            v.replace(".r.", ".rr."),
+            v.replace(".r.", ".x."),
+            v.replace("2000000000", "+2000000000"),
+            format!("{payload}.{tag}="),
+        ] {
+            assert_eq!(verify(&bad, SECRET, 0), Err(ContextError::Malformed), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn scope_names() {
+        assert_eq!(Scopes::from_names(["read", "write"]), Some(Scopes(3)));
+        assert_eq!(Scopes::from_names(["read", "root"]), None);
+        assert_eq!(Scopes::ALL.names(), vec!["read", "write", "admin"]);
+        assert!(Scopes::ALL.contains(Scopes::WRITE));
+        assert!(!Scopes::READ.contains(Scopes::WRITE));
+    }
+
+    #[test]
+    fn uuid_form() {
+        assert!(is_canonical_uuid(TENANT));
+        assert!(!is_canonical_uuid(&TENANT.to_uppercase()));
+        assert!(!is_canonical_uuid(&TENANT.replace('-', "")));
+        assert!(!is_canonical_uuid("5f0c6a2e-8d5b-4b8e-9a51-0c1d2e3f4a5"));
+    }
+}
