@@ -11,9 +11,11 @@ use pgrx::PgSqlErrorCode;
 mod error;
 mod fmgr;
 mod guc;
+mod tenancy;
 mod vector;
 
 extension_sql_file!("../sql/vector.sql", name = "vector");
+extension_sql_file!("../sql/tenancy.sql", name = "tenancy", finalize);
 
 /// Library entry point. sutra keeps state in shared memory and hooks the executor, which only
 /// works when the postmaster loads it at start, so any other way of loading it is refused.
@@ -29,6 +31,8 @@ pub extern "C-unwind" fn _PG_init() {
             "Add shared_preload_libraries = 'sutra' to postgresql.conf and restart the server.",
         );
     }
+    tenancy::init();
+    // Last: reserving the prefix removes any sutra.* placeholder not defined above.
     guc::init();
 }
 

@@ -7,6 +7,7 @@ pub mod arith;
 pub mod distance;
 pub mod jwt;
 pub mod tenant_context;
+pub mod throttle;
 pub mod vector_text;
 
 /// The largest number of dimensions a `sutra.vector` may have (the same bound as pgvector's).

@@ -1,0 +1,306 @@
+//! Establishing a tenant context: `sutra.authenticate` (API keys), `sutra.authenticate_jwt`
+//! (HS256 tokens) and `sutra.set_tenant` (trusted application servers).
+//!
+//! Each checks its credential or privilege, then the tenant's status, and only then signs a
+//! context into `sutra.tenant_id`. A failure says as little as possible about why until the
+//! credential itself has been verified: an unknown key id and a wrong secret fail alike.
+
+use std::cell::RefCell;
+use std::ffi::{c_char, CStr};
+
+use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
+use pgrx::{pg_sys, PgSqlErrorCode};
+use sutra_core::tenant_context::Scopes;
+use sutra_core::{api_key, jwt};
+
+use super::caller;
+use super::context::{issue, now_unix, uuid_of};
+use super::failures;
+use crate::error::{raise, raise_detail, raise_hint};
+
+/// `sutra.jwt_secret`: the HS256 secret for `sutra.authenticate_jwt` (superusers only).
+static mut JWT_SECRET: *mut c_char = std::ptr::null_mut();
+
+/// How stale `last_used_at` may get before an authentication writes it again.
+const LAST_USED_RESOLUTION: &str = "1 minute";
+
+pub fn init() {
+    // SAFETY: called from _PG_init in the postmaster; static strings, a static value pointer.
+    unsafe {
+        pg_sys::DefineCustomStringVariable(
+            c"sutra.jwt_secret".as_ptr(),
+            c"Secret of the HS256 tokens sutra.authenticate_jwt accepts.".as_ptr(),
+            c"Empty: JWT authentication is off.".as_ptr(),
+            &raw mut JWT_SECRET,
+            c"".as_ptr(),
+            pg_sys::GucContext::PGC_SIGHUP,
+            (pg_sys::GUC_SUPERUSER_ONLY | pg_sys::GUC_NOT_IN_SAMPLE) as i32,
+            None,
+            None,
+            None,
+        );
+    }
+}
+
+fn scopes_of(names: &[String]) -> Scopes {
+    Scopes::from_names(names.iter().map(String::as_str)).unwrap_or_default()
+}
+
+/// What the key lookup returns.
+struct KeyRow {
+    tenant: String,
+    hash: Vec<u8>,
+    scopes: Vec<String>,
+    revoked: bool,
+    expired: bool,
+    expires: Option<i64>,
+    stale: bool,
+    status: String,
+}
+
+thread_local! {
+    static KEY_LOOKUP: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+}
+
+const KEY_LOOKUP_SQL: &str = "
+    SELECT k.tenant_id::text, k.secret_hash, k.scopes, k.revoked_at IS NOT NULL,
+           coalesce(k.expires_at <= now(), false), extract(epoch FROM k.expires_at)::int8,
+           k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute',
+           t.status
+    FROM sutra.api_key_store k JOIN sutra.tenants t ON t.id = k.tenant_id
+    WHERE k.key_id = $1";
+
+fn lookup_key(key_id: &str) -> Option<KeyRow> {
+    debug_assert!(KEY_LOOKUP_SQL.contains(LAST_USED_RESOLUTION));
+    let result: Result<Option<KeyRow>, pgrx::spi::Error> = Spi::connect(|client| {
+        let table = KEY_LOOKUP.with(|cell| -> Result<_, pgrx::spi::Error> {
+            let mut cell = cell.borrow_mut();
+            if cell.is_none() {
+                *cell = Some(client.prepare(KEY_LOOKUP_SQL, &[pg_sys::TEXTOID.into()])?.keep());
+            }
+            let stmt = cell.as_ref().expect("prepared above");
+            client.select(stmt, Some(1), &[key_id.into()])
+        })?;
+        let Some(row) = table.into_iter().next() else { return Ok(None) };
+        Ok(Some(KeyRow {
+            tenant: row.get(1)?.unwrap_or_default(),
+            hash: row.get(2)?.unwrap_or_default(),
+            scopes: row.get(3)?.unwrap_or_default(),
+            revoked: row.get(4)?.unwrap_or(true),
+            expired: row.get(5)?.unwrap_or(true),
+            expires: row.get(6)?,
+            stale: row.get(7)?.unwrap_or(false),
+            status: row.get(8)?.unwrap_or_default(),
+        }))
+    });
+    result.unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not read API keys: {e}")))
+}
+
+thread_local! {
+    static PEPPER: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+}
+
+fn pepper() -> Vec<u8> {
+    if let Some(p) = PEPPER.with(|c| c.borrow().clone()) {
+        return p;
+    }
+    let p = Spi::get_one::<Vec<u8>>("SELECT value FROM sutra.secrets WHERE name = 'api_key_pepper'")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| {
+            raise_hint(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "the API key pepper is missing",
+                "Restore the row api_key_pepper of sutra.secrets.",
+            )
+        });
+    PEPPER.with(|c| *c.borrow_mut() = Some(p.clone()));
+    p
+}
+
+fn auth_failed(key_id: Option<&str>, reason: &str) -> ! {
+    failures::record(key_id, reason);
+    raise_hint(
+        PgSqlErrorCode::ERRCODE_INVALID_PASSWORD,
+        "API key authentication failed",
+        "Check the key; a revoked or expired key must be replaced.",
+    )
+}
+
+fn denied(key_id: &str, reason: &str, message: String) -> ! {
+    failures::record(Some(key_id), reason);
+    raise(PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, message)
+}
+
+/// `sutra.authenticate(api_key, local)`: checks an API key and sets its tenant and scopes as the
+/// context of the session, or of the current transaction when `local`.
+#[pg_extern(volatile, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn authenticate(api_key: &str, local: default!(bool, false)) -> pgrx::Uuid {
+    let Some(presented) = api_key::parse(api_key) else {
+        auth_failed(api_key::key_id_of(api_key), "malformed key");
+    };
+    failures::throttle(presented.key_id);
+    let pepper = pepper();
+    let Some(row) = lookup_key(presented.key_id) else {
+        // Spend the time a real check takes, so timing does not tell unknown ids apart.
+        let _ = api_key::verify(&pepper, &presented, &[0u8; 32]);
+        auth_failed(Some(presented.key_id), "unknown key id");
+    };
+    if !api_key::verify(&pepper, &presented, &row.hash) {
+        auth_failed(Some(presented.key_id), "wrong secret");
+    }
+    if row.revoked {
+        denied(presented.key_id, "revoked key", format!("API key {} has been revoked", presented.key_id));
+    }
+    if row.expired {
+        denied(presented.key_id, "expired key", format!("API key {} has expired", presented.key_id));
+    }
+    if row.status != "active" {
+        denied(presented.key_id, "tenant not active", format!("tenant {} is {}", row.tenant, row.status));
+    }
+    failures::forget(presented.key_id);
+    issue(&row.tenant, scopes_of(&row.scopes), row.expires, local);
+    // SAFETY: plain backend globals.
+    let writable = unsafe { !pg_sys::XactReadOnly && !pg_sys::RecoveryInProgress() };
+    if row.stale && writable {
+        // At most one write per key per minute, however often it authenticates.
+        Spi::run_with_args(
+            "UPDATE sutra.api_key_store SET last_used_at = now() WHERE key_id = $1",
+            &[presented.key_id.into()],
+        )
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not update API key: {e}")));
+    }
+    uuid_of(&row.tenant)
+}
+
+/// Resolves a tenant named by uuid or slug to `(uuid, status)`.
+fn find_tenant(tenant: &str) -> Option<(String, String)> {
+    Spi::connect(|client| {
+        let table = client.select(
+            "SELECT id::text, status FROM sutra.tenants
+             WHERE CASE WHEN $1 ~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$'
+                        THEN id = $1::uuid ELSE slug = $1 END",
+            Some(1),
+            &[tenant.into()],
+        )?;
+        match table.into_iter().next() {
+            None => Ok(None),
+            Some(row) => Ok(Some((row.get::<String>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default()))),
+        }
+    })
+    .unwrap_or_else(|e: pgrx::spi::Error| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not read tenants: {e}")))
+}
+
+fn jwt_secret() -> Vec<u8> {
+    // SAFETY: the GUC machinery keeps this pointer valid (or null) between statements.
+    let s = unsafe { JWT_SECRET.as_ref().map(|p| CStr::from_ptr(p).to_bytes().to_vec()) };
+    match s {
+        Some(s) if !s.is_empty() => s,
+        _ => raise_hint(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "JWT authentication is not configured",
+            "Set sutra.jwt_secret in postgresql.conf and reload.",
+        ),
+    }
+}
+
+/// `sutra.authenticate_jwt(token, local)`: checks an HS256 token and sets the tenant and scopes
+/// it names as the context, for the session or (`local`) the transaction, until the token's
+/// `exp` at the latest.
+#[pg_extern(volatile, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn authenticate_jwt(token: &str, local: default!(bool, false)) -> pgrx::Uuid {
+    let secret = jwt_secret();
+    let claims = jwt::verify_hs256(token, &secret, now_unix()).unwrap_or_else(|e| {
+        let detail = match e {
+            jwt::JwtError::Malformed(what) => format!("The token is malformed: {what}."),
+            jwt::JwtError::Algorithm(alg) => format!("Algorithm \"{alg}\" is not accepted; only HS256 is."),
+            jwt::JwtError::BadSignature => "The signature does not match.".to_string(),
+            jwt::JwtError::Expired => "The token has expired.".to_string(),
+            jwt::JwtError::NotYetValid => "The token is not valid yet (nbf).".to_string(),
+            jwt::JwtError::Claim(c) => format!("Claim \"{c}\" is missing or invalid."),
+        };
+        failures::record(None, "invalid token");
+        raise_detail(PgSqlErrorCode::ERRCODE_INVALID_PASSWORD, "JWT authentication failed", detail)
+    });
+    let Some((tenant, status)) = find_tenant(&claims.tenant) else {
+        failures::record(None, "token for an unknown tenant");
+        raise_detail(
+            PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            "JWT authentication failed",
+            format!("Tenant \"{}\" does not exist.", claims.tenant),
+        )
+    };
+    if status != "active" {
+        failures::record(None, "token for a tenant not active");
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            format!("tenant {tenant} is {status}"),
+        );
+    }
+    issue(&tenant, claims.scopes, Some(claims.expires), local);
+    uuid_of(&tenant)
+}
+
+fn do_set_tenant(tenant: &str, local: bool, scopes: &[String]) -> pgrx::Uuid {
+    if !caller::is_service(caller::outer_user()) {
+        raise_hint(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "permission denied to set the tenant",
+            "Only members of sutra_service may call sutra.set_tenant; tenants use sutra.authenticate.",
+        );
+    }
+    let wanted = Scopes::from_names(scopes.iter().map(String::as_str))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| {
+            raise_detail(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                "invalid scopes",
+                "Scopes are read, write and admin; give at least one.",
+            )
+        });
+    let Some((id, status)) = find_tenant(tenant) else {
+        raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("tenant \"{tenant}\" does not exist"))
+    };
+    if status != "active" {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            format!("tenant {id} is {status}"),
+        );
+    }
+    issue(&id, wanted, None, local);
+    uuid_of(&id)
+}
+
+/// `sutra.set_tenant(tenant, local, scopes)`: for trusted application servers (members of
+/// `sutra_service`): sets the context to a tenant named by uuid or slug, with all scopes unless
+/// `scopes` narrows them.
+#[pg_extern(volatile, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn set_tenant(
+    tenant: &str,
+    local: default!(bool, false),
+    scopes: default!(Vec<String>, "'{read,write,admin}'"),
+) -> pgrx::Uuid {
+    do_set_tenant(tenant, local, &scopes)
+}
+
+/// `sutra.set_tenant(uuid, local, scopes)`.
+#[pg_extern(volatile, security_definer, name = "set_tenant")]
+#[search_path(pg_catalog, pg_temp)]
+fn set_tenant_uuid(
+    tenant: pgrx::Uuid,
+    local: default!(bool, false),
+    scopes: default!(Vec<String>, "'{read,write,admin}'"),
+) -> pgrx::Uuid {
+    let t = tenant.as_bytes().iter().enumerate().fold(String::with_capacity(36), |mut s, (i, b)| {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        s.push_str(&format!("{b:02x}"));
+        s
+    });
+    do_set_tenant(&t, local, &scopes)
+}

@@ -1,0 +1,422 @@
+//! The tenant context: the `sutra.tenant_id` parameter and the functions that read it.
+//!
+//! The parameter holds a value signed with the cluster's context secret (see
+//! `sutra_core::tenant_context`). Any role may SET it (so a Citus worker can receive it as a
+//! `SET LOCAL`), but the check hook refuses any value sutra did not sign, and every read checks
+//! the signature and the expiry again. The empty value means "no tenant"; RESET, RESET ALL and
+//! DISCARD ALL return to it. Because it is a real parameter, SET LOCAL, rollback and parallel
+//! workers behave as they do for any setting.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use pgrx::prelude::*;
+use pgrx::{pg_sys, PgSqlErrorCode};
+use sutra_core::tenant_context::{self, Context, ContextError, Scopes};
+
+use crate::error::{raise_detail, raise_hint};
+
+/// The current value of `sutra.tenant_id` (owned by the GUC machinery).
+static mut TENANT_ID: *mut c_char = std::ptr::null_mut();
+/// The current value of `sutra.context_secret` (owned by the GUC machinery).
+static mut CONTEXT_SECRET: *mut c_char = std::ptr::null_mut();
+/// `sutra.context_lifetime`, in seconds.
+static mut CONTEXT_LIFETIME: i32 = 86400;
+/// Random secret drawn by the postmaster at start, used while `sutra.context_secret` is empty.
+/// Backends and parallel workers are forked from the postmaster and so share it.
+static RANDOM_SECRET: OnceLock<[u8; 32]> = OnceLock::new();
+
+const NO_CONTEXT_HINT: &str =
+    "Call sutra.authenticate(api_key), sutra.authenticate_jwt(token) or sutra.set_tenant(tenant) first.";
+
+pub fn now_unix() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Random bytes from PostgreSQL's strong random source.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut buf = [0u8; N];
+    // SAFETY: writes exactly N bytes into a live buffer.
+    let ok = unsafe { pg_sys::pg_strong_random(buf.as_mut_ptr() as *mut c_void, N) };
+    if !ok {
+        crate::error::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "could not generate random bytes");
+    }
+    buf
+}
+
+/// The secret contexts are signed with.
+fn secret() -> Vec<u8> {
+    // SAFETY: the GUC machinery keeps this pointer valid (or null) between statements.
+    let configured = unsafe { CONTEXT_SECRET.as_ref().map(|p| CStr::from_ptr(p).to_bytes()) };
+    match configured {
+        Some(s) if !s.is_empty() => s.to_vec(),
+        _ => RANDOM_SECRET.get_or_init(random_bytes::<32>).to_vec(),
+    }
+}
+
+/// Sets a GUC check-hook failure message (the hook itself must not raise).
+unsafe fn check_failure(code: PgSqlErrorCode, message: &str, detail: &str) -> bool {
+    let m = CString::new(message).unwrap_or_default();
+    let d = CString::new(detail).unwrap_or_default();
+    pg_sys::GUC_check_errcode(code as i32);
+    pg_sys::GUC_check_errmsg_string = pg_sys::pstrdup(m.as_ptr());
+    pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(d.as_ptr());
+    pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(
+        CString::new(NO_CONTEXT_HINT).unwrap_or_default().as_ptr(),
+    );
+    false
+}
+
+/// Check hook of `sutra.tenant_id`: only the empty value or a value sutra signed is accepted.
+#[pg_guard]
+unsafe extern "C-unwind" fn check_tenant_id(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: the GUC machinery passes a valid pointer to a NUL-terminated string (or null).
+    let value = match (*newval).as_ref() {
+        None => return true,
+        Some(p) => CStr::from_ptr(p).to_string_lossy(),
+    };
+    if value.is_empty() {
+        return true;
+    }
+    match tenant_context::verify(&value, &secret(), now_unix()) {
+        Ok(_) => true,
+        Err(ContextError::Expired) => check_failure(
+            PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            "tenant context has expired",
+            "sutra.tenant_id holds a tenant context past its expiry.",
+        ),
+        Err(_) => check_failure(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "invalid tenant context",
+            "sutra.tenant_id only takes a tenant context issued by sutra.",
+        ),
+    }
+}
+
+/// Check hook of `sutra.context_secret`: empty, or at least 32 bytes.
+#[pg_guard]
+unsafe extern "C-unwind" fn check_context_secret(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    let len = (*newval).as_ref().map(|p| CStr::from_ptr(p).to_bytes().len()).unwrap_or(0);
+    if len == 0 || len >= 32 {
+        return true;
+    }
+    let m = CString::new("sutra.context_secret must be empty or at least 32 bytes long").unwrap();
+    pg_sys::GUC_check_errmsg_string = pg_sys::pstrdup(m.as_ptr());
+    false
+}
+
+/// Assign hook of `sutra.context_secret`: values verified under the old secret are forgotten.
+#[pg_guard]
+unsafe extern "C-unwind" fn assign_context_secret(_newval: *const c_char, _extra: *mut c_void) {
+    VERIFIED.with(|c| *c.borrow_mut() = None);
+}
+
+/// Defines the parameters of the tenant context. Called from `_PG_init` in the postmaster.
+pub fn init() {
+    RANDOM_SECRET.get_or_init(random_bytes::<32>);
+    // SAFETY: registering a callback in the postmaster; every backend inherits the registration.
+    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(tenants_invalidated), pg_sys::Datum::from(0)) };
+    // SAFETY: _PG_init runs single-threaded in the postmaster; names and descriptions are static
+    // strings PostgreSQL copies; the value pointers are statics that live for the process.
+    unsafe {
+        pg_sys::DefineCustomStringVariable(
+            c"sutra.tenant_id".as_ptr(),
+            c"The tenant context of this session, as issued by sutra.".as_ptr(),
+            c"Set by sutra.authenticate, sutra.authenticate_jwt and sutra.set_tenant; any other value is refused.".as_ptr(),
+            &raw mut TENANT_ID,
+            c"".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GUC_NOT_IN_SAMPLE as i32,
+            Some(check_tenant_id),
+            None,
+            None,
+        );
+        pg_sys::DefineCustomStringVariable(
+            c"sutra.context_secret".as_ptr(),
+            c"Secret that signs tenant contexts; the same on every node of a cluster.".as_ptr(),
+            c"Empty: a random secret drawn at server start (one node only).".as_ptr(),
+            &raw mut CONTEXT_SECRET,
+            c"".as_ptr(),
+            pg_sys::GucContext::PGC_SIGHUP,
+            (pg_sys::GUC_SUPERUSER_ONLY | pg_sys::GUC_NOT_IN_SAMPLE) as i32,
+            Some(check_context_secret),
+            Some(assign_context_secret),
+            None,
+        );
+        pg_sys::DefineCustomIntVariable(
+            c"sutra.context_lifetime".as_ptr(),
+            c"How long a tenant context issued by sutra stays valid.".as_ptr(),
+            std::ptr::null(),
+            &raw mut CONTEXT_LIFETIME,
+            86400,
+            1,
+            i32::MAX,
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GUC_UNIT_S as i32,
+            None,
+            None,
+            None,
+        );
+    }
+}
+
+thread_local! {
+    /// The last value read and what it granted: reads of an unchanged value skip the HMAC.
+    static VERIFIED: RefCell<Option<(String, Context)>> = const { RefCell::new(None) };
+}
+
+thread_local! {
+    /// Status of the tenants this backend has seen in a context (`active`, `suspended`, ...).
+    /// Cleared when `sutra.tenants` changes (a relcache invalidation its trigger sends).
+    static STATUS: RefCell<HashMap<String, String>> = RefCell::new(HashMap::new());
+    /// The oid of `sutra.tenants`, learnt on the first lookup.
+    static TENANTS_OID: std::cell::Cell<pg_sys::Oid> = const { std::cell::Cell::new(pg_sys::InvalidOid) };
+}
+
+/// Relcache invalidation callback: forgets tenant status when `sutra.tenants` changed.
+#[pg_guard]
+unsafe extern "C-unwind" fn tenants_invalidated(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    let tenants = TENANTS_OID.with(|c| c.get());
+    if relid == pg_sys::InvalidOid || relid == tenants {
+        STATUS.with(|c| c.borrow_mut().clear());
+    }
+}
+
+/// `sutra._invalidate_tenant_cache()`: called by the trigger on `sutra.tenants`, so that every
+/// backend rereads tenant status after the change commits.
+#[pg_extern(volatile, name = "_invalidate_tenant_cache")]
+fn invalidate_tenant_cache() {
+    // SAFETY: to_regclass-like lookup by a constant name; the invalidation is queued and sent at
+    // commit, like the one DDL sends.
+    unsafe {
+        let oid = tenants_oid();
+        if oid != pg_sys::InvalidOid {
+            pg_sys::CacheInvalidateRelcacheByRelid(oid);
+        }
+    }
+}
+
+unsafe fn tenants_oid() -> pg_sys::Oid {
+    let oid = pg_sys::get_relname_relid(c"tenants".as_ptr(), schema_oid());
+    TENANTS_OID.with(|c| c.set(oid));
+    oid
+}
+
+unsafe fn schema_oid() -> pg_sys::Oid {
+    pg_sys::get_namespace_oid(c"sutra".as_ptr(), true)
+}
+
+/// The status of a tenant (`None` when it no longer exists), cached per backend.
+pub fn tenant_status(tenant: &str) -> Option<String> {
+    if let Some(s) = STATUS.with(|c| c.borrow().get(tenant).cloned()) {
+        return Some(s);
+    }
+    // SAFETY: only resolves the table's oid for the invalidation callback.
+    unsafe { tenants_oid() };
+    let status = crate::tenancy::caller::as_superuser(|| {
+        Spi::get_one_with_args::<String>(
+            "SELECT status FROM sutra.tenants WHERE id = $1::uuid",
+            &[tenant.into()],
+        )
+    });
+    let status = match status {
+        Ok(s) => s,
+        Err(e) => crate::error::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not read tenant status: {e}")),
+    };
+    if let Some(s) = &status {
+        STATUS.with(|c| c.borrow_mut().insert(tenant.to_string(), s.clone()));
+    }
+    status
+}
+
+/// Raises unless the tenant may act now (exists and is active).
+pub fn require_active(tenant: &str) {
+    match tenant_status(tenant).as_deref() {
+        Some("active") => {}
+        Some(status) => raise_hint(
+            PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            format!("tenant {tenant} is {status}"),
+            "A suspended or deleted tenant has no access; sutra.resume_tenant restores it.",
+        ),
+        None => crate::error::raise(
+            PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            format!("tenant {tenant} does not exist"),
+        ),
+    }
+}
+
+/// The raw value of `sutra.tenant_id` ("" when unset).
+fn raw_value() -> &'static str {
+    // SAFETY: the GUC machinery keeps this pointer valid (or null) until the value changes; the
+    // caller copies what it keeps.
+    unsafe { TENANT_ID.as_ref().map(|p| CStr::from_ptr(p).to_str().unwrap_or("")).unwrap_or("") }
+}
+
+/// `sutra._context_tenant()`: the tenant of a valid context, or null; never raises (for audit
+/// rows written in any state).
+#[pg_extern(stable, parallel_safe, name = "_context_tenant")]
+fn context_tenant() -> Option<pgrx::Uuid> {
+    let value = raw_value();
+    if value.is_empty() {
+        return None;
+    }
+    tenant_context::verify(value, &secret(), now_unix()).ok().map(|c| uuid_of(&c.tenant))
+}
+
+/// The current tenant context, verified; `None` when there is none.
+pub fn current() -> Option<Context> {
+    let value = raw_value();
+    if value.is_empty() {
+        return None;
+    }
+    let now = now_unix();
+    let cached = VERIFIED.with(|c| {
+        c.borrow().as_ref().filter(|(v, _)| v == value).map(|(_, ctx)| ctx.clone())
+    });
+    let ctx = match cached {
+        Some(ctx) => ctx,
+        None => match tenant_context::verify(value, &secret(), now) {
+            Ok(ctx) => {
+                VERIFIED.with(|c| *c.borrow_mut() = Some((value.to_string(), ctx.clone())));
+                ctx
+            }
+            Err(ContextError::Expired) => expired(),
+            // The check hook let it in, so the secret changed since (a reload).
+            Err(_) => raise_hint(
+                PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+                "tenant context is no longer valid",
+                NO_CONTEXT_HINT,
+            ),
+        },
+    };
+    if now >= ctx.expires {
+        expired();
+    }
+    require_active(&ctx.tenant);
+    Some(ctx)
+}
+
+fn expired() -> ! {
+    raise_hint(
+        PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+        "tenant context has expired",
+        NO_CONTEXT_HINT,
+    )
+}
+
+/// The current context, or an error that says how to get one.
+pub fn required() -> Context {
+    current().unwrap_or_else(|| {
+        raise_hint(
+            PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            "no tenant context",
+            NO_CONTEXT_HINT,
+        )
+    })
+}
+
+pub fn uuid_of(canonical: &str) -> pgrx::Uuid {
+    let hex: Vec<u8> = canonical.bytes().filter(|b| *b != b'-').collect();
+    let mut bytes = [0u8; 16];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        let s = std::str::from_utf8(&hex[2 * i..2 * i + 2]).expect("hex");
+        *b = u8::from_str_radix(s, 16).expect("hex");
+    }
+    pgrx::Uuid::from_bytes(bytes)
+}
+
+/// Signs a context for `tenant` and puts it in `sutra.tenant_id`, for the session or (`local`)
+/// the current transaction. Only sutra's own authenticating functions call this.
+pub fn issue(tenant: &str, scopes: Scopes, not_after: Option<i64>, local: bool) {
+    // SAFETY: a plain integer the GUC machinery maintains.
+    let lifetime = unsafe { CONTEXT_LIFETIME } as i64;
+    let mut expires = now_unix() + lifetime;
+    if let Some(limit) = not_after {
+        expires = expires.min(limit);
+    }
+    let ctx = Context { tenant: tenant.to_string(), scopes, expires };
+    let value = CString::new(tenant_context::sign(&ctx, &secret())).expect("no NUL in a context");
+    let action = if local {
+        pg_sys::GucAction::GUC_ACTION_LOCAL
+    } else {
+        pg_sys::GucAction::GUC_ACTION_SET
+    };
+    // SAFETY: sets a parameter this library defined, with a value its own check hook accepts;
+    // errors are raised as PostgreSQL ERRORs (elevel ERROR).
+    unsafe {
+        pg_sys::set_config_option(
+            c"sutra.tenant_id".as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            action,
+            true,
+            pgrx::PgLogLevel::ERROR as i32,
+            false,
+        );
+    }
+}
+
+/// `sutra.current_tenant()`: the tenant of the current context; an error without one.
+#[pg_extern(stable, parallel_safe)]
+fn current_tenant() -> pgrx::Uuid {
+    uuid_of(&required().tenant)
+}
+
+/// `sutra.current_tenant(scope)`: the tenant of the current context, if it holds `scope`
+/// (`read`, `write` or `admin`); an error otherwise. Row level security policies use this.
+#[pg_extern(stable, parallel_safe, name = "current_tenant")]
+fn current_tenant_with_scope(scope: &str) -> pgrx::Uuid {
+    let ctx = required();
+    let wanted = Scopes::by_name(scope).unwrap_or_else(|| {
+        raise_detail(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("unknown scope \"{scope}\""),
+            "Scopes are read, write and admin.",
+        )
+    });
+    if !ctx.scopes.contains(wanted) {
+        raise_hint(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("tenant context lacks the {scope} scope"),
+            "Authenticate with a key or token that has this scope.",
+        );
+    }
+    uuid_of(&ctx.tenant)
+}
+
+/// `sutra.current_scopes()`: the scopes of the current context (empty without one).
+#[pg_extern(stable, parallel_safe)]
+fn current_scopes() -> Vec<String> {
+    current().map(|c| c.scopes.names().iter().map(|s| s.to_string()).collect()).unwrap_or_default()
+}
+
+/// `sutra.clear_tenant()`: back to no tenant, for the session.
+#[pg_extern(volatile)]
+fn clear_tenant() {
+    // SAFETY: sets a parameter this library defined to its empty value, which the check hook
+    // always accepts.
+    unsafe {
+        pg_sys::set_config_option(
+            c"sutra.tenant_id".as_ptr(),
+            c"".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SET,
+            true,
+            pgrx::PgLogLevel::ERROR as i32,
+            false,
+        );
+    }
+}

@@ -1,0 +1,295 @@
+//! Failed authentications: slowed down per key id and per client address, and audited.
+//!
+//! Both live in shared memory, because the failing statement aborts and takes any row it wrote
+//! with it. Counts slow down the next attempts ([`sutra_core::throttle`]); each failure is also
+//! queued as an event, and a short-lived background worker connected to the failing database
+//! writes the queued events into `sutra.audit_log` within about a second. Events also go to the
+//! server log at once. A queue overflow or a server stop before the worker ran loses queued events
+//! (the server log keeps them); `dropped` counts overflows.
+
+use std::time::Duration;
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::lwlock::PgLwLock;
+use pgrx::prelude::*;
+use pgrx::{pg_sys, PGRXSharedMemory};
+use sutra_core::throttle;
+
+use super::caller;
+use super::context::now_unix;
+
+const SLOTS: usize = 1024;
+const EVENTS: usize = 256;
+const LAUNCHES: usize = 16;
+const KIND_KEY: u8 = 1;
+const KIND_CLIENT: u8 = 2;
+
+#[derive(Copy, Clone, Default)]
+#[repr(C)]
+struct Slot {
+    hash: u64,
+    count: u32,
+    last: i64,
+}
+
+#[derive(Copy, Clone)]
+#[repr(C)]
+struct Event {
+    /// 0: free slot.
+    db: u32,
+    role: u32,
+    at_us: i64,
+    key_id: [u8; 16],
+    key_len: u8,
+    client: [u8; 46],
+    client_len: u8,
+    reason: [u8; 32],
+    reason_len: u8,
+}
+
+impl Default for Event {
+    fn default() -> Self {
+        Event { db: 0, role: 0, at_us: 0, key_id: [0; 16], key_len: 0, client: [0; 46], client_len: 0, reason: [0; 32], reason_len: 0 }
+    }
+}
+
+#[derive(Copy, Clone)]
+#[repr(C)]
+pub struct Failures {
+    slots: [Slot; SLOTS],
+    events: [Event; EVENTS],
+    next_event: u64,
+    dropped: u64,
+    /// Per database: when a flushing worker was last started (Unix seconds).
+    launches: [(u32, i64); LAUNCHES],
+}
+
+impl Default for Failures {
+    fn default() -> Self {
+        Failures {
+            slots: [Slot::default(); SLOTS],
+            events: [Event::default(); EVENTS],
+            next_event: 0,
+            dropped: 0,
+            launches: [(0, 0); LAUNCHES],
+        }
+    }
+}
+
+// SAFETY: plain old data (integers and byte arrays), no pointers; valid at any bit pattern the
+// code writes, and only accessed under the lock.
+unsafe impl PGRXSharedMemory for Failures {}
+
+pub static FAILURES: PgLwLock<Failures> = unsafe { PgLwLock::new(c"sutra_auth_failures") };
+
+pub fn init() {
+    pgrx::pg_shmem_init!(FAILURES);
+}
+
+fn copy_into<const N: usize>(dst: &mut [u8; N], s: &str) -> u8 {
+    let n = s.len().min(N);
+    dst[..n].copy_from_slice(&s.as_bytes()[..n]);
+    n as u8
+}
+
+impl Failures {
+    fn find(&self, hash: u64) -> Option<usize> {
+        let start = (hash as usize) % SLOTS;
+        (0..8).map(|i| (start + i) % SLOTS).find(|&i| self.slots[i].hash == hash)
+    }
+
+    /// The slot for `hash`, taking over the least recently used of its neighbourhood if needed.
+    fn slot_for(&mut self, hash: u64) -> &mut Slot {
+        let i = self.find(hash).unwrap_or_else(|| {
+            let start = (hash as usize) % SLOTS;
+            let i = (0..8).map(|i| (start + i) % SLOTS).min_by_key(|&i| self.slots[i].last).expect("8 candidates");
+            self.slots[i] = Slot { hash, count: 0, last: 0 };
+            i
+        });
+        &mut self.slots[i]
+    }
+
+    fn count(&self, hash: u64, now: i64) -> u32 {
+        self.find(hash).map(|i| throttle::current_count(self.slots[i].count, self.slots[i].last, now)).unwrap_or(0)
+    }
+}
+
+fn client_address() -> String {
+    Spi::get_one::<String>("SELECT coalesce(host(inet_client_addr()), 'local')")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| "local".to_string())
+}
+
+/// Waits as long as recent failures of this key id or this client call for.
+pub fn throttle(key_id: &str) {
+    let now = now_unix();
+    let client = client_address();
+    let failures = {
+        let f = FAILURES.share();
+        f.count(throttle::hash(KIND_KEY, key_id.as_bytes()), now)
+            .max(f.count(throttle::hash(KIND_CLIENT, client.as_bytes()), now))
+    };
+    let mut left = throttle::delay_ms(failures);
+    while left > 0 {
+        let step = left.min(100);
+        // SAFETY: sleeping and checking for query cancel between steps, holding no lock.
+        unsafe {
+            pg_sys::pg_usleep((step * 1000) as _);
+            pgrx::check_for_interrupts!();
+        }
+        left -= step;
+    }
+}
+
+/// A successful authentication clears its key id's count.
+pub fn forget(key_id: &str) {
+    let hash = throttle::hash(KIND_KEY, key_id.as_bytes());
+    if FAILURES.share().find(hash).is_none() {
+        return;
+    }
+    let mut f = FAILURES.exclusive();
+    if let Some(i) = f.find(hash) {
+        f.slots[i].count = 0;
+    }
+}
+
+/// Counts a failure and queues its audit event.
+pub fn record(key_id: Option<&str>, reason: &str) {
+    let now = now_unix();
+    let client = client_address();
+    // SAFETY: plain backend globals.
+    let (db, role) = unsafe { (pg_sys::MyDatabaseId, caller::outer_user()) };
+    pgrx::log!(
+        "sutra: failed authentication: {reason}, key id {}, client {client}",
+        key_id.unwrap_or("-")
+    );
+    let launch = {
+        let mut f = FAILURES.exclusive();
+        for (kind, what) in [(KIND_KEY, key_id.unwrap_or("")), (KIND_CLIENT, client.as_str())] {
+            if kind == KIND_KEY && what.is_empty() {
+                continue;
+            }
+            let slot = f.slot_for(throttle::hash(kind, what.as_bytes()));
+            slot.count = throttle::next_count(slot.count, slot.last, now);
+            slot.last = now;
+        }
+        let i = (f.next_event % EVENTS as u64) as usize;
+        if f.events[i].db != 0 {
+            f.dropped += 1;
+        }
+        let mut e = Event { db: db.to_u32(), role: role.to_u32(), at_us: now_micros(), ..Event::default() };
+        e.key_len = copy_into(&mut e.key_id, key_id.unwrap_or(""));
+        e.client_len = copy_into(&mut e.client, &client);
+        e.reason_len = copy_into(&mut e.reason, reason);
+        f.events[i] = e;
+        f.next_event += 1;
+        // Start a flushing worker unless one started for this database within the last second.
+        let slot = f.launches.iter().position(|(d, _)| *d == db.to_u32()).unwrap_or_else(|| {
+            f.launches.iter().enumerate().min_by_key(|(_, (_, t))| *t).map(|(i, _)| i).expect("16 entries")
+        });
+        let due = f.launches[slot].0 != db.to_u32() || now - f.launches[slot].1 >= 1;
+        if due {
+            f.launches[slot] = (db.to_u32(), now);
+        }
+        due
+    };
+    if launch {
+        let started = BackgroundWorkerBuilder::new("sutra audit flush")
+            .set_type("sutra audit flush")
+            .set_library("sutra")
+            .set_function("sutra_audit_flush_main")
+            .set_argument(Some(pg_sys::Datum::from(db.to_u32())))
+            .enable_spi_access()
+            .set_start_time(BgWorkerStartTime::RecoveryFinished)
+            .set_restart_time(None)
+            .load_dynamic();
+        if started.is_err() {
+            pgrx::log!("sutra: could not start the audit flush worker; failed authentications stay queued");
+        }
+    }
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// Takes the queued events of database `db`.
+fn take_events(db: u32) -> Vec<Event> {
+    let mut f = FAILURES.exclusive();
+    let mut out = Vec::new();
+    for e in f.events.iter_mut().filter(|e| e.db == db) {
+        out.push(*e);
+        e.db = 0;
+    }
+    out.sort_by_key(|e| e.at_us);
+    out
+}
+
+fn text(bytes: &[u8], len: u8) -> String {
+    String::from_utf8_lossy(&bytes[..len as usize]).into_owned()
+}
+
+/// Entry point of the flushing worker: connects to the database given as argument and writes its
+/// queued events into `sutra.audit_log`, until none have arrived for a while.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn sutra_audit_flush_main(arg: pg_sys::Datum) {
+    let db = arg.value() as u32;
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);
+    let mut idle = 0;
+    while idle < 5 && !BackgroundWorker::sigterm_received() {
+        let events = take_events(db);
+        if events.is_empty() {
+            idle += 1;
+            BackgroundWorker::wait_latch(Some(Duration::from_millis(200)));
+            continue;
+        }
+        idle = 0;
+        BackgroundWorker::transaction(|| {
+            let installed = Spi::get_one::<bool>("SELECT to_regclass('sutra.audit_log') IS NOT NULL")
+                .ok()
+                .flatten()
+                .unwrap_or(false);
+            if !installed {
+                pgrx::log!("sutra: {} failed authentication(s) not audited: sutra is not installed here", events.len());
+                return;
+            }
+            for e in &events {
+                let key_id = text(&e.key_id, e.key_len);
+                let r = Spi::run_with_args(
+                    "INSERT INTO sutra.audit_log (at, tenant_id, action, actor, session_role, client_addr, details)
+                     VALUES (to_timestamp($1 / 1e6), (SELECT tenant_id FROM sutra.api_key_store WHERE key_id = $2),
+                             'auth.failure', coalesce((SELECT rolname FROM pg_roles WHERE oid = $3), '?'),
+                             coalesce((SELECT rolname FROM pg_roles WHERE oid = $3), '?'),
+                             CASE WHEN $4 = 'local' THEN NULL ELSE $4::inet END,
+                             jsonb_strip_nulls(jsonb_build_object('key_id', nullif($2, ''), 'reason', $5)))",
+                    &[
+                        e.at_us.into(),
+                        key_id.into(),
+                        pg_sys::Oid::from(e.role).into(),
+                        text(&e.client, e.client_len).into(),
+                        text(&e.reason, e.reason_len).into(),
+                    ],
+                );
+                if let Err(err) = r {
+                    pgrx::log!("sutra: could not audit a failed authentication: {err}");
+                }
+            }
+        });
+    }
+}
+
+/// `sutra.reset_auth_failures()`: forgets every failure count (superusers only), e.g. after an
+/// incident has been dealt with. Returns how many counts were cleared.
+#[pg_extern(volatile)]
+fn reset_auth_failures() -> i64 {
+    let mut f = FAILURES.exclusive();
+    let n = f.slots.iter().filter(|s| s.hash != 0).count() as i64;
+    f.slots = [Slot::default(); SLOTS];
+    n
+}

@@ -1,0 +1,18 @@
+//! Tenancy: the tenant context, authentication, API keys and the helpers sutra's SQL calls.
+//!
+//! The tables, policies and lifecycle functions are SQL (`sql/tenancy.sql`); this module holds
+//! what needs Rust: signing and checking contexts, verifying keys and tokens, and reading who the
+//! caller is.
+
+pub mod auth;
+pub mod caller;
+pub mod context;
+pub mod failures;
+pub mod keys;
+
+/// Defines the tenancy parameters and registers cache invalidation. Called from `_PG_init`.
+pub fn init() {
+    context::init();
+    auth::init();
+    failures::init();
+}
