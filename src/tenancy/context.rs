@@ -226,7 +226,7 @@ pub fn tenant_status(tenant: &str) -> Option<String> {
     unsafe { tenants_oid() };
     let status = crate::tenancy::caller::as_superuser(|| {
         Spi::get_one_with_args::<String>(
-            "SELECT status FROM sutra.tenants WHERE id = $1::uuid",
+            "SELECT (SELECT status FROM sutra.tenants WHERE id = $1::uuid)",
             &[tenant.into()],
         )
     });

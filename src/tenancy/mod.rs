@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod caller;
 pub mod context;
+pub mod copy;
 pub mod failures;
 pub mod keys;
 
@@ -15,4 +16,5 @@ pub fn init() {
     context::init();
     auth::init();
     failures::init();
+    copy::init();
 }

@@ -1,0 +1,248 @@
+//! `COPY ... FROM` into tenant tables.
+//!
+//! Stock PostgreSQL refuses COPY FROM into a table whose row level security applies to the
+//! user. For a tenant table (one registered by `sutra.enable_tenancy`), sutra runs the COPY itself
+//! instead, the way PostgreSQL's own DoCopy does (same privilege checks, same lock, same WHERE
+//! handling, the same CopyFrom with its batched inserts), with one condition added to the COPY's
+//! WHERE clause: `sutra._copy_row_check(<tenant column>)`, evaluated on each row after column
+//! defaults are filled in. It passes rows of the session's tenant and raises, like the INSERT
+//! policy's WITH CHECK, on any other, so the whole COPY fails. The session needs the write scope.
+//! Any other COPY goes to PostgreSQL unchanged.
+
+use std::cell::RefCell;
+use std::ffi::{CStr, CString};
+
+use pgrx::prelude::*;
+use pgrx::{pg_sys, PgSqlErrorCode};
+
+use super::caller::as_superuser;
+use super::context::{self, uuid_of};
+use crate::error::{raise, raise_hint};
+use sutra_core::tenant_context::Scopes;
+
+static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
+
+pub fn init() {
+    // SAFETY: _PG_init runs once, single-threaded, in the postmaster; hooks are chained.
+    unsafe {
+        PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
+        pg_sys::ProcessUtility_hook = Some(process_utility);
+    }
+}
+
+/// The COPY in progress in this backend: its table's name and the tenant its rows must carry.
+struct CopyTarget {
+    table: String,
+    tenant: [u8; 16],
+}
+
+thread_local! {
+    static TARGET: RefCell<Option<CopyTarget>> = const { RefCell::new(None) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn process_utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const std::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    // A COPY that failed part way left its target behind.
+    TARGET.with(|t| *t.borrow_mut() = None);
+    let stmt = (*pstmt).utilityStmt;
+    if !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_CopyStmt {
+        let copy = stmt as *mut pg_sys::CopyStmt;
+        if (*copy).is_from && !(*copy).relation.is_null() {
+            if let Some(column) = tenant_column_under_rls((*copy).relation) {
+                let processed = copy_into_tenant_table(copy, &column, query_string, query_env);
+                if !qc.is_null() {
+                    (*qc).commandTag = pg_sys::CommandTag::CMDTAG_COPY;
+                    (*qc).nprocessed = processed;
+                }
+                return;
+            }
+        }
+    }
+    match PREV_PROCESS_UTILITY {
+        Some(prev) => prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
+        None => pg_sys::standard_ProcessUtility(
+            pstmt,
+            query_string,
+            read_only_tree,
+            context,
+            params,
+            query_env,
+            dest,
+            qc,
+        ),
+    }
+}
+
+/// The tenant column of the COPY's table, when it is a tenant table and row level security
+/// applies to the current user; `None` leaves the COPY to PostgreSQL.
+unsafe fn tenant_column_under_rls(relation: *mut pg_sys::RangeVar) -> Option<String> {
+    let relid = pg_sys::RangeVarGetRelidExtended(
+        relation,
+        pg_sys::NoLock as _,
+        pg_sys::RVROption::RVR_MISSING_OK,
+        None,
+        std::ptr::null_mut(),
+    );
+    if relid == pg_sys::InvalidOid
+        || pg_sys::check_enable_rls(relid, pg_sys::InvalidOid, true) != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+    {
+        return None;
+    }
+    let schema = pg_sys::get_namespace_oid(c"sutra".as_ptr(), true);
+    if schema == pg_sys::InvalidOid
+        || pg_sys::get_relname_relid(c"tenant_tables".as_ptr(), schema) == pg_sys::InvalidOid
+    {
+        return None;
+    }
+    as_superuser(|| {
+        Spi::get_one_with_args::<String>(
+            "SELECT (SELECT tenant_column::text FROM sutra.tenant_tables WHERE table_name = $1)",
+            &[relid.into()],
+        )
+    })
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not read tenant tables: {e}")))
+}
+
+unsafe fn list1<T>(p: *mut T) -> *mut pg_sys::List {
+    pg_sys::lappend(std::ptr::null_mut(), p as *mut std::ffi::c_void)
+}
+
+unsafe fn string_node(s: &str) -> *mut pg_sys::String {
+    let c = CString::new(s).expect("no NUL in an identifier");
+    pg_sys::makeString(pg_sys::pstrdup(c.as_ptr()))
+}
+
+/// The raw parse tree of `sutra._copy_row_check(<column>)`.
+unsafe fn row_check_call(column: &str) -> *mut pg_sys::Node {
+    let cref = pg_sys::palloc0(std::mem::size_of::<pg_sys::ColumnRef>()) as *mut pg_sys::ColumnRef;
+    (*cref).type_ = pg_sys::NodeTag::T_ColumnRef;
+    (*cref).fields = list1(string_node(column));
+    (*cref).location = -1;
+    let name = pg_sys::lappend(list1(string_node("sutra")), string_node("_copy_row_check") as *mut _);
+    pg_sys::makeFuncCall(name, list1(cref), pg_sys::CoercionForm::COERCE_EXPLICIT_CALL, -1) as *mut pg_sys::Node
+}
+
+/// What PostgreSQL's DoCopy does for COPY FROM, minus its refusal under row level security, plus
+/// the tenant check in the WHERE clause. Returns the number of rows inserted.
+unsafe fn copy_into_tenant_table(
+    copy: *mut pg_sys::CopyStmt,
+    column: &str,
+    query_string: *const std::ffi::c_char,
+    query_env: *mut pg_sys::QueryEnvironment,
+) -> u64 {
+    // The session must be a tenant's, allowed to write.
+    let ctx = context::required();
+    if !ctx.scopes.contains(Scopes::WRITE) {
+        raise_hint(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "tenant context lacks the write scope",
+            "Authenticate with a key or token that has this scope.",
+        );
+    }
+    // Reading a server file or running a program needs the same roles as for any COPY.
+    let user = pg_sys::GetUserId();
+    if !(*copy).filename.is_null() {
+        if (*copy).is_program {
+            if !pg_sys::has_privs_of_role(user, pg_sys::ROLE_PG_EXECUTE_SERVER_PROGRAM.into()) {
+                raise_hint(
+                    PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                    "must be superuser or have privileges of the pg_execute_server_program role to COPY to or from an external program",
+                    "Anyone can COPY to stdout or from stdin. psql's \\copy command also works for anyone.",
+                );
+            }
+        } else if !pg_sys::has_privs_of_role(user, pg_sys::ROLE_PG_READ_SERVER_FILES.into()) {
+            raise_hint(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                "must be superuser or have privileges of the pg_read_server_files role to COPY from a file",
+                "Anyone can COPY to stdout or from stdin. psql's \\copy command also works for anyone.",
+            );
+        }
+    }
+
+    let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
+    (*pstate).p_sourcetext = query_string;
+    (*pstate).p_queryEnv = query_env;
+    let lockmode = pg_sys::RowExclusiveLock as i32;
+    let rel = pg_sys::table_openrv((*copy).relation, lockmode);
+    let nsitem = pg_sys::addRangeTableEntryForRelation(pstate, rel, lockmode, std::ptr::null_mut(), false, false);
+    let rte = (*nsitem).p_rte;
+    (*rte).requiredPerms = pg_sys::ACL_INSERT as _;
+
+    // WHERE <user's condition> AND sutra._copy_row_check(<tenant column>)
+    let mut raw = row_check_call(column);
+    if !(*copy).whereClause.is_null() {
+        let both = pg_sys::lappend(list1((*copy).whereClause), raw as *mut _);
+        raw = pg_sys::makeBoolExpr(pg_sys::BoolExprType::AND_EXPR, both, -1) as *mut pg_sys::Node;
+    }
+    pg_sys::addNSItemToQuery(pstate, nsitem, false, true, true);
+    let mut where_clause = pg_sys::transformExpr(pstate, raw, pg_sys::ParseExprKind::EXPR_KIND_COPY_WHERE);
+    where_clause = pg_sys::coerce_to_boolean(pstate, where_clause, c"WHERE".as_ptr());
+    pg_sys::assign_expr_collations(pstate, where_clause);
+    where_clause = pg_sys::eval_const_expressions(std::ptr::null_mut(), where_clause);
+    where_clause = pg_sys::canonicalize_qual(where_clause as *mut pg_sys::Expr, false) as *mut pg_sys::Node;
+    let where_list = pg_sys::make_ands_implicit(where_clause as *mut pg_sys::Expr) as *mut pg_sys::Node;
+
+    // Column privileges: INSERT on every column the COPY fills.
+    let attnums = pg_sys::CopyGetAttnums((*rel).rd_att, rel, (*copy).attlist);
+    if !attnums.is_null() {
+        for i in 0..(*attnums).length as usize {
+            let attno = (*(*attnums).elements.add(i)).int_value;
+            (*rte).insertedCols = pg_sys::bms_add_member(
+                (*rte).insertedCols,
+                attno - pg_sys::FirstLowInvalidHeapAttributeNumber,
+            );
+        }
+    }
+    pg_sys::ExecCheckRTPerms((*pstate).p_rtable, true);
+    if pg_sys::XactReadOnly && !(*rel).rd_islocaltemp {
+        pg_sys::PreventCommandIfReadOnly(c"COPY FROM".as_ptr());
+    }
+
+    let table = CStr::from_ptr(pg_sys::get_rel_name((*rel).rd_id)).to_string_lossy().into_owned();
+    TARGET.with(|t| *t.borrow_mut() = Some(CopyTarget { table, tenant: *uuid_of(&ctx.tenant).as_bytes() }));
+    let cstate = pg_sys::BeginCopyFrom(
+        pstate,
+        rel,
+        where_list,
+        (*copy).filename,
+        (*copy).is_program,
+        None,
+        (*copy).attlist,
+        (*copy).options,
+    );
+    let processed = pg_sys::CopyFrom(cstate);
+    pg_sys::EndCopyFrom(cstate);
+    TARGET.with(|t| *t.borrow_mut() = None);
+    pg_sys::table_close(rel, pg_sys::NoLock as _);
+    processed
+}
+
+/// `sutra._copy_row_check(tenant)`: true for a row of the COPY's tenant; raises for any other.
+/// Stable, so that COPY keeps its batched inserts.
+#[pg_extern(stable, name = "_copy_row_check")]
+fn copy_row_check(tenant: Option<pgrx::Uuid>) -> bool {
+    let (expected, table) = TARGET.with(|t| match &*t.borrow() {
+        Some(target) => (target.tenant, Some(target.table.clone())),
+        // Outside a COPY (a direct call): check against the context itself.
+        None => (*uuid_of(&context::required().tenant).as_bytes(), None),
+    });
+    if tenant.map(|t| *t.as_bytes()) != Some(expected) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            match table {
+                Some(table) => format!("new row violates row-level security policy for table \"{table}\""),
+                None => "new row violates row-level security policy".to_string(),
+            },
+        );
+    }
+    true
+}
