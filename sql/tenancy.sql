@@ -17,19 +17,30 @@ COMMENT ON ROLE sutra_service IS
 
 -- Rows that CREATE EXTENSION seeds (plans, the default tenant, the key pepper) are also in a
 -- whole-database dump; restoring the dump would insert them a second time. This trigger turns
--- the insert of a seeded key into a replacement of the seeded row, so a restore keeps the
--- dumped version (with the user's edits) instead of failing.
+-- the insert of a seeded key that is present into an update of the seeded row, so a restore keeps
+-- the dumped version (with the user's edits) instead of failing.
 CREATE FUNCTION _replace_seeded_row() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     key text := TG_ARGV[0];
     value text := to_jsonb(NEW) ->> key;
+    cols text;
+    found boolean;
 BEGIN
-    IF value = ANY (TG_ARGV[1:]) THEN
-        EXECUTE format('DELETE FROM %I.%I WHERE %I::text = $1', TG_TABLE_SCHEMA, TG_TABLE_NAME, key)
-            USING value;
+    IF NOT value = ANY (TG_ARGV[1:]) THEN
+        RETURN NEW;
     END IF;
-    RETURN NEW;
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I.%I WHERE %I::text = $1)', TG_TABLE_SCHEMA, TG_TABLE_NAME, key)
+        INTO found USING value;
+    IF NOT found THEN
+        RETURN NEW;
+    END IF;
+    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
+    FROM pg_attribute a WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped;
+    EXECUTE format('UPDATE %I.%I SET (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%I.%I, $1)) WHERE %I::text = $2',
+                   TG_TABLE_SCHEMA, TG_TABLE_NAME, cols, cols, TG_TABLE_SCHEMA, TG_TABLE_NAME, key)
+        USING to_jsonb(NEW), value;
+    RETURN NULL;
 END $$;
 
 CREATE FUNCTION _tenants_changed() RETURNS trigger
