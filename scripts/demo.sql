@@ -27,3 +27,43 @@ INSERT INTO docs VALUES (5, 'broken', '[1, NaN, 2]');
 INSERT INTO docs VALUES (5, 'short', '[1, 2]');
 \set ON_ERROR_STOP 1
 SELECT count(*) AS docs FROM docs;
+
+-- Tenants. Each tenant sees and changes only its own rows, enforced by the database.
+SELECT sutra.create_tenant('acme', 'Acme Inc', plan => 'pro') IS NOT NULL AS acme_created;
+SELECT sutra.create_tenant('globex', 'Globex') IS NOT NULL AS globex_created;
+CREATE TABLE notes (id bigserial PRIMARY KEY, body text);
+-- Adds tenant_id (defaulting to the session's tenant), forces row level security with
+-- per-command policies, and indexes tenant_id.
+SELECT sutra.enable_tenancy('notes');
+-- The role the application connects as: an ordinary role, no special rights.
+CREATE ROLE demo_app LOGIN;
+GRANT SELECT, INSERT, UPDATE, DELETE ON notes TO demo_app;
+GRANT USAGE ON SEQUENCE notes_id_seq TO demo_app;
+-- API keys are shown once; only an HMAC of the secret is stored.
+SELECT sutra.create_api_key('acme', 'backend', '{read,write}') AS acme_key \gset
+SELECT sutra.create_api_key('globex', 'backend') AS globex_key \gset
+SELECT key_id, name, scopes, status FROM sutra.api_keys ORDER BY name, key_id;
+
+SET ROLE demo_app;
+SELECT sutra.authenticate(:'acme_key') = sutra.tenant_id('acme') AS is_acme;
+INSERT INTO notes (body) VALUES ('acme: Q3 roadmap'), ('acme: hiring plan');
+SELECT sutra.authenticate(:'globex_key') IS NOT NULL AS now_globex;
+INSERT INTO notes (body) VALUES ('globex: launch date');
+SELECT body FROM notes ORDER BY id;                -- globex's row only
+-- Per transaction, as behind a transaction-pooling PgBouncer:
+BEGIN;
+SELECT sutra.authenticate(:'acme_key', local => true) IS NOT NULL AS acme_for_this_transaction;
+SELECT body FROM notes ORDER BY id;                -- acme's rows only
+COMMIT;
+\set ON_ERROR_STOP 0
+SELECT body FROM notes;                            -- back to globex (the session's context)
+SET sutra.tenant_id = 'v1.forged';                 -- refused: only sutra issues contexts
+SELECT sutra.clear_tenant();
+SELECT count(*) FROM notes;                        -- refused: no tenant context
+UPDATE notes SET body = 'x';                       -- refused as well
+\set ON_ERROR_STOP 1
+RESET ROLE;
+-- As the superuser: every tenant's rows, and the audit trail.
+SELECT t.slug, count(*) AS notes FROM notes n JOIN sutra.tenants t ON t.id = n.tenant_id GROUP BY 1 ORDER BY 1;
+SELECT action, count(*) FROM sutra.audit_log GROUP BY 1 ORDER BY 1;
+SELECT * FROM sutra.check_tenancy('notes');

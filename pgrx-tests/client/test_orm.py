@@ -1,0 +1,90 @@
+"""An ORM works unchanged against tenant tables: SQLAlchemy with the tenant context set per
+transaction (the PgBouncer transaction pooling pattern), defaults stamping the tenant."""
+
+import os
+import uuid
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from conftest import connect
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Note(Base):
+    __tablename__ = "orm_notes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body: Mapped[str]
+    # Filled by the column default, sutra.current_tenant(), never by the application.
+    tenant_id: Mapped[uuid.UUID] = mapped_column(server_default=sa.FetchedValue())
+
+
+@pytest.fixture
+def setup():
+    suffix = uuid.uuid4().hex[:8]
+    role = f"orm_app_{suffix}"
+    with connect("SUTRA_TEST_HOST", "SUTRA_TEST_PORT", dbname="sutra_client", autocommit=True) as c:
+        c.execute(f"CREATE ROLE {role} LOGIN")
+        c.execute("CREATE TABLE orm_notes (id serial PRIMARY KEY, body text NOT NULL)")
+        c.execute("SELECT sutra.enable_tenancy('orm_notes')")
+        c.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON orm_notes TO {role}")
+        c.execute(f"GRANT USAGE ON SEQUENCE orm_notes_id_seq TO {role}")
+        tenants = [c.execute("SELECT sutra.create_tenant(%s)", (f"orm-{n}-{suffix}",)).fetchone()[0] for n in "ab"]
+        keys = [c.execute("SELECT sutra.create_api_key(%s)", (t,)).fetchone()[0] for t in tenants]
+        c.execute("INSERT INTO orm_notes (body, tenant_id) VALUES ('hidden row of b', %s)", (tenants[1],))
+    yield role, tenants, keys
+    with connect("SUTRA_TEST_HOST", "SUTRA_TEST_PORT", dbname="sutra_client", autocommit=True) as c:
+        c.execute("DROP TABLE orm_notes")
+        for t in tenants:
+            c.execute("SELECT sutra.drop_tenant(%s::uuid, purge => true)", (t,))
+        c.execute(f"DROP ROLE {role}")
+
+
+def engine_for(role):
+    url = sa.engine.URL.create(
+        "postgresql+psycopg", username=role, host=os.environ["SUTRA_TEST_HOST"],
+        port=int(os.environ["SUTRA_TEST_PORT"]), database="sutra_client")
+    return sa.create_engine(url, pool_size=1, max_overflow=0)
+
+
+def tenant_session(engine, key):
+    """A session whose every transaction first authenticates with key, for that transaction only."""
+    session = Session(engine)
+
+    @event.listens_for(session, "after_begin")
+    def authenticate(session, transaction, connection):
+        connection.execute(sa.text("SELECT sutra.authenticate(:key, local => true)"), {"key": key})
+
+    return session
+
+
+def test_orm_sees_and_writes_only_its_tenant(setup):
+    role, (a, b), (key_a, key_b) = setup
+    engine = engine_for(role)
+    with tenant_session(engine, key_a) as s:
+        s.add_all([Note(body="first"), Note(body="second")])
+        s.commit()
+        notes = s.scalars(sa.select(Note).order_by(Note.id)).all()
+        assert [(n.body, n.tenant_id) for n in notes] == [("first", a), ("second", a)]
+        # A bulk update that names every row changes only the tenant's own.
+        s.execute(sa.update(Note).values(body=Note.body + "!"))
+        s.commit()
+    # The same pooled connection, another tenant: the earlier context is gone with its transaction.
+    with tenant_session(engine, key_b) as s:
+        assert [n.body for n in s.scalars(sa.select(Note))] == ["hidden row of b"]
+        s.add(Note(body="b's own"))
+        s.commit()
+        assert s.scalar(sa.select(sa.func.count()).select_from(Note)) == 2
+    # Without authentication: an error, not rows.
+    with Session(engine) as s, pytest.raises(sa.exc.DBAPIError) as e:
+        s.scalars(sa.select(Note)).all()
+    assert e.value.orig.sqlstate == "28000"
+    engine.dispose()
+    with connect("SUTRA_TEST_HOST", "SUTRA_TEST_PORT", dbname="sutra_client") as c:
+        rows = c.execute("SELECT body, tenant_id FROM orm_notes ORDER BY id").fetchall()
+    assert rows == [("hidden row of b", b), ("first!", a), ("second!", a), ("b's own", b)]
