@@ -121,6 +121,12 @@ CREATE TABLE api_key_store (
     replaced_by text
 );
 CREATE INDEX ON api_key_store (tenant_id);
+-- Revoking a key ends the contexts it granted, in every backend (see tenant_changed).
+CREATE TRIGGER key_revoked AFTER UPDATE OF revoked_at ON api_key_store
+    FOR EACH ROW WHEN (OLD.revoked_at IS DISTINCT FROM NEW.revoked_at)
+    EXECUTE FUNCTION _tenants_changed();
+CREATE TRIGGER key_deleted AFTER DELETE ON api_key_store
+    FOR EACH STATEMENT EXECUTE FUNCTION _tenants_changed();
 COMMENT ON TABLE api_key_store IS 'API keys: only an HMAC of each secret; read through sutra.api_keys';
 
 CREATE VIEW api_keys WITH (security_invoker = true) AS
@@ -178,6 +184,31 @@ END $$;
 CREATE EVENT TRIGGER sutra_tenant_table_dropped ON sql_drop
     EXECUTE FUNCTION _tenant_table_dropped();
 
+-- A partition created in or attached to a tenant table gets the table's policies.
+CREATE FUNCTION _tenant_partition_added() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    IF to_regclass('sutra.tenant_tables') IS NULL THEN
+        RETURN;
+    END IF;
+    FOR r IN SELECT DISTINCT pc.oid::regclass AS part, t.tenant_column
+             FROM pg_event_trigger_ddl_commands() d
+             CROSS JOIN LATERAL pg_partition_tree(d.objid) p
+             JOIN pg_class pc ON pc.oid = p.relid
+             JOIN sutra.tenant_tables t ON t.table_name = pg_partition_root(pc.oid)
+             WHERE d.classid = 'pg_class'::regclass AND pc.relispartition
+               AND NOT (pc.relrowsecurity AND pc.relforcerowsecurity
+                        AND (SELECT count(*) FROM pg_policy x WHERE x.polrelid = pc.oid
+                             AND x.polname LIKE 'sutra\_tenant\_%') = 4) LOOP
+        PERFORM sutra._apply_tenant_policies(r.part, r.tenant_column);
+    END LOOP;
+END $$;
+CREATE EVENT TRIGGER sutra_tenant_partition_added ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
+    EXECUTE FUNCTION _tenant_partition_added();
+
 -- Privileges and row level security on sutra's own tables --------------------------------------
 
 GRANT USAGE ON SCHEMA sutra TO PUBLIC;
@@ -193,15 +224,15 @@ ALTER TABLE secrets FORCE ROW LEVEL SECURITY;
 
 ALTER TABLE tenants ENABLE ROW LEVEL SECURITY;
 CREATE POLICY service ON tenants FOR SELECT TO sutra_service USING (true);
-CREATE POLICY own_tenant ON tenants FOR SELECT USING (id = current_tenant('read'));
+CREATE POLICY own_tenant ON tenants FOR SELECT USING (id = (SELECT current_tenant('read')));
 
 ALTER TABLE api_key_store ENABLE ROW LEVEL SECURITY;
 CREATE POLICY service ON api_key_store FOR SELECT TO sutra_service USING (true);
-CREATE POLICY own_tenant ON api_key_store FOR SELECT USING (tenant_id = current_tenant('admin'));
+CREATE POLICY own_tenant ON api_key_store FOR SELECT USING (tenant_id = (SELECT current_tenant('admin')));
 
 ALTER TABLE audit_log ENABLE ROW LEVEL SECURITY;
 CREATE POLICY service ON audit_log FOR SELECT TO sutra_service USING (true);
-CREATE POLICY own_tenant ON audit_log FOR SELECT USING (tenant_id = current_tenant('admin'));
+CREATE POLICY own_tenant ON audit_log FOR SELECT USING (tenant_id = (SELECT current_tenant('admin')));
 
 SELECT pg_catalog.pg_extension_config_dump('plans', '');
 SELECT pg_catalog.pg_extension_config_dump('tenants', '');
@@ -383,8 +414,7 @@ DECLARE
     removed jsonb := '{}';
 BEGIN
     FOR t IN SELECT table_name, tenant_column FROM sutra.tenant_tables ORDER BY table_name::text LOOP
-        EXECUTE format('DELETE FROM %s WHERE %I = $1', t.table_name, t.tenant_column) USING tenant;
-        GET DIAGNOSTICS n = ROW_COUNT;
+        n := sutra._purge_rows(t.table_name::oid, t.tenant_column, tenant);
         removed := removed || jsonb_build_object(t.table_name::text, n);
     END LOOP;
     DELETE FROM sutra.api_key_store k WHERE k.tenant_id = tenant;
@@ -597,6 +627,29 @@ BEGIN
     END LOOP;
 END $$;
 
+-- A table and, if it is partitioned, all its partitions at every level.
+CREATE FUNCTION _table_and_partitions(tbl regclass) RETURNS SETOF regclass
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT tbl UNION SELECT p.relid FROM pg_partition_tree(tbl) p;
+$$;
+
+-- Row level security, forced, and sutra's four policies on one table (or partition).
+CREATE FUNCTION _apply_tenant_policies(tbl regclass, tenant_column name) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM sutra._drop_tenant_policies(tbl);
+    EXECUTE format('CREATE POLICY sutra_tenant_select ON %s FOR SELECT USING (%I = (SELECT sutra.current_tenant(''read'')))',
+                   tbl, tenant_column);
+    EXECUTE format('CREATE POLICY sutra_tenant_insert ON %s FOR INSERT WITH CHECK (%I = (SELECT sutra.current_tenant(''write'')))',
+                   tbl, tenant_column);
+    EXECUTE format('CREATE POLICY sutra_tenant_update ON %s FOR UPDATE USING (%I = (SELECT sutra.current_tenant(''write'')))'
+                   ' WITH CHECK (%I = (SELECT sutra.current_tenant(''write'')))', tbl, tenant_column, tenant_column);
+    EXECUTE format('CREATE POLICY sutra_tenant_delete ON %s FOR DELETE USING (%I = (SELECT sutra.current_tenant(''write'')))',
+                   tbl, tenant_column);
+    -- Last and in one statement: the partition event trigger sees the table complete and stops.
+    EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY', tbl);
+END $$;
+
 -- Turns a table into a tenant table. Runs as the caller, who must own the table.
 CREATE FUNCTION enable_tenancy(tbl regclass, tenant_column name DEFAULT 'tenant_id') RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -628,17 +681,9 @@ BEGIN
         EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', tbl, tenant_column);
     END IF;
     EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT sutra.current_tenant()', tbl, tenant_column);
-    EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', tbl);
-    EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', tbl);
-    PERFORM sutra._drop_tenant_policies(tbl);
-    EXECUTE format('CREATE POLICY sutra_tenant_select ON %s FOR SELECT USING (%I = sutra.current_tenant(''read''))',
-                   tbl, tenant_column);
-    EXECUTE format('CREATE POLICY sutra_tenant_insert ON %s FOR INSERT WITH CHECK (%I = sutra.current_tenant(''write''))',
-                   tbl, tenant_column);
-    EXECUTE format('CREATE POLICY sutra_tenant_update ON %s FOR UPDATE USING (%I = sutra.current_tenant(''write''))'
-                   ' WITH CHECK (%I = sutra.current_tenant(''write''))', tbl, tenant_column, tenant_column);
-    EXECUTE format('CREATE POLICY sutra_tenant_delete ON %s FOR DELETE USING (%I = sutra.current_tenant(''write''))',
-                   tbl, tenant_column);
+    -- The table and each of its partitions: a partition read or written directly applies its
+    -- own policies, not its parent's.
+    PERFORM sutra._apply_tenant_policies(m, tenant_column) FROM sutra._table_and_partitions(tbl) m;
     SELECT a.attnum INTO col_num FROM pg_attribute a
     WHERE a.attrelid = tbl AND a.attname = tenant_column;
     SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = tbl AND i.indkey[0] = col_num)
@@ -656,14 +701,17 @@ CREATE FUNCTION disable_tenancy(tbl regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     col name := (SELECT t.tenant_column FROM sutra.tenant_tables t WHERE t.table_name = tbl);
+    part regclass;
 BEGIN
     IF col IS NULL THEN
         RAISE EXCEPTION 'table % is not a tenant table', tbl USING ERRCODE = '42809',
             HINT = 'Tenant tables are listed in sutra.tenant_tables.';
     END IF;
-    PERFORM sutra._drop_tenant_policies(tbl);
-    EXECUTE format('ALTER TABLE %s NO FORCE ROW LEVEL SECURITY', tbl);
-    EXECUTE format('ALTER TABLE %s DISABLE ROW LEVEL SECURITY', tbl);
+    FOR part IN SELECT m FROM sutra._table_and_partitions(tbl) m LOOP
+        PERFORM sutra._drop_tenant_policies(part);
+        EXECUTE format('ALTER TABLE %s NO FORCE ROW LEVEL SECURITY', part);
+        EXECUTE format('ALTER TABLE %s DISABLE ROW LEVEL SECURITY', part);
+    END LOOP;
     EXECUTE format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT', tbl, col);
     PERFORM sutra._register_tenant_table(tbl, col, false);
 END $$;
@@ -689,6 +737,13 @@ BEGIN
     IF (SELECT count(*) FROM pg_policy p WHERE p.polrelid = tbl AND p.polname LIKE 'sutra_tenant_%') < 4 THEN
         RETURN QUERY SELECT 'error', tbl::text, 'a sutra_tenant_* policy is missing';
     END IF;
+    FOR r IN SELECT p.relid AS part FROM pg_partition_tree(tbl) p JOIN pg_class c ON c.oid = p.relid
+             WHERE p.relid <> tbl AND NOT (c.relrowsecurity AND c.relforcerowsecurity
+                   AND (SELECT count(*) FROM pg_policy x WHERE x.polrelid = c.oid
+                        AND x.polname LIKE 'sutra_tenant_%') = 4) LOOP
+        RETURN QUERY SELECT 'error', format('partition %s', r.part),
+            'partition without forced row level security and sutra''s policies: read directly, it shows every tenant';
+    END LOOP;
     FOR r IN SELECT p.polname FROM pg_policy p
              WHERE p.polrelid = tbl AND p.polname NOT LIKE 'sutra_tenant_%' AND p.polpermissive LOOP
         RETURN QUERY SELECT 'warning', format('policy %I', r.polname),
@@ -762,8 +817,10 @@ REVOKE ALL ON FUNCTION _audit(text, uuid, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _replace_seeded_row() FROM PUBLIC;
 REVOKE ALL ON FUNCTION _tenants_changed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION _tenant_table_dropped() FROM PUBLIC;
+REVOKE ALL ON FUNCTION _tenant_partition_added() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reset_auth_failures() FROM PUBLIC;
 REVOKE ALL ON FUNCTION _mint_api_key(bytea) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _random_bytes(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _invalidate_tenant_cache() FROM PUBLIC;
+REVOKE ALL ON FUNCTION _purge_rows(oid, text, uuid) FROM PUBLIC;
 

@@ -118,8 +118,37 @@ mod tests {
     }
 
     /// The library is preloaded, so the prefix is reserved: no placeholder can be created.
-    #[pg_test(error = "invalid configuration parameter name \"sutra.tenant_id\"")]
+    #[pg_test(error = "invalid configuration parameter name \"sutra.no_such_parameter\"")]
     fn sutra_prefix_is_reserved() {
-        Spi::run("SELECT set_config('sutra.tenant_id', 'forged', false)").unwrap();
+        Spi::run("SELECT set_config('sutra.no_such_parameter', 'planted', false)").unwrap();
+    }
+
+    /// sutra.tenant_id exists, and takes no value sutra did not sign.
+    #[pg_test(error = "invalid tenant context")]
+    fn forged_tenant_context_is_refused() {
+        Spi::run("SELECT set_config('sutra.tenant_id', 'v1.00000000-0000-0000-0000-000000000000.rwa.9999999999.-.AAAA', false)")
+            .unwrap();
+    }
+
+    /// A context sutra issued reads back as its tenant and scopes, in this backend and in a
+    /// parallel worker (which receives the parameter and checks it again).
+    #[pg_test]
+    fn issued_context_reads_back_in_parallel_workers() {
+        Spi::run("SELECT sutra.create_tenant('pgtest', id => '11111111-2222-3333-4444-555555555555')").unwrap();
+        Spi::run("SELECT sutra.set_tenant('pgtest', scopes => '{read}')").unwrap();
+        let scopes = Spi::get_one::<Vec<String>>("SELECT sutra.current_scopes()").unwrap();
+        assert_eq!(scopes, Some(vec!["read".to_string()]));
+        Spi::run(
+            "SET LOCAL parallel_setup_cost = 0; SET LOCAL parallel_tuple_cost = 0;
+             SET LOCAL min_parallel_table_scan_size = 0; SET LOCAL max_parallel_workers_per_gather = 2;
+             CREATE TABLE pt AS SELECT i FROM generate_series(1, 10000) i; ANALYZE pt",
+        )
+        .unwrap();
+        let plan = Spi::explain("SELECT count(*) FROM pt WHERE sutra.current_tenant()::text = '11111111-2222-3333-4444-555555555555'")
+            .unwrap();
+        assert!(format!("{plan:?}").contains("Gather"), "{plan:?}");
+        let n = Spi::get_one::<i64>("SELECT count(*) FROM pt WHERE sutra.current_tenant()::text = '11111111-2222-3333-4444-555555555555'")
+            .unwrap();
+        assert_eq!(n, Some(10000));
     }
 }

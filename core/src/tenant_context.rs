@@ -1,11 +1,12 @@
 //! The signed tenant context: the value sutra puts in the `sutra.tenant_id` parameter.
 //!
 //! ```text
-//! v1.<tenant uuid>.<scopes>.<expires>.<mac>
+//! v1.<tenant uuid>.<scopes>.<expires>.<grant>.<mac>
 //! ```
 //!
 //! `scopes` is a subset of `rwa` in that order (`r` read, `w` write, `a` admin), `expires` is in
-//! Unix seconds, and `mac` is the unpadded base64url HMAC-SHA256, under the cluster's context
+//! Unix seconds, `grant` is the id of the API key that granted the context (16 lower-case hex
+//! digits, so revoking the key can end it) or `-` (a token or a trusted server), and `mac` is the unpadded base64url HMAC-SHA256, under the cluster's context
 //! secret, of everything before the last dot. Every node that holds the secret can check a value
 //! without having seen the authentication (a Citus worker receiving `SET LOCAL`), and no one
 //! without the secret can make one.
@@ -96,12 +97,14 @@ pub struct Context {
     pub scopes: Scopes,
     /// Unix seconds after which the context is no longer valid.
     pub expires: i64,
+    /// The API key that granted it, if one did.
+    pub grant: Option<String>,
 }
 
 /// Why a value is not a valid context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContextError {
-    /// Not of the form `v1.<uuid>.<scopes>.<expires>.<mac>`.
+    /// Not of the form `v1.<uuid>.<scopes>.<expires>.<grant>.<mac>`.
     Malformed,
     /// Well formed, but not signed with this cluster's secret.
     BadSignature,
@@ -128,7 +131,9 @@ fn mac(secret: &[u8], payload: &str) -> HmacSha256 {
 /// Signs a context. `ctx.tenant` must be a canonical uuid.
 pub fn sign(ctx: &Context, secret: &[u8]) -> String {
     debug_assert!(is_canonical_uuid(&ctx.tenant));
-    let payload = format!("{VERSION}.{}.{}.{}", ctx.tenant, ctx.scopes.letters(), ctx.expires);
+    let grant = ctx.grant.as_deref().unwrap_or("-");
+    debug_assert!(grant == "-" || is_key_id(grant));
+    let payload = format!("{VERSION}.{}.{}.{}.{grant}", ctx.tenant, ctx.scopes.letters(), ctx.expires);
     let tag = mac(secret, &payload).finalize().into_bytes();
     format!("{payload}.{}", URL_SAFE_NO_PAD.encode(tag))
 }
@@ -137,11 +142,14 @@ pub fn sign(ctx: &Context, secret: &[u8]) -> String {
 pub fn verify(value: &str, secret: &[u8], now: i64) -> Result<Context, ContextError> {
     let (payload, tag) = value.rsplit_once('.').ok_or(ContextError::Malformed)?;
     let mut parts = payload.split('.');
-    let (Some(VERSION), Some(tenant), Some(scopes), Some(expires), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(VERSION), Some(tenant), Some(scopes), Some(expires), Some(grant), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(ContextError::Malformed);
     };
+    if grant != "-" && !is_key_id(grant) {
+        return Err(ContextError::Malformed);
+    }
     if !is_canonical_uuid(tenant) {
         return Err(ContextError::Malformed);
     }
@@ -156,7 +164,13 @@ pub fn verify(value: &str, secret: &[u8], now: i64) -> Result<Context, ContextEr
     if now >= expires {
         return Err(ContextError::Expired);
     }
-    Ok(Context { tenant: tenant.to_string(), scopes, expires })
+    let grant = (grant != "-").then(|| grant.to_string());
+    Ok(Context { tenant: tenant.to_string(), scopes, expires, grant })
+}
+
+/// True for an API key id: 16 lower-case hex digits.
+pub fn is_key_id(s: &str) -> bool {
+    s.len() == 16 && s.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
 }
 
 #[cfg(test)]
@@ -167,7 +181,22 @@ mod tests {
     const TENANT: &str = "5f0c6a2e-8d5b-4b8e-9a51-0c1d2e3f4a5b";
 
     fn ctx(scopes: Scopes) -> Context {
-        Context { tenant: TENANT.into(), scopes, expires: 2_000_000_000 }
+        Context { tenant: TENANT.into(), scopes, expires: 2_000_000_000, grant: None }
+    }
+
+    #[test]
+    fn the_granting_key_is_signed_too() {
+        let keyed = Context { grant: Some("0123456789abcdef".into()), ..ctx(Scopes::READ) };
+        let v = sign(&keyed, SECRET);
+        assert_eq!(verify(&v, SECRET, 0), Ok(keyed));
+        assert!(v.contains(".0123456789abcdef."));
+        // Dropping or changing the key id breaks the signature.
+        assert_eq!(verify(&v.replace(".0123456789abcdef.", ".-."), SECRET, 0), Err(ContextError::BadSignature));
+        assert_eq!(
+            verify(&v.replace(".0123456789abcdef.", ".0123456789abcdee."), SECRET, 0),
+            Err(ContextError::BadSignature)
+        );
+        assert_eq!(verify(&v.replace(".0123456789abcdef.", ".0123456789ABCDEF."), SECRET, 0), Err(ContextError::Malformed));
     }
 
     #[test]
@@ -224,6 +253,8 @@ mod tests {
             v.replace(".r.", ".rr."),
             v.replace(".r.", ".x."),
             v.replace("2000000000", "+2000000000"),
+            v.replace(".-.", ".."),
+            v.replace(".-.", ".x."),
             format!("{payload}.{tag}="),
         ] {
             assert_eq!(verify(&bad, SECRET, 0), Err(ContextError::Malformed), "{bad:?}");

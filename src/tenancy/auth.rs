@@ -133,15 +133,43 @@ fn denied(key_id: &str, reason: &str, message: String) -> ! {
     raise(PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, message)
 }
 
+/// Takes a credential out of the statement text others can see: `pg_stat_activity.query` of
+/// sessions of the same role, and the statement the server logs with an error. (A statement
+/// sent with the credential as a bind parameter never contained it.)
+fn hide_credential(credential: &str) {
+    if credential.len() < 16 {
+        return;
+    }
+    // SAFETY: debug_query_string is null or the current top-level statement's text, which lives
+    // as long as the statement; the redacted copy is allocated in the same per-message context
+    // (or the transaction's), so it lives as long as the statement too.
+    unsafe {
+        let q = pg_sys::debug_query_string;
+        if q.is_null() {
+            return;
+        }
+        let text = CStr::from_ptr(q).to_string_lossy();
+        if !text.contains(credential) {
+            return;
+        }
+        let Ok(redacted) = std::ffi::CString::new(text.replace(credential, "<redacted>")) else { return };
+        let cx = if pg_sys::MessageContext.is_null() { pg_sys::TopTransactionContext } else { pg_sys::MessageContext };
+        let copy = pg_sys::MemoryContextStrdup(cx, redacted.as_ptr());
+        pg_sys::debug_query_string = copy;
+        pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_RUNNING, copy);
+    }
+}
+
 /// `sutra.authenticate(api_key, local)`: checks an API key and sets its tenant and scopes as the
 /// context of the session, or of the current transaction when `local`.
 #[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn authenticate(api_key: &str, local: default!(bool, false)) -> pgrx::Uuid {
+    hide_credential(api_key);
     let Some(presented) = api_key::parse(api_key) else {
         auth_failed(api_key::key_id_of(api_key), "malformed key");
     };
-    failures::throttle(presented.key_id);
+    failures::throttle(Some(presented.key_id));
     let pepper = pepper();
     let Some(row) = lookup_key(presented.key_id) else {
         // Spend the time a real check takes, so timing does not tell unknown ids apart.
@@ -161,7 +189,7 @@ fn authenticate(api_key: &str, local: default!(bool, false)) -> pgrx::Uuid {
         denied(presented.key_id, "tenant not active", format!("tenant {} is {}", row.tenant, row.status));
     }
     failures::forget(presented.key_id);
-    issue(&row.tenant, scopes_of(&row.scopes), row.expires, local);
+    issue(&row.tenant, scopes_of(&row.scopes), row.expires, Some(presented.key_id), local);
     // SAFETY: plain backend globals.
     let writable = unsafe { !pg_sys::XactReadOnly && !pg_sys::RecoveryInProgress() };
     if row.stale && writable {
@@ -212,7 +240,9 @@ fn jwt_secret() -> Vec<u8> {
 #[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn authenticate_jwt(token: &str, local: default!(bool, false)) -> pgrx::Uuid {
+    hide_credential(token);
     let secret = jwt_secret();
+    failures::throttle(None);
     let claims = jwt::verify_hs256(token, &secret, now_unix()).unwrap_or_else(|e| {
         let detail = match e {
             jwt::JwtError::Malformed(what) => format!("The token is malformed: {what}."),
@@ -240,7 +270,7 @@ fn authenticate_jwt(token: &str, local: default!(bool, false)) -> pgrx::Uuid {
             format!("tenant {tenant} is {status}"),
         );
     }
-    issue(&tenant, claims.scopes, Some(claims.expires), local);
+    issue(&tenant, claims.scopes, Some(claims.expires), None, local);
     uuid_of(&tenant)
 }
 
@@ -270,7 +300,7 @@ fn do_set_tenant(tenant: &str, local: bool, scopes: &[String]) -> pgrx::Uuid {
             format!("tenant {id} is {status}"),
         );
     }
-    issue(&id, wanted, None, local);
+    issue(&id, wanted, None, None, local);
     uuid_of(&id)
 }
 
@@ -295,12 +325,5 @@ fn set_tenant_uuid(
     local: default!(bool, false),
     scopes: default!(Vec<String>, "'{read,write,admin}'"),
 ) -> pgrx::Uuid {
-    let t = tenant.as_bytes().iter().enumerate().fold(String::with_capacity(36), |mut s, (i, b)| {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            s.push('-');
-        }
-        s.push_str(&format!("{b:02x}"));
-        s
-    });
-    do_set_tenant(&t, local, &scopes)
+    do_set_tenant(&tenant.to_string(), local, &scopes)
 }

@@ -75,7 +75,7 @@ unsafe fn check_failure(code: PgSqlErrorCode, message: &str, detail: &str) -> bo
 unsafe extern "C-unwind" fn check_tenant_id(
     newval: *mut *mut c_char,
     _extra: *mut *mut c_void,
-    _source: pg_sys::GucSource::Type,
+    source: pg_sys::GucSource::Type,
 ) -> bool {
     // SAFETY: the GUC machinery passes a valid pointer to a NUL-terminated string (or null).
     let value = match (*newval).as_ref() {
@@ -85,7 +85,24 @@ unsafe extern "C-unwind" fn check_tenant_id(
     if value.is_empty() {
         return true;
     }
-    match tenant_context::verify(&value, &secret(), now_unix()) {
+    // A context belongs to one session: it may come from the client at connection (PGOPTIONS)
+    // or from SET / set_config in the session, never from a stored setting (ALTER ROLE or
+    // DATABASE ... SET, a function's SET clause, a configuration file).
+    if source != pg_sys::GucSource::PGC_S_CLIENT && source != pg_sys::GucSource::PGC_S_SESSION {
+        return check_failure(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "a tenant context can only be set in a session",
+            "sutra.tenant_id cannot be stored with ALTER ROLE, ALTER DATABASE, a function's SET clause or a configuration file.",
+        );
+    }
+    let now = now_unix();
+    // A value this backend verified or signed itself needs no second HMAC.
+    if let Some(expires) = VERIFIED.with(|c| c.borrow().as_ref().filter(|v| v.value == value).map(|v| v.ctx.expires)) {
+        if now < expires {
+            return true;
+        }
+    }
+    match tenant_context::verify(&value, &secret(), now) {
         Ok(_) => true,
         Err(ContextError::Expired) => check_failure(
             PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
@@ -171,15 +188,31 @@ pub fn init() {
     }
 }
 
+/// A value of `sutra.tenant_id` this backend verified (or signed) and what it grants.
+struct Verified {
+    value: String,
+    ctx: Context,
+    uuid: pgrx::Uuid,
+    /// The tenant status generation at which the tenant was last found active.
+    active_at: u64,
+}
+
 thread_local! {
-    /// The last value read and what it granted: reads of an unchanged value skip the HMAC.
-    static VERIFIED: RefCell<Option<(String, Context)>> = const { RefCell::new(None) };
+    /// The last value read: reads of an unchanged value skip the HMAC and the status lookup.
+    static VERIFIED: RefCell<Option<Verified>> = const { RefCell::new(None) };
+    /// Bumped whenever tenant status may have changed.
+    static STATUS_GENERATION: std::cell::Cell<u64> = const { std::cell::Cell::new(1) };
 }
 
 thread_local! {
     /// Status of the tenants this backend has seen in a context (`active`, `suspended`, ...).
     /// Cleared when `sutra.tenants` changes (a relcache invalidation its trigger sends).
     static STATUS: RefCell<HashMap<String, String>> = RefCell::new(HashMap::new());
+    /// Whether the API keys that granted contexts here are still valid (not revoked), cleared
+    /// with STATUS (revoking a key sends the same invalidation).
+    static KEYS: RefCell<HashMap<String, bool>> = RefCell::new(HashMap::new());
+    /// The tenant whose rows sutra is purging in this backend: its contexts count as active.
+    static PURGING: RefCell<Option<String>> = const { RefCell::new(None) };
     /// The oid of `sutra.tenants`, learnt on the first lookup.
     static TENANTS_OID: std::cell::Cell<pg_sys::Oid> = const { std::cell::Cell::new(pg_sys::InvalidOid) };
 }
@@ -190,6 +223,8 @@ unsafe extern "C-unwind" fn tenants_invalidated(_arg: pg_sys::Datum, relid: pg_s
     let tenants = TENANTS_OID.with(|c| c.get());
     if relid == pg_sys::InvalidOid || relid == tenants {
         STATUS.with(|c| c.borrow_mut().clear());
+        KEYS.with(|c| c.borrow_mut().clear());
+        STATUS_GENERATION.with(|g| g.set(g.get() + 1));
     }
 }
 
@@ -240,8 +275,60 @@ pub fn tenant_status(tenant: &str) -> Option<String> {
     status
 }
 
+/// Whether the API key `key_id` is still valid (exists, not revoked), cached per backend.
+fn key_valid(key_id: &str) -> bool {
+    if let Some(v) = KEYS.with(|c| c.borrow().get(key_id).copied()) {
+        return v;
+    }
+    // SAFETY: only resolves the tenants table's oid for the invalidation callback.
+    unsafe { tenants_oid() };
+    let valid = crate::tenancy::caller::as_superuser(|| {
+        Spi::get_one_with_args::<bool>(
+            "SELECT coalesce((SELECT revoked_at IS NULL FROM sutra.api_key_store WHERE key_id = $1), false)",
+            &[key_id.into()],
+        )
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    KEYS.with(|c| c.borrow_mut().insert(key_id.to_string(), valid));
+    valid
+}
+
+/// Runs `f` with contexts of `tenant` counting as active whatever its status (purging a deleted
+/// tenant's rows runs as each table's owner, through the tenant's policies).
+pub fn while_purging<R>(tenant: &str, f: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            PURGING.with(|p| *p.borrow_mut() = None);
+        }
+    }
+    PURGING.with(|p| *p.borrow_mut() = Some(tenant.to_string()));
+    let _reset = Reset;
+    f()
+}
+
+/// Raises unless the context may act now: its tenant exists and is active, and the key that
+/// granted it (if any) has not been revoked.
+fn require_valid(ctx: &Context) {
+    require_active(&ctx.tenant);
+    if let Some(key_id) = &ctx.grant {
+        if !key_valid(key_id) {
+            raise_hint(
+                PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+                format!("API key {key_id} has been revoked"),
+                NO_CONTEXT_HINT,
+            );
+        }
+    }
+}
+
 /// Raises unless the tenant may act now (exists and is active).
 pub fn require_active(tenant: &str) {
+    if PURGING.with(|p| p.borrow().as_deref() == Some(tenant)) {
+        return;
+    }
     match tenant_status(tenant).as_deref() {
         Some("active") => {}
         Some(status) => raise_hint(
@@ -274,37 +361,57 @@ fn context_tenant() -> Option<pgrx::Uuid> {
     tenant_context::verify(value, &secret(), now_unix()).ok().map(|c| uuid_of(&c.tenant))
 }
 
-/// The current tenant context, verified; `None` when there is none.
-pub fn current() -> Option<Context> {
+/// The current tenant context, verified, with its tenant's uuid; `None` when there is none.
+/// Raises for an expired context or a tenant that is no longer active.
+fn current_checked() -> Option<(Scopes, pgrx::Uuid)> {
     let value = raw_value();
     if value.is_empty() {
         return None;
     }
     let now = now_unix();
-    let cached = VERIFIED.with(|c| {
-        c.borrow().as_ref().filter(|(v, _)| v == value).map(|(_, ctx)| ctx.clone())
+    let generation = STATUS_GENERATION.with(|g| g.get());
+    let hit = VERIFIED.with(|c| {
+        c.borrow().as_ref().filter(|v| v.value == value).map(|v| (v.ctx.scopes, v.uuid, v.ctx.expires, v.active_at))
     });
-    let ctx = match cached {
-        Some(ctx) => ctx,
-        None => match tenant_context::verify(value, &secret(), now) {
-            Ok(ctx) => {
-                VERIFIED.with(|c| *c.borrow_mut() = Some((value.to_string(), ctx.clone())));
-                ctx
-            }
-            Err(ContextError::Expired) => expired(),
-            // The check hook let it in, so the secret changed since (a reload).
-            Err(_) => raise_hint(
-                PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
-                "tenant context is no longer valid",
-                NO_CONTEXT_HINT,
-            ),
-        },
-    };
-    if now >= ctx.expires {
-        expired();
+    if let Some((scopes, uuid, expires, active_at)) = hit {
+        if now >= expires {
+            expired();
+        }
+        if active_at == generation {
+            return Some((scopes, uuid));
+        }
     }
-    require_active(&ctx.tenant);
-    Some(ctx)
+    let ctx = match tenant_context::verify(value, &secret(), now) {
+        Ok(ctx) => ctx,
+        Err(ContextError::Expired) => expired(),
+        // The check hook let it in, so the secret changed since (a reload).
+        Err(_) => raise_hint(
+            PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            "tenant context is no longer valid",
+            NO_CONTEXT_HINT,
+        ),
+    };
+    require_valid(&ctx);
+    let (scopes, uuid) = (ctx.scopes, uuid_of(&ctx.tenant));
+    remember(value.to_string(), ctx, generation);
+    Some((scopes, uuid))
+}
+
+fn remember(value: String, ctx: Context, active_at: u64) {
+    // Status changes of tenants reach this backend only once it knows which relation they
+    // invalidate.
+    if TENANTS_OID.with(|c| c.get()) == pg_sys::InvalidOid {
+        // SAFETY: a catalog lookup by name, inside a transaction.
+        unsafe { tenants_oid() };
+    }
+    let uuid = uuid_of(&ctx.tenant);
+    VERIFIED.with(|c| *c.borrow_mut() = Some(Verified { value, ctx, uuid, active_at }));
+}
+
+/// The current tenant context, verified; `None` when there is none.
+pub fn current() -> Option<Context> {
+    current_checked()?;
+    VERIFIED.with(|c| c.borrow().as_ref().map(|v| v.ctx.clone()))
 }
 
 fn expired() -> ! {
@@ -315,15 +422,13 @@ fn expired() -> ! {
     )
 }
 
-/// The current context, or an error that says how to get one.
-pub fn required() -> Context {
-    current().unwrap_or_else(|| {
-        raise_hint(
-            PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
-            "no tenant context",
-            NO_CONTEXT_HINT,
-        )
-    })
+fn no_context() -> ! {
+    raise_hint(PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, "no tenant context", NO_CONTEXT_HINT)
+}
+
+/// The current tenant's scopes and uuid, or an error that says how to get a context.
+pub fn required_tenant() -> (Scopes, pgrx::Uuid) {
+    current_checked().unwrap_or_else(|| no_context())
 }
 
 pub fn uuid_of(canonical: &str) -> pgrx::Uuid {
@@ -337,21 +442,26 @@ pub fn uuid_of(canonical: &str) -> pgrx::Uuid {
 }
 
 /// Signs a context for `tenant` and puts it in `sutra.tenant_id`, for the session or (`local`)
-/// the current transaction. Only sutra's own authenticating functions call this.
-pub fn issue(tenant: &str, scopes: Scopes, not_after: Option<i64>, local: bool) {
+/// the current transaction. Only sutra's own authenticating functions call this, after checking
+/// the credential (`grant`: the API key used, if any) and that the tenant is active.
+pub fn issue(tenant: &str, scopes: Scopes, not_after: Option<i64>, grant: Option<&str>, local: bool) {
+    let action = if local { pg_sys::GucAction::GUC_ACTION_LOCAL } else { pg_sys::GucAction::GUC_ACTION_SET };
+    put(tenant, scopes, not_after, grant, action);
+}
+
+/// Signs a context and sets it with `action`.
+pub fn put(tenant: &str, scopes: Scopes, not_after: Option<i64>, grant: Option<&str>, action: pg_sys::GucAction::Type) {
     // SAFETY: a plain integer the GUC machinery maintains.
     let lifetime = unsafe { CONTEXT_LIFETIME } as i64;
     let mut expires = now_unix() + lifetime;
     if let Some(limit) = not_after {
         expires = expires.min(limit);
     }
-    let ctx = Context { tenant: tenant.to_string(), scopes, expires };
-    let value = CString::new(tenant_context::sign(&ctx, &secret())).expect("no NUL in a context");
-    let action = if local {
-        pg_sys::GucAction::GUC_ACTION_LOCAL
-    } else {
-        pg_sys::GucAction::GUC_ACTION_SET
-    };
+    let ctx = Context { tenant: tenant.to_string(), scopes, expires, grant: grant.map(str::to_string) };
+    let signed = tenant_context::sign(&ctx, &secret());
+    let value = CString::new(signed.as_str()).expect("no NUL in a context");
+    // The caller checked the credential and the tenant; the check hook finds the value verified.
+    remember(signed, ctx, STATUS_GENERATION.with(|g| g.get()));
     // SAFETY: sets a parameter this library defined, with a value its own check hook accepts;
     // errors are raised as PostgreSQL ERRORs (elevel ERROR).
     unsafe {
@@ -371,14 +481,14 @@ pub fn issue(tenant: &str, scopes: Scopes, not_after: Option<i64>, local: bool) 
 /// `sutra.current_tenant()`: the tenant of the current context; an error without one.
 #[pg_extern(stable, parallel_safe)]
 fn current_tenant() -> pgrx::Uuid {
-    uuid_of(&required().tenant)
+    required_tenant().1
 }
 
 /// `sutra.current_tenant(scope)`: the tenant of the current context, if it holds `scope`
 /// (`read`, `write` or `admin`); an error otherwise. Row level security policies use this.
 #[pg_extern(stable, parallel_safe, name = "current_tenant")]
 fn current_tenant_with_scope(scope: &str) -> pgrx::Uuid {
-    let ctx = required();
+    let (scopes, uuid) = required_tenant();
     let wanted = Scopes::by_name(scope).unwrap_or_else(|| {
         raise_detail(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -386,14 +496,14 @@ fn current_tenant_with_scope(scope: &str) -> pgrx::Uuid {
             "Scopes are read, write and admin.",
         )
     });
-    if !ctx.scopes.contains(wanted) {
+    if !scopes.contains(wanted) {
         raise_hint(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!("tenant context lacks the {scope} scope"),
             "Authenticate with a key or token that has this scope.",
         );
     }
-    uuid_of(&ctx.tenant)
+    uuid
 }
 
 /// `sutra.current_scopes()`: the scopes of the current context (empty without one).

@@ -16,7 +16,7 @@ use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 
 use super::caller::as_superuser;
-use super::context::{self, uuid_of};
+use super::context;
 use crate::error::{raise, raise_hint};
 use sutra_core::tenant_context::Scopes;
 
@@ -58,7 +58,11 @@ unsafe extern "C-unwind" fn process_utility(
         let copy = stmt as *mut pg_sys::CopyStmt;
         if (*copy).is_from && !(*copy).relation.is_null() {
             if let Some(column) = tenant_column_under_rls((*copy).relation) {
-                let processed = copy_into_tenant_table(copy, &column, query_string, query_env);
+                let processed = if has_before_insert_row_triggers((*copy).relation) {
+                    copy_through_insert(pstmt, copy, query_string, context, params, query_env, dest)
+                } else {
+                    copy_into_tenant_table(copy, &column, query_string, query_env)
+                };
                 if !qc.is_null() {
                     (*qc).commandTag = pg_sys::CommandTag::CMDTAG_COPY;
                     (*qc).nprocessed = processed;
@@ -112,6 +116,99 @@ unsafe fn tenant_column_under_rls(relation: *mut pg_sys::RangeVar) -> Option<Str
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not read tenant tables: {e}")))
 }
 
+/// Whether the table has BEFORE INSERT (or INSTEAD OF) row triggers: they run after a COPY's
+/// WHERE clause and may change the row, so such a COPY goes through INSERT instead.
+unsafe fn has_before_insert_row_triggers(relation: *mut pg_sys::RangeVar) -> bool {
+    let rel = pg_sys::table_openrv(relation, pg_sys::AccessShareLock as i32);
+    let t = (*rel).trigdesc;
+    let found = !t.is_null() && ((*t).trig_insert_before_row || (*t).trig_insert_instead_row);
+    pg_sys::table_close(rel, pg_sys::NoLock as _);
+    found
+}
+
+/// COPY FROM into a tenant table with BEFORE INSERT row triggers, with exactly INSERT's
+/// semantics: the rows are copied into a temporary table of the COPY's columns, then inserted
+/// with INSERT ... SELECT, so triggers run first and the policies' WITH CHECK sees their result.
+unsafe fn copy_through_insert(
+    pstmt: *mut pg_sys::PlannedStmt,
+    copy: *mut pg_sys::CopyStmt,
+    query_string: *const std::ffi::c_char,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+) -> u64 {
+    let (scopes, _) = context::required_tenant();
+    if !scopes.contains(Scopes::WRITE) {
+        raise_hint(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "tenant context lacks the write scope",
+            "Authenticate with a key or token that has this scope.",
+        );
+    }
+    let rel = pg_sys::table_openrv((*copy).relation, pg_sys::RowExclusiveLock as i32);
+    let relid = (*rel).rd_id;
+    // The COPY's columns: as listed, or every column that is neither dropped nor generated.
+    let mut columns = Vec::new();
+    if (*copy).attlist.is_null() {
+        let desc = (*rel).rd_att;
+        for i in 0..(*desc).natts as usize {
+            let att = (*desc).attrs.as_ptr().add(i);
+            if !(*att).attisdropped && (*att).attgenerated == 0 {
+                columns.push(CStr::from_ptr((*att).attname.data.as_ptr()).to_string_lossy().into_owned());
+            }
+        }
+    } else {
+        let list = (*copy).attlist;
+        for i in 0..(*list).length as usize {
+            let node = (*(*list).elements.add(i)).ptr_value as *mut pg_sys::String;
+            columns.push(CStr::from_ptr((*node).sval).to_string_lossy().into_owned());
+        }
+    }
+    pg_sys::table_close(rel, pg_sys::NoLock as _);
+    let cols = columns.iter().map(spi::quote_identifier).collect::<Vec<_>>().join(", ");
+    let target = Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[relid.into()])
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, "the COPY's table is gone"));
+    let pid = pg_sys::MyProcPid;
+    let staging = format!("sutra_copy_{pid}");
+    let run = |sql: String| {
+        Spi::run(&sql).unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("{e}")))
+    };
+    // Column types from the catalog: the COPY needs INSERT on the table, not SELECT.
+    let definition = Spi::get_one_with_args::<String>(
+        "SELECT string_agg(quote_ident(a.attname) || ' ' || format_type(a.atttypid, a.atttypmod), ', '
+                           ORDER BY array_position($2, a.attname::text))
+         FROM pg_attribute a WHERE a.attrelid = $1 AND a.attname::text = ANY ($2) AND NOT a.attisdropped",
+        &[relid.into(), columns.clone().into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN, "the COPY names no column of its table"));
+    run(format!("CREATE TEMP TABLE {staging} ({definition})"));
+
+    // The user's COPY, unchanged but for its table, into the staging table.
+    let staged = pg_sys::palloc0(std::mem::size_of::<pg_sys::CopyStmt>()) as *mut pg_sys::CopyStmt;
+    *staged = *copy;
+    let name = CString::new(staging.as_str()).expect("no NUL");
+    (*staged).relation = pg_sys::makeRangeVar(c"pg_temp".as_ptr() as *mut _, pg_sys::pstrdup(name.as_ptr()), -1);
+    let planned = pg_sys::palloc0(std::mem::size_of::<pg_sys::PlannedStmt>()) as *mut pg_sys::PlannedStmt;
+    *planned = *pstmt;
+    (*planned).utilityStmt = staged as *mut pg_sys::Node;
+    let mut qc = pg_sys::QueryCompletion::default();
+    pg_sys::standard_ProcessUtility(planned, query_string, false, context, params, query_env, dest, &mut qc);
+
+    let inserted = Spi::connect_mut(|client| {
+        client
+            .update(format!("INSERT INTO {target} ({cols}) SELECT {cols} FROM pg_temp.{staging}").as_str(), None, &[])
+            .map(|t| t.len() as u64)
+    })
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("{e}")));
+    run(format!("DROP TABLE pg_temp.{staging}"));
+    inserted
+}
+
 unsafe fn list1<T>(p: *mut T) -> *mut pg_sys::List {
     pg_sys::lappend(std::ptr::null_mut(), p as *mut std::ffi::c_void)
 }
@@ -140,8 +237,8 @@ unsafe fn copy_into_tenant_table(
     query_env: *mut pg_sys::QueryEnvironment,
 ) -> u64 {
     // The session must be a tenant's, allowed to write.
-    let ctx = context::required();
-    if !ctx.scopes.contains(Scopes::WRITE) {
+    let (scopes, tenant) = context::required_tenant();
+    if !scopes.contains(Scopes::WRITE) {
         raise_hint(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             "tenant context lacks the write scope",
@@ -208,7 +305,7 @@ unsafe fn copy_into_tenant_table(
     }
 
     let table = CStr::from_ptr(pg_sys::get_rel_name((*rel).rd_id)).to_string_lossy().into_owned();
-    TARGET.with(|t| *t.borrow_mut() = Some(CopyTarget { table, tenant: *uuid_of(&ctx.tenant).as_bytes() }));
+    TARGET.with(|t| *t.borrow_mut() = Some(CopyTarget { table, tenant: *tenant.as_bytes() }));
     let cstate = pg_sys::BeginCopyFrom(
         pstate,
         rel,
@@ -233,7 +330,7 @@ fn copy_row_check(tenant: Option<pgrx::Uuid>) -> bool {
     let (expected, table) = TARGET.with(|t| match &*t.borrow() {
         Some(target) => (target.tenant, Some(target.table.clone())),
         // Outside a COPY (a direct call): check against the context itself.
-        None => (*uuid_of(&context::required().tenant).as_bytes(), None),
+        None => (*context::required_tenant().1.as_bytes(), None),
     });
     if tenant.map(|t| *t.as_bytes()) != Some(expected) {
         raise(

@@ -114,21 +114,32 @@ impl Failures {
     }
 }
 
-fn client_address() -> String {
-    Spi::get_one::<String>("SELECT coalesce(host(inet_client_addr()), 'local')")
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| "local".to_string())
+thread_local! {
+    static CLIENT: std::cell::OnceCell<String> = const { std::cell::OnceCell::new() };
 }
 
-/// Waits as long as recent failures of this key id or this client call for.
-pub fn throttle(key_id: &str) {
+/// The client's address (`local` for a Unix socket or a background process), looked up once per
+/// session: it does not change.
+fn client_address() -> String {
+    CLIENT.with(|c| {
+        c.get_or_init(|| {
+            Spi::get_one::<String>("SELECT coalesce(host(inet_client_addr()), 'local')")
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| "local".to_string())
+        })
+        .clone()
+    })
+}
+
+/// Waits as long as recent failures of this key id (if any) or this client call for.
+pub fn throttle(key_id: Option<&str>) {
     let now = now_unix();
     let client = client_address();
     let failures = {
         let f = FAILURES.share();
-        f.count(throttle::hash(KIND_KEY, key_id.as_bytes()), now)
-            .max(f.count(throttle::hash(KIND_CLIENT, client.as_bytes()), now))
+        let by_key = key_id.map(|k| f.count(throttle::hash(KIND_KEY, k.as_bytes()), now)).unwrap_or(0);
+        by_key.max(f.count(throttle::hash(KIND_CLIENT, client.as_bytes()), now))
     };
     let mut left = throttle::delay_ms(failures);
     while left > 0 {
@@ -266,8 +277,9 @@ pub extern "C-unwind" fn sutra_audit_flush_main(arg: pg_sys::Datum) {
                      VALUES (to_timestamp($1 / 1e6), (SELECT tenant_id FROM sutra.api_key_store WHERE key_id = $2),
                              'auth.failure', coalesce((SELECT rolname FROM pg_roles WHERE oid = $3), '?'),
                              coalesce((SELECT rolname FROM pg_roles WHERE oid = $3), '?'),
-                             CASE WHEN $4 = 'local' THEN NULL ELSE $4::inet END,
-                             jsonb_strip_nulls(jsonb_build_object('key_id', nullif($2, ''), 'reason', $5)))",
+                             CASE WHEN $4 <> 'local' THEN $4::inet END,
+                             jsonb_strip_nulls(jsonb_build_object('key_id', nullif($2, ''), 'reason', $5,
+                                                                  'client', $4)))",
                     &[
                         e.at_us.into(),
                         key_id.into(),

@@ -10,6 +10,7 @@ pub mod context;
 pub mod copy;
 pub mod failures;
 pub mod keys;
+pub mod purge;
 
 /// Defines the tenancy parameters and registers cache invalidation. Called from `_PG_init`.
 pub fn init() {
