@@ -231,7 +231,7 @@ made=$(( $(sql -c "SELECT count(*) FROM sutra.tenants") - present ))
 echo "data: 1,000,000 items over 1,000 tenants loaded, tenancy enabled and analyzed in ${load_s}s"
 rls_line 1 "count of one category" "$plan1"
 rls_line 2 "keyset page of 20 by id" "$plan2"
-echo "    (sutra.current_tenant('read') costs $policy_us µs per call, 100,000 calls in one statement; where the policy's tenant filter is not an index condition it runs once per row scanned)"
+echo "    (sutra.current_tenant('read') costs $policy_us µs per call, 100,000 calls in one statement; the policies call it once per statement)"
 printf 'authenticate, %d calls in one statement after warm-up: %.2f µs per call vs %.2f µs for the same loop around length(), net %.2f µs (bar < 20 µs, %s)\n' \
     "$CALLS" "$auth_us" "$base_us" "$net_us" "$(verdict "$net_us" 20)"
 printf 'create_tenant with %d tenants present, 200 one per statement: %.3f ms vs %.3f ms for an INSERT into a plain table of the same shape, ratio %s (bar < 10 ms, %s)\n' \

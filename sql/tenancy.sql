@@ -121,9 +121,9 @@ CREATE TABLE api_key_store (
     replaced_by text
 );
 CREATE INDEX ON api_key_store (tenant_id);
--- Revoking a key ends the contexts it granted, in every backend (see tenant_changed).
-CREATE TRIGGER key_revoked AFTER UPDATE OF revoked_at ON api_key_store
-    FOR EACH ROW WHEN (OLD.revoked_at IS DISTINCT FROM NEW.revoked_at)
+-- Revoking a key, or moving its expiry, ends the contexts it granted, in every backend (see tenant_changed).
+CREATE TRIGGER key_revoked AFTER UPDATE OF revoked_at, expires_at ON api_key_store
+    FOR EACH ROW WHEN (OLD.revoked_at IS DISTINCT FROM NEW.revoked_at OR OLD.expires_at IS DISTINCT FROM NEW.expires_at)
     EXECUTE FUNCTION _tenants_changed();
 CREATE TRIGGER key_deleted AFTER DELETE ON api_key_store
     FOR EACH STATEMENT EXECUTE FUNCTION _tenants_changed();
@@ -413,7 +413,8 @@ DECLARE
     n bigint;
     removed jsonb := '{}';
 BEGIN
-    FOR t IN SELECT table_name, tenant_column FROM sutra.tenant_tables ORDER BY table_name::text LOOP
+    FOR t IN SELECT table_name, tenant_column FROM sutra.tenant_tables
+             WHERE table_name IN (SELECT c.oid FROM pg_class c) ORDER BY table_name::text LOOP
         n := sutra._purge_rows(t.table_name::oid, t.tenant_column, tenant);
         removed := removed || jsonb_build_object(t.table_name::text, n);
     END LOOP;
@@ -662,6 +663,10 @@ BEGIN
     IF (SELECT c.relkind FROM pg_class c WHERE c.oid = tbl) NOT IN ('r', 'p') THEN
         RAISE EXCEPTION '"%" is not a table', tbl USING ERRCODE = '42809',
             DETAIL = 'Only ordinary and partitioned tables can be tenant tables.';
+    END IF;
+    IF (SELECT c.relpersistence FROM pg_class c WHERE c.oid = tbl) = 't' THEN
+        RAISE EXCEPTION 'temporary table % cannot be a tenant table', tbl USING ERRCODE = '42809',
+            DETAIL = 'A temporary table belongs to one session.';
     END IF;
     IF tbl::oid IN (SELECT d.objid FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
                     WHERE e.extname = 'sutra' AND d.classid = 'pg_class'::regclass) THEN

@@ -112,12 +112,13 @@ def test_expired_context(world):
 def test_tampered_values_are_refused(world):
     role, a, b = world
     value = issue(a)
-    v, tenant, scopes, expires, mac = value.split(".")
+    v, tenant, scopes, expires, grant, mac = value.split(".")
     for forged in (
-        ".".join([v, str(b), scopes, expires, mac]),          # another tenant, same signature
-        ".".join([v, tenant, "rwa", expires, mac]),           # more scopes
-        ".".join([v, tenant, scopes, str(int(expires) + 86400), mac]),  # later expiry
-        ".".join([v, tenant, scopes, expires, mac[:-2] + ("AA" if mac[-2:] != "AA" else "BA")]),
+        ".".join([v, str(b), scopes, expires, grant, mac]),          # another tenant, same signature
+        ".".join([v, tenant, "rwa", expires, grant, mac]),           # more scopes
+        ".".join([v, tenant, scopes, str(int(expires) + 86400), grant, mac]),  # later expiry
+        ".".join([v, tenant, scopes, expires, "0123456789abcdef", mac]),  # another granting key
+        ".".join([v, tenant, scopes, expires, grant, mac[:-2] + ("AA" if mac[-2:] != "AA" else "BA")]),
     ):
         with as_role(role) as c, pytest.raises(psycopg.Error) as e:
             c.execute("SET sutra.tenant_id = %s" % psycopg.sql.quote(forged))

@@ -132,14 +132,14 @@ def test_loading_without_preload_is_refused(plain_conn):
 
 
 def test_sutra_parameters_cannot_be_planted(conn):
-    # The sutra. prefix is reserved: no route can create a value sutra did not define.
+    # The sutra. prefix is reserved: no route can create a value under a name sutra did not define.
     for stmt in (
-        "SET sutra.tenant_id = 'forged'",
-        "SET LOCAL sutra.tenant_id = 'forged'",
-        "SELECT set_config('sutra.tenant_id', 'forged', false)",
-        "SELECT set_config('sutra.tenant_id', 'forged', true)",
-        "ALTER ROLE CURRENT_USER SET sutra.tenant_id = 'forged'",
-        "ALTER DATABASE sutra_client SET sutra.tenant_id = 'forged'",
+        "SET sutra.not_a_parameter = 'planted'",
+        "SET LOCAL sutra.not_a_parameter = 'planted'",
+        "SELECT set_config('sutra.not_a_parameter', 'planted', false)",
+        "SELECT set_config('sutra.not_a_parameter', 'planted', true)",
+        "ALTER ROLE CURRENT_USER SET sutra.not_a_parameter = 'planted'",
+        "ALTER DATABASE sutra_client SET sutra.not_a_parameter = 'planted'",
     ):
         with conn.cursor() as cur:
             cur.execute("SAVEPOINT s")
@@ -152,6 +152,10 @@ def test_sutra_parameters_cannot_be_planted(conn):
 
 def test_sutra_parameters_cannot_come_with_the_connection():
     with pytest.raises(psycopg.OperationalError) as err:
-        connect("SUTRA_TEST_HOST", "SUTRA_TEST_PORT", options="-c sutra.tenant_id=forged")
-    assert 'invalid configuration parameter name "sutra.tenant_id"' in str(err.value)
+        connect("SUTRA_TEST_HOST", "SUTRA_TEST_PORT", options="-c sutra.not_a_parameter=planted")
+    assert 'invalid configuration parameter name "sutra.not_a_parameter"' in str(err.value)
     assert '"sutra" is a reserved prefix' in str(err.value)
+    # The tenant context is a defined parameter: it takes no value sutra did not sign.
+    with pytest.raises(psycopg.OperationalError) as err:
+        connect("SUTRA_TEST_HOST", "SUTRA_TEST_PORT", options="-c sutra.tenant_id=forged")
+    assert "invalid tenant context" in str(err.value)

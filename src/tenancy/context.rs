@@ -208,9 +208,10 @@ thread_local! {
     /// Status of the tenants this backend has seen in a context (`active`, `suspended`, ...).
     /// Cleared when `sutra.tenants` changes (a relcache invalidation its trigger sends).
     static STATUS: RefCell<HashMap<String, String>> = RefCell::new(HashMap::new());
-    /// Whether the API keys that granted contexts here are still valid (not revoked), cleared
-    /// with STATUS (revoking a key sends the same invalidation).
-    static KEYS: RefCell<HashMap<String, bool>> = RefCell::new(HashMap::new());
+    /// Until when the API keys that granted contexts here are valid (Unix seconds; 0 when
+    /// revoked or gone, i64::MAX without expiry), cleared with STATUS (revoking a key or changing
+    /// its expiry sends the same invalidation).
+    static KEYS: RefCell<HashMap<String, i64>> = RefCell::new(HashMap::new());
     /// The tenant whose rows sutra is purging in this backend: its contexts count as active.
     static PURGING: RefCell<Option<String>> = const { RefCell::new(None) };
     /// The oid of `sutra.tenants`, learnt on the first lookup.
@@ -277,22 +278,27 @@ pub fn tenant_status(tenant: &str) -> Option<String> {
 
 /// Whether the API key `key_id` is still valid (exists, not revoked), cached per backend.
 fn key_valid(key_id: &str) -> bool {
-    if let Some(v) = KEYS.with(|c| c.borrow().get(key_id).copied()) {
-        return v;
-    }
-    // SAFETY: only resolves the tenants table's oid for the invalidation callback.
-    unsafe { tenants_oid() };
-    let valid = crate::tenancy::caller::as_superuser(|| {
-        Spi::get_one_with_args::<bool>(
-            "SELECT coalesce((SELECT revoked_at IS NULL FROM sutra.api_key_store WHERE key_id = $1), false)",
-            &[key_id.into()],
-        )
-    })
-    .ok()
-    .flatten()
-    .unwrap_or(false);
-    KEYS.with(|c| c.borrow_mut().insert(key_id.to_string(), valid));
-    valid
+    let until = match KEYS.with(|c| c.borrow().get(key_id).copied()) {
+        Some(until) => until,
+        None => {
+            // SAFETY: only resolves the tenants table's oid for the invalidation callback.
+            unsafe { tenants_oid() };
+            let until = crate::tenancy::caller::as_superuser(|| {
+                Spi::get_one_with_args::<i64>(
+                    "SELECT coalesce((SELECT CASE WHEN revoked_at IS NOT NULL THEN 0
+                                                  ELSE coalesce(extract(epoch FROM expires_at)::int8, 9223372036854775807) END
+                                      FROM sutra.api_key_store WHERE key_id = $1), 0)",
+                    &[key_id.into()],
+                )
+            })
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+            KEYS.with(|c| c.borrow_mut().insert(key_id.to_string(), until));
+            until
+        }
+    };
+    now_unix() < until
 }
 
 /// Runs `f` with contexts of `tenant` counting as active whatever its status (purging a deleted
@@ -312,12 +318,19 @@ pub fn while_purging<R>(tenant: &str, f: impl FnOnce() -> R) -> R {
 /// Raises unless the context may act now: its tenant exists and is active, and the key that
 /// granted it (if any) has not been revoked.
 fn require_valid(ctx: &Context) {
+    // A parallel worker cannot run queries of its own. It gets the context from the leader,
+    // checks the signature and the expiry, and leaves tenant and key status to the leader, which
+    // evaluates the policies (their tenant lookup is an InitPlan, run by the leader).
+    // SAFETY: a plain backend global.
+    if unsafe { pg_sys::ParallelWorkerNumber } >= 0 {
+        return;
+    }
     require_active(&ctx.tenant);
     if let Some(key_id) = &ctx.grant {
         if !key_valid(key_id) {
             raise_hint(
                 PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
-                format!("API key {key_id} has been revoked"),
+                format!("API key {key_id} has been revoked or has expired"),
                 NO_CONTEXT_HINT,
             );
         }
@@ -488,7 +501,6 @@ fn current_tenant() -> pgrx::Uuid {
 /// (`read`, `write` or `admin`); an error otherwise. Row level security policies use this.
 #[pg_extern(stable, parallel_safe, name = "current_tenant")]
 fn current_tenant_with_scope(scope: &str) -> pgrx::Uuid {
-    let (scopes, uuid) = required_tenant();
     let wanted = Scopes::by_name(scope).unwrap_or_else(|| {
         raise_detail(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -496,10 +508,16 @@ fn current_tenant_with_scope(scope: &str) -> pgrx::Uuid {
             "Scopes are read, write and admin.",
         )
     });
+    require_scope(wanted, scope)
+}
+
+/// The current tenant, if the context holds `wanted` (called `name`); an error otherwise.
+pub fn require_scope(wanted: Scopes, name: &str) -> pgrx::Uuid {
+    let (scopes, uuid) = required_tenant();
     if !scopes.contains(wanted) {
         raise_hint(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!("tenant context lacks the {scope} scope"),
+            format!("tenant context lacks the {name} scope"),
             "Authenticate with a key or token that has this scope.",
         );
     }

@@ -116,14 +116,22 @@ unsafe fn tenant_column_under_rls(relation: *mut pg_sys::RangeVar) -> Option<Str
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not read tenant tables: {e}")))
 }
 
-/// Whether the table has BEFORE INSERT (or INSTEAD OF) row triggers: they run after a COPY's
-/// WHERE clause and may change the row, so such a COPY goes through INSERT instead.
+/// Whether the table or any of its partitions has enabled BEFORE INSERT (or INSTEAD OF INSERT)
+/// row triggers: they run after a COPY's WHERE clause and may change the row, so such a COPY goes
+/// through INSERT instead.
 unsafe fn has_before_insert_row_triggers(relation: *mut pg_sys::RangeVar) -> bool {
-    let rel = pg_sys::table_openrv(relation, pg_sys::AccessShareLock as i32);
-    let t = (*rel).trigdesc;
-    let found = !t.is_null() && ((*t).trig_insert_before_row || (*t).trig_insert_instead_row);
-    pg_sys::table_close(rel, pg_sys::NoLock as _);
-    found
+    let relid = pg_sys::RangeVarGetRelidExtended(relation, pg_sys::NoLock as _, 0, None, std::ptr::null_mut());
+    // tgtype bits: 1 row, 2 before, 4 insert, 64 instead.
+    Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_trigger t
+                        WHERE t.tgrelid IN (SELECT $1::regclass UNION SELECT p.relid FROM pg_partition_tree($1) p)
+                          AND t.tgenabled <> 'D' AND t.tgtype & 1 = 1 AND t.tgtype & 4 = 4
+                          AND (t.tgtype & 2 = 2 OR t.tgtype & 64 = 64))",
+        &[relid.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(true)
 }
 
 /// COPY FROM into a tenant table with BEFORE INSERT row triggers, with exactly INSERT's
@@ -138,14 +146,7 @@ unsafe fn copy_through_insert(
     query_env: *mut pg_sys::QueryEnvironment,
     dest: *mut pg_sys::DestReceiver,
 ) -> u64 {
-    let (scopes, _) = context::required_tenant();
-    if !scopes.contains(Scopes::WRITE) {
-        raise_hint(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            "tenant context lacks the write scope",
-            "Authenticate with a key or token that has this scope.",
-        );
-    }
+    context::require_scope(Scopes::WRITE, "write");
     let rel = pg_sys::table_openrv((*copy).relation, pg_sys::RowExclusiveLock as i32);
     let relid = (*rel).rd_id;
     // The COPY's columns: as listed, or every column that is neither dropped nor generated.
@@ -237,14 +238,7 @@ unsafe fn copy_into_tenant_table(
     query_env: *mut pg_sys::QueryEnvironment,
 ) -> u64 {
     // The session must be a tenant's, allowed to write.
-    let (scopes, tenant) = context::required_tenant();
-    if !scopes.contains(Scopes::WRITE) {
-        raise_hint(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            "tenant context lacks the write scope",
-            "Authenticate with a key or token that has this scope.",
-        );
-    }
+    let tenant = context::require_scope(Scopes::WRITE, "write");
     // Reading a server file or running a program needs the same roles as for any COPY.
     let user = pg_sys::GetUserId();
     if !(*copy).filename.is_null() {

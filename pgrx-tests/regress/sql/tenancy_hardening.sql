@@ -56,6 +56,10 @@ SELECT regexp_replace(try('SELECT count(*) FROM events'), '[0-9a-f]{16}', '<id>'
 SELECT sutra.clear_tenant();
 RESET ROLE;
 
+-- A temporary table belongs to one session: it cannot be a tenant table.
+CREATE TEMP TABLE scratch (id int);
+SELECT try($$SELECT sutra.enable_tenancy('scratch')$$);
+
 -- Purging a tenant runs the table owner's triggers as the owner, not as a superuser.
 CREATE TABLE evidence (who name, superuser boolean);
 GRANT INSERT ON evidence TO PUBLIC;
