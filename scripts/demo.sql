@@ -45,7 +45,7 @@ SELECT sutra.create_api_key('globex', 'backend') AS globex_key \gset
 SELECT key_id, name, scopes, status FROM sutra.api_keys ORDER BY name, key_id;
 
 SET ROLE demo_app;
-SELECT sutra.authenticate(:'acme_key') = sutra.tenant_id('acme') AS is_acme;
+SELECT sutra.authenticate(:'acme_key') IS NOT NULL AS authenticated, sutra.current_scopes();
 INSERT INTO notes (body) VALUES ('acme: Q3 roadmap'), ('acme: hiring plan');
 SELECT sutra.authenticate(:'globex_key') IS NOT NULL AS now_globex;
 INSERT INTO notes (body) VALUES ('globex: launch date');
