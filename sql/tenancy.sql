@@ -419,6 +419,10 @@ BEGIN
         removed := removed || jsonb_build_object(t.table_name::text, n);
     END LOOP;
     DELETE FROM sutra.api_key_store k WHERE k.tenant_id = tenant;
+    -- Usage (sql/usage.sql) goes with the tenant.
+    DELETE FROM sutra.usage_events e WHERE e.tenant_id = tenant;
+    DELETE FROM sutra.usage_event_keys e WHERE e.tenant_id = tenant;
+    DELETE FROM sutra.usage_rollups r WHERE r.tenant_id = tenant;
     DELETE FROM sutra.tenants x WHERE x.id = tenant;
     RETURN removed;
 END $$;

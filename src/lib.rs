@@ -15,7 +15,26 @@ mod tenancy;
 mod vector;
 
 extension_sql_file!("../sql/vector.sql", name = "vector");
-extension_sql_file!("../sql/tenancy.sql", name = "tenancy", finalize);
+extension_sql_file!(
+    "../sql/tenancy.sql",
+    name = "tenancy",
+    requires = [
+        "vector",
+        context::current_tenant,
+        context::current_tenant_with_scope,
+        context::context_tenant,
+        context::invalidate_tenant_cache,
+        caller::caller_name,
+        caller::caller_is_service,
+        keys::mint_api_key,
+        keys::key_id_of,
+        keys::random_bytes_sql,
+        purge::purge_rows,
+        failures::reset_auth_failures,
+    ]
+);
+// Last: limits, usage and the reports, over everything above.
+extension_sql_file!("../sql/usage.sql", name = "usage", finalize);
 
 /// Library entry point. sutra keeps state in shared memory and hooks the executor, which only
 /// works when the postmaster loads it at start, so any other way of loading it is refused.

@@ -63,6 +63,9 @@ def fill_source(c):
     c.execute("INSERT INTO sutra.plans (name, limits) VALUES ('team', '{\"rows_total\": 5}')")
     key_a = c.execute("SELECT sutra.create_api_key('alpha')").fetchone()[0]
     key_b = c.execute("SELECT sutra.create_api_key('beta')").fetchone()[0]
+    for when in ("2026-09-30 23:00+00", "2026-10-01 01:00+00"):  # two month partitions
+        c.execute("SELECT sutra.record_usage('api.call', 3, idempotency_key => %s, occurred_at => %s, tenant => 'alpha')",
+                  (when, when))
     return a, b, key_a, key_b
 
 
@@ -88,6 +91,10 @@ def test_whole_database_round_trip(databases, tmp_path):
         policies = c.execute("SELECT count(*) FROM pg_policy WHERE polrelid = 'docs'::regclass").fetchone()[0]
         assert policies == 4
         assert c.execute("SELECT count(*) FROM sutra.audit_log WHERE action = 'tenant.create'").fetchone()[0] == 2
+        assert c.execute("SELECT count(*), sum(quantity) FROM sutra.usage_events").fetchone() == (2, 6)
+        # Idempotency keys came along: a retried event is still recorded once.
+        assert c.execute("SELECT sutra.record_usage('api.call', 3, idempotency_key => '2026-09-30 23:00+00', "
+                         "tenant => 'alpha')").fetchone()[0] is False
 
 
 def test_one_tenant_moves_alone(databases, tmp_path):

@@ -1,0 +1,84 @@
+-- Limits and their merge, application usage events, rollups, prices, summaries and invoices.
+\set VERBOSITY terse
+SET timezone = 'UTC';
+SELECT sutra.create_tenant('use-a', plan => 'pro', id => 'a0000000-0000-0000-0000-000000000000',
+    quota_overrides => '{"rows_total": 50, "connections": null, "burst": 0, "monthly": {"statements": 1000}}',
+    settings => '{"stripe_customer_id": "cus_123"}') IS NOT NULL AS a,
+       sutra.create_tenant('use-b', id => 'b0000000-0000-0000-0000-000000000000') IS NOT NULL AS b;
+
+-- An override replaces the plan's value; null or 0 lifts the limit; monthly merges by key.
+SELECT * FROM sutra.effective_limits('use-a');
+SELECT * FROM sutra.effective_limits('b0000000-0000-0000-0000-000000000000'::uuid) WHERE limit_name = 'rows_total';
+UPDATE sutra.plans SET limits = limits || '{"rows_total": 20000000}' WHERE name = 'pro';
+SELECT effective_value FROM sutra.effective_limits('use-a') WHERE limit_name = 'rows_total';
+SELECT sutra.update_tenant('use-a', quota_overrides => '{}') IS NOT NULL AS overrides_dropped;
+SELECT effective_value FROM sutra.effective_limits('use-a') WHERE limit_name = 'rows_total';
+
+-- Application events: deduplicated per tenant by idempotency key, partitioned by month.
+CREATE ROLE regress_usage NOLOGIN IN ROLE sutra_service;
+SET ROLE regress_usage;
+SELECT sutra.set_tenant('use-a', scopes => '{read,write}') IS NOT NULL AS a_writer;
+SELECT sutra.record_usage('api.call', 2, '{"path": "/search"}', 'req-1', '2026-10-03 10:00+00') AS recorded,
+       sutra.record_usage('api.call', 2, '{"path": "/search"}', 'req-1', '2026-10-03 10:00+00') AS retried,
+       sutra.record_usage('api.call', 1, '{}', 'req-2', '2026-10-20 08:30+00') AS recorded,
+       sutra.record_usage('tokens', 1500, occurred_at => '2026-10-21 00:00+00') AS recorded,
+       sutra.record_usage('tokens', 700, occurred_at => '2026-11-02 00:00+00') AS recorded;
+SELECT try($$SELECT sutra.record_usage('bad type!', 1)$$);
+SELECT try($$SELECT sutra.record_usage('api.call', -1)$$);
+SELECT try($$SELECT count(*) FROM sutra.usage_events$$);
+SELECT sutra.set_tenant('use-b', scopes => '{write}') IS NOT NULL AS b_writer;
+SELECT sutra.record_usage('api.call', 5, idempotency_key => 'req-1', occurred_at => '2026-10-03 11:00+00') AS same_key_other_tenant;
+SELECT sutra.clear_tenant();
+SELECT sutra.record_usage('api.call', 1, idempotency_key => 'backfill-1', occurred_at => '2026-10-04 00:00+00',
+                          tenant => 'use-b') AS service_recorded;
+RESET ROLE;
+SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'sutra.usage_events'::regclass ORDER BY 1;
+SELECT tableoid::regclass, tenant_id, event_type, quantity, occurred_at FROM sutra.usage_events ORDER BY occurred_at, tenant_id;
+
+-- Export shapes
+SELECT event_name, CASE WHEN identifier ~ '^req-' THEN identifier ELSE '<event id>' END AS identifier, "timestamp", payload FROM sutra.usage_events_stripe
+WHERE tenant_id = 'a0000000-0000-0000-0000-000000000000' ORDER BY "timestamp";
+SELECT specversion, type, source, subject, time, data FROM sutra.usage_events_cloudevents
+WHERE subject = 'a0000000-0000-0000-0000-000000000000' ORDER BY time LIMIT 1;
+
+-- Metered usage (as the metering worker writes it), summaries and an invoice.
+INSERT INTO sutra.usage_rollups VALUES
+    ('a0000000-0000-0000-0000-000000000000', 'statements', '2026-10-03 10:00+00', 400),
+    ('a0000000-0000-0000-0000-000000000000', 'statements', '2026-10-03 10:01+00', 700),
+    ('a0000000-0000-0000-0000-000000000000', 'rows_written', '2026-10-03 10:01+00', 90),
+    ('b0000000-0000-0000-0000-000000000000', 'statements', '2026-10-03 10:00+00', 99999);
+SELECT * FROM sutra.usage_summary('use-a', '2026-10-01', '2026-11-01', 'hour');
+SELECT * FROM sutra.usage_summary('use-a', '2026-10-01', '2027-01-01', 'month');
+SELECT try($$SELECT * FROM sutra.usage_summary('use-a', '2026-10-01', '2026-11-01', 'week')$$);
+INSERT INTO sutra.prices (metric, plan, unit_price, included, unit) VALUES
+    ('statements', NULL, 0.001, 1000, 'statement'),
+    ('statements', 'pro', 0.0005, 500, 'statement'),
+    ('api.call', NULL, 0.01, 0, 'call'),
+    ('tokens', 'pro', 0.002, 1000, 'token');
+SELECT * FROM sutra.invoice('use-a', '2026-10-01');
+SELECT * FROM sutra.invoice('b0000000-0000-0000-0000-000000000000'::uuid, '2026-10-15');
+
+-- A tenant reads its own usage with the admin scope, never another tenant's.
+CREATE ROLE regress_usage_app NOLOGIN;
+SELECT sutra.create_api_key('use-a', 'admin', '{read,admin}') AS admin_key \gset
+SET ROLE regress_usage_app;
+SELECT sutra.authenticate(:'admin_key') IS NOT NULL AS admin;
+SELECT count(*) AS own_events, bool_and(tenant_id = 'a0000000-0000-0000-0000-000000000000') AS only_own FROM sutra.usage_events;
+SELECT count(*) AS own_rollups FROM sutra.usage_rollups;
+SELECT count(*) AS own_limits FROM sutra.effective_limits('use-a');
+SELECT try($$SELECT * FROM sutra.effective_limits('use-b')$$);
+SELECT try($$SELECT * FROM sutra.invoice('use-b', '2026-10-01')$$);
+SELECT try($$INSERT INTO sutra.usage_rollups VALUES ('a0000000-0000-0000-0000-000000000000', 'statements', now(), -5)$$);
+SELECT sutra.clear_tenant();
+RESET ROLE;
+
+DELETE FROM sutra.prices;
+-- Purging a tenant removes its usage too.
+SELECT sutra.drop_tenant('use-a', purge => true) IS NOT NULL AS purged;
+SELECT (SELECT count(*) FROM sutra.usage_events WHERE tenant_id = 'a0000000-0000-0000-0000-000000000000') AS events,
+       (SELECT count(*) FROM sutra.usage_event_keys WHERE tenant_id = 'a0000000-0000-0000-0000-000000000000') AS keys,
+       (SELECT count(*) FROM sutra.usage_rollups WHERE tenant_id = 'a0000000-0000-0000-0000-000000000000') AS rollups,
+       (SELECT count(*) FROM sutra.usage_rollups WHERE tenant_id = 'b0000000-0000-0000-0000-000000000000') AS b_rollups_kept;
+SELECT sutra.drop_tenant('use-b', purge => true) IS NOT NULL AS cleanup;
+DROP ROLE regress_usage, regress_usage_app;

@@ -1,0 +1,289 @@
+-- Limits, usage events, usage rollups, prices and the reports built on them.
+--
+-- Limits live in sutra.plans.limits and sutra.tenants.quota_overrides (jsonb). Keys:
+--   rows_per_table, rows_total, vectors, storage_bytes    quotas, counted per tenant
+--   ops_per_second, burst                                  statement rate (GCRA)
+--   concurrent_statements, connections                     concurrency
+--   monthly: {"<metric>": cap, ...}                        caps on a calendar month's usage
+--   soft_threshold                                         fraction that warns (default 0.8)
+-- A missing key, null or 0 means unlimited. An override key replaces the plan's value, so an
+-- override of null lifts a limit; "monthly" merges key by key.
+
+-- The limits in force for a tenant (uuid), as one jsonb object without unlimited entries.
+CREATE FUNCTION _limits(tenant uuid) RETURNS jsonb
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH t AS (
+        SELECT p.limits AS plan, x.quota_overrides AS over
+        FROM sutra.tenants x JOIN sutra.plans p ON p.name = x.plan WHERE x.id = tenant
+    ), merged AS (
+        SELECT (t.plan - 'monthly') || (t.over - 'monthly') AS flat,
+               coalesce(t.plan -> 'monthly', '{}') || coalesce(t.over -> 'monthly', '{}') AS monthly
+        FROM t
+    )
+    SELECT coalesce((SELECT jsonb_object_agg(k, v) FROM jsonb_each(m.flat) e(k, v)
+                     WHERE v <> 'null' AND v <> '0'), '{}')
+           || CASE WHEN EXISTS (SELECT 1 FROM jsonb_each(m.monthly) e(k, v) WHERE v <> 'null' AND v <> '0')
+                   THEN jsonb_build_object('monthly', (SELECT jsonb_object_agg(k, v) FROM jsonb_each(m.monthly) e(k, v)
+                                                       WHERE v <> 'null' AND v <> '0'))
+                   ELSE '{}' END
+    FROM merged m;
+$$;
+REVOKE ALL ON FUNCTION _limits(uuid) FROM PUBLIC;
+
+-- Fails unless the caller may read the tenant's limits and usage: sutra_service, or a session
+-- of that tenant holding the admin scope.
+CREATE FUNCTION _require_usage_reader(tenant uuid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF sutra._caller_is_service() THEN
+        RETURN;
+    END IF;
+    IF sutra.current_tenant('admin') IS DISTINCT FROM tenant THEN
+        RAISE EXCEPTION 'permission denied to read the usage of another tenant' USING ERRCODE = '42501';
+    END IF;
+END $$;
+
+-- Each limit of a tenant: the plan's value, the tenant's override, and the one in force.
+CREATE FUNCTION effective_limits(tenant text)
+RETURNS TABLE (limit_name text, plan_value jsonb, override_value jsonb, effective_value jsonb)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r sutra.tenants := sutra._tenant_row(tenant);
+    plan jsonb := (SELECT p.limits FROM sutra.plans p WHERE p.name = r.plan);
+    eff jsonb := sutra._limits(r.id);
+BEGIN
+    PERFORM sutra._require_usage_reader(r.id);
+    RETURN QUERY
+    WITH names AS (
+        SELECT k FROM jsonb_object_keys(plan - 'monthly') k
+        UNION SELECT k FROM jsonb_object_keys(r.quota_overrides - 'monthly') k
+        UNION SELECT unnest(ARRAY['rows_per_table', 'rows_total', 'vectors', 'storage_bytes', 'ops_per_second',
+                                  'burst', 'concurrent_statements', 'connections'])
+        UNION SELECT 'monthly.' || k FROM jsonb_object_keys(coalesce(plan -> 'monthly', '{}')) k
+        UNION SELECT 'monthly.' || k FROM jsonb_object_keys(coalesce(r.quota_overrides -> 'monthly', '{}')) k
+    )
+    SELECT n.k,
+           CASE WHEN n.k LIKE 'monthly.%' THEN plan -> 'monthly' -> substr(n.k, 9) ELSE plan -> n.k END,
+           CASE WHEN n.k LIKE 'monthly.%' THEN r.quota_overrides -> 'monthly' -> substr(n.k, 9)
+                ELSE r.quota_overrides -> n.k END,
+           CASE WHEN n.k LIKE 'monthly.%' THEN eff -> 'monthly' -> substr(n.k, 9) ELSE eff -> n.k END
+    FROM names n ORDER BY n.k;
+END $$;
+CREATE FUNCTION effective_limits(tenant uuid)
+RETURNS TABLE (limit_name text, plan_value jsonb, override_value jsonb, effective_value jsonb)
+LANGUAGE sql STABLE AS $$ SELECT * FROM sutra.effective_limits(tenant::text) $$;
+
+-- Application events -----------------------------------------------------------------------------
+
+CREATE TABLE usage_events (
+    tenant_id uuid NOT NULL,
+    event_type text NOT NULL CHECK (event_type ~ '^[A-Za-z0-9_.:-]{1,100}$'),
+    quantity numeric NOT NULL CHECK (quantity >= 0),
+    properties jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(properties) = 'object'),
+    idempotency_key text,
+    occurred_at timestamptz NOT NULL,
+    ingested_at timestamptz NOT NULL DEFAULT now(),
+    event_id uuid NOT NULL DEFAULT gen_random_uuid()
+) PARTITION BY RANGE (occurred_at);
+CREATE TABLE usage_events_default PARTITION OF usage_events DEFAULT;
+-- Each partition has its own index (no partitioned index: a dump of the month partitions, which
+-- are not part of the extension, restores them with their indexes).
+CREATE INDEX ON usage_events_default (tenant_id, occurred_at);
+COMMENT ON TABLE usage_events IS 'application usage events (sutra.record_usage), partitioned by month of occurred_at';
+
+-- One row per (tenant, idempotency key): a retried event is recorded once.
+CREATE TABLE usage_event_keys (
+    tenant_id uuid NOT NULL,
+    idempotency_key text NOT NULL,
+    event_id uuid NOT NULL,
+    PRIMARY KEY (tenant_id, idempotency_key)
+);
+
+-- The month partition of usage_events for ts, created when missing.
+CREATE FUNCTION _usage_events_partition(ts timestamptz) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    lo timestamptz := date_trunc('month', ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+    name text := 'usage_events_' || to_char(lo AT TIME ZONE 'UTC', 'YYYYMM');
+BEGIN
+    IF to_regclass('sutra.' || name) IS NOT NULL THEN
+        RETURN;
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtext('sutra.usage_events partitions'));
+    IF to_regclass('sutra.' || name) IS NOT NULL THEN
+        RETURN;
+    END IF;
+    -- Rows of that month already in the default partition move into the new one.
+    CREATE TEMP TABLE IF NOT EXISTS sutra_moved_events (LIKE sutra.usage_events) ON COMMIT DROP;
+    WITH moved AS (DELETE FROM sutra.usage_events_default d
+                   WHERE d.occurred_at >= lo AND d.occurred_at < lo + interval '1 month' RETURNING d.*)
+    INSERT INTO sutra_moved_events SELECT * FROM moved;
+    EXECUTE format('CREATE TABLE sutra.%I PARTITION OF sutra.usage_events FOR VALUES FROM (%L) TO (%L)',
+                   name, lo, lo + interval '1 month');
+    EXECUTE format('CREATE INDEX ON sutra.%I (tenant_id, occurred_at)', name);
+    INSERT INTO sutra.usage_events SELECT * FROM sutra_moved_events;
+    DROP TABLE sutra_moved_events;
+END $$;
+REVOKE ALL ON FUNCTION _usage_events_partition(timestamptz) FROM PUBLIC;
+
+-- Records an application event for the current tenant (or, for sutra_service, the tenant
+-- given). Returns true when recorded, false when the idempotency key was seen before.
+CREATE FUNCTION record_usage(event_type text, quantity numeric DEFAULT 1, properties jsonb DEFAULT '{}',
+                             idempotency_key text DEFAULT NULL, occurred_at timestamptz DEFAULT NULL,
+                             tenant text DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t uuid;
+    id uuid := gen_random_uuid();
+    at timestamptz := coalesce(occurred_at, now());
+BEGIN
+    IF tenant IS NOT NULL THEN
+        PERFORM sutra._require_service('record usage for a tenant');
+        t := (sutra._tenant_row(tenant)).id;
+    ELSE
+        t := sutra.current_tenant('write');
+    END IF;
+    IF quantity IS NULL OR quantity < 0 THEN
+        RAISE EXCEPTION 'quantity must be zero or more' USING ERRCODE = '22023';
+    END IF;
+    IF event_type IS NULL OR event_type !~ '^[A-Za-z0-9_.:-]{1,100}$' THEN
+        RAISE EXCEPTION 'invalid event type "%"', event_type USING ERRCODE = '22023',
+            DETAIL = 'An event type is 1 to 100 letters, digits and _ . : -';
+    END IF;
+    IF idempotency_key IS NOT NULL THEN
+        INSERT INTO sutra.usage_event_keys VALUES (t, idempotency_key, id) ON CONFLICT DO NOTHING;
+        IF NOT FOUND THEN
+            RETURN false;
+        END IF;
+    END IF;
+    PERFORM sutra._usage_events_partition(at);
+    INSERT INTO sutra.usage_events (tenant_id, event_type, quantity, properties, idempotency_key, occurred_at, event_id)
+    VALUES (t, event_type, quantity, coalesce(properties, '{}'), idempotency_key, at, id);
+    RETURN true;
+END $$;
+
+-- Metered usage: per tenant, metric and minute; written by the metering worker ------------------
+
+CREATE TABLE usage_rollups (
+    tenant_id uuid NOT NULL,
+    metric text NOT NULL,
+    minute timestamptz NOT NULL,
+    quantity numeric NOT NULL,
+    PRIMARY KEY (tenant_id, metric, minute)
+);
+COMMENT ON TABLE usage_rollups IS 'metered usage per tenant, metric and minute (hours, days and months: sutra.usage_summary)';
+
+-- Prices: per metric (a metered metric or an application event type), for a plan or all plans.
+CREATE TABLE prices (
+    metric text NOT NULL,
+    plan text REFERENCES plans (name) ON UPDATE CASCADE ON DELETE CASCADE,
+    unit_price numeric NOT NULL CHECK (unit_price >= 0),
+    included numeric NOT NULL DEFAULT 0 CHECK (included >= 0),
+    unit text NOT NULL DEFAULT 'unit',
+    currency text NOT NULL DEFAULT 'USD' CHECK (currency ~ '^[A-Z]{3}$'),
+    UNIQUE NULLS NOT DISTINCT (metric, plan)
+);
+COMMENT ON TABLE prices IS 'price per unit of a metric, for one plan or (plan null) all plans, after an included quantity';
+
+-- All usage of a tenant, metered and recorded, per bucket of the given granularity.
+CREATE FUNCTION usage_summary(tenant text, from_ts timestamptz, to_ts timestamptz,
+                              granularity text DEFAULT 'day')
+RETURNS TABLE (bucket timestamptz, metric text, quantity numeric)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t uuid := (sutra._tenant_row(tenant)).id;
+BEGIN
+    PERFORM sutra._require_usage_reader(t);
+    IF granularity NOT IN ('minute', 'hour', 'day', 'month') THEN
+        RAISE EXCEPTION 'invalid granularity "%"', granularity USING ERRCODE = '22023',
+            HINT = 'Use minute, hour, day or month.';
+    END IF;
+    RETURN QUERY
+    SELECT date_trunc(granularity, u.at, 'UTC') AS b, u.m, sum(u.q)
+    FROM (SELECT r.minute AS at, r.metric AS m, r.quantity AS q FROM sutra.usage_rollups r
+          WHERE r.tenant_id = t AND r.minute >= from_ts AND r.minute < to_ts
+          UNION ALL
+          SELECT e.occurred_at, e.event_type, e.quantity FROM sutra.usage_events e
+          WHERE e.tenant_id = t AND e.occurred_at >= from_ts AND e.occurred_at < to_ts) u
+    GROUP BY 1, 2 ORDER BY 1, 2;
+END $$;
+CREATE FUNCTION usage_summary(tenant uuid, from_ts timestamptz, to_ts timestamptz, granularity text DEFAULT 'day')
+RETURNS TABLE (bucket timestamptz, metric text, quantity numeric)
+LANGUAGE sql STABLE AS $$ SELECT * FROM sutra.usage_summary(tenant::text, from_ts, to_ts, granularity) $$;
+
+-- A tenant's bill for a calendar month (UTC): one line per priced metric, then the total.
+CREATE FUNCTION invoice(tenant text, month date)
+RETURNS TABLE (metric text, quantity numeric, included numeric, billable numeric, unit_price numeric,
+               amount numeric, currency text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r sutra.tenants := sutra._tenant_row(tenant);
+    lo timestamptz := date_trunc('month', month::timestamp) AT TIME ZONE 'UTC';
+BEGIN
+    PERFORM sutra._require_usage_reader(r.id);
+    RETURN QUERY
+    WITH used AS (
+        SELECT s.metric, sum(s.quantity) AS q
+        FROM sutra.usage_summary(r.id::text, lo, lo + interval '1 month', 'month') s GROUP BY 1
+    ), priced AS (
+        SELECT DISTINCT ON (p.metric) p.metric, p.unit_price, p.included, p.currency
+        FROM sutra.prices p WHERE p.plan = r.plan OR p.plan IS NULL
+        ORDER BY p.metric, p.plan NULLS LAST
+    ), lines AS (
+        SELECT p.metric, coalesce(u.q, 0) AS q, p.included AS inc,
+               greatest(coalesce(u.q, 0) - p.included, 0) AS bill, p.unit_price AS up, p.currency AS cur
+        FROM priced p LEFT JOIN used u ON u.metric = p.metric
+    )
+    SELECT x.m, x.q, x.inc, x.bill, x.up, x.amt, x.cur FROM (
+        SELECT l.metric AS m, l.q, l.inc, l.bill, l.up, round(l.bill * l.up, 2) AS amt, l.cur FROM lines l
+        UNION ALL
+        SELECT 'total', NULL, NULL, NULL, NULL, coalesce(round(sum(l.bill * l.up), 2), 0), min(l.cur) FROM lines l
+    ) x ORDER BY x.m = 'total', x.m;
+END $$;
+CREATE FUNCTION invoice(tenant uuid, month date)
+RETURNS TABLE (metric text, quantity numeric, included numeric, billable numeric, unit_price numeric,
+               amount numeric, currency text)
+LANGUAGE sql STABLE AS $$ SELECT * FROM sutra.invoice(tenant::text, month) $$;
+
+-- Export shapes: a billing sync is a SELECT ----------------------------------------------------
+
+-- Stripe meter events (POST /v1/billing/meter_events): the customer id comes from the tenant's
+-- settings ("stripe_customer_id").
+CREATE VIEW usage_events_stripe WITH (security_invoker = true) AS
+    SELECT e.event_type AS event_name,
+           coalesce(e.idempotency_key, e.event_id::text) AS identifier,
+           extract(epoch FROM e.occurred_at)::bigint AS "timestamp",
+           jsonb_build_object('stripe_customer_id', t.settings ->> 'stripe_customer_id',
+                              'value', e.quantity::text) AS payload,
+           e.tenant_id, e.ingested_at
+    FROM sutra.usage_events e JOIN sutra.tenants t ON t.id = e.tenant_id;
+
+-- CloudEvents 1.0 (as OpenMeter ingests them).
+CREATE VIEW usage_events_cloudevents WITH (security_invoker = true) AS
+    SELECT '1.0'::text AS specversion,
+           e.event_type AS type,
+           'sutra/' || current_database() AS source,
+           coalesce(e.idempotency_key, e.event_id::text) AS id,
+           e.tenant_id::text AS subject,
+           e.occurred_at AS time,
+           'application/json'::text AS datacontenttype,
+           e.properties || jsonb_build_object('quantity', e.quantity) AS data,
+           e.ingested_at
+    FROM sutra.usage_events e;
+
+-- Privileges and row level security ----------------------------------------------------------
+
+REVOKE ALL ON usage_events, usage_event_keys, usage_rollups, prices FROM PUBLIC;
+GRANT SELECT ON usage_events, usage_rollups, usage_events_stripe, usage_events_cloudevents, prices TO PUBLIC;
+ALTER TABLE usage_events ENABLE ROW LEVEL SECURITY;
+CREATE POLICY service ON usage_events FOR SELECT TO sutra_service USING (true);
+CREATE POLICY own_tenant ON usage_events FOR SELECT USING (tenant_id = (SELECT current_tenant('admin')));
+ALTER TABLE usage_rollups ENABLE ROW LEVEL SECURITY;
+CREATE POLICY service ON usage_rollups FOR SELECT TO sutra_service USING (true);
+CREATE POLICY own_tenant ON usage_rollups FOR SELECT USING (tenant_id = (SELECT current_tenant('admin')));
+
+SELECT pg_catalog.pg_extension_config_dump('usage_events_default', '');
+SELECT pg_catalog.pg_extension_config_dump('usage_event_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('usage_rollups', '');
+SELECT pg_catalog.pg_extension_config_dump('prices', '');
