@@ -137,6 +137,8 @@ DECLARE
     t uuid;
     id uuid := gen_random_uuid();
     at timestamptz := coalesce(occurred_at, now());
+    cap numeric;
+    used numeric;
 BEGIN
     IF tenant IS NOT NULL THEN
         PERFORM sutra._require_service('record usage for a tenant');
@@ -150,6 +152,17 @@ BEGIN
     IF event_type IS NULL OR event_type !~ '^[A-Za-z0-9_.:-]{1,100}$' THEN
         RAISE EXCEPTION 'invalid event type "%"', event_type USING ERRCODE = '22023',
             DETAIL = 'An event type is 1 to 100 letters, digits and _ . : -';
+    END IF;
+    cap := (sutra._limits(t) -> 'monthly' ->> event_type)::numeric;
+    IF cap IS NOT NULL THEN
+        used := coalesce((SELECT sum(e.quantity) FROM sutra.usage_events e
+                          WHERE e.tenant_id = t AND e.event_type = record_usage.event_type
+                            AND e.occurred_at >= date_trunc('month', at, 'UTC')
+                            AND e.occurred_at < date_trunc('month', at, 'UTC') + interval '1 month'), 0);
+        IF used + quantity > cap THEN
+            RAISE EXCEPTION 'monthly cap of % exceeded for tenant %', event_type, t USING ERRCODE = '53100',
+                DETAIL = format('The cap is %s a month; %s used, %s more requested.', cap, used, quantity);
+        END IF;
     END IF;
     IF idempotency_key IS NOT NULL THEN
         INSERT INTO sutra.usage_event_keys VALUES (t, idempotency_key, id) ON CONFLICT DO NOTHING;
@@ -272,9 +285,96 @@ CREATE VIEW usage_events_cloudevents WITH (security_invoker = true) AS
            e.ingested_at
     FROM sutra.usage_events e;
 
+-- Rate limits and live counters (shared memory) ------------------------------------------------
+
+-- Where a tenant's limiter and concurrency counts stand now.
+CREATE FUNCTION rate_limit_status(tenant text)
+RETURNS TABLE (ops_per_second double precision, burst bigint, available bigint, retry_after_ms bigint,
+               active_statements integer, concurrent_statements_limit integer, connections integer,
+               connections_limit integer)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t uuid := (sutra._tenant_row(tenant)).id;
+BEGIN
+    PERFORM sutra._require_usage_reader(t);
+    RETURN QUERY SELECT * FROM sutra._rate_limit_state(t);
+END $$;
+CREATE FUNCTION rate_limit_status(tenant uuid)
+RETURNS TABLE (ops_per_second double precision, burst bigint, available bigint, retry_after_ms bigint,
+               active_statements integer, concurrent_statements_limit integer, connections integer,
+               connections_limit integer)
+LANGUAGE sql AS $$ SELECT * FROM sutra.rate_limit_status(tenant::text) $$;
+
+-- Per-tenant counters in the Prometheus text format, for postgres_exporter or any scraper.
+CREATE FUNCTION metrics() RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM sutra._require_service('read metrics');
+    RETURN (
+        WITH rows AS (
+            SELECT to_jsonb(c) || jsonb_build_object('slug', coalesce(t.slug, '')) AS r
+            FROM sutra._tenant_counters() c LEFT JOIN sutra.tenants t ON t.id = c.tenant_id
+        ), defs (ord, name, kind, help) AS (VALUES
+            (1, 'statements', 'counter', 'Statements run by tenant sessions.'),
+            (2, 'rows_read', 'counter', 'Rows returned to tenant sessions.'),
+            (3, 'rows_written', 'counter', 'Rows inserted, updated or deleted by tenant sessions.'),
+            (4, 'vector_searches', 'counter', 'Vector index searches of tenant sessions.'),
+            (5, 'bytes_written', 'counter', 'Bytes written by tenant sessions.'),
+            (6, 'connection_seconds', 'counter', 'Seconds sessions held the tenant''s context.'),
+            (7, 'rate_limited', 'counter', 'Statements refused by the rate limit.'),
+            (8, 'concurrency_refused', 'counter', 'Statements refused by the concurrent statement limit.'),
+            (9, 'connections_refused', 'counter', 'Contexts refused by the connection limit.'),
+            (10, 'quota_refused', 'counter', 'Statements refused by a quota.'),
+            (11, 'active_statements', 'gauge', 'Statements running now.'),
+            (12, 'connections', 'gauge', 'Sessions holding the tenant''s context now.')
+        ), named AS (
+            SELECT d.*, 'sutra_tenant_' || d.name || CASE WHEN d.kind = 'counter' THEN '_total' ELSE '' END AS metric
+            FROM defs d
+        )
+        SELECT string_agg(
+                   format(E'# HELP %s %s\n# TYPE %s %s\n', n.metric, n.help, n.metric, n.kind)
+                   || coalesce((SELECT string_agg(format(E'%s{tenant_id="%s",tenant="%s"} %s\n', n.metric,
+                                                         x.r ->> 'tenant_id', x.r ->> 'slug', x.r ->> n.name),
+                                                  '' ORDER BY x.r ->> 'slug') FROM rows x), ''),
+                   '' ORDER BY n.ord)
+        FROM named n);
+END $$;
+
+-- Tenants at or past the soft threshold of a limit.
+CREATE VIEW tenants_near_limits AS
+    WITH caps AS (
+        SELECT t.id, t.slug, sutra._limits(t.id) AS l FROM sutra.tenants t WHERE t.status = 'active'
+    ), monthly AS (
+        SELECT c.id, c.slug, 'monthly.' || k AS limit_name, v::numeric AS limit_value,
+               coalesce((c.l ->> 'soft_threshold')::numeric, 0.8) AS threshold,
+               coalesce((SELECT sum(r.quantity) FROM sutra.usage_rollups r
+                         WHERE r.tenant_id = c.id AND r.metric = k AND r.minute >= date_trunc('month', now(), 'UTC')), 0)
+             + coalesce((SELECT sum(e.quantity) FROM sutra.usage_events e
+                         WHERE e.tenant_id = c.id AND e.event_type = k AND e.occurred_at >= date_trunc('month', now(), 'UTC')), 0)
+               AS used
+        FROM caps c, jsonb_each_text(coalesce(c.l -> 'monthly', '{}')) m(k, v)
+    ), live AS (
+        SELECT c.id, c.slug, x.limit_name, x.limit_value, coalesce((c.l ->> 'soft_threshold')::numeric, 0.8) AS threshold,
+               x.used
+        FROM caps c JOIN sutra._tenant_counters() n ON n.tenant_id = c.id
+        CROSS JOIN LATERAL (VALUES ('connections', (c.l ->> 'connections')::numeric, n.connections::numeric),
+                                   ('concurrent_statements', (c.l ->> 'concurrent_statements')::numeric, n.active_statements::numeric))
+                   x(limit_name, limit_value, used)
+        WHERE x.limit_value IS NOT NULL
+    )
+    SELECT id AS tenant_id, slug, limit_name, limit_value, used, round(used / limit_value, 4) AS ratio
+    FROM (SELECT * FROM monthly UNION ALL SELECT * FROM live) a
+    WHERE used >= threshold * limit_value;
+
 -- Privileges and row level security ----------------------------------------------------------
 
 REVOKE ALL ON usage_events, usage_event_keys, usage_rollups, prices FROM PUBLIC;
+REVOKE ALL ON tenants_near_limits FROM PUBLIC;
+GRANT SELECT ON tenants_near_limits TO sutra_service;
+REVOKE ALL ON FUNCTION _tenant_counters() FROM PUBLIC;
+REVOKE ALL ON FUNCTION _rate_limit_state(uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION metrics() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION metrics() TO sutra_service;
 GRANT SELECT ON usage_events, usage_rollups, usage_events_stripe, usage_events_cloudevents, prices TO PUBLIC;
 ALTER TABLE usage_events ENABLE ROW LEVEL SECURITY;
 CREATE POLICY service ON usage_events FOR SELECT TO sutra_service USING (true);

@@ -12,6 +12,7 @@ mod error;
 mod fmgr;
 mod guc;
 mod tenancy;
+mod usage;
 mod vector;
 
 extension_sql_file!("../sql/vector.sql", name = "vector");
@@ -51,6 +52,7 @@ pub extern "C-unwind" fn _PG_init() {
         );
     }
     tenancy::init();
+    usage::init();
     // Last: reserving the prefix removes any sutra.* placeholder not defined above.
     guc::init();
 }

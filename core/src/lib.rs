@@ -5,6 +5,7 @@
 pub mod api_key;
 pub mod arith;
 pub mod distance;
+pub mod gcra;
 pub mod jwt;
 pub mod tenant_context;
 pub mod throttle;

@@ -133,6 +133,23 @@ unsafe extern "C-unwind" fn check_context_secret(
     false
 }
 
+/// The tenant a checked value names, without checking it again.
+fn tenant_of_value(value: &str) -> Option<[u8; 16]> {
+    let t = value.strip_prefix("v1.")?.get(..36)?;
+    tenant_context::is_canonical_uuid(t).then(|| *uuid_of(t).as_bytes())
+}
+
+/// Assign hook of `sutra.tenant_id`: the session's connection moves to the new tenant (or to
+/// none). It runs for every change, also RESET and the end of a SET LOCAL, and must not fail.
+#[pg_guard]
+unsafe extern "C-unwind" fn assign_tenant_id(newval: *const c_char, _extra: *mut c_void) {
+    if pg_sys::ParallelWorkerNumber >= 0 || pg_sys::MyDatabaseId == pg_sys::InvalidOid {
+        return;
+    }
+    let tenant = newval.as_ref().and_then(|p| CStr::from_ptr(p).to_str().ok()).and_then(tenant_of_value);
+    crate::usage::hooks::attach(tenant);
+}
+
 /// Assign hook of `sutra.context_secret`: values verified under the old secret are forgotten.
 #[pg_guard]
 unsafe extern "C-unwind" fn assign_context_secret(_newval: *const c_char, _extra: *mut c_void) {
@@ -156,7 +173,7 @@ pub fn init() {
             pg_sys::GucContext::PGC_USERSET,
             pg_sys::GUC_NOT_IN_SAMPLE as i32,
             Some(check_tenant_id),
-            None,
+            Some(assign_tenant_id),
             None,
         );
         pg_sys::DefineCustomStringVariable(
@@ -421,6 +438,25 @@ fn remember(value: String, ctx: Context, active_at: u64) {
     VERIFIED.with(|c| *c.borrow_mut() = Some(Verified { value, ctx, uuid, active_at }));
 }
 
+/// The generation of tenant status: it changes whenever tenants, plans or keys change.
+pub fn status_generation() -> u64 {
+    STATUS_GENERATION.with(|g| g.get())
+}
+
+/// The tenant of the current context if its signature and expiry hold, without raising and
+/// without looking at tenant status (for the executor hooks, which only meter and limit).
+pub fn peek_tenant() -> Option<pgrx::Uuid> {
+    let value = raw_value();
+    if value.is_empty() {
+        return None;
+    }
+    let now = now_unix();
+    if let Some(uuid) = VERIFIED.with(|c| c.borrow().as_ref().filter(|v| v.value == value && now < v.ctx.expires).map(|v| v.uuid)) {
+        return Some(uuid);
+    }
+    tenant_context::verify(value, &secret(), now).ok().map(|c| uuid_of(&c.tenant))
+}
+
 /// The current tenant context, verified; `None` when there is none.
 pub fn current() -> Option<Context> {
     current_checked()?;
@@ -473,6 +509,9 @@ pub fn put(tenant: &str, scopes: Scopes, not_after: Option<i64>, grant: Option<&
     let ctx = Context { tenant: tenant.to_string(), scopes, expires, grant: grant.map(str::to_string) };
     let signed = tenant_context::sign(&ctx, &secret());
     let value = CString::new(signed.as_str()).expect("no NUL in a context");
+    if action != pg_sys::GucAction::GUC_ACTION_SAVE {
+        crate::usage::hooks::reserve_connection(&uuid_of(tenant));
+    }
     // The caller checked the credential and the tenant; the check hook finds the value verified.
     remember(signed, ctx, STATUS_GENERATION.with(|g| g.get()));
     // SAFETY: sets a parameter this library defined, with a value its own check hook accepts;

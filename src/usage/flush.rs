@@ -1,0 +1,244 @@
+//! Writing metering from shared memory to `sutra.usage_rollups`.
+//!
+//! A launcher background worker wakes every `sutra.usage_flush_interval` and, for each database
+//! with pending counts, starts a short-lived worker connected to it, which adds the counts to the
+//! current minute's rows (one upsert per tenant and metric) and exits. `sutra.flush_usage()` does
+//! the same at once for the current database. Counts are taken out of shared memory only in the
+//! transaction that writes them, and put back if it aborts.
+//!
+//! Clean shutdown loses nothing: the postmaster, after every other process has exited, writes
+//! the pending counts to `pg_stat/sutra_metering.stat`, and the next start reads them back (and
+//! removes the file). A crash loses what was counted since the last flush: at most one interval.
+
+use std::cell::RefCell;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::prelude::*;
+use pgrx::{pg_sys, PgSqlErrorCode};
+
+use super::report::{give_back, metric, take_pending};
+use super::shmem;
+use crate::error::raise;
+
+/// `sutra.usage_flush_interval`, in seconds.
+static mut FLUSH_INTERVAL: i32 = 10;
+const STATE_FILE: &str = "pg_stat/sutra_metering.stat";
+const MAGIC: &[u8; 8] = b"sutram01";
+
+pub fn init() {
+    // SAFETY: _PG_init in the postmaster; static strings and a static value pointer.
+    unsafe {
+        pg_sys::DefineCustomIntVariable(
+            c"sutra.usage_flush_interval".as_ptr(),
+            c"How often metered usage is written to sutra.usage_rollups.".as_ptr(),
+            c"A crash loses at most this much metering.".as_ptr(),
+            &raw mut FLUSH_INTERVAL,
+            10,
+            1,
+            3600,
+            pg_sys::GucContext::PGC_SIGHUP,
+            pg_sys::GUC_UNIT_S as i32,
+            None,
+            None,
+            None,
+        );
+    }
+    BackgroundWorkerBuilder::new("sutra metering launcher")
+        .set_type("sutra metering launcher")
+        .set_library("sutra")
+        .set_function("sutra_metering_launcher_main")
+        .enable_shmem_access(None)
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(Duration::from_secs(10)))
+        .load();
+}
+
+/// Called from the shared-memory startup hook in the postmaster: reads back what the last clean
+/// shutdown saved, and arranges for this run's pending counts to be saved at exit.
+pub fn on_startup() {
+    // SAFETY: plain globals of the postmaster.
+    if unsafe { pg_sys::IsUnderPostmaster } {
+        return;
+    }
+    // SAFETY: registers a callback for the postmaster's own exit.
+    unsafe { pg_sys::on_shmem_exit(Some(save_pending), pg_sys::Datum::from(0)) };
+    let Ok(mut f) = std::fs::File::open(STATE_FILE) else { return };
+    let mut buf = Vec::new();
+    if f.read_to_end(&mut buf).is_ok() && buf.len() >= 8 && &buf[..8] == MAGIC {
+        for rec in buf[8..].chunks_exact(4 + 16 + 48) {
+            let db = u32::from_le_bytes(rec[0..4].try_into().expect("4 bytes"));
+            let tenant: [u8; 16] = rec[4..20].try_into().expect("16 bytes");
+            let mut counts = [0u64; 6];
+            for (i, c) in counts.iter_mut().enumerate() {
+                *c = u64::from_le_bytes(rec[20 + 8 * i..28 + 8 * i].try_into().expect("8 bytes"));
+            }
+            if let Some(slot) = shmem::slot(db, &tenant) {
+                slot.pending.give_back(counts);
+            }
+        }
+    }
+    let _ = std::fs::remove_file(STATE_FILE);
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn save_pending(code: i32, _arg: pg_sys::Datum) {
+    // After a crash shared memory cannot be trusted: nothing is saved.
+    if code != 0 {
+        return;
+    }
+    let mut out = MAGIC.to_vec();
+    for s in shmem::slots() {
+        let counts = s.pending.read();
+        if counts.iter().any(|c| *c > 0) {
+            out.extend(s.db().to_le_bytes());
+            out.extend(s.tenant());
+            for c in counts {
+                out.extend(c.to_le_bytes());
+            }
+        }
+    }
+    if out.len() > MAGIC.len() {
+        let tmp = format!("{STATE_FILE}.tmp");
+        if let Ok(mut f) = std::fs::File::create(&tmp) {
+            if f.write_all(&out).and_then(|_| f.sync_all()).is_ok() {
+                let _ = std::fs::rename(&tmp, STATE_FILE);
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Counts taken by a flush in the current transaction, given back if it aborts.
+    static TAKEN: RefCell<Option<(u32, Vec<([u8; 16], [u64; 6])>)>> = const { RefCell::new(None) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn flush_xact_callback(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    match event {
+        pg_sys::XactEvent::XACT_EVENT_ABORT => {
+            if let Some((db, taken)) = TAKEN.with(|t| t.borrow_mut().take()) {
+                give_back(db, &taken);
+            }
+        }
+        pg_sys::XactEvent::XACT_EVENT_COMMIT => TAKEN.with(|t| *t.borrow_mut() = None),
+        _ => {}
+    }
+}
+
+/// Writes the current database's pending metering into `sutra.usage_rollups`, in the current
+/// transaction. Returns the number of (tenant, metric) rows written.
+pub fn flush_current_db() -> i64 {
+    thread_local! { static REGISTERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) }; }
+    if !REGISTERED.with(|r| r.replace(true)) {
+        // SAFETY: registers a callback of this process.
+        unsafe { pg_sys::RegisterXactCallback(Some(flush_xact_callback), std::ptr::null_mut()) };
+    }
+    let db = shmem::my_db();
+    let pending = take_pending(db);
+    TAKEN.with(|t| {
+        let mut t = t.borrow_mut();
+        match t.as_mut() {
+            Some((_, taken)) => taken.extend(pending.iter().cloned()),
+            None => *t = Some((db, pending.clone())),
+        }
+    });
+    let mut tenants = Vec::new();
+    let mut metrics = Vec::new();
+    let mut quantities = Vec::new();
+    for (tenant, counts) in &pending {
+        for (i, c) in counts.iter().enumerate() {
+            if *c > 0 {
+                let (name, q) = metric(i, *c);
+                tenants.push(pgrx::Uuid::from_bytes(*tenant));
+                metrics.push(name.to_string());
+                quantities.push(q);
+            }
+        }
+    }
+    if tenants.is_empty() {
+        return 0;
+    }
+    let n = tenants.len() as i64;
+    Spi::run_with_args(
+        "INSERT INTO sutra.usage_rollups AS r (tenant_id, metric, minute, quantity)
+         SELECT t, m, date_trunc('minute', now()), q::numeric
+         FROM unnest($1::uuid[], $2::text[], $3::float8[]) u(t, m, q)
+         ON CONFLICT (tenant_id, metric, minute) DO UPDATE SET quantity = r.quantity + EXCLUDED.quantity",
+        &[tenants.into(), metrics.into(), quantities.into()],
+    )
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not write usage: {e}")));
+    n
+}
+
+/// `sutra.flush_usage()`: writes this database's metered usage now (superusers and
+/// sutra_service); returns the number of rows written.
+#[pg_extern(volatile, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn flush_usage() -> i64 {
+    if !crate::tenancy::caller::is_service(crate::tenancy::caller::outer_user()) {
+        raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "permission denied to flush usage");
+    }
+    flush_current_db()
+}
+
+/// The launcher: starts a flush for every database with pending counts, every interval.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn sutra_metering_launcher_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    // SAFETY: reads an integer GUC of this process.
+    let interval = || Duration::from_secs(unsafe { FLUSH_INTERVAL }.max(1) as u64);
+    while BackgroundWorker::wait_latch(Some(interval())) {
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: rereads the configuration file, as any process does on SIGHUP.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        let mut dbs: Vec<u32> = shmem::slots()
+            .filter(|s| s.pending.read().iter().any(|c| *c > 0))
+            .map(|s| s.db())
+            .collect();
+        dbs.sort_unstable();
+        dbs.dedup();
+        for db in dbs {
+            let worker = BackgroundWorkerBuilder::new("sutra metering flush")
+                .set_type("sutra metering flush")
+                .set_library("sutra")
+                .set_function("sutra_metering_flush_main")
+                .set_argument(Some(pg_sys::Datum::from(db)))
+                .enable_spi_access()
+                // SAFETY: a plain global of this process.
+                .set_notify_pid(unsafe { pg_sys::MyProcPid })
+                .set_restart_time(None)
+                .load_dynamic();
+            match worker {
+                Ok(w) => {
+                    let _ = w.wait_for_shutdown();
+                }
+                Err(_) => pgrx::log!("sutra: could not start a metering flush worker"),
+            }
+        }
+    }
+}
+
+/// A flush worker: connects to one database and writes its pending metering.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn sutra_metering_flush_main(arg: pg_sys::Datum) {
+    let db = arg.value() as u32;
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGTERM);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);
+    BackgroundWorker::transaction(|| {
+        let installed = Spi::get_one::<bool>("SELECT to_regclass('sutra.usage_rollups') IS NOT NULL")
+            .ok()
+            .flatten()
+            .unwrap_or(false);
+        if installed {
+            flush_current_db();
+        } else {
+            // No sutra here any more: nothing to meter into.
+            take_pending(db);
+        }
+    });
+}

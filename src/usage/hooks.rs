@@ -1,0 +1,264 @@
+//! Rate limits, concurrency limits, connection limits and metering, charged in the executor.
+//!
+//! Every top-level statement a tenant session runs passes ExecutorStart: its tenant's GCRA
+//! limiter is charged (53400 with the wait in DETAIL when over the rate) and its running-statement
+//! count is raised (53000 over the limit). ExecutorEnd lowers the count and meters the statement
+//! and its rows; an aborted statement is settled by the transaction callback, so nothing leaks a
+//! slot. A session attaches to its tenant when it gets the tenant's context (53300 past the
+//! connection limit) and detaches when the context goes, or at exit; connection time is metered
+//! then and at each statement. Parallel workers and nested statements are not charged again.
+
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use pgrx::prelude::*;
+use pgrx::{pg_sys, PgSqlErrorCode};
+use sutra_core::gcra::Gcra;
+
+use super::limits;
+use super::shmem::{self, Slot};
+use crate::error::{raise_detail, raise_hint};
+use crate::tenancy::context;
+
+static mut PREV_START: pg_sys::ExecutorStart_hook_type = None;
+static mut PREV_END: pg_sys::ExecutorEnd_hook_type = None;
+
+const STATEMENTS: usize = 0;
+const ROWS_READ: usize = 1;
+const ROWS_WRITTEN: usize = 2;
+const CONNECTION_MS: usize = 5;
+
+thread_local! {
+    /// Executor nesting depth: only depth 0 is a statement of the session.
+    static DEPTH: Cell<u32> = const { Cell::new(0) };
+    /// The slot whose running-statement count the current statement holds.
+    static HOLD: Cell<Option<&'static Slot>> = const { Cell::new(None) };
+    /// The tenant this session is attached to, and since when (connection time metered so far).
+    static ATTACHED: RefCell<Option<(&'static Slot, [u8; 16], Instant)>> = const { RefCell::new(None) };
+    /// A connection counted by `reserve_connection` that the next attach takes over.
+    static RESERVED: RefCell<Option<[u8; 16]>> = const { RefCell::new(None) };
+}
+
+pub fn init() {
+    // SAFETY: _PG_init, single-threaded in the postmaster; hooks and callbacks are chained or
+    // registered once and inherited by every backend.
+    unsafe {
+        PREV_START = pg_sys::ExecutorStart_hook;
+        pg_sys::ExecutorStart_hook = Some(executor_start);
+        PREV_END = pg_sys::ExecutorEnd_hook;
+        pg_sys::ExecutorEnd_hook = Some(executor_end);
+        pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
+    }
+}
+
+fn in_parallel_worker() -> bool {
+    // SAFETY: a plain backend global.
+    unsafe { pg_sys::ParallelWorkerNumber >= 0 }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Charges the statement to the tenant's limiter and concurrency count; raises when over.
+fn admit(tenant: pgrx::Uuid) {
+    let Some(slot) = shmem::slot(shmem::my_db(), tenant.as_bytes()) else { return };
+    // Reading limits may run a query: that nested statement must not be charged.
+    DEPTH.with(|d| d.set(d.get() + 1));
+    let limits = limits::of(&tenant);
+    DEPTH.with(|d| d.set(d.get() - 1));
+    if let Some(rate) = limits.ops_per_second {
+        let gcra = Gcra::new(rate, limits.burst.unwrap_or(rate.ceil().max(1.0) as u32));
+        let now = now_ns();
+        let mut tat = slot.tat.load(Ordering::Relaxed);
+        loop {
+            match gcra.check(tat, now) {
+                Ok(next) => match slot.tat.compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Relaxed) {
+                    Ok(_) => break,
+                    Err(current) => tat = current,
+                },
+                Err(wait) => {
+                    slot.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    let ms = (wait + 999_999) / 1_000_000;
+                    raise_detail(
+                        PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+                        format!("rate limit exceeded for tenant {tenant}"),
+                        format!(
+                            "The limit is {rate} statements per second with bursts of {}; retry after {ms} ms.",
+                            limits.burst.unwrap_or(rate.ceil().max(1.0) as u32)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    let running = slot.active.fetch_add(1, Ordering::AcqRel) + 1;
+    if let Some(max) = limits.concurrent_statements {
+        if running > max {
+            slot.active.fetch_sub(1, Ordering::AcqRel);
+            slot.concurrency_refused.fetch_add(1, Ordering::Relaxed);
+            raise_hint(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES,
+                format!("too many concurrent statements for tenant {tenant}"),
+                format!("The limit is {max} statements running at once; retry when one has finished."),
+            );
+        }
+    }
+    HOLD.with(|h| h.set(Some(slot)));
+}
+
+/// Ends the statement holding a running-statement count: lowers it and meters the statement.
+fn settle(rows: Option<(usize, u64)>) {
+    if let Some(slot) = HOLD.with(|h| h.take()) {
+        slot.active.fetch_sub(1, Ordering::AcqRel);
+        slot.meter(STATEMENTS, 1);
+        if let Some((metric, n)) = rows {
+            slot.meter(metric, n);
+        }
+        meter_connection_time();
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: i32) {
+    let depth = DEPTH.with(|d| d.get());
+    if depth == 0 && !in_parallel_worker() && eflags & pg_sys::EXEC_FLAG_EXPLAIN_ONLY as i32 == 0 {
+        if let Some(tenant) = context::peek_tenant() {
+            admit(tenant);
+        }
+    }
+    DEPTH.with(|d| d.set(depth + 1));
+    match PREV_START {
+        Some(prev) => prev(query_desc, eflags),
+        None => pg_sys::standard_ExecutorStart(query_desc, eflags),
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn executor_end(query_desc: *mut pg_sys::QueryDesc) {
+    let depth = DEPTH.with(|d| d.get()).saturating_sub(1);
+    DEPTH.with(|d| d.set(depth));
+    if depth == 0 {
+        let estate = (*query_desc).estate;
+        let processed = if estate.is_null() { 0 } else { (*estate).es_processed };
+        let metric = match (*query_desc).operation {
+            pg_sys::CmdType::CMD_SELECT => ROWS_READ,
+            _ => ROWS_WRITTEN,
+        };
+        settle(Some((metric, processed)));
+    }
+    match PREV_END {
+        Some(prev) => prev(query_desc),
+        None => pg_sys::standard_ExecutorEnd(query_desc),
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    if event == pg_sys::XactEvent::XACT_EVENT_ABORT || event == pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT {
+        DEPTH.with(|d| d.set(0));
+        settle(None);
+        // A connection reserved for a context that never took effect.
+        if let Some(tenant) = RESERVED.with(|r| r.borrow_mut().take()) {
+            if let Some(slot) = shmem::slot(shmem::my_db(), &tenant) {
+                slot.connections.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+/// Adds the time since the last accounting to the attached tenant's connection time.
+fn meter_connection_time() {
+    ATTACHED.with(|a| {
+        if let Some((slot, _, since)) = a.borrow_mut().as_mut() {
+            let ms = since.elapsed().as_millis() as u64;
+            if ms > 0 {
+                slot.meter(CONNECTION_MS, ms);
+                *since = Instant::now();
+            }
+        }
+    });
+}
+
+/// Before a context for `tenant` is set: counts the session against the tenant's connection limit
+/// (53300 when full), unless it is attached to that tenant already.
+pub fn reserve_connection(tenant: &pgrx::Uuid) {
+    let key = *tenant.as_bytes();
+    if ATTACHED.with(|a| a.borrow().as_ref().map(|(_, t, _)| *t) == Some(key)) {
+        return;
+    }
+    let Some(slot) = shmem::slot(shmem::my_db(), &key) else { return };
+    let max = limits::of(tenant).connections;
+    let now = slot.connections.fetch_add(1, Ordering::AcqRel) + 1;
+    if let Some(max) = max {
+        if now > max {
+            slot.connections.fetch_sub(1, Ordering::AcqRel);
+            slot.connections_refused.fetch_add(1, Ordering::Relaxed);
+            raise_hint(
+                PgSqlErrorCode::ERRCODE_TOO_MANY_CONNECTIONS,
+                format!("too many connections for tenant {tenant}"),
+                format!("The limit is {max} sessions holding the tenant's context at once."),
+            );
+        }
+    }
+    if let Some(previous) = RESERVED.with(|r| r.borrow_mut().replace(key)) {
+        if let Some(s) = shmem::slot(shmem::my_db(), &previous) {
+            s.connections.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The session's context changed to `tenant` (or to none): moves its connection. Called from the
+/// parameter's assign hook, so it must not fail.
+pub fn attach(tenant: Option<[u8; 16]>) {
+    let current = ATTACHED.with(|a| a.borrow().as_ref().map(|(_, t, _)| *t));
+    if current == tenant {
+        return;
+    }
+    detach();
+    let Some(key) = tenant else { return };
+    let reserved = RESERVED.with(|r| {
+        let mut r = r.borrow_mut();
+        if *r == Some(key) {
+            r.take();
+            true
+        } else {
+            false
+        }
+    });
+    let Some(slot) = shmem::slot(shmem::my_db(), &key) else { return };
+    register_exit();
+    if !reserved {
+        // A context arriving without sutra issuing it here (SET of a value from elsewhere, a
+        // parallel worker, a transaction's end restoring the session's context).
+        slot.connections.fetch_add(1, Ordering::AcqRel);
+    }
+    ATTACHED.with(|a| *a.borrow_mut() = Some((slot, key, Instant::now())));
+}
+
+/// Detaches the session from its tenant, metering the connection time.
+pub fn detach() {
+    meter_connection_time();
+    if let Some((slot, _, _)) = ATTACHED.with(|a| a.borrow_mut().take()) {
+        slot.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// At backend exit.
+#[pg_guard]
+pub unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
+    detach();
+}
+
+/// Registers the exit callback in a backend (once).
+pub fn register_exit() {
+    thread_local! { static DONE: Cell<bool> = const { Cell::new(false) }; }
+    if !DONE.with(|d| d.replace(true)) {
+        // SAFETY: registering a callback for this process's exit.
+        unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0)) };
+    }
+}

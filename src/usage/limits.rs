@@ -1,0 +1,66 @@
+//! The limits in force for a tenant, as this backend knows them: read from `sutra._limits()` on
+//! first use and kept until `sutra.tenants` or `sutra.plans` change (the same invalidation that
+//! ends a suspended tenant's sessions), so a plan or override change applies at once everywhere.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use pgrx::prelude::*;
+use serde_json::Value;
+
+use crate::tenancy::caller::as_superuser;
+use crate::tenancy::context;
+
+/// The limits the hooks enforce; `None` is unlimited.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Limits {
+    pub ops_per_second: Option<f64>,
+    pub burst: Option<u32>,
+    pub concurrent_statements: Option<i32>,
+    pub connections: Option<i32>,
+}
+
+fn positive(v: &Value, key: &str) -> Option<f64> {
+    v.get(key).and_then(Value::as_f64).filter(|x| *x > 0.0)
+}
+
+impl Limits {
+    pub fn from_json(v: &Value) -> Limits {
+        Limits {
+            ops_per_second: positive(v, "ops_per_second"),
+            burst: positive(v, "burst").map(|b| b.min(u32::MAX as f64) as u32),
+            concurrent_statements: positive(v, "concurrent_statements").map(|n| n.min(i32::MAX as f64) as i32),
+            connections: positive(v, "connections").map(|n| n.min(i32::MAX as f64) as i32),
+        }
+    }
+}
+
+thread_local! {
+    static CACHE: RefCell<(u64, HashMap<[u8; 16], Limits>)> = RefCell::new((0, HashMap::new()));
+}
+
+/// The limits of `tenant` (read once per invalidation).
+pub fn of(tenant: &pgrx::Uuid) -> Limits {
+    let generation = context::status_generation();
+    let key = *tenant.as_bytes();
+    if let Some(l) = CACHE.with(|c| {
+        let c = c.borrow();
+        (c.0 == generation).then(|| c.1.get(&key).cloned()).flatten()
+    }) {
+        return l;
+    }
+    let json = as_superuser(|| Spi::get_one_with_args::<pgrx::JsonB>("SELECT sutra._limits($1)", &[(*tenant).into()]))
+        .ok()
+        .flatten()
+        .map(|j| j.0)
+        .unwrap_or(Value::Null);
+    let limits = Limits::from_json(&json);
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != generation {
+            *c = (generation, HashMap::new());
+        }
+        c.1.insert(key, limits.clone());
+    });
+    limits
+}

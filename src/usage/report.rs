@@ -1,0 +1,129 @@
+//! Reading the shared per-tenant state from SQL: counters for `sutra.metrics()`, the limiter's
+//! state for `sutra.rate_limit_status()`, and the pending metering the flush writes out.
+
+use std::sync::atomic::Ordering;
+
+use pgrx::prelude::*;
+use sutra_core::gcra::Gcra;
+
+use super::limits;
+use super::shmem::{self, METRICS};
+
+
+
+/// `sutra._tenant_counters()`: every tenant of this database in shared memory, with its totals
+/// since server start and its current statement and connection counts.
+#[pg_extern(volatile, name = "_tenant_counters")]
+fn tenant_counters() -> TableIterator<'static, (
+    name!(tenant_id, pgrx::Uuid),
+    name!(statements, i64),
+    name!(rows_read, i64),
+    name!(rows_written, i64),
+    name!(vector_searches, i64),
+    name!(bytes_written, i64),
+    name!(connection_seconds, f64),
+    name!(rate_limited, i64),
+    name!(concurrency_refused, i64),
+    name!(connections_refused, i64),
+    name!(quota_refused, i64),
+    name!(active_statements, i32),
+    name!(connections, i32),
+)> {
+    let db = shmem::my_db();
+    let rows: Vec<_> = shmem::slots()
+        .filter(|s| s.db() == db)
+        .map(|s| {
+            let t = s.total.read();
+            (
+                pgrx::Uuid::from_bytes(s.tenant()),
+                t[0] as i64,
+                t[1] as i64,
+                t[2] as i64,
+                t[3] as i64,
+                t[4] as i64,
+                t[5] as f64 / 1000.0,
+                s.rate_limited.load(Ordering::Relaxed) as i64,
+                s.concurrency_refused.load(Ordering::Relaxed) as i64,
+                s.connections_refused.load(Ordering::Relaxed) as i64,
+                s.quota_refused.load(Ordering::Relaxed) as i64,
+                s.active.load(Ordering::Relaxed),
+                s.connections.load(Ordering::Relaxed),
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
+/// `sutra._rate_limit_state(tenant)`: the tenant's limits and where its limiter stands now.
+#[pg_extern(volatile, name = "_rate_limit_state")]
+fn rate_limit_state(
+    tenant: pgrx::Uuid,
+) -> TableIterator<
+    'static,
+    (
+        name!(ops_per_second, Option<f64>),
+        name!(burst, Option<i64>),
+        name!(available, Option<i64>),
+        name!(retry_after_ms, Option<i64>),
+        name!(active_statements, i32),
+        name!(concurrent_statements_limit, Option<i32>),
+        name!(connections, i32),
+        name!(connections_limit, Option<i32>),
+    ),
+> {
+    let l = limits::of(&tenant);
+    let slot = shmem::slot(shmem::my_db(), tenant.as_bytes());
+    let active = slot.map(|s| s.active.load(Ordering::Relaxed)).unwrap_or(0);
+    let connections = slot.map(|s| s.connections.load(Ordering::Relaxed)).unwrap_or(0);
+    let (burst, available, retry) = match l.ops_per_second {
+        Some(rate) => {
+            let burst = l.burst.unwrap_or(rate.ceil().max(1.0) as u32);
+            let g = Gcra::new(rate, burst);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as i64)
+                .unwrap_or(0);
+            let tat = slot.map(|s| s.tat.load(Ordering::Relaxed)).unwrap_or(0).max(now);
+            // Requests that would pass right now: how far now is past TAT - tolerance, in intervals.
+            let slack = now - (tat - g.tolerance);
+            let available = if slack < 0 { 0 } else { (slack / g.interval + 1).min(burst as i64) };
+            let retry = g.check(tat, now).err().map(|ns| (ns + 999_999) / 1_000_000).unwrap_or(0);
+            (Some(burst as i64), Some(available), Some(retry))
+        }
+        None => (None, None, None),
+    };
+    TableIterator::once((l.ops_per_second, burst, available, retry, active, l.concurrent_statements, connections, l.connections))
+}
+
+/// `sutra._take_metering()`: the metering pending for this database, per tenant and metric, reset
+/// to zero (the flush writes it to `sutra.usage_rollups`; if that fails it is given back).
+pub fn take_pending(db: u32) -> Vec<([u8; 16], [u64; 6])> {
+    shmem::slots()
+        .filter(|s| s.db() == db)
+        .filter_map(|s| {
+            let counts = s.pending.take();
+            counts.iter().any(|n| *n > 0).then(|| (s.tenant(), counts))
+        })
+        .collect()
+}
+
+/// Puts pending metering back after a failed flush.
+pub fn give_back(db: u32, pending: &[([u8; 16], [u64; 6])]) {
+    for (tenant, counts) in pending {
+        if let Some(s) = shmem::slot(db, tenant) {
+            s.pending.give_back(*counts);
+        }
+    }
+}
+
+/// The metric name of counter `i`, and how a stored count converts to the metric's unit.
+pub fn metric(i: usize, count: u64) -> (&'static str, f64) {
+    let q = if i == 5 { count as f64 / 1000.0 } else { count as f64 };
+    (METRICS[i], q)
+}
+
+/// `sutra.shared_memory_per_tenant()`: bytes of shared memory one tracked tenant takes.
+#[pg_extern(immutable, parallel_safe)]
+fn shared_memory_per_tenant() -> i32 {
+    shmem::slot_size() as i32
+}

@@ -1,0 +1,221 @@
+//! The per-tenant state sutra keeps in shared memory: rate limiter, concurrency and connection
+//! counts, and metering counters not yet flushed to `sutra.usage_rollups`.
+//!
+//! One fixed table of [`CAPACITY`] slots, keyed by (database, tenant), allocated at server start.
+//! A slot is claimed once, with a compare-and-swap, and never freed; everything in it is an atomic,
+//! so the hot paths (a rate-limit check, a counter update) take no lock. The state is not
+//! transactional and not crash-safe: it starts empty at every server start (and after a crash
+//! restart) and is rebuilt as tenants come back; metering loses at most what was not yet flushed.
+
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
+
+use pgrx::pg_sys;
+
+/// Slots in the table: tenants (per database) that can be tracked at once.
+pub const CAPACITY: usize = 16384;
+/// How far a lookup probes before it gives up (the table is then too full around that key).
+const MAX_PROBE: usize = 512;
+
+const EMPTY: u32 = 0;
+const CLAIMING: u32 = 1;
+const READY: u32 = 2;
+
+/// One tenant's state.
+#[repr(C)]
+pub struct Slot {
+    state: AtomicU32,
+    db: AtomicU32,
+    tenant: UnsafeCell<[u8; 16]>,
+    /// GCRA theoretical arrival time, nanoseconds since the Unix epoch.
+    pub tat: AtomicI64,
+    /// Statements running now.
+    pub active: AtomicI32,
+    /// Sessions attached to the tenant (holding its context) now.
+    pub connections: AtomicI32,
+    /// Metered since the last flush.
+    pub pending: Counters,
+    /// Metered since server start (what `sutra.metrics()` reports).
+    pub total: Counters,
+    pub rate_limited: AtomicU64,
+    pub concurrency_refused: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub quota_refused: AtomicU64,
+}
+
+/// The metered quantities.
+#[repr(C)]
+#[derive(Default)]
+pub struct Counters {
+    pub statements: AtomicU64,
+    pub rows_read: AtomicU64,
+    pub rows_written: AtomicU64,
+    pub vector_searches: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub connection_ms: AtomicU64,
+}
+
+/// The metrics, in the order of [`Counters::take`] and [`Counters::read`].
+pub const METRICS: [&str; 6] =
+    ["statements", "rows_read", "rows_written", "vector_searches", "bytes_written", "connection_seconds"];
+
+impl Counters {
+    fn fields(&self) -> [&AtomicU64; 6] {
+        [&self.statements, &self.rows_read, &self.rows_written, &self.vector_searches, &self.bytes_written, &self.connection_ms]
+    }
+
+    pub fn read(&self) -> [u64; 6] {
+        self.fields().map(|f| f.load(Ordering::Relaxed))
+    }
+
+    /// Takes the counts (leaving zero), for a flush.
+    pub fn take(&self) -> [u64; 6] {
+        self.fields().map(|f| f.swap(0, Ordering::AcqRel))
+    }
+
+    /// Puts counts back (a flush that failed).
+    pub fn give_back(&self, counts: [u64; 6]) {
+        for (f, n) in self.fields().into_iter().zip(counts) {
+            f.fetch_add(n, Ordering::AcqRel);
+        }
+    }
+}
+
+// SAFETY: every field is an atomic, except `tenant`, which is written only by the process that
+// claimed the slot, before it publishes the slot with a release store of READY, and read only after
+// an acquire load of READY.
+unsafe impl Sync for Slot {}
+
+impl Slot {
+    pub fn db(&self) -> u32 {
+        self.db.load(Ordering::Relaxed)
+    }
+
+    pub fn tenant(&self) -> [u8; 16] {
+        // SAFETY: see `impl Sync`: only slots loaded as READY are handed out.
+        unsafe { *self.tenant.get() }
+    }
+
+    /// Adds to a metered quantity (pending and total).
+    pub fn meter(&self, metric: usize, n: u64) {
+        if n > 0 {
+            self.pending.fields()[metric].fetch_add(n, Ordering::Relaxed);
+            self.total.fields()[metric].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+static mut TABLE: *mut Slot = std::ptr::null_mut();
+static mut PREV_REQUEST: pg_sys::shmem_request_hook_type = None;
+static mut PREV_STARTUP: pg_sys::shmem_startup_hook_type = None;
+
+fn size() -> usize {
+    std::mem::size_of::<Slot>() * CAPACITY
+}
+
+/// Bytes of shared memory per tracked tenant.
+pub fn slot_size() -> usize {
+    std::mem::size_of::<Slot>()
+}
+
+pub fn init() {
+    // SAFETY: _PG_init, single-threaded in the postmaster; hooks are chained.
+    unsafe {
+        PREV_REQUEST = pg_sys::shmem_request_hook;
+        pg_sys::shmem_request_hook = Some(request);
+        PREV_STARTUP = pg_sys::shmem_startup_hook;
+        pg_sys::shmem_startup_hook = Some(startup);
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn request() {
+    if let Some(prev) = PREV_REQUEST {
+        prev();
+    }
+    pg_sys::RequestAddinShmemSpace(size());
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn startup() {
+    if let Some(prev) = PREV_STARTUP {
+        prev();
+    }
+    let mut found = false;
+    let p = pg_sys::ShmemInitStruct(c"sutra tenants".as_ptr(), size(), &mut found);
+    if !found {
+        // All zero is a table of empty slots: every field is an integer or an atomic.
+        std::ptr::write_bytes(p as *mut u8, 0, size());
+    }
+    TABLE = p as *mut Slot;
+    super::flush::on_startup();
+}
+
+fn hash(db: u32, tenant: &[u8; 16]) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ db as u64;
+    for b in tenant {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as usize
+}
+
+/// All slots in use (for reports and the flush).
+pub fn slots() -> impl Iterator<Item = &'static Slot> {
+    // SAFETY: TABLE points to CAPACITY slots in shared memory for the life of the process (or is
+    // null before shared memory exists, and then there is nothing to iterate).
+    let table: &'static [Slot] = unsafe {
+        if TABLE.is_null() {
+            &[]
+        } else {
+            std::slice::from_raw_parts(TABLE, CAPACITY)
+        }
+    };
+    table.iter().filter(|s| s.state.load(Ordering::Acquire) == READY)
+}
+
+/// The slot of `tenant` in database `db`, claimed if new; `None` if the table is full.
+pub fn slot(db: u32, tenant: &[u8; 16]) -> Option<&'static Slot> {
+    // SAFETY: as in `slots`.
+    let table: &'static [Slot] = unsafe {
+        if TABLE.is_null() {
+            return None;
+        }
+        std::slice::from_raw_parts(TABLE, CAPACITY)
+    };
+    let start = hash(db, tenant);
+    for i in 0..MAX_PROBE {
+        let s = &table[(start + i) % CAPACITY];
+        loop {
+            match s.state.load(Ordering::Acquire) {
+                READY => {
+                    if s.db.load(Ordering::Relaxed) == db && s.tenant() == *tenant {
+                        return Some(s);
+                    }
+                    break;
+                }
+                EMPTY => {
+                    if s.state.compare_exchange(EMPTY, CLAIMING, Ordering::Acquire, Ordering::Acquire).is_ok() {
+                        s.db.store(db, Ordering::Relaxed);
+                        // SAFETY: this process claimed the slot; nobody reads `tenant` before READY.
+                        unsafe { *s.tenant.get() = *tenant };
+                        s.state.store(READY, Ordering::Release);
+                        return Some(s);
+                    }
+                }
+                // Another process is writing the key: it takes nanoseconds.
+                _ => std::hint::spin_loop(),
+            }
+        }
+    }
+    None
+}
+
+/// The current database's oid.
+pub fn my_db() -> u32 {
+    // SAFETY: a plain backend global, set at connection.
+    unsafe { pg_sys::MyDatabaseId.to_u32() }
+}
+
+#[allow(dead_code)]
+const _: () = assert!(std::mem::size_of::<Slot>() <= 1024, "a tenant's shared state stays under 1 KiB");
