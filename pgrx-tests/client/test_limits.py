@@ -1,0 +1,173 @@
+"""Rate, concurrency and connection limits per tenant, and metering, over real connections."""
+
+import os
+import threading
+import time
+import uuid
+
+import psycopg
+import pytest
+
+from conftest import connect
+
+
+def superuser():
+    return connect("SUTRA_TEST_HOST", "SUTRA_TEST_PORT", dbname="sutra_client", autocommit=True)
+
+
+def as_role(role):
+    return psycopg.connect(host=os.environ["SUTRA_TEST_HOST"], port=os.environ["SUTRA_TEST_PORT"], user=role,
+                           dbname="sutra_client", autocommit=True)
+
+
+@pytest.fixture
+def tenant():
+    """A tenant with the given overrides, an app role and a key; yields a factory of sessions."""
+    suffix = uuid.uuid4().hex[:8]
+    role = f"lim_app_{suffix}"
+    made = {}
+
+    def make(overrides):
+        with superuser() as c:
+            if "id" not in made:
+                c.execute(f"CREATE ROLE {role} LOGIN")
+                made["id"] = c.execute("SELECT sutra.create_tenant(%s, quota_overrides => %s)",
+                                       (f"lim-{suffix}", psycopg.types.json.Jsonb(overrides))).fetchone()[0]
+                made["key"] = c.execute("SELECT sutra.create_api_key(%s::uuid)", (made["id"],)).fetchone()[0]
+            else:
+                c.execute("SELECT sutra.update_tenant(%s::uuid, quota_overrides => %s)",
+                          (made["id"], psycopg.types.json.Jsonb(overrides)))
+
+        def session():
+            s = as_role(role)
+            s.execute("SELECT sutra.authenticate(%s)", (made["key"],))
+            return s
+
+        return made["id"], session
+
+    yield make
+    with superuser() as c:
+        if "id" in made:
+            c.execute("SELECT sutra.drop_tenant(%s::uuid, purge => true)", (made["id"],))
+            c.execute(f"DROP ROLE {role}")
+
+
+def status(tenant_id):
+    with superuser() as c:
+        row = c.execute("SELECT * FROM sutra.rate_limit_status(%s::uuid)", (tenant_id,)).fetchone()
+        names = [d.name for d in c.execute("SELECT * FROM sutra.rate_limit_status(%s::uuid)", (tenant_id,)).description]
+    return dict(zip(names, row))
+
+
+def test_rate_limit_refuses_past_the_burst_and_says_when_to_retry(tenant):
+    tid, session = tenant({"ops_per_second": 0.01, "burst": 3})
+    with session() as s:
+        for i in range(3):
+            s.execute("SELECT %s", (i,))
+        with pytest.raises(psycopg.Error) as e:
+            s.execute("SELECT 4")
+        assert e.value.sqlstate == "53400"
+        assert "rate limit exceeded for tenant" in e.value.diag.message_primary
+        assert "retry after" in e.value.diag.message_detail
+        assert status(tid)["available"] == 0
+    # Another session of the same tenant shares the limiter.
+    with session() as s2, pytest.raises(psycopg.Error) as e:
+        s2.execute("SELECT 5")
+    assert e.value.sqlstate == "53400"
+    # A change of limits applies at once, in every backend.
+    tenant({"ops_per_second": None})
+    with session() as s3:
+        for i in range(20):
+            s3.execute("SELECT %s", (i,))
+
+
+def test_other_tenants_and_unauthenticated_sessions_are_not_charged(tenant):
+    tid, session = tenant({"ops_per_second": 0.01, "burst": 1})
+    with session() as s:
+        s.execute("SELECT 1")
+        with pytest.raises(psycopg.Error):
+            s.execute("SELECT 2")
+        s.execute("RESET sutra.tenant_id")  # a utility statement: not charged; the context goes
+        for i in range(5):
+            s.execute("SELECT %s", (i,))
+
+
+def test_concurrent_statement_limit_and_no_leak_on_errors(tenant):
+    tid, session = tenant({"concurrent_statements": 1})
+    with session() as a, session() as b:
+        started = threading.Event()
+
+        def slow():
+            started.set()
+            a.execute("SELECT pg_sleep(1.5)")
+
+        t = threading.Thread(target=slow)
+        t.start()
+        started.wait()
+        time.sleep(0.5)
+        with pytest.raises(psycopg.Error) as e:
+            b.execute("SELECT 1")
+        assert e.value.sqlstate == "53000"
+        t.join()
+        b.execute("SELECT 1")
+        # Failed statements and aborted transactions give their slot back.
+        for stmt in ("SELECT 1/0", "SELECT * FROM no_such_table"):
+            with pytest.raises(psycopg.Error):
+                a.execute(stmt)
+        a.execute("BEGIN")
+        a.execute("SELECT 1")
+        with pytest.raises(psycopg.Error):
+            a.execute("SELECT 1/0")
+        a.execute("ROLLBACK")
+        assert status(tid)["active_statements"] == 0
+        b.execute("SELECT 2")
+
+
+def test_connection_limit_counts_sessions_holding_the_context(tenant):
+    tid, session = tenant({"connections": 2})
+    first, second = session(), session()
+    assert status(tid)["connections"] == 2
+    with pytest.raises(psycopg.Error) as e:
+        session()
+    assert e.value.sqlstate == "53300"
+    assert "too many connections for tenant" in e.value.diag.message_primary
+    first.close()
+    time.sleep(0.2)
+    third = session()
+    assert status(tid)["connections"] == 2
+    # Dropping the context frees the slot too.
+    third.execute("SELECT sutra.clear_tenant()")
+    assert status(tid)["connections"] == 1
+    with superuser() as c:
+        pid = second.info.backend_pid
+        c.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    time.sleep(0.3)
+    assert status(tid)["connections"] == 0
+    third.close()
+
+
+def test_metering_reaches_the_rollups(tenant):
+    tid, session = tenant({})
+    with superuser() as c:
+        c.execute("CREATE TABLE IF NOT EXISTS lim_items (id int, tenant_id uuid NOT NULL DEFAULT sutra.current_tenant())")
+        c.execute("SELECT sutra.enable_tenancy('lim_items')")
+        c.execute("GRANT SELECT, INSERT ON lim_items TO PUBLIC")
+        c.execute("SELECT sutra.flush_usage()")
+    try:
+        with session() as s:
+            s.execute("INSERT INTO lim_items SELECT generate_series(1, 25)")
+            assert s.execute("SELECT count(*) FROM lim_items").fetchone()[0] == 25
+            s.execute("SELECT id FROM lim_items WHERE id <= 10").fetchall()
+        with superuser() as c:
+            c.execute("SELECT sutra.flush_usage()")
+            got = dict(c.execute("SELECT metric, sum(quantity)::int FROM sutra.usage_rollups WHERE tenant_id = %s "
+                                 "GROUP BY 1", (tid,)).fetchall())
+            text = c.execute("SELECT sutra.metrics()").fetchone()[0]
+    finally:
+        with superuser() as c:
+            c.execute("DROP TABLE lim_items")
+    # authenticate's own SELECT ran before the context existed: 3 statements are the tenant's.
+    assert got["statements"] == 3
+    assert got["rows_written"] == 25
+    assert got["rows_read"] == 1 + 10
+    assert f'sutra_tenant_rows_written_total{{tenant_id="{tid}"' in text
