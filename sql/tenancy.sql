@@ -63,10 +63,10 @@ COMMENT ON TABLE plans IS 'plans and their limits (null or 0: unlimited); user e
 CREATE TRIGGER replace_seeded_row BEFORE INSERT ON plans
     FOR EACH ROW EXECUTE FUNCTION _replace_seeded_row('name', 'free', 'pro', 'enterprise');
 INSERT INTO plans (name, description, limits, retention) VALUES
-    ('free', 'Free plan', '{"rows_total": 10000, "vectors": 10000, "storage_bytes": 104857600,
-      "ops_per_second": 10, "burst": 20, "concurrent_statements": 2, "connections": 5}', '7 days'),
+    ('free', 'Free plan', '{"rows_total": 100000, "vectors": 100000, "storage_bytes": 1073741824,
+      "ops_per_second": 100, "burst": 1000, "concurrent_statements": 10, "connections": 50}', '7 days'),
     ('pro', 'Pro plan', '{"rows_total": 10000000, "vectors": 5000000, "storage_bytes": 53687091200,
-      "ops_per_second": 500, "burst": 1000, "concurrent_statements": 20, "connections": 100}', '30 days'),
+      "ops_per_second": 2000, "burst": 10000, "concurrent_statements": 50, "connections": 500}', '30 days'),
     ('enterprise', 'Enterprise plan: no limits', '{}', '90 days');
 
 -- Tenants ---------------------------------------------------------------------------------------
@@ -701,6 +701,13 @@ BEGIN
         EXECUTE format('CREATE INDEX %I ON %s (%I)',
                        left(short_name || '_' || tenant_column, 53) || '_sutra_idx', tbl, tenant_column);
     END IF;
+    -- Quota accounting (sql/usage.sql): AFTER ROW, so that COPY keeps its batched inserts.
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = tbl AND g.tgname = 'sutra_quota_row') THEN
+        EXECUTE format('CREATE TRIGGER sutra_quota_row AFTER INSERT OR UPDATE OR DELETE ON %s '
+                       'FOR EACH ROW EXECUTE FUNCTION sutra._quota_row(%L)', tbl, tenant_column);
+        EXECUTE format('CREATE TRIGGER sutra_quota_truncate BEFORE TRUNCATE ON %s '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION sutra._quota_truncate(%L)', tbl, tenant_column);
+    END IF;
     PERFORM sutra._register_tenant_table(tbl, tenant_column, true);
 END $$;
 
@@ -722,6 +729,10 @@ BEGIN
         EXECUTE format('ALTER TABLE %s DISABLE ROW LEVEL SECURITY', part);
     END LOOP;
     EXECUTE format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT', tbl, col);
+    IF EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = tbl AND g.tgname = 'sutra_quota_row') THEN
+        EXECUTE format('DROP TRIGGER sutra_quota_row ON %s', tbl);
+        EXECUTE format('DROP TRIGGER sutra_quota_truncate ON %s', tbl);
+    END IF;
     PERFORM sutra._register_tenant_table(tbl, col, false);
 END $$;
 

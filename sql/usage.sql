@@ -73,6 +73,93 @@ CREATE FUNCTION effective_limits(tenant uuid)
 RETURNS TABLE (limit_name text, plan_value jsonb, override_value jsonb, effective_value jsonb)
 LANGUAGE sql STABLE AS $$ SELECT * FROM sutra.effective_limits(tenant::text) $$;
 
+-- Quotas on tenant tables --------------------------------------------------------------------
+
+-- The trigger that counts every row written (src/usage/quota.rs).
+CREATE FUNCTION _quota_row() RETURNS trigger AS 'MODULE_PATHNAME', 'sutra_quota_row' LANGUAGE C;
+
+-- A tenant's rows, bytes and non-null vectors in each tenant table (or in one), counted from the
+-- tables: the start of the counts after a server start, and what reconcile_usage checks against.
+CREATE FUNCTION _count_tenant_rows(tenant uuid, tbl regclass DEFAULT NULL)
+RETURNS TABLE (table_name regclass, rows bigint, bytes bigint, vectors bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t record;
+BEGIN
+    FOR t IN SELECT x.table_name, x.tenant_column FROM sutra.tenant_tables x
+             WHERE (tbl IS NULL OR x.table_name = tbl) AND x.table_name IN (SELECT c.oid FROM pg_class c)
+             ORDER BY x.table_name::text LOOP
+        RETURN QUERY EXECUTE format(
+            'SELECT %L::regclass, count(*), coalesce(sum(pg_column_size(r.*)), 0)::bigint, %s::bigint FROM %s r WHERE %I = $1',
+            t.table_name, sutra._vector_count_expr(t.table_name), t.table_name, t.tenant_column) USING tenant;
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION _count_tenant_rows(uuid, regclass) FROM PUBLIC;
+
+-- sum() of the number of non-null sutra.vector columns of a row r of the table.
+CREATE FUNCTION _vector_count_expr(tbl regclass) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce('coalesce(sum(' || string_agg(format('(r.%I IS NOT NULL)::int', a.attname), ' + ') || '), 0)', '0')
+    FROM pg_attribute a
+    WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.atttypid = 'sutra.vector'::regtype;
+$$;
+
+-- BEFORE TRUNCATE: the rows about to go leave every tenant's counts.
+CREATE FUNCTION _quota_truncate() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN EXECUTE format('SELECT %I AS tenant, count(*) AS n, coalesce(sum(pg_column_size(r.*)), 0)::bigint AS b, '
+                            '%s::bigint AS v FROM %s r GROUP BY 1',
+                            TG_ARGV[0], sutra._vector_count_expr(TG_RELID), TG_RELID::regclass) LOOP
+        PERFORM sutra._quota_forget_rows(TG_RELID, r.tenant, r.n, r.b, r.v);
+    END LOOP;
+    RETURN NULL;
+END $$;
+
+-- Recounts a tenant's rows, bytes and vectors from its tables and replaces the counts quotas
+-- are enforced on (writes in flight meanwhile are not in the recount: run it when quiet).
+CREATE FUNCTION reconcile_usage(tenant text)
+RETURNS TABLE (table_name regclass, rows bigint, bytes bigint, vectors bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t uuid := (sutra._tenant_row(tenant)).id;
+BEGIN
+    PERFORM sutra._require_service('reconcile usage');
+    CREATE TEMP TABLE sutra_recount ON COMMIT DROP AS SELECT * FROM sutra._count_tenant_rows(t);
+    PERFORM sutra._quota_set(c.table_name::oid, t, c.rows, c.bytes, c.vectors) FROM sutra_recount c;
+    PERFORM sutra._quota_set(NULL, t, coalesce(sum(c.rows), 0)::bigint, coalesce(sum(c.bytes), 0)::bigint,
+                             coalesce(sum(c.vectors), 0)::bigint) FROM sutra_recount c;
+    PERFORM sutra._audit('quota.reconcile', t, coalesce((SELECT jsonb_object_agg(c.table_name::text, c.rows) FROM sutra_recount c), '{}'));
+    RETURN QUERY SELECT * FROM sutra_recount c ORDER BY 1;
+    DROP TABLE sutra_recount;
+END $$;
+CREATE FUNCTION reconcile_usage(tenant uuid)
+RETURNS TABLE (table_name regclass, rows bigint, bytes bigint, vectors bigint)
+LANGUAGE sql AS $$ SELECT * FROM sutra.reconcile_usage(tenant::text) $$;
+
+-- A tenant's quota counts against its limits.
+CREATE FUNCTION quota_usage(tenant text)
+RETURNS TABLE (limit_name text, used bigint, limit_value bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t uuid := (sutra._tenant_row(tenant)).id;
+    l jsonb := sutra._limits(t);
+    c record;
+BEGIN
+    PERFORM sutra._require_usage_reader(t);
+    SELECT * INTO c FROM sutra._quota_counts(t) q WHERE q.table_name IS NULL;
+    RETURN QUERY VALUES ('rows_total', c.rows, (l ->> 'rows_total')::bigint),
+                        ('storage_bytes', c.bytes, (l ->> 'storage_bytes')::bigint),
+                        ('vectors', c.vectors, (l ->> 'vectors')::bigint);
+    RETURN QUERY SELECT 'rows_per_table:' || q.table_name::regclass::text, q.rows, (l ->> 'rows_per_table')::bigint
+                 FROM sutra._quota_counts(t) q WHERE q.table_name IS NOT NULL ORDER BY 1;
+END $$;
+CREATE FUNCTION quota_usage(tenant uuid)
+RETURNS TABLE (limit_name text, used bigint, limit_value bigint)
+LANGUAGE sql AS $$ SELECT * FROM sutra.quota_usage(tenant::text) $$;
+
 -- Application events -----------------------------------------------------------------------------
 
 CREATE TABLE usage_events (
@@ -362,8 +449,18 @@ CREATE VIEW tenants_near_limits AS
                    x(limit_name, limit_value, used)
         WHERE x.limit_value IS NOT NULL
     )
+    , quotas AS (
+        SELECT c.id, c.slug, x.limit_name, x.limit_value, coalesce((c.l ->> 'soft_threshold')::numeric, 0.8) AS threshold,
+               x.used
+        FROM caps c JOIN sutra._quota_counts(c.id, false) q ON q.table_name IS NULL
+        CROSS JOIN LATERAL (VALUES ('rows_total', (c.l ->> 'rows_total')::numeric, q.rows::numeric),
+                                   ('storage_bytes', (c.l ->> 'storage_bytes')::numeric, q.bytes::numeric),
+                                   ('vectors', (c.l ->> 'vectors')::numeric, q.vectors::numeric))
+                   x(limit_name, limit_value, used)
+        WHERE x.limit_value IS NOT NULL
+    )
     SELECT id AS tenant_id, slug, limit_name, limit_value, used, round(used / limit_value, 4) AS ratio
-    FROM (SELECT * FROM monthly UNION ALL SELECT * FROM live) a
+    FROM (SELECT * FROM monthly UNION ALL SELECT * FROM live UNION ALL SELECT * FROM quotas) a
     WHERE used >= threshold * limit_value;
 
 -- Privileges and row level security ----------------------------------------------------------
@@ -372,6 +469,9 @@ REVOKE ALL ON usage_events, usage_event_keys, usage_rollups, prices FROM PUBLIC;
 REVOKE ALL ON tenants_near_limits FROM PUBLIC;
 GRANT SELECT ON tenants_near_limits TO sutra_service;
 REVOKE ALL ON FUNCTION _tenant_counters() FROM PUBLIC;
+REVOKE ALL ON FUNCTION _quota_forget_rows(oid, uuid, bigint, bigint, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION _quota_set(oid, uuid, bigint, bigint, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION _quota_counts(uuid, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _rate_limit_state(uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION metrics() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION metrics() TO sutra_service;

@@ -18,6 +18,12 @@ pub struct Limits {
     pub burst: Option<u32>,
     pub concurrent_statements: Option<i32>,
     pub connections: Option<i32>,
+    pub rows_total: Option<i64>,
+    pub rows_per_table: Option<i64>,
+    pub storage_bytes: Option<i64>,
+    pub vectors: Option<i64>,
+    /// Fraction of a quota past which a write warns (and is audited once per crossing).
+    pub soft_threshold: f64,
 }
 
 fn positive(v: &Value, key: &str) -> Option<f64> {
@@ -31,6 +37,11 @@ impl Limits {
             burst: positive(v, "burst").map(|b| b.min(u32::MAX as f64) as u32),
             concurrent_statements: positive(v, "concurrent_statements").map(|n| n.min(i32::MAX as f64) as i32),
             connections: positive(v, "connections").map(|n| n.min(i32::MAX as f64) as i32),
+            rows_total: positive(v, "rows_total").map(|n| n as i64),
+            rows_per_table: positive(v, "rows_per_table").map(|n| n as i64),
+            storage_bytes: positive(v, "storage_bytes").map(|n| n as i64),
+            vectors: positive(v, "vectors").map(|n| n as i64),
+            soft_threshold: v.get("soft_threshold").and_then(Value::as_f64).filter(|t| *t > 0.0 && *t <= 1.0).unwrap_or(0.8),
         }
     }
 }

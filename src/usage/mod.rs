@@ -5,6 +5,7 @@
 pub mod flush;
 pub mod hooks;
 pub mod limits;
+pub mod quota;
 pub mod report;
 pub mod shmem;
 
@@ -13,4 +14,5 @@ pub fn init() {
     shmem::init();
     hooks::init();
     flush::init();
+    quota::init();
 }

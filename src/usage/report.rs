@@ -122,8 +122,10 @@ pub fn metric(i: usize, count: u64) -> (&'static str, f64) {
     (METRICS[i], q)
 }
 
-/// `sutra.shared_memory_per_tenant()`: bytes of shared memory one tracked tenant takes.
+/// `sutra.shared_memory_per_tenant(tables)`: bytes of shared memory one tracked tenant takes
+/// with counts in `tables` tenant tables.
 #[pg_extern(immutable, parallel_safe)]
-fn shared_memory_per_tenant() -> i32 {
-    shmem::slot_size() as i32
+fn shared_memory_per_tenant(tables: default!(i32, 1)) -> i32 {
+    let (tenant, per_table) = shmem::slot_size();
+    (tenant + per_table * tables.max(0) as usize) as i32
 }

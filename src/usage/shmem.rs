@@ -41,6 +41,45 @@ pub struct Slot {
     pub concurrency_refused: AtomicU64,
     pub connections_refused: AtomicU64,
     pub quota_refused: AtomicU64,
+    /// Quota counts: committed rows plus those of transactions in flight (see `quota`).
+    pub quota: QuotaCounts,
+}
+
+/// Rows, bytes and vectors of a tenant (in all its tables, or in one).
+#[repr(C)]
+#[derive(Default)]
+pub struct QuotaCounts {
+    /// 0: not counted since server start; 1: being counted; 2: counted.
+    pub known: AtomicU32,
+    pub rows: AtomicI64,
+    pub bytes: AtomicI64,
+    pub vectors: AtomicI64,
+}
+
+/// One tenant's counts in one tenant table.
+#[repr(C)]
+pub struct TableSlot {
+    state: AtomicU32,
+    db: AtomicU32,
+    relid: AtomicU32,
+    tenant: UnsafeCell<[u8; 16]>,
+    pub quota: QuotaCounts,
+}
+
+// SAFETY: as for Slot.
+unsafe impl Sync for TableSlot {}
+
+impl TableSlot {
+    pub fn relid(&self) -> u32 {
+        self.relid.load(Ordering::Relaxed)
+    }
+    pub fn db(&self) -> u32 {
+        self.db.load(Ordering::Relaxed)
+    }
+    pub fn tenant(&self) -> [u8; 16] {
+        // SAFETY: only slots loaded as READY are handed out.
+        unsafe { *self.tenant.get() }
+    }
 }
 
 /// The metered quantities.
@@ -106,16 +145,19 @@ impl Slot {
 }
 
 static mut TABLE: *mut Slot = std::ptr::null_mut();
+static mut TABLES: *mut TableSlot = std::ptr::null_mut();
+/// Slots of (tenant, table) counts.
+pub const TABLE_CAPACITY: usize = 65536;
 static mut PREV_REQUEST: pg_sys::shmem_request_hook_type = None;
 static mut PREV_STARTUP: pg_sys::shmem_startup_hook_type = None;
 
 fn size() -> usize {
-    std::mem::size_of::<Slot>() * CAPACITY
+    std::mem::size_of::<Slot>() * CAPACITY + std::mem::size_of::<TableSlot>() * TABLE_CAPACITY
 }
 
-/// Bytes of shared memory per tracked tenant.
-pub fn slot_size() -> usize {
-    std::mem::size_of::<Slot>()
+/// Bytes of shared memory per tracked tenant, and per tenant and table.
+pub fn slot_size() -> (usize, usize) {
+    (std::mem::size_of::<Slot>(), std::mem::size_of::<TableSlot>())
 }
 
 pub fn init() {
@@ -148,6 +190,7 @@ unsafe extern "C-unwind" fn startup() {
         std::ptr::write_bytes(p as *mut u8, 0, size());
     }
     TABLE = p as *mut Slot;
+    TABLES = (p as *mut u8).add(std::mem::size_of::<Slot>() * CAPACITY) as *mut TableSlot;
     super::flush::on_startup();
 }
 
@@ -209,6 +252,56 @@ pub fn slot(db: u32, tenant: &[u8; 16]) -> Option<&'static Slot> {
         }
     }
     None
+}
+
+/// The counts of `tenant` in table `relid` of database `db`, claimed if new.
+pub fn table_slot(db: u32, relid: u32, tenant: &[u8; 16]) -> Option<&'static TableSlot> {
+    // SAFETY: as in `slots`.
+    let table: &'static [TableSlot] = unsafe {
+        if TABLES.is_null() {
+            return None;
+        }
+        std::slice::from_raw_parts(TABLES, TABLE_CAPACITY)
+    };
+    let start = hash(db ^ relid.rotate_left(16), tenant);
+    for i in 0..MAX_PROBE {
+        let s = &table[(start + i) % TABLE_CAPACITY];
+        loop {
+            match s.state.load(Ordering::Acquire) {
+                READY => {
+                    if s.db.load(Ordering::Relaxed) == db && s.relid.load(Ordering::Relaxed) == relid && s.tenant() == *tenant {
+                        return Some(s);
+                    }
+                    break;
+                }
+                EMPTY => {
+                    if s.state.compare_exchange(EMPTY, CLAIMING, Ordering::Acquire, Ordering::Acquire).is_ok() {
+                        s.db.store(db, Ordering::Relaxed);
+                        s.relid.store(relid, Ordering::Relaxed);
+                        // SAFETY: this process claimed the slot; nobody reads `tenant` before READY.
+                        unsafe { *s.tenant.get() = *tenant };
+                        s.state.store(READY, Ordering::Release);
+                        return Some(s);
+                    }
+                }
+                _ => std::hint::spin_loop(),
+            }
+        }
+    }
+    None
+}
+
+/// All (tenant, table) slots in use.
+pub fn table_slots() -> impl Iterator<Item = &'static TableSlot> {
+    // SAFETY: as in `slots`.
+    let table: &'static [TableSlot] = unsafe {
+        if TABLES.is_null() {
+            &[]
+        } else {
+            std::slice::from_raw_parts(TABLES, TABLE_CAPACITY)
+        }
+    };
+    table.iter().filter(|s| s.state.load(Ordering::Acquire) == READY)
 }
 
 /// The current database's oid.

@@ -1,8 +1,8 @@
 -- COPY FROM into a tenant table: allowed for a tenant session with the write scope, rows stamped
 -- with the tenant and checked like INSERTs; anything else as stock PostgreSQL does.
 \set VERBOSITY terse
-SELECT sutra.create_tenant('copy-a', id => '0000000a-0000-0000-0000-000000000000') IS NOT NULL AS a,
-       sutra.create_tenant('copy-b', id => '0000000b-0000-0000-0000-000000000000') IS NOT NULL AS b;
+SELECT sutra.create_tenant('copy-a', plan => 'enterprise', id => '0000000a-0000-0000-0000-000000000000') IS NOT NULL AS a,
+       sutra.create_tenant('copy-b', plan => 'enterprise', id => '0000000b-0000-0000-0000-000000000000') IS NOT NULL AS b;
 CREATE ROLE regress_copier NOLOGIN;
 CREATE ROLE regress_copy_service NOLOGIN IN ROLE sutra_service;
 CREATE TABLE items (id int, body text, n int DEFAULT 7);

@@ -1,0 +1,352 @@
+//! Quotas on tenant tables: rows per table and in total, storage bytes, vectors.
+//!
+//! `enable_tenancy` installs two triggers on every tenant table: `sutra_quota_row` (AFTER
+//! INSERT, UPDATE, DELETE, for each row, so COPY keeps its batched inserts) and
+//! `sutra_quota_truncate` (BEFORE TRUNCATE). The counts live in shared memory and are
+//! reservations: a row counts from the moment it is written, and an abort, or a rollback to a
+//! savepoint, takes back what that (sub)transaction added. Every write checks the counts after
+//! adding to them, so all concurrent writers see each other's rows in flight: a quota is never
+//! overshot, whatever the number of writers; a writer may instead be refused because of rows of
+//! a transaction that then aborts. After a server start, a tenant's counts are read from its
+//! tables on first use; `sutra.reconcile_usage(tenant)` recounts them.
+
+use std::cell::RefCell;
+use std::ffi::CStr;
+use std::sync::atomic::Ordering;
+
+use pgrx::prelude::*;
+use pgrx::{pg_sys, PgSqlErrorCode};
+
+use super::limits::{self, Limits};
+use super::shmem::{self, QuotaCounts};
+use crate::error::raise_detail;
+use crate::fmgr::pg_function;
+use crate::tenancy::caller::as_superuser;
+
+/// What one (sub)transaction level added to one tenant's counts in one table.
+#[derive(Clone, Copy)]
+struct Delta {
+    level: i32,
+    tenant: [u8; 16],
+    relid: u32,
+    rows: i64,
+    bytes: i64,
+    vectors: i64,
+}
+
+thread_local! {
+    static PENDING: RefCell<Vec<Delta>> = const { RefCell::new(Vec::new()) };
+    static VECTOR_TYPE: std::cell::Cell<Option<pg_sys::Oid>> = const { std::cell::Cell::new(None) };
+}
+
+pub fn init() {
+    // SAFETY: _PG_init in the postmaster: callbacks inherited by every backend.
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
+    }
+}
+
+fn add(c: &QuotaCounts, rows: i64, bytes: i64, vectors: i64) -> (i64, i64, i64) {
+    (
+        c.rows.fetch_add(rows, Ordering::AcqRel) + rows,
+        c.bytes.fetch_add(bytes, Ordering::AcqRel) + bytes,
+        c.vectors.fetch_add(vectors, Ordering::AcqRel) + vectors,
+    )
+}
+
+fn undo(deltas: &[Delta]) {
+    let db = shmem::my_db();
+    for d in deltas {
+        if let Some(s) = shmem::slot(db, &d.tenant) {
+            add(&s.quota, -d.rows, -d.bytes, -d.vectors);
+        }
+        if let Some(t) = shmem::table_slot(db, d.relid, &d.tenant) {
+            add(&t.quota, -d.rows, -d.bytes, -d.vectors);
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    match event {
+        pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
+            let deltas = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+            undo(&deltas);
+        }
+        pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
+            PENDING.with(|p| p.borrow_mut().clear());
+        }
+        _ => {}
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn subxact_callback(
+    event: pg_sys::SubXactEvent::Type,
+    _my: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    let level = pg_sys::GetCurrentTransactionNestLevel();
+    match event {
+        pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB => {
+            let undone: Vec<Delta> = PENDING.with(|p| {
+                let mut p = p.borrow_mut();
+                let (gone, kept): (Vec<Delta>, Vec<Delta>) = p.iter().partition(|d| d.level >= level);
+                *p = kept;
+                gone
+            });
+            undo(&undone);
+        }
+        pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB => PENDING.with(|p| {
+            for d in p.borrow_mut().iter_mut().filter(|d| d.level >= level) {
+                d.level = level - 1;
+            }
+        }),
+        _ => {}
+    }
+}
+
+/// Counts of one tenant in its tenant tables (all, or one), read from the tables themselves.
+fn count_from_tables(tenant: &pgrx::Uuid, relid: Option<u32>) -> Vec<(u32, i64, i64, i64)> {
+    as_superuser(|| {
+        Spi::connect(|client| {
+            let t = client.select(
+                "SELECT table_name::oid, rows, bytes, vectors FROM sutra._count_tenant_rows($1, $2)",
+                None,
+                &[(*tenant).into(), relid.map(pg_sys::Oid::from).into()],
+            )?;
+            let mut out = Vec::new();
+            for row in t {
+                out.push((
+                    row.get::<pg_sys::Oid>(1)?.map(|o| o.to_u32()).unwrap_or(0),
+                    row.get::<i64>(2)?.unwrap_or(0),
+                    row.get::<i64>(3)?.unwrap_or(0),
+                    row.get::<i64>(4)?.unwrap_or(0),
+                ));
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+    })
+    .unwrap_or_default()
+}
+
+/// Makes sure `c` holds the counts of the tenant (in `relid`, or in all its tables): the first
+/// user after a server start counts them from the tables; writes in flight meanwhile still add.
+fn ensure_known(c: &QuotaCounts, tenant: &pgrx::Uuid, relid: Option<u32>) {
+    if c.known.load(Ordering::Acquire) != 0 {
+        return;
+    }
+    if c.known.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        return;
+    }
+    struct Reset<'a>(&'a QuotaCounts, bool);
+    impl Drop for Reset<'_> {
+        fn drop(&mut self) {
+            self.0.known.store(if self.1 { 2 } else { 0 }, Ordering::Release);
+        }
+    }
+    let mut guard = Reset(c, false);
+    let counts = count_from_tables(tenant, relid);
+    let (rows, bytes, vectors) = counts.iter().fold((0, 0, 0), |a, r| (a.0 + r.1, a.1 + r.2, a.2 + r.3));
+    add(c, rows, bytes, vectors);
+    guard.1 = true;
+}
+
+fn vector_type() -> pg_sys::Oid {
+    if let Some(oid) = VECTOR_TYPE.with(|v| v.get()) {
+        return oid;
+    }
+    let oid = Spi::get_one::<pg_sys::Oid>("SELECT to_regtype('sutra.vector')::oid")
+        .ok()
+        .flatten()
+        .unwrap_or(pg_sys::InvalidOid);
+    VECTOR_TYPE.with(|v| v.set(Some(oid)));
+    oid
+}
+
+/// The tenant, size and vector count of a row.
+unsafe fn measure(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc, attnum: i32, vector: pg_sys::Oid) -> Option<([u8; 16], i64, i64)> {
+    if tuple.is_null() {
+        return None;
+    }
+    let mut isnull = false;
+    let d = pg_sys::heap_getattr(tuple, attnum, desc, &mut isnull);
+    if isnull {
+        return None;
+    }
+    let tenant = *(d.cast_mut_ptr::<[u8; 16]>());
+    let mut vectors = 0;
+    if vector != pg_sys::InvalidOid {
+        for i in 0..(*desc).natts as usize {
+            let att = (*desc).attrs.as_ptr().add(i);
+            if !(*att).attisdropped && (*att).atttypid == vector {
+                let mut null = false;
+                pg_sys::heap_getattr(tuple, i as i32 + 1, desc, &mut null);
+                vectors += (!null) as i64;
+            }
+        }
+    }
+    Some((tenant, (*tuple).t_len as i64, vectors))
+}
+
+fn exceeded(tenant: &pgrx::Uuid, what: &str, limit: i64, value: i64, unit: &str) -> ! {
+    if let Some(s) = shmem::slot(shmem::my_db(), tenant.as_bytes()) {
+        s.quota_refused.fetch_add(1, Ordering::Relaxed);
+    }
+    raise_detail(
+        PgSqlErrorCode::ERRCODE_DISK_FULL,
+        format!("quota exceeded for tenant {tenant}: {what} is limited to {limit}"),
+        format!("The statement would bring the tenant to {value} {unit}."),
+    )
+}
+
+/// Warns (and audits) when a count crosses the soft threshold of its limit upwards.
+fn crossed(tenant: &pgrx::Uuid, what: &str, limit: i64, before: i64, after: i64, threshold: f64) {
+    let line = (limit as f64 * threshold).ceil() as i64;
+    if before < line && after >= line {
+        pgrx::warning!("tenant {tenant} has used {after} of its {what} limit of {limit}");
+        let details = format!(r#"{{"limit": "{what}", "value": {after}, "limit_value": {limit}, "threshold": {threshold}}}"#);
+        let _ = as_superuser(|| {
+            Spi::run_with_args(
+                "SELECT sutra._audit('quota.soft_limit', $1, $2::jsonb)",
+                &[(*tenant).into(), details.into()],
+            )
+        });
+    }
+}
+
+/// Adds a row's worth (or takes it away) and enforces the quotas.
+fn apply(tenant: [u8; 16], relid: u32, rows: i64, bytes: i64, vectors: i64) {
+    let db = shmem::my_db();
+    let uuid = pgrx::Uuid::from_bytes(tenant);
+    let (Some(slot), Some(table)) = (shmem::slot(db, &tenant), shmem::table_slot(db, relid, &tenant)) else {
+        return;
+    };
+    ensure_known(&slot.quota, &uuid, None);
+    ensure_known(&table.quota, &uuid, Some(relid));
+    // SAFETY: reads the current nesting level of this backend's transaction.
+    let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+    let (total_rows, total_bytes, total_vectors) = add(&slot.quota, rows, bytes, vectors);
+    let (table_rows, _, _) = add(&table.quota, rows, bytes, vectors);
+    PENDING.with(|p| p.borrow_mut().push(Delta { level, tenant, relid, rows, bytes, vectors }));
+    if rows <= 0 && bytes <= 0 && vectors <= 0 {
+        return;
+    }
+    let l: Limits = limits::of(&uuid);
+    let checks = [
+        ("rows_total", l.rows_total, total_rows - rows, total_rows, rows, "rows"),
+        ("rows_per_table", l.rows_per_table, table_rows - rows, table_rows, rows, "rows in this table"),
+        ("storage_bytes", l.storage_bytes, total_bytes - bytes, total_bytes, bytes, "bytes"),
+        ("vectors", l.vectors, total_vectors - vectors, total_vectors, vectors, "vectors"),
+    ];
+    for (what, limit, before, after, delta, unit) in checks {
+        if let Some(limit) = limit {
+            if delta > 0 && after > limit {
+                exceeded(&uuid, what, limit, after, unit);
+            }
+            if delta > 0 {
+                crossed(&uuid, what, limit, before, after, l.soft_threshold);
+            }
+        }
+    }
+}
+
+unsafe fn on_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    let td = (*fcinfo).context as *mut pg_sys::TriggerData;
+    if td.is_null() || (*td).type_ != pg_sys::NodeTag::T_TriggerData {
+        crate::error::raise(PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION, "sutra._quota_row() must be called as a trigger");
+    }
+    let rel = (*td).tg_relation;
+    let desc = (*rel).rd_att;
+    let trigger = (*td).tg_trigger;
+    let column = if (*trigger).tgnargs > 0 { *(*trigger).tgargs } else { c"tenant_id".as_ptr() as *mut _ };
+    let attnum = pg_sys::SPI_fnumber(desc, column);
+    if attnum <= 0 {
+        crate::error::raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+            format!("tenant column \"{}\" not found", CStr::from_ptr(column).to_string_lossy()),
+        );
+    }
+    let vector = vector_type();
+    let op = (*td).tg_event & pg_sys::TRIGGER_EVENT_OPMASK;
+    let (old, new) = match op {
+        pg_sys::TRIGGER_EVENT_INSERT => (std::ptr::null_mut(), (*td).tg_trigtuple),
+        pg_sys::TRIGGER_EVENT_DELETE => ((*td).tg_trigtuple, std::ptr::null_mut()),
+        _ => ((*td).tg_trigtuple, (*td).tg_newtuple),
+    };
+    let relid = (*rel).rd_id.to_u32();
+    let old = measure(old, desc, attnum, vector);
+    let new = measure(new, desc, attnum, vector);
+    match (old, new) {
+        (Some((t0, b0, v0)), Some((t1, b1, v1))) if t0 == t1 => apply(t1, relid, 0, b1 - b0, v1 - v0),
+        (old, new) => {
+            if let Some((t, b, v)) = old {
+                apply(t, relid, -1, -b, -v);
+            }
+            if let Some((t, b, v)) = new {
+                apply(t, relid, 1, b, v);
+            }
+        }
+    }
+    pg_sys::Datum::from(0)
+}
+
+pg_function! {
+    /// `sutra._quota_row()`: the AFTER ROW trigger of tenant tables.
+    fn sutra_quota_row(fcinfo) {
+        on_row(fcinfo)
+    }
+}
+
+/// `sutra._quota_forget_table(table, tenant, rows, bytes, vectors)`: takes a tenant's rows of
+/// a table out of its counts (BEFORE TRUNCATE, per tenant present), as deleting them would.
+#[pg_extern(volatile, name = "_quota_forget_rows")]
+fn quota_forget_rows(table: pg_sys::Oid, tenant: pgrx::Uuid, rows: i64, bytes: i64, vectors: i64) {
+    apply(*tenant.as_bytes(), table.to_u32(), -rows, -bytes, -vectors);
+}
+
+/// `sutra._quota_set(table, tenant, rows, bytes, vectors)`: sets counts recounted by
+/// `sutra.reconcile_usage` (table null: the tenant's totals).
+#[pg_extern(volatile, name = "_quota_set")]
+fn quota_set(table: Option<pg_sys::Oid>, tenant: pgrx::Uuid, rows: i64, bytes: i64, vectors: i64) {
+    let db = shmem::my_db();
+    let c = match table {
+        None => shmem::slot(db, tenant.as_bytes()).map(|s| &s.quota),
+        Some(t) => shmem::table_slot(db, t.to_u32(), tenant.as_bytes()).map(|s| &s.quota),
+    };
+    if let Some(c) = c {
+        c.rows.store(rows, Ordering::Release);
+        c.bytes.store(bytes, Ordering::Release);
+        c.vectors.store(vectors, Ordering::Release);
+        c.known.store(2, Ordering::Release);
+    }
+}
+
+/// `sutra._quota_counts(tenant)`: the tenant's counts as sutra holds them, in total (table null)
+/// and per table.
+#[pg_extern(volatile, name = "_quota_counts")]
+fn quota_counts(
+    tenant: pgrx::Uuid,
+    count_if_unknown: default!(bool, true),
+) -> TableIterator<'static, (name!(table_name, Option<pg_sys::Oid>), name!(rows, i64), name!(bytes, i64), name!(vectors, i64))> {
+    let db = shmem::my_db();
+    let mut out = Vec::new();
+    if let Some(s) = shmem::slot(db, tenant.as_bytes()) {
+        if count_if_unknown {
+            ensure_known(&s.quota, &tenant, None);
+        }
+        let q = &s.quota;
+        if q.known.load(Ordering::Acquire) == 2 {
+            out.push((None, q.rows.load(Ordering::Acquire), q.bytes.load(Ordering::Acquire), q.vectors.load(Ordering::Acquire)));
+        }
+    }
+    for t in shmem::table_slots().filter(|t| t.db() == db && t.tenant() == *tenant.as_bytes()) {
+        let q = &t.quota;
+        if q.known.load(Ordering::Acquire) == 2 {
+            out.push((Some(pg_sys::Oid::from(t.relid())), q.rows.load(Ordering::Acquire), q.bytes.load(Ordering::Acquire), q.vectors.load(Ordering::Acquire)));
+        }
+    }
+    TableIterator::new(out)
+}
