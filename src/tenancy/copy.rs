@@ -239,6 +239,7 @@ unsafe fn copy_into_tenant_table(
 ) -> u64 {
     // The session must be a tenant's, allowed to write.
     let tenant = context::require_scope(Scopes::WRITE, "write");
+    crate::usage::quota::ensure_tenant_known(&tenant);
     // Reading a server file or running a program needs the same roles as for any COPY.
     let user = pg_sys::GetUserId();
     if !(*copy).filename.is_null() {

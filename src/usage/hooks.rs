@@ -70,6 +70,7 @@ fn admit(tenant: pgrx::Uuid) {
     // Reading limits may run a query: that nested statement must not be charged.
     DEPTH.with(|d| d.set(d.get() + 1));
     let limits = limits::of(&tenant);
+    super::quota::ensure_tenant_known(&tenant);
     DEPTH.with(|d| d.set(d.get() - 1));
     if let Some(rate) = limits.ops_per_second {
         let gcra = Gcra::new(rate, limits.burst.unwrap_or(rate.ceil().max(1.0) as u32));

@@ -32,10 +32,15 @@ struct Delta {
     rows: i64,
     bytes: i64,
     vectors: i64,
+    /// Whether the tenant's totals, and its counts in the table, took the delta.
+    in_total: bool,
+    in_table: bool,
 }
 
 thread_local! {
     static PENDING: RefCell<Vec<Delta>> = const { RefCell::new(Vec::new()) };
+    /// Tenants whose counts, total and per table, are known (as of a status generation).
+    static ALL_KNOWN: RefCell<(u64, std::collections::HashSet<[u8; 16]>)> = RefCell::new((0, Default::default()));
     static VECTOR_TYPE: std::cell::Cell<Option<pg_sys::Oid>> = const { std::cell::Cell::new(None) };
 }
 
@@ -58,10 +63,10 @@ fn add(c: &QuotaCounts, rows: i64, bytes: i64, vectors: i64) -> (i64, i64, i64) 
 fn undo(deltas: &[Delta]) {
     let db = shmem::my_db();
     for d in deltas {
-        if let Some(s) = shmem::slot(db, &d.tenant) {
+        if let Some(s) = shmem::slot(db, &d.tenant).filter(|_| d.in_total) {
             add(&s.quota, -d.rows, -d.bytes, -d.vectors);
         }
-        if let Some(t) = shmem::table_slot(db, d.relid, &d.tenant) {
+        if let Some(t) = shmem::table_slot(db, d.relid, &d.tenant).filter(|_| d.in_table) {
             add(&t.quota, -d.rows, -d.bytes, -d.vectors);
         }
     }
@@ -132,26 +137,61 @@ fn count_from_tables(tenant: &pgrx::Uuid, relid: Option<u32>) -> Vec<(u32, i64, 
     .unwrap_or_default()
 }
 
-/// Makes sure `c` holds the counts of the tenant (in `relid`, or in all its tables): the first
-/// user after a server start counts them from the tables; writes in flight meanwhile still add.
-fn ensure_known(c: &QuotaCounts, tenant: &pgrx::Uuid, relid: Option<u32>) {
-    if c.known.load(Ordering::Acquire) != 0 {
+/// Makes sure the tenant's counts, in total and in each tenant table, are known: after a
+/// server start the first statement of one of its sessions counts them from the tables, before
+/// it writes anything. Until then writes are not added (the recount sees them once committed).
+pub fn ensure_tenant_known(tenant: &pgrx::Uuid) {
+    let generation = crate::tenancy::context::status_generation();
+    let key = *tenant.as_bytes();
+    if ALL_KNOWN.with(|k| {
+        let k = k.borrow();
+        k.0 == generation && k.1.contains(&key)
+    }) {
         return;
     }
-    if c.known.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
-        return;
-    }
-    struct Reset<'a>(&'a QuotaCounts, bool);
-    impl Drop for Reset<'_> {
-        fn drop(&mut self) {
-            self.0.known.store(if self.1 { 2 } else { 0 }, Ordering::Release);
+    let db = shmem::my_db();
+    let Some(slot) = shmem::slot(db, &key) else { return };
+    // Known totals: only tables whose counts are not known yet (registered since) are counted.
+    let counts = if slot.quota.known.load(Ordering::Acquire) == 2 {
+        let tables: Vec<u32> = Spi::connect(|client| {
+            let t = client.select("SELECT table_name::oid FROM sutra.tenant_tables", None, &[])?;
+            let mut out = Vec::new();
+            for row in t {
+                out.push(row.get::<pg_sys::Oid>(1)?.map(|o| o.to_u32()).unwrap_or(0));
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+        .unwrap_or_default();
+        tables
+            .into_iter()
+            .filter(|r| shmem::table_slot(db, *r, &key).map(|t| t.quota.known.load(Ordering::Acquire) != 2).unwrap_or(false))
+            .flat_map(|r| count_from_tables(tenant, Some(r)))
+            .collect()
+    } else {
+        count_from_tables(tenant, None)
+    };
+    let claim = |c: &QuotaCounts, rows: i64, bytes: i64, vectors: i64| {
+        if c.known.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            c.rows.store(rows, Ordering::Release);
+            c.bytes.store(bytes, Ordering::Release);
+            c.vectors.store(vectors, Ordering::Release);
+            c.known.store(2, Ordering::Release);
+        }
+    };
+    for (relid, rows, bytes, vectors) in &counts {
+        if let Some(t) = shmem::table_slot(db, *relid, &key) {
+            claim(&t.quota, *rows, *bytes, *vectors);
         }
     }
-    let mut guard = Reset(c, false);
-    let counts = count_from_tables(tenant, relid);
     let (rows, bytes, vectors) = counts.iter().fold((0, 0, 0), |a, r| (a.0 + r.1, a.1 + r.2, a.2 + r.3));
-    add(c, rows, bytes, vectors);
-    guard.1 = true;
+    claim(&slot.quota, rows, bytes, vectors);
+    ALL_KNOWN.with(|k| {
+        let mut k = k.borrow_mut();
+        if k.0 != generation {
+            *k = (generation, Default::default());
+        }
+        k.1.insert(key);
+    });
 }
 
 fn vector_type() -> pg_sys::Oid {
@@ -224,25 +264,25 @@ fn apply(tenant: [u8; 16], relid: u32, rows: i64, bytes: i64, vectors: i64) {
     let (Some(slot), Some(table)) = (shmem::slot(db, &tenant), shmem::table_slot(db, relid, &tenant)) else {
         return;
     };
-    ensure_known(&slot.quota, &uuid, None);
-    ensure_known(&table.quota, &uuid, Some(relid));
     // SAFETY: reads the current nesting level of this backend's transaction.
     let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
-    let (total_rows, total_bytes, total_vectors) = add(&slot.quota, rows, bytes, vectors);
-    let (table_rows, _, _) = add(&table.quota, rows, bytes, vectors);
-    PENDING.with(|p| p.borrow_mut().push(Delta { level, tenant, relid, rows, bytes, vectors }));
+    let known = |c: &QuotaCounts| c.known.load(Ordering::Acquire) == 2;
+    let (in_total, in_table) = (known(&slot.quota), known(&table.quota));
+    let (total_rows, total_bytes, total_vectors) = if in_total { add(&slot.quota, rows, bytes, vectors) } else { (0, 0, 0) };
+    let (table_rows, _, _) = if in_table { add(&table.quota, rows, bytes, vectors) } else { (0, 0, 0) };
+    PENDING.with(|p| p.borrow_mut().push(Delta { level, tenant, relid, rows, bytes, vectors, in_total, in_table }));
     if rows <= 0 && bytes <= 0 && vectors <= 0 {
         return;
     }
     let l: Limits = limits::of(&uuid);
     let checks = [
-        ("rows_total", l.rows_total, total_rows - rows, total_rows, rows, "rows"),
-        ("rows_per_table", l.rows_per_table, table_rows - rows, table_rows, rows, "rows in this table"),
-        ("storage_bytes", l.storage_bytes, total_bytes - bytes, total_bytes, bytes, "bytes"),
-        ("vectors", l.vectors, total_vectors - vectors, total_vectors, vectors, "vectors"),
+        ("rows_total", in_total, l.rows_total, total_rows - rows, total_rows, rows, "rows"),
+        ("rows_per_table", in_table, l.rows_per_table, table_rows - rows, table_rows, rows, "rows in this table"),
+        ("storage_bytes", in_total, l.storage_bytes, total_bytes - bytes, total_bytes, bytes, "bytes"),
+        ("vectors", in_total, l.vectors, total_vectors - vectors, total_vectors, vectors, "vectors"),
     ];
-    for (what, limit, before, after, delta, unit) in checks {
-        if let Some(limit) = limit {
+    for (what, counted, limit, before, after, delta, unit) in checks {
+        if let (true, Some(limit)) = (counted, limit) {
             if delta > 0 && after > limit {
                 exceeded(&uuid, what, limit, after, unit);
             }
@@ -333,10 +373,10 @@ fn quota_counts(
 ) -> TableIterator<'static, (name!(table_name, Option<pg_sys::Oid>), name!(rows, i64), name!(bytes, i64), name!(vectors, i64))> {
     let db = shmem::my_db();
     let mut out = Vec::new();
+    if count_if_unknown {
+        ensure_tenant_known(&tenant);
+    }
     if let Some(s) = shmem::slot(db, tenant.as_bytes()) {
-        if count_if_unknown {
-            ensure_known(&s.quota, &tenant, None);
-        }
         let q = &s.quota;
         if q.known.load(Ordering::Acquire) == 2 {
             out.push((None, q.rows.load(Ordering::Acquire), q.bytes.load(Ordering::Acquire), q.vectors.load(Ordering::Acquire)));
