@@ -171,3 +171,40 @@ def test_metering_reaches_the_rollups(tenant):
     assert got["rows_written"] == 25
     assert got["rows_read"] == 1 + 10
     assert f'sutra_tenant_rows_written_total{{tenant_id="{tid}"' in text
+
+
+def test_quota_holds_under_16_concurrent_writers(tenant):
+    """16 sessions of one tenant insert one row at a time until refused: the committed rows never
+    exceed the quota (the counts include every writer's rows in flight)."""
+    limit = 300
+    tid, session = tenant({"rows_total": limit, "concurrent_statements": None, "connections": None})
+    with superuser() as c:
+        c.execute("CREATE TABLE lim_race (id int, tenant_id uuid NOT NULL DEFAULT sutra.current_tenant())")
+        c.execute("SELECT sutra.enable_tenancy('lim_race')")
+        c.execute("GRANT SELECT, INSERT ON lim_race TO PUBLIC")
+    refused = []
+    try:
+        def writer(n):
+            with session() as s:
+                for i in range(60):
+                    try:
+                        s.execute("INSERT INTO lim_race (id) VALUES (%s)", (n * 1000 + i,))
+                    except psycopg.Error as e:
+                        refused.append(e.sqlstate)
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        with superuser() as c:
+            rows = c.execute("SELECT count(*) FROM lim_race").fetchone()[0]
+            counted = c.execute("SELECT used FROM sutra.quota_usage(%s::uuid) WHERE limit_name = 'rows_total'",
+                                (tid,)).fetchone()[0]
+    finally:
+        with superuser() as c:
+            c.execute("DROP TABLE lim_race")
+    # 16 x 60 = 960 attempts: exactly the quota's worth got in, the rest was refused with 53100.
+    assert rows == limit
+    assert counted == limit
+    assert set(refused) == {"53100"} and len(refused) == 16 * 60 - limit
