@@ -136,6 +136,7 @@ pub fn flush_current_db() -> i64 {
         unsafe { pg_sys::RegisterXactCallback(Some(flush_xact_callback), std::ptr::null_mut()) };
     }
     let db = shmem::my_db();
+    super::hooks::push_local();
     let pending = take_pending(db);
     TAKEN.with(|t| {
         let mut t = t.borrow_mut();

@@ -22,6 +22,8 @@ use crate::error::{raise_detail, raise_hint};
 use crate::tenancy::context;
 
 static mut PREV_START: pg_sys::ExecutorStart_hook_type = None;
+/// `sutra.metering`: whether statements are metered (limits are enforced either way).
+static mut METERING: bool = true;
 static mut PREV_END: pg_sys::ExecutorEnd_hook_type = None;
 
 const STATEMENTS: usize = 0;
@@ -38,12 +40,69 @@ thread_local! {
     static ATTACHED: RefCell<Option<(&'static Slot, [u8; 16], Instant)>> = const { RefCell::new(None) };
     /// A connection counted by `reserve_connection` that the next attach takes over.
     static RESERVED: RefCell<Option<[u8; 16]>> = const { RefCell::new(None) };
+    /// Metering gathered in this backend and not yet added to shared memory: busy backends add
+    /// it at most every PUSH_INTERVAL, so concurrent sessions do not fight over one cache line.
+    static LOCAL: RefCell<Option<(&'static Slot, [u64; 6], Instant)>> = const { RefCell::new(None) };
+}
+
+/// How long metering may wait in a backend before it is added to shared memory (it is added
+/// sooner when the session changes tenant, and at exit).
+const PUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Adds to this backend's metering for `slot`.
+fn meter_local(slot: &'static Slot, metric: usize, n: u64) {
+    LOCAL.with(|l| {
+        let mut l = l.borrow_mut();
+        if let Some((s, counts, since)) = l.as_mut() {
+            if std::ptr::eq(*s, slot) {
+                counts[metric] += n;
+                if since.elapsed() >= PUSH_INTERVAL {
+                    for (i, c) in counts.iter_mut().enumerate() {
+                        s.meter(i, std::mem::take(c));
+                    }
+                    *since = Instant::now();
+                }
+                return;
+            }
+            for (i, c) in counts.iter().enumerate() {
+                s.meter(i, *c);
+            }
+        }
+        let mut counts = [0u64; 6];
+        counts[metric] = n;
+        *l = Some((slot, counts, Instant::now()));
+    });
+    register_exit();
+}
+
+/// Adds this backend's metering to shared memory now (at exit, and before a flush reads it).
+pub fn push_local() {
+    LOCAL.with(|l| {
+        if let Some((s, counts, since)) = l.borrow_mut().as_mut() {
+            for (i, c) in counts.iter_mut().enumerate() {
+                s.meter(i, std::mem::take(c));
+            }
+            *since = Instant::now();
+        }
+    });
 }
 
 pub fn init() {
     // SAFETY: _PG_init, single-threaded in the postmaster; hooks and callbacks are chained or
-    // registered once and inherited by every backend.
+    // registered once and inherited by every backend; the GUC's value lives in a static.
     unsafe {
+        pg_sys::DefineCustomBoolVariable(
+            c"sutra.metering".as_ptr(),
+            c"Whether tenant statements are metered into sutra.usage_rollups.".as_ptr(),
+            c"Rate, concurrency and connection limits apply either way.".as_ptr(),
+            &raw mut METERING,
+            true,
+            pg_sys::GucContext::PGC_SUSET,
+            0,
+            None,
+            None,
+            None,
+        );
         PREV_START = pg_sys::ExecutorStart_hook;
         pg_sys::ExecutorStart_hook = Some(executor_start);
         PREV_END = pg_sys::ExecutorEnd_hook;
@@ -116,9 +175,15 @@ fn admit(tenant: pgrx::Uuid) {
 fn settle(rows: Option<(usize, u64)>) {
     if let Some(slot) = HOLD.with(|h| h.take()) {
         slot.active.fetch_sub(1, Ordering::AcqRel);
-        slot.meter(STATEMENTS, 1);
+        // SAFETY: a boolean GUC of this process.
+        if !unsafe { METERING } {
+            return;
+        }
+        meter_local(slot, STATEMENTS, 1);
         if let Some((metric, n)) = rows {
-            slot.meter(metric, n);
+            if n > 0 {
+                meter_local(slot, metric, n);
+            }
         }
         meter_connection_time();
     }
@@ -178,7 +243,7 @@ fn meter_connection_time() {
         if let Some((slot, _, since)) = a.borrow_mut().as_mut() {
             let ms = since.elapsed().as_millis() as u64;
             if ms > 0 {
-                slot.meter(CONNECTION_MS, ms);
+                meter_local(slot, CONNECTION_MS, ms);
                 *since = Instant::now();
             }
         }
@@ -253,6 +318,7 @@ pub fn detach() {
 #[pg_guard]
 pub unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
     detach();
+    push_local();
 }
 
 /// Registers the exit callback in a backend (once).

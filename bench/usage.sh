@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Costs of metering and quotas against baselines measured in the same run, on a throwaway cluster
+# (port 54665), release build:
+#   1. metering on vs off: pgbench select-only, 16 clients, every session in a tenant's context;
+#   2. quota triggers on vs off: single-row INSERTs, 16 clients, over 100 tenants and all on one
+#      tenant (the same table with the sutra_quota_row trigger disabled is the baseline);
+#   3. shared memory per tenant.
+# Runs alternate on/off (the order flips every round), 4 rounds of BENCH_SECONDS (default 8)
+# each, and report medians; the table is emptied (and the quota counts recounted) before each
+# insert run.
+# Run: bench/usage.sh    (SUTRA_BENCH_HOST/SUTRA_BENCH_PORT: use a running cluster instead)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
+SECS=${BENCH_SECONDS:-8}
+if [ -n "${SUTRA_BENCH_HOST:-}" ]; then
+    HOST=$SUTRA_BENCH_HOST PORT=$SUTRA_BENCH_PORT
+else
+    setup_toolchain
+    install_extension --release >/dev/null 2>&1
+    HOST="$(pg_workdir)/bench-usage-cluster" PORT=54665
+    trap 'cluster_stop "$HOST"' EXIT
+    cluster_start "$HOST" "$PORT" "max_connections = 100" "shared_buffers = '512MB'" "max_wal_size = '4GB'" \
+        "synchronous_commit = off"
+fi
+psql_db() { as_pg "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$HOST" -p "$PORT" -U postgres -d bench_usage "$@"; }
+as_pg "$PG_BIN/psql" -X -q -h "$HOST" -p "$PORT" -U postgres -d postgres -c "SET client_min_messages = warning" \
+    -c "DROP DATABASE IF EXISTS bench_usage WITH (FORCE)" -c "CREATE DATABASE bench_usage"
+as_pg "$PG_BIN/pgbench" -q -i -s 10 -h "$HOST" -p "$PORT" -U postgres bench_usage >/dev/null 2>&1
+psql_db -c "CREATE EXTENSION sutra" -c "
+    SELECT count(sutra.create_tenant('bench-' || i, plan => 'enterprise',
+                                     id => ('00000000-0000-0000-0000-' || lpad(i::text, 12, '0'))::uuid))
+    FROM generate_series(1, 100) i;
+    CREATE TABLE items (id bigserial PRIMARY KEY, payload text NOT NULL);
+    SELECT sutra.enable_tenancy('items');
+    -- Counts known for every tenant before the runs (a server start would count them on first use).
+    SELECT count(*) FROM generate_series(1, 100) i, sutra.quota_usage(('00000000-0000-0000-0000-' || lpad(i::text, 12, '0'))::uuid);" >/dev/null
+context=$(psql_db -c "SELECT sutra.set_tenant('bench-1') IS NULL" -c "SHOW sutra.tenant_id" | tail -n1)
+WORK=$(mktemp -d)
+chmod 755 "$WORK"
+trap 'rm -rf "$WORK"; [ -z "${SUTRA_BENCH_HOST:-}" ] && cluster_stop "$HOST"' EXIT
+cat >"$WORK/many.sql" <<'SQL'
+\set t random(1, 100)
+INSERT INTO items (tenant_id, payload) VALUES (('00000000-0000-0000-0000-' || lpad(:t::text, 12, '0'))::uuid, 'an event payload of some length');
+SQL
+cat >"$WORK/one.sql" <<'SQL'
+INSERT INTO items (tenant_id, payload) VALUES ('00000000-0000-0000-0000-000000000001', 'an event payload of some length');
+SQL
+# tps OPTIONS ARGS...: transactions per second of one pgbench run
+tps() {
+    local opts=$1
+    shift
+    as_pg env PGOPTIONS="$opts" "$PG_BIN/pgbench" -n -c 16 -j 2 -T "$SECS" -h "$HOST" -p "$PORT" -U postgres "$@" bench_usage 2>/dev/null |
+        sed -nE 's/^tps = ([0-9.]+).*/\1/p'
+}
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (v[int((NR + 1) / 2)] + v[int(NR / 2) + 1]) / 2}'; }
+# Empties the insert table and recounts every tenant, so each run starts from the same state.
+reset_items() {
+    psql_db -c "TRUNCATE items" -c "SELECT count(*) FROM generate_series(1, 100) i,
+        sutra.reconcile_usage(('00000000-0000-0000-0000-' || lpad(i::text, 12, '0'))::uuid)" >/dev/null
+}
+report() { # report LABEL BAR ON... OFF...: prints the medians and the ratio
+    local label=$1 bar=$2 on=$3 off=$4
+    awk -v l="$label" -v b="$bar" -v on="$on" -v off="$off" 'BEGIN {
+        printf "%s: on %.0f tps vs off %.0f tps, ratio %.3f (bar >= %s)\n", l, on, off, on / off, b }'
+}
+
+on=() off=()
+for round in 1 2 3 4; do
+    if [ $((round % 2)) = 1 ]; then
+        on+=("$(tps "-c sutra.tenant_id=$context -c sutra.metering=on" -S)")
+        off+=("$(tps "-c sutra.tenant_id=$context -c sutra.metering=off" -S)")
+    else
+        off+=("$(tps "-c sutra.tenant_id=$context -c sutra.metering=off" -S)")
+        on+=("$(tps "-c sutra.tenant_id=$context -c sutra.metering=on" -S)")
+    fi
+done
+report "metering, pgbench -S, 16 clients, tenant sessions" 0.99 "$(median "${on[@]}")" "$(median "${off[@]}")"
+echo "    (runs: on ${on[*]}; off ${off[*]})"
+
+for kind in many one; do
+    on=() off=()
+    run_on() { reset_items; psql_db -c "ALTER TABLE items ENABLE TRIGGER sutra_quota_row"; on+=("$(tps "" -f "$WORK/$kind.sql")"); }
+    run_off() { reset_items; psql_db -c "ALTER TABLE items DISABLE TRIGGER sutra_quota_row"; off+=("$(tps "" -f "$WORK/$kind.sql")"); }
+    for round in 1 2 3 4; do
+        # The last run has the trigger on, so the counts can be checked against the table below.
+        if [ $((round % 2)) = 1 ]; then run_on; run_off; else run_off; run_on; fi
+    done
+    if [ "$kind" = many ]; then label="quota triggers, single-row INSERT, 16 clients over 100 tenants" bar=0.90
+    else label="quota triggers, single-row INSERT, 16 clients on one tenant" bar=0.70; fi
+    report "$label" "$bar" "$(median "${on[@]}")" "$(median "${off[@]}")"
+    echo "    (runs: on ${on[*]}; off ${off[*]})"
+done
+# The counts of the last run (trigger on) match the table.
+psql_db -c "SELECT 'quota counts after the last run: ' || (SELECT sum(used) FROM generate_series(1, 100) i,
+    sutra.quota_usage(('00000000-0000-0000-0000-' || lpad(i::text, 12, '0'))::uuid) q WHERE q.limit_name = 'rows_total')
+    || ' counted, ' || (SELECT count(*) FROM items) || ' rows in the table'"
+psql_db -c "SELECT format('shared memory per tenant: %s bytes, %s with counts in 10 tenant tables (bar < 1024)',
+    sutra.shared_memory_per_tenant(0), sutra.shared_memory_per_tenant(10))"
+echo "reproduce: bench/usage.sh"
