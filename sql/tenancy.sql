@@ -62,6 +62,9 @@ CREATE TABLE plans (
 COMMENT ON TABLE plans IS 'plans and their limits (null or 0: unlimited); user editable';
 CREATE TRIGGER replace_seeded_row BEFORE INSERT ON plans
     FOR EACH ROW EXECUTE FUNCTION _replace_seeded_row('name', 'free', 'pro', 'enterprise');
+-- A plan's limits apply at once in every backend (see tenant_changed below).
+CREATE TRIGGER plan_changed AFTER UPDATE OR DELETE ON plans
+    FOR EACH STATEMENT EXECUTE FUNCTION _tenants_changed();
 INSERT INTO plans (name, description, limits, retention) VALUES
     ('free', 'Free plan', '{"rows_total": 100000, "vectors": 100000, "storage_bytes": 1073741824,
       "ops_per_second": 100, "burst": 1000, "concurrent_statements": 10, "connections": 50}', '7 days'),

@@ -74,11 +74,25 @@ def test_rate_limit_refuses_past_the_burst_and_says_when_to_retry(tenant):
     with session() as s2, pytest.raises(psycopg.Error) as e:
         s2.execute("SELECT 5")
     assert e.value.sqlstate == "53400"
-    # A change of limits applies at once, in every backend.
+    # A change of limits applies at once, in every backend: of the tenant's overrides...
     tenant({"ops_per_second": None})
     with session() as s3:
         for i in range(20):
             s3.execute("SELECT %s", (i,))
+        # ... and of its plan, while the session is open.
+        tenant({})
+        with superuser() as c:
+            c.execute("""UPDATE sutra.plans SET limits = limits || '{"ops_per_second": 0.01, "burst": 1}'
+                         WHERE name = 'free'""")
+        try:
+            # The limiter still holds the earlier statements: the next one is over at once.
+            with pytest.raises(psycopg.Error) as e:
+                s3.execute("SELECT 'over the plan'")
+            assert e.value.sqlstate == "53400"
+        finally:
+            with superuser() as c:
+                c.execute("""UPDATE sutra.plans SET limits = limits || '{"ops_per_second": 100, "burst": 1000}'
+                             WHERE name = 'free'""")
 
 
 def test_other_tenants_and_unauthenticated_sessions_are_not_charged(tenant):
@@ -170,6 +184,7 @@ def test_metering_reaches_the_rollups(tenant):
     assert got["statements"] == 3
     assert got["rows_written"] == 25
     assert got["rows_read"] == 1 + 10
+    assert got["bytes_written"] >= 25 * 28  # at least a tuple header and an int per row
     assert f'sutra_tenant_rows_written_total{{tenant_id="{tid}"' in text
 
 

@@ -29,6 +29,7 @@ static mut PREV_END: pg_sys::ExecutorEnd_hook_type = None;
 const STATEMENTS: usize = 0;
 const ROWS_READ: usize = 1;
 const ROWS_WRITTEN: usize = 2;
+const BYTES_WRITTEN: usize = 4;
 const CONNECTION_MS: usize = 5;
 
 thread_local! {
@@ -73,6 +74,14 @@ fn meter_local(slot: &'static Slot, metric: usize, n: u64) {
         *l = Some((slot, counts, Instant::now()));
     });
     register_exit();
+}
+
+/// Meters bytes written for a tenant (from the quota trigger, which sees every row written).
+pub fn meter_bytes(slot: &'static Slot, bytes: u64) {
+    // SAFETY: a boolean GUC of this process.
+    if unsafe { METERING } {
+        meter_local(slot, BYTES_WRITTEN, bytes);
+    }
 }
 
 /// Adds this backend's metering to shared memory now (at exit, and before a flush reads it).

@@ -271,6 +271,9 @@ fn apply(tenant: [u8; 16], relid: u32, rows: i64, bytes: i64, vectors: i64) {
     let (total_rows, total_bytes, total_vectors) = if in_total { add(&slot.quota, rows, bytes, vectors) } else { (0, 0, 0) };
     let (table_rows, _, _) = if in_table { add(&table.quota, rows, bytes, vectors) } else { (0, 0, 0) };
     PENDING.with(|p| p.borrow_mut().push(Delta { level, tenant, relid, rows, bytes, vectors, in_total, in_table }));
+    if bytes > 0 {
+        super::hooks::meter_bytes(slot, bytes as u64);
+    }
     if rows <= 0 && bytes <= 0 && vectors <= 0 {
         return;
     }
