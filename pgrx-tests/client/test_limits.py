@@ -79,8 +79,9 @@ def test_rate_limit_refuses_past_the_burst_and_says_when_to_retry(tenant):
     with session() as s3:
         for i in range(20):
             s3.execute("SELECT %s", (i,))
-        # ... and of its plan, while the session is open.
+        # ... and of its plan, while the session is open (and has read the old limits).
         tenant({})
+        s3.execute("SELECT 'limits read again'")
         with superuser() as c:
             c.execute("""UPDATE sutra.plans SET limits = limits || '{"ops_per_second": 0.01, "burst": 1}'
                          WHERE name = 'free'""")
