@@ -25,7 +25,12 @@ impl Gcra {
     /// The decision for a request at `now` given the stored `tat`: `Ok(new tat)` to store, or
     /// `Err(nanoseconds to wait)`.
     pub fn check(&self, tat: i64, now: i64) -> Result<i64, i64> {
-        let tat = tat.max(now);
+        // A TAT further ahead than these parameters can ever produce was left by stricter ones:
+        // start from a full burst's worth used, so a raised limit applies at once.
+        let mut tat = tat.max(now);
+        if tat > now.saturating_add(self.tolerance).saturating_add(self.interval) {
+            tat = now.saturating_add(self.tolerance);
+        }
         let allowed_at = tat.saturating_sub(self.tolerance);
         if now < allowed_at {
             Err(allowed_at - now)
@@ -90,6 +95,15 @@ mod tests {
         let times: Vec<i64> = (0..10_000).map(|i| S + i * S / 1000).collect();
         let allowed = run(g, &times).iter().filter(|a| **a).count();
         assert!((500..=511).contains(&allowed), "{allowed}");
+    }
+
+    #[test]
+    fn a_raised_limit_applies_at_once() {
+        let strict = Gcra::new(0.01, 1);
+        let tat = strict.check(0, S).unwrap(); // 100 s ahead
+        assert!(strict.check(tat, S + 1).is_err());
+        let relaxed = Gcra::new(100.0, 10);
+        assert!(relaxed.check(tat, S + 1).is_ok());
     }
 
     #[test]

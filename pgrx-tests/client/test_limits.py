@@ -76,11 +76,13 @@ def test_rate_limit_refuses_past_the_burst_and_says_when_to_retry(tenant):
     assert e.value.sqlstate == "53400"
     # A change of limits applies at once, in every backend: of the tenant's overrides...
     tenant({"ops_per_second": None})
+    time.sleep(0.05)
     with session() as s3:
         for i in range(20):
             s3.execute("SELECT %s", (i,))
         # ... and of its plan, while the session is open (and has read the old limits).
         tenant({})
+        time.sleep(0.05)  # a raised limit applies within one of its intervals (10 ms here)
         s3.execute("SELECT 'limits read again'")
         with superuser() as c:
             c.execute("""UPDATE sutra.plans SET limits = limits || '{"ops_per_second": 0.01, "burst": 1}'
