@@ -225,17 +225,19 @@ GRANT SELECT (key_id, tenant_id, name, scopes, created_at, expires_at, revoked_a
 ALTER TABLE secrets ENABLE ROW LEVEL SECURITY;
 ALTER TABLE secrets FORCE ROW LEVEL SECURITY;
 
-ALTER TABLE tenants ENABLE ROW LEVEL SECURITY;
-CREATE POLICY service ON tenants FOR SELECT TO sutra_service USING (true);
-CREATE POLICY own_tenant ON tenants FOR SELECT USING (id = (SELECT current_tenant('read')));
-
-ALTER TABLE api_key_store ENABLE ROW LEVEL SECURITY;
-CREATE POLICY service ON api_key_store FOR SELECT TO sutra_service USING (true);
-CREATE POLICY own_tenant ON api_key_store FOR SELECT USING (tenant_id = (SELECT current_tenant('admin')));
-
-ALTER TABLE audit_log ENABLE ROW LEVEL SECURITY;
-CREATE POLICY service ON audit_log FOR SELECT TO sutra_service USING (true);
-CREATE POLICY own_tenant ON audit_log FOR SELECT USING (tenant_id = (SELECT current_tenant('admin')));
+-- sutra's own per-tenant tables: sutra_service reads every row, a tenant session its own rows
+-- when its context holds `scope`. Writes go through sutra's functions only.
+CREATE FUNCTION _own_rows_policies(tbl regclass, tenant_column name, scope text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', tbl);
+    EXECUTE format('CREATE POLICY service ON %s FOR SELECT TO sutra_service USING (true)', tbl);
+    EXECUTE format('CREATE POLICY own_tenant ON %s FOR SELECT USING (%I = (SELECT sutra.current_tenant(%L)))',
+                   tbl, tenant_column, scope);
+END $$;
+SELECT _own_rows_policies('tenants', 'id', 'read');
+SELECT _own_rows_policies('api_key_store', 'tenant_id', 'admin');
+SELECT _own_rows_policies('audit_log', 'tenant_id', 'admin');
 
 SELECT pg_catalog.pg_extension_config_dump('plans', '');
 SELECT pg_catalog.pg_extension_config_dump('tenants', '');
@@ -838,6 +840,7 @@ $$;
 
 REVOKE ALL ON FUNCTION _audit(text, uuid, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _replace_seeded_row() FROM PUBLIC;
+REVOKE ALL ON FUNCTION _own_rows_policies(regclass, name, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _tenants_changed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION _tenant_table_dropped() FROM PUBLIC;
 REVOKE ALL ON FUNCTION _tenant_partition_added() FROM PUBLIC;

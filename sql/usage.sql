@@ -476,12 +476,8 @@ REVOKE ALL ON FUNCTION _rate_limit_state(uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION metrics() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION metrics() TO sutra_service;
 GRANT SELECT ON usage_events, usage_rollups, usage_events_stripe, usage_events_cloudevents, prices TO PUBLIC;
-ALTER TABLE usage_events ENABLE ROW LEVEL SECURITY;
-CREATE POLICY service ON usage_events FOR SELECT TO sutra_service USING (true);
-CREATE POLICY own_tenant ON usage_events FOR SELECT USING (tenant_id = (SELECT current_tenant('admin')));
-ALTER TABLE usage_rollups ENABLE ROW LEVEL SECURITY;
-CREATE POLICY service ON usage_rollups FOR SELECT TO sutra_service USING (true);
-CREATE POLICY own_tenant ON usage_rollups FOR SELECT USING (tenant_id = (SELECT current_tenant('admin')));
+SELECT _own_rows_policies('usage_events', 'tenant_id', 'admin');
+SELECT _own_rows_policies('usage_rollups', 'tenant_id', 'admin');
 
 SELECT pg_catalog.pg_extension_config_dump('usage_events_default', '');
 SELECT pg_catalog.pg_extension_config_dump('usage_event_keys', '');

@@ -217,80 +217,6 @@ pub fn slots() -> impl Iterator<Item = &'static Slot> {
     table.iter().filter(|s| s.state.load(Ordering::Acquire) == READY)
 }
 
-/// The slot of `tenant` in database `db`, claimed if new; `None` if the table is full.
-pub fn slot(db: u32, tenant: &[u8; 16]) -> Option<&'static Slot> {
-    // SAFETY: as in `slots`.
-    let table: &'static [Slot] = unsafe {
-        if TABLE.is_null() {
-            return None;
-        }
-        std::slice::from_raw_parts(TABLE, CAPACITY)
-    };
-    let start = hash(db, tenant);
-    for i in 0..MAX_PROBE {
-        let s = &table[(start + i) % CAPACITY];
-        loop {
-            match s.state.load(Ordering::Acquire) {
-                READY => {
-                    if s.db.load(Ordering::Relaxed) == db && s.tenant() == *tenant {
-                        return Some(s);
-                    }
-                    break;
-                }
-                EMPTY => {
-                    if s.state.compare_exchange(EMPTY, CLAIMING, Ordering::Acquire, Ordering::Acquire).is_ok() {
-                        s.db.store(db, Ordering::Relaxed);
-                        // SAFETY: this process claimed the slot; nobody reads `tenant` before READY.
-                        unsafe { *s.tenant.get() = *tenant };
-                        s.state.store(READY, Ordering::Release);
-                        return Some(s);
-                    }
-                }
-                // Another process is writing the key: it takes nanoseconds.
-                _ => std::hint::spin_loop(),
-            }
-        }
-    }
-    None
-}
-
-/// The counts of `tenant` in table `relid` of database `db`, claimed if new.
-pub fn table_slot(db: u32, relid: u32, tenant: &[u8; 16]) -> Option<&'static TableSlot> {
-    // SAFETY: as in `slots`.
-    let table: &'static [TableSlot] = unsafe {
-        if TABLES.is_null() {
-            return None;
-        }
-        std::slice::from_raw_parts(TABLES, TABLE_CAPACITY)
-    };
-    let start = hash(db ^ relid.rotate_left(16), tenant);
-    for i in 0..MAX_PROBE {
-        let s = &table[(start + i) % TABLE_CAPACITY];
-        loop {
-            match s.state.load(Ordering::Acquire) {
-                READY => {
-                    if s.db.load(Ordering::Relaxed) == db && s.relid.load(Ordering::Relaxed) == relid && s.tenant() == *tenant {
-                        return Some(s);
-                    }
-                    break;
-                }
-                EMPTY => {
-                    if s.state.compare_exchange(EMPTY, CLAIMING, Ordering::Acquire, Ordering::Acquire).is_ok() {
-                        s.db.store(db, Ordering::Relaxed);
-                        s.relid.store(relid, Ordering::Relaxed);
-                        // SAFETY: this process claimed the slot; nobody reads `tenant` before READY.
-                        unsafe { *s.tenant.get() = *tenant };
-                        s.state.store(READY, Ordering::Release);
-                        return Some(s);
-                    }
-                }
-                _ => std::hint::spin_loop(),
-            }
-        }
-    }
-    None
-}
-
 /// All (tenant, table) slots in use.
 pub fn table_slots() -> impl Iterator<Item = &'static TableSlot> {
     // SAFETY: as in `slots`.
@@ -302,6 +228,98 @@ pub fn table_slots() -> impl Iterator<Item = &'static TableSlot> {
         }
     };
     table.iter().filter(|s| s.state.load(Ordering::Acquire) == READY)
+}
+
+/// A slot of one of the shared tables: claimed once with a compare-and-swap, then read-only key.
+trait Keyed: Sync + 'static {
+    type Key;
+    fn state(&self) -> &AtomicU32;
+    fn matches(&self, key: &Self::Key) -> bool;
+    /// Writes the key; only the process that claimed the slot calls it, before publishing it.
+    fn write_key(&self, key: &Self::Key);
+}
+
+impl Keyed for Slot {
+    type Key = (u32, [u8; 16]);
+    fn state(&self) -> &AtomicU32 {
+        &self.state
+    }
+    fn matches(&self, key: &Self::Key) -> bool {
+        self.db.load(Ordering::Relaxed) == key.0 && self.tenant() == key.1
+    }
+    fn write_key(&self, key: &Self::Key) {
+        self.db.store(key.0, Ordering::Relaxed);
+        // SAFETY: the caller claimed the slot; nobody reads `tenant` before READY.
+        unsafe { *self.tenant.get() = key.1 };
+    }
+}
+
+impl Keyed for TableSlot {
+    type Key = (u32, u32, [u8; 16]);
+    fn state(&self) -> &AtomicU32 {
+        &self.state
+    }
+    fn matches(&self, key: &Self::Key) -> bool {
+        self.db.load(Ordering::Relaxed) == key.0 && self.relid.load(Ordering::Relaxed) == key.1 && self.tenant() == key.2
+    }
+    fn write_key(&self, key: &Self::Key) {
+        self.db.store(key.0, Ordering::Relaxed);
+        self.relid.store(key.1, Ordering::Relaxed);
+        // SAFETY: the caller claimed the slot; nobody reads `tenant` before READY.
+        unsafe { *self.tenant.get() = key.2 };
+    }
+}
+
+/// Finds the slot of `key` by linear probing from `start`, claiming an empty one if the key is
+/// new; `None` if the table is too full around it.
+fn lookup<S: Keyed>(table: &'static [S], start: usize, key: &S::Key) -> Option<&'static S> {
+    for i in 0..MAX_PROBE {
+        let s = &table[(start + i) % table.len()];
+        loop {
+            match s.state().load(Ordering::Acquire) {
+                READY => {
+                    if s.matches(key) {
+                        return Some(s);
+                    }
+                    break;
+                }
+                EMPTY => {
+                    if s.state().compare_exchange(EMPTY, CLAIMING, Ordering::Acquire, Ordering::Acquire).is_ok() {
+                        s.write_key(key);
+                        s.state().store(READY, Ordering::Release);
+                        return Some(s);
+                    }
+                }
+                // Another process is writing the key: it takes nanoseconds.
+                _ => std::hint::spin_loop(),
+            }
+        }
+    }
+    None
+}
+
+/// The slot of `tenant` in database `db`, claimed if new; `None` if the table is full.
+pub fn slot(db: u32, tenant: &[u8; 16]) -> Option<&'static Slot> {
+    // SAFETY: TABLE points to CAPACITY slots in shared memory for the life of the process.
+    let table: &'static [Slot] = unsafe {
+        if TABLE.is_null() {
+            return None;
+        }
+        std::slice::from_raw_parts(TABLE, CAPACITY)
+    };
+    lookup(table, hash(db, tenant), &(db, *tenant))
+}
+
+/// The counts of `tenant` in table `relid` of database `db`, claimed if new.
+pub fn table_slot(db: u32, relid: u32, tenant: &[u8; 16]) -> Option<&'static TableSlot> {
+    // SAFETY: TABLES points to TABLE_CAPACITY slots in shared memory for the life of the process.
+    let table: &'static [TableSlot] = unsafe {
+        if TABLES.is_null() {
+            return None;
+        }
+        std::slice::from_raw_parts(TABLES, TABLE_CAPACITY)
+    };
+    lookup(table, hash(db ^ relid.rotate_left(16), tenant), &(db, relid, *tenant))
 }
 
 /// The current database's oid.
