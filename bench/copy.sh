@@ -26,7 +26,7 @@ as_pg "$PG_BIN/psql" -X -q -h "$HOST" -p "$PORT" -U postgres -d postgres \
 psql_as postgres -c "CREATE EXTENSION sutra" -c "
     DROP ROLE IF EXISTS bench_loader;
     CREATE ROLE bench_loader LOGIN IN ROLE sutra_service;
-    SELECT sutra.create_tenant('bench-' || i, id => ('00000000-0000-0000-0000-' || lpad(i::text, 12, '0'))::uuid)
+    SELECT sutra.create_tenant('bench-' || i, plan => 'enterprise', id => ('00000000-0000-0000-0000-' || lpad(i::text, 12, '0'))::uuid)
     FROM generate_series(1, 100) i;
     CREATE TABLE events (id bigint PRIMARY KEY, kind int NOT NULL, payload text, created_at timestamptz DEFAULT now());
     SELECT sutra.enable_tenancy('events');
