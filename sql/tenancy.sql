@@ -490,19 +490,23 @@ $$;
 
 -- API key management ----------------------------------------------------------------------------
 
--- Fails unless the caller may manage the keys of the tenant: sutra_service, or a session of that
--- tenant holding the admin scope.
-CREATE FUNCTION _require_key_admin(tenant uuid) RETURNS void
+-- Fails unless the caller may act on the tenant's own affairs (`what`): sutra_service, or a
+-- session of that tenant holding the admin scope.
+CREATE FUNCTION _require_tenant_admin(tenant uuid, what text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF sutra._caller_is_service() THEN
         RETURN;
     END IF;
     IF sutra.current_tenant('admin') IS DISTINCT FROM tenant THEN
-        RAISE EXCEPTION 'permission denied to manage the API keys of another tenant'
-            USING ERRCODE = '42501';
+        RAISE EXCEPTION 'permission denied to % of another tenant', what USING ERRCODE = '42501';
     END IF;
 END $$;
+
+CREATE FUNCTION _require_key_admin(tenant uuid) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT sutra._require_tenant_admin(tenant, 'manage the API keys');
+$$;
 
 CREATE FUNCTION _check_scopes(scopes text[]) RETURNS void
 LANGUAGE plpgsql IMMUTABLE AS $$

@@ -30,18 +30,11 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 $$;
 REVOKE ALL ON FUNCTION _limits(uuid) FROM PUBLIC;
 
--- Fails unless the caller may read the tenant's limits and usage: sutra_service, or a session
--- of that tenant holding the admin scope.
+-- Fails unless the caller may read the tenant's limits and usage.
 CREATE FUNCTION _require_usage_reader(tenant uuid) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF sutra._caller_is_service() THEN
-        RETURN;
-    END IF;
-    IF sutra.current_tenant('admin') IS DISTINCT FROM tenant THEN
-        RAISE EXCEPTION 'permission denied to read the usage of another tenant' USING ERRCODE = '42501';
-    END IF;
-END $$;
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT sutra._require_tenant_admin(tenant, 'read the usage');
+$$;
 
 -- Each limit of a tenant: the plan's value, the tenant's override, and the one in force.
 CREATE FUNCTION effective_limits(tenant text)

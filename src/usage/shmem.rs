@@ -270,6 +270,15 @@ impl Keyed for TableSlot {
     }
 }
 
+/// Says once per process that a shared table is full: the tenants that do not fit are neither
+/// limited nor metered.
+fn full(which: &str) {
+    thread_local! { static SAID: std::cell::Cell<bool> = const { std::cell::Cell::new(false) }; }
+    if !SAID.with(|s| s.replace(true)) {
+        pgrx::warning!("sutra: the shared {which} table is full; limits and metering skip the tenants that do not fit");
+    }
+}
+
 /// Finds the slot of `key` by linear probing from `start`, claiming an empty one if the key is
 /// new; `None` if the table is too full around it.
 fn lookup<S: Keyed>(table: &'static [S], start: usize, key: &S::Key) -> Option<&'static S> {
@@ -307,7 +316,11 @@ pub fn slot(db: u32, tenant: &[u8; 16]) -> Option<&'static Slot> {
         }
         std::slice::from_raw_parts(TABLE, CAPACITY)
     };
-    lookup(table, hash(db, tenant), &(db, *tenant))
+    let found = lookup(table, hash(db, tenant), &(db, *tenant));
+    if found.is_none() {
+        full("tenant");
+    }
+    found
 }
 
 /// The counts of `tenant` in table `relid` of database `db`, claimed if new.
@@ -319,7 +332,11 @@ pub fn table_slot(db: u32, relid: u32, tenant: &[u8; 16]) -> Option<&'static Tab
         }
         std::slice::from_raw_parts(TABLES, TABLE_CAPACITY)
     };
-    lookup(table, hash(db ^ relid.rotate_left(16), tenant), &(db, relid, *tenant))
+    let found = lookup(table, hash(db ^ relid.rotate_left(16), tenant), &(db, relid, *tenant));
+    if found.is_none() {
+        full("tenant table counts");
+    }
+    found
 }
 
 /// The current database's oid.
