@@ -22,9 +22,6 @@ use crate::error::{raise, raise_detail, raise_hint};
 /// `sutra.jwt_secret`: the HS256 secret for `sutra.authenticate_jwt` (superusers only).
 static mut JWT_SECRET: *mut c_char = std::ptr::null_mut();
 
-/// How stale `last_used_at` may get before an authentication writes it again.
-const LAST_USED_RESOLUTION: &str = "1 minute";
-
 pub fn init() {
     // SAFETY: called from _PG_init in the postmaster; static strings, a static value pointer.
     unsafe {
@@ -63,6 +60,8 @@ thread_local! {
     static KEY_LOOKUP: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
 }
 
+/// The key's row and its tenant's status; `last_used_at` counts as stale (to be written again)
+/// after a minute.
 const KEY_LOOKUP_SQL: &str = "
     SELECT k.tenant_id::text, k.secret_hash, k.scopes, k.revoked_at IS NOT NULL,
            coalesce(k.expires_at <= now(), false), extract(epoch FROM k.expires_at)::int8,
@@ -72,7 +71,6 @@ const KEY_LOOKUP_SQL: &str = "
     WHERE k.key_id = $1";
 
 fn lookup_key(key_id: &str) -> Option<KeyRow> {
-    debug_assert!(KEY_LOOKUP_SQL.contains(LAST_USED_RESOLUTION));
     let result: Result<Option<KeyRow>, pgrx::spi::Error> = Spi::connect(|client| {
         let table = KEY_LOOKUP.with(|cell| -> Result<_, pgrx::spi::Error> {
             let mut cell = cell.borrow_mut();

@@ -46,6 +46,13 @@ fn caller_is_service() -> bool {
     is_service(outer_user())
 }
 
+/// Whether this process is a parallel worker (which gets its settings from the leader and must
+/// not run queries of its own).
+pub fn in_parallel_worker() -> bool {
+    // SAFETY: a plain backend global.
+    unsafe { pg_sys::ParallelWorkerNumber >= 0 }
+}
+
 /// Runs `f` as the bootstrap superuser, for sutra's own lookups into tables the caller may not
 /// read (and that row level security would route back into the tenant context). The previous
 /// identity is restored afterwards; if `f` raises, transaction abort restores it.

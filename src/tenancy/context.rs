@@ -143,7 +143,7 @@ fn tenant_of_value(value: &str) -> Option<[u8; 16]> {
 /// none). It runs for every change, also RESET and the end of a SET LOCAL, and must not fail.
 #[pg_guard]
 unsafe extern "C-unwind" fn assign_tenant_id(newval: *const c_char, _extra: *mut c_void) {
-    if pg_sys::ParallelWorkerNumber >= 0 || pg_sys::MyDatabaseId == pg_sys::InvalidOid {
+    if crate::tenancy::caller::in_parallel_worker() || pg_sys::MyDatabaseId == pg_sys::InvalidOid {
         return;
     }
     let tenant = newval.as_ref().and_then(|p| CStr::from_ptr(p).to_str().ok()).and_then(tenant_of_value);
@@ -338,8 +338,7 @@ fn require_valid(ctx: &Context) {
     // A parallel worker cannot run queries of its own. It gets the context from the leader,
     // checks the signature and the expiry, and leaves tenant and key status to the leader, which
     // evaluates the policies (their tenant lookup is an InitPlan, run by the leader).
-    // SAFETY: a plain backend global.
-    if unsafe { pg_sys::ParallelWorkerNumber } >= 0 {
+    if crate::tenancy::caller::in_parallel_worker() {
         return;
     }
     require_active(&ctx.tenant);
@@ -384,11 +383,7 @@ fn raw_value() -> &'static str {
 /// rows written in any state).
 #[pg_extern(stable, parallel_safe, name = "_context_tenant")]
 fn context_tenant() -> Option<pgrx::Uuid> {
-    let value = raw_value();
-    if value.is_empty() {
-        return None;
-    }
-    tenant_context::verify(value, &secret(), now_unix()).ok().map(|c| uuid_of(&c.tenant))
+    peek_tenant()
 }
 
 /// The current tenant context, verified, with its tenant's uuid; `None` when there is none.
@@ -457,12 +452,6 @@ pub fn peek_tenant() -> Option<pgrx::Uuid> {
     tenant_context::verify(value, &secret(), now).ok().map(|c| uuid_of(&c.tenant))
 }
 
-/// The current tenant context, verified; `None` when there is none.
-pub fn current() -> Option<Context> {
-    current_checked()?;
-    VERIFIED.with(|c| c.borrow().as_ref().map(|v| v.ctx.clone()))
-}
-
 fn expired() -> ! {
     raise_hint(
         PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
@@ -514,8 +503,13 @@ pub fn put(tenant: &str, scopes: Scopes, not_after: Option<i64>, grant: Option<&
     }
     // The caller checked the credential and the tenant; the check hook finds the value verified.
     remember(signed, ctx, STATUS_GENERATION.with(|g| g.get()));
-    // SAFETY: sets a parameter this library defined, with a value its own check hook accepts;
-    // errors are raised as PostgreSQL ERRORs (elevel ERROR).
+    set_tenant_id(&value, action);
+}
+
+/// Sets `sutra.tenant_id` as a SET in the session would (the check hook still runs).
+fn set_tenant_id(value: &CStr, action: pg_sys::GucAction::Type) {
+    // SAFETY: sets a parameter this library defined; a value its check hook refuses raises a
+    // PostgreSQL ERROR (elevel ERROR).
     unsafe {
         pg_sys::set_config_option(
             c"sutra.tenant_id".as_ptr(),
@@ -566,24 +560,11 @@ pub fn require_scope(wanted: Scopes, name: &str) -> pgrx::Uuid {
 /// `sutra.current_scopes()`: the scopes of the current context (empty without one).
 #[pg_extern(stable, parallel_safe)]
 fn current_scopes() -> Vec<String> {
-    current().map(|c| c.scopes.names().iter().map(|s| s.to_string()).collect()).unwrap_or_default()
+    current_checked().map(|(scopes, _)| scopes.names().iter().map(|s| s.to_string()).collect()).unwrap_or_default()
 }
 
 /// `sutra.clear_tenant()`: back to no tenant, for the session.
 #[pg_extern(volatile)]
 fn clear_tenant() {
-    // SAFETY: sets a parameter this library defined to its empty value, which the check hook
-    // always accepts.
-    unsafe {
-        pg_sys::set_config_option(
-            c"sutra.tenant_id".as_ptr(),
-            c"".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SET,
-            true,
-            pgrx::PgLogLevel::ERROR as i32,
-            false,
-        );
-    }
+    set_tenant_id(c"", pg_sys::GucAction::GUC_ACTION_SET);
 }

@@ -19,6 +19,7 @@ use sutra_core::gcra::Gcra;
 use super::limits;
 use super::shmem::{self, Slot};
 use crate::error::{raise_detail, raise_hint};
+use crate::tenancy::caller::in_parallel_worker;
 use crate::tenancy::context;
 
 static mut PREV_START: pg_sys::ExecutorStart_hook_type = None;
@@ -118,11 +119,6 @@ pub fn init() {
         pg_sys::ExecutorEnd_hook = Some(executor_end);
         pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
     }
-}
-
-fn in_parallel_worker() -> bool {
-    // SAFETY: a plain backend global.
-    unsafe { pg_sys::ParallelWorkerNumber >= 0 }
 }
 
 fn now_ns() -> i64 {
