@@ -11,5 +11,16 @@ pub mod tenant_context;
 pub mod throttle;
 pub mod vector_text;
 
+/// FNV-1a of `bytes`, the offset basis mixed with `seed`: places keys in sutra's fixed-size
+/// shared tables.
+pub fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 /// The largest number of dimensions a `sutra.vector` may have (the same bound as pgvector's).
 pub const VECTOR_MAX_DIM: usize = 16000;

@@ -40,14 +40,9 @@ pub fn current_count(count: u32, last: i64, now: i64) -> u32 {
     }
 }
 
-/// FNV-1a, to place key ids and addresses in a fixed table.
+/// Where a key id or an address goes in the table of failure counts.
 pub fn hash(kind: u8, bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ kind as u64;
-    for b in bytes {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h | 1 // 0 marks an empty slot
+    crate::fnv1a(kind as u64, bytes) | 1 // 0 marks an empty slot
 }
 
 #[cfg(test)]

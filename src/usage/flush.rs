@@ -45,6 +45,8 @@ pub fn init() {
             None,
         );
     }
+    // SAFETY: _PG_init in the postmaster: the callback is inherited by every backend.
+    unsafe { pg_sys::RegisterXactCallback(Some(flush_xact_callback), std::ptr::null_mut()) };
     BackgroundWorkerBuilder::new("sutra metering launcher")
         .set_type("sutra metering launcher")
         .set_library("sutra")
@@ -130,11 +132,6 @@ unsafe extern "C-unwind" fn flush_xact_callback(event: pg_sys::XactEvent::Type, 
 /// Writes the current database's pending metering into `sutra.usage_rollups`, in the current
 /// transaction. Returns the number of (tenant, metric) rows written.
 pub fn flush_current_db() -> i64 {
-    thread_local! { static REGISTERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) }; }
-    if !REGISTERED.with(|r| r.replace(true)) {
-        // SAFETY: registers a callback of this process.
-        unsafe { pg_sys::RegisterXactCallback(Some(flush_xact_callback), std::ptr::null_mut()) };
-    }
     let db = shmem::my_db();
     super::hooks::push_local();
     let pending = take_pending(db);

@@ -9,7 +9,7 @@
 //! then and at each statement. Parallel workers and nested statements are not charged again.
 
 use std::cell::{Cell, RefCell};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::Instant;
 
 use pgrx::prelude::*;
@@ -121,11 +121,31 @@ pub fn init() {
     }
 }
 
-fn now_ns() -> i64 {
+/// Nanoseconds since the Unix epoch (the limiters' clock).
+pub fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
+}
+
+/// Milliseconds, rounded up, of a wait in nanoseconds.
+pub fn ms_ceil(ns: i64) -> i64 {
+    (ns + 999_999) / 1_000_000
+}
+
+/// Counts one more in `counter`, unless that would pass `max`: then it counts a refusal in
+/// `refused` instead and returns the limit.
+fn take_one(counter: &AtomicI32, max: Option<i32>, refused: &AtomicU64) -> Option<i32> {
+    let now = counter.fetch_add(1, Ordering::AcqRel) + 1;
+    match max {
+        Some(max) if now > max => {
+            counter.fetch_sub(1, Ordering::AcqRel);
+            refused.fetch_add(1, Ordering::Relaxed);
+            Some(max)
+        }
+        _ => None,
+    }
 }
 
 /// Charges the statement to the tenant's limiter and concurrency count; raises when over.
@@ -136,8 +156,8 @@ fn admit(tenant: pgrx::Uuid) {
     let limits = limits::of(&tenant);
     super::quota::ensure_tenant_known(&tenant);
     DEPTH.with(|d| d.set(d.get() - 1));
-    if let Some(rate) = limits.ops_per_second {
-        let gcra = Gcra::new(rate, limits.burst.unwrap_or(rate.ceil().max(1.0) as u32));
+    if let Some((rate, burst)) = limits.rate() {
+        let gcra = Gcra::new(rate, burst);
         let now = now_ns();
         let mut tat = slot.tat.load(Ordering::Relaxed);
         loop {
@@ -148,30 +168,24 @@ fn admit(tenant: pgrx::Uuid) {
                 },
                 Err(wait) => {
                     slot.rate_limited.fetch_add(1, Ordering::Relaxed);
-                    let ms = (wait + 999_999) / 1_000_000;
                     raise_detail(
                         PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
                         format!("rate limit exceeded for tenant {tenant}"),
                         format!(
-                            "The limit is {rate} statements per second with bursts of {}; retry after {ms} ms.",
-                            limits.burst.unwrap_or(rate.ceil().max(1.0) as u32)
+                            "The limit is {rate} statements per second with bursts of {burst}; retry after {} ms.",
+                            ms_ceil(wait)
                         ),
                     );
                 }
             }
         }
     }
-    let running = slot.active.fetch_add(1, Ordering::AcqRel) + 1;
-    if let Some(max) = limits.concurrent_statements {
-        if running > max {
-            slot.active.fetch_sub(1, Ordering::AcqRel);
-            slot.concurrency_refused.fetch_add(1, Ordering::Relaxed);
-            raise_hint(
-                PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES,
-                format!("too many concurrent statements for tenant {tenant}"),
-                format!("The limit is {max} statements running at once; retry when one has finished."),
-            );
-        }
+    if let Some(max) = take_one(&slot.active, limits.concurrent_statements, &slot.concurrency_refused) {
+        raise_hint(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES,
+            format!("too many concurrent statements for tenant {tenant}"),
+            format!("The limit is {max} statements running at once; retry when one has finished."),
+        );
     }
     HOLD.with(|h| h.set(Some(slot)));
 }
@@ -263,18 +277,12 @@ pub fn reserve_connection(tenant: &pgrx::Uuid) {
         return;
     }
     let Some(slot) = shmem::slot(shmem::my_db(), &key) else { return };
-    let max = limits::of(tenant).connections;
-    let now = slot.connections.fetch_add(1, Ordering::AcqRel) + 1;
-    if let Some(max) = max {
-        if now > max {
-            slot.connections.fetch_sub(1, Ordering::AcqRel);
-            slot.connections_refused.fetch_add(1, Ordering::Relaxed);
-            raise_hint(
-                PgSqlErrorCode::ERRCODE_TOO_MANY_CONNECTIONS,
-                format!("too many connections for tenant {tenant}"),
-                format!("The limit is {max} sessions holding the tenant's context at once."),
-            );
-        }
+    if let Some(max) = take_one(&slot.connections, limits::of(tenant).connections, &slot.connections_refused) {
+        raise_hint(
+            PgSqlErrorCode::ERRCODE_TOO_MANY_CONNECTIONS,
+            format!("too many connections for tenant {tenant}"),
+            format!("The limit is {max} sessions holding the tenant's context at once."),
+        );
     }
     if let Some(previous) = RESERVED.with(|r| r.borrow_mut().replace(key)) {
         if let Some(s) = shmem::slot(shmem::my_db(), &previous) {

@@ -31,6 +31,12 @@ fn positive(v: &Value, key: &str) -> Option<f64> {
 }
 
 impl Limits {
+    /// The rate limit in force: statements per second and the burst, which defaults to one
+    /// second's worth.
+    pub fn rate(&self) -> Option<(f64, u32)> {
+        self.ops_per_second.map(|r| (r, self.burst.unwrap_or(r.ceil().max(1.0) as u32)))
+    }
+
     pub fn from_json(v: &Value) -> Limits {
         Limits {
             ops_per_second: positive(v, "ops_per_second"),

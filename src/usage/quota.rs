@@ -18,7 +18,7 @@ use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 
 use super::limits::{self, Limits};
-use super::shmem::{self, QuotaCounts};
+use super::shmem;
 use crate::error::raise_detail;
 use crate::fmgr::pg_function;
 use crate::tenancy::caller::as_superuser;
@@ -52,22 +52,14 @@ pub fn init() {
     }
 }
 
-fn add(c: &QuotaCounts, rows: i64, bytes: i64, vectors: i64) -> (i64, i64, i64) {
-    (
-        c.rows.fetch_add(rows, Ordering::AcqRel) + rows,
-        c.bytes.fetch_add(bytes, Ordering::AcqRel) + bytes,
-        c.vectors.fetch_add(vectors, Ordering::AcqRel) + vectors,
-    )
-}
-
 fn undo(deltas: &[Delta]) {
     let db = shmem::my_db();
     for d in deltas {
         if let Some(s) = shmem::slot(db, &d.tenant).filter(|_| d.in_total) {
-            add(&s.quota, -d.rows, -d.bytes, -d.vectors);
+            s.quota.add(-d.rows, -d.bytes, -d.vectors);
         }
         if let Some(t) = shmem::table_slot(db, d.relid, &d.tenant).filter(|_| d.in_table) {
-            add(&t.quota, -d.rows, -d.bytes, -d.vectors);
+            t.quota.add(-d.rows, -d.bytes, -d.vectors);
         }
     }
 }
@@ -152,7 +144,7 @@ pub fn ensure_tenant_known(tenant: &pgrx::Uuid) {
     let db = shmem::my_db();
     let Some(slot) = shmem::slot(db, &key) else { return };
     // Known totals: only tables whose counts are not known yet (registered since) are counted.
-    let counts = if slot.quota.known.load(Ordering::Acquire) == 2 {
+    let counts = if slot.quota.is_known() {
         let tables: Vec<u32> = Spi::connect(|client| {
             let t = client.select("SELECT table_name::oid FROM sutra.tenant_tables", None, &[])?;
             let mut out = Vec::new();
@@ -164,27 +156,19 @@ pub fn ensure_tenant_known(tenant: &pgrx::Uuid) {
         .unwrap_or_default();
         tables
             .into_iter()
-            .filter(|r| shmem::table_slot(db, *r, &key).map(|t| t.quota.known.load(Ordering::Acquire) != 2).unwrap_or(false))
+            .filter(|r| shmem::table_slot(db, *r, &key).map(|t| !t.quota.is_known()).unwrap_or(false))
             .flat_map(|r| count_from_tables(tenant, Some(r)))
             .collect()
     } else {
         count_from_tables(tenant, None)
     };
-    let claim = |c: &QuotaCounts, rows: i64, bytes: i64, vectors: i64| {
-        if c.known.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            c.rows.store(rows, Ordering::Release);
-            c.bytes.store(bytes, Ordering::Release);
-            c.vectors.store(vectors, Ordering::Release);
-            c.known.store(2, Ordering::Release);
-        }
-    };
     for (relid, rows, bytes, vectors) in &counts {
         if let Some(t) = shmem::table_slot(db, *relid, &key) {
-            claim(&t.quota, *rows, *bytes, *vectors);
+            t.quota.claim(*rows, *bytes, *vectors);
         }
     }
     let (rows, bytes, vectors) = counts.iter().fold((0, 0, 0), |a, r| (a.0 + r.1, a.1 + r.2, a.2 + r.3));
-    claim(&slot.quota, rows, bytes, vectors);
+    slot.quota.claim(rows, bytes, vectors);
     ALL_KNOWN.with(|k| {
         let mut k = k.borrow_mut();
         if k.0 != generation {
@@ -266,10 +250,9 @@ fn apply(tenant: [u8; 16], relid: u32, rows: i64, bytes: i64, vectors: i64) {
     };
     // SAFETY: reads the current nesting level of this backend's transaction.
     let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
-    let known = |c: &QuotaCounts| c.known.load(Ordering::Acquire) == 2;
-    let (in_total, in_table) = (known(&slot.quota), known(&table.quota));
-    let (total_rows, total_bytes, total_vectors) = if in_total { add(&slot.quota, rows, bytes, vectors) } else { (0, 0, 0) };
-    let (table_rows, _, _) = if in_table { add(&table.quota, rows, bytes, vectors) } else { (0, 0, 0) };
+    let (in_total, in_table) = (slot.quota.is_known(), table.quota.is_known());
+    let (total_rows, total_bytes, total_vectors) = if in_total { slot.quota.add(rows, bytes, vectors) } else { (0, 0, 0) };
+    let (table_rows, _, _) = if in_table { table.quota.add(rows, bytes, vectors) } else { (0, 0, 0) };
     PENDING.with(|p| p.borrow_mut().push(Delta { level, tenant, relid, rows, bytes, vectors, in_total, in_table }));
     if bytes > 0 {
         super::hooks::meter_bytes(slot, bytes as u64);
@@ -360,10 +343,7 @@ fn quota_set(table: Option<pg_sys::Oid>, tenant: pgrx::Uuid, rows: i64, bytes: i
         Some(t) => shmem::table_slot(db, t.to_u32(), tenant.as_bytes()).map(|s| &s.quota),
     };
     if let Some(c) = c {
-        c.rows.store(rows, Ordering::Release);
-        c.bytes.store(bytes, Ordering::Release);
-        c.vectors.store(vectors, Ordering::Release);
-        c.known.store(2, Ordering::Release);
+        c.set(rows, bytes, vectors);
     }
 }
 
@@ -379,17 +359,13 @@ fn quota_counts(
     if count_if_unknown {
         ensure_tenant_known(&tenant);
     }
-    if let Some(s) = shmem::slot(db, tenant.as_bytes()) {
-        let q = &s.quota;
-        if q.known.load(Ordering::Acquire) == 2 {
-            out.push((None, q.rows.load(Ordering::Acquire), q.bytes.load(Ordering::Acquire), q.vectors.load(Ordering::Acquire)));
-        }
+    if let Some(s) = shmem::slot(db, tenant.as_bytes()).filter(|s| s.quota.is_known()) {
+        let (rows, bytes, vectors) = s.quota.read();
+        out.push((None, rows, bytes, vectors));
     }
-    for t in shmem::table_slots().filter(|t| t.db() == db && t.tenant() == *tenant.as_bytes()) {
-        let q = &t.quota;
-        if q.known.load(Ordering::Acquire) == 2 {
-            out.push((Some(pg_sys::Oid::from(t.relid())), q.rows.load(Ordering::Acquire), q.bytes.load(Ordering::Acquire), q.vectors.load(Ordering::Acquire)));
-        }
+    for t in shmem::table_slots().filter(|t| t.db() == db && t.tenant() == *tenant.as_bytes() && t.quota.is_known()) {
+        let (rows, bytes, vectors) = t.quota.read();
+        out.push((Some(pg_sys::Oid::from(t.relid())), rows, bytes, vectors));
     }
     TableIterator::new(out)
 }

@@ -75,19 +75,15 @@ fn rate_limit_state(
     let slot = shmem::slot(shmem::my_db(), tenant.as_bytes());
     let active = slot.map(|s| s.active.load(Ordering::Relaxed)).unwrap_or(0);
     let connections = slot.map(|s| s.connections.load(Ordering::Relaxed)).unwrap_or(0);
-    let (burst, available, retry) = match l.ops_per_second {
-        Some(rate) => {
-            let burst = l.burst.unwrap_or(rate.ceil().max(1.0) as u32);
+    let (burst, available, retry) = match l.rate() {
+        Some((rate, burst)) => {
             let g = Gcra::new(rate, burst);
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as i64)
-                .unwrap_or(0);
+            let now = super::hooks::now_ns();
             let tat = slot.map(|s| s.tat.load(Ordering::Relaxed)).unwrap_or(0).max(now);
             // Requests that would pass right now: how far now is past TAT - tolerance, in intervals.
             let slack = now - (tat - g.tolerance);
             let available = if slack < 0 { 0 } else { (slack / g.interval + 1).min(burst as i64) };
-            let retry = g.check(tat, now).err().map(|ns| (ns + 999_999) / 1_000_000).unwrap_or(0);
+            let retry = g.check(tat, now).err().map(super::hooks::ms_ceil).unwrap_or(0);
             (Some(burst as i64), Some(available), Some(retry))
         }
         None => (None, None, None),

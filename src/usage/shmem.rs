@@ -56,6 +56,41 @@ pub struct QuotaCounts {
     pub vectors: AtomicI64,
 }
 
+impl QuotaCounts {
+    /// Whether the counts hold the tenant's rows (counted from the tables since server start).
+    pub fn is_known(&self) -> bool {
+        self.known.load(Ordering::Acquire) == 2
+    }
+
+    pub fn read(&self) -> (i64, i64, i64) {
+        (self.rows.load(Ordering::Acquire), self.bytes.load(Ordering::Acquire), self.vectors.load(Ordering::Acquire))
+    }
+
+    /// Adds to the counts; returns them after.
+    pub fn add(&self, rows: i64, bytes: i64, vectors: i64) -> (i64, i64, i64) {
+        (
+            self.rows.fetch_add(rows, Ordering::AcqRel) + rows,
+            self.bytes.fetch_add(bytes, Ordering::AcqRel) + bytes,
+            self.vectors.fetch_add(vectors, Ordering::AcqRel) + vectors,
+        )
+    }
+
+    /// Replaces the counts with a recount, which makes them known.
+    pub fn set(&self, rows: i64, bytes: i64, vectors: i64) {
+        self.rows.store(rows, Ordering::Release);
+        self.bytes.store(bytes, Ordering::Release);
+        self.vectors.store(vectors, Ordering::Release);
+        self.known.store(2, Ordering::Release);
+    }
+
+    /// Sets counts never counted before; counts another process counted stay as they are.
+    pub fn claim(&self, rows: i64, bytes: i64, vectors: i64) {
+        if self.known.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.set(rows, bytes, vectors);
+        }
+    }
+}
+
 /// One tenant's counts in one tenant table.
 #[repr(C)]
 pub struct TableSlot {
@@ -195,39 +230,43 @@ unsafe extern "C-unwind" fn startup() {
 }
 
 fn hash(db: u32, tenant: &[u8; 16]) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ db as u64;
-    for b in tenant {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
+    sutra_core::fnv1a(db as u64, tenant) as usize
+}
+
+/// A table in shared memory as a slice: empty before shared memory exists.
+///
+/// # Safety
+/// `p` is null or points to `n` slots that live for the rest of the process.
+unsafe fn shared<S>(p: *mut S, n: usize) -> &'static [S] {
+    if p.is_null() {
+        &[]
+    } else {
+        std::slice::from_raw_parts(p, n)
     }
-    h as usize
+}
+
+fn tenant_table() -> &'static [Slot] {
+    // SAFETY: TABLE is null or set once, by the startup hook, to CAPACITY slots.
+    unsafe { shared(TABLE, CAPACITY) }
+}
+
+fn count_table() -> &'static [TableSlot] {
+    // SAFETY: TABLES is null or set once, by the startup hook, to TABLE_CAPACITY slots.
+    unsafe { shared(TABLES, TABLE_CAPACITY) }
+}
+
+fn in_use<S: Keyed>(table: &'static [S]) -> impl Iterator<Item = &'static S> {
+    table.iter().filter(|s| s.state().load(Ordering::Acquire) == READY)
 }
 
 /// All slots in use (for reports and the flush).
 pub fn slots() -> impl Iterator<Item = &'static Slot> {
-    // SAFETY: TABLE points to CAPACITY slots in shared memory for the life of the process (or is
-    // null before shared memory exists, and then there is nothing to iterate).
-    let table: &'static [Slot] = unsafe {
-        if TABLE.is_null() {
-            &[]
-        } else {
-            std::slice::from_raw_parts(TABLE, CAPACITY)
-        }
-    };
-    table.iter().filter(|s| s.state.load(Ordering::Acquire) == READY)
+    in_use(tenant_table())
 }
 
 /// All (tenant, table) slots in use.
 pub fn table_slots() -> impl Iterator<Item = &'static TableSlot> {
-    // SAFETY: as in `slots`.
-    let table: &'static [TableSlot] = unsafe {
-        if TABLES.is_null() {
-            &[]
-        } else {
-            std::slice::from_raw_parts(TABLES, TABLE_CAPACITY)
-        }
-    };
-    table.iter().filter(|s| s.state.load(Ordering::Acquire) == READY)
+    in_use(count_table())
 }
 
 /// A slot of one of the shared tables: claimed once with a compare-and-swap, then read-only key.
@@ -309,13 +348,10 @@ fn lookup<S: Keyed>(table: &'static [S], start: usize, key: &S::Key) -> Option<&
 
 /// The slot of `tenant` in database `db`, claimed if new; `None` if the table is full.
 pub fn slot(db: u32, tenant: &[u8; 16]) -> Option<&'static Slot> {
-    // SAFETY: TABLE points to CAPACITY slots in shared memory for the life of the process.
-    let table: &'static [Slot] = unsafe {
-        if TABLE.is_null() {
-            return None;
-        }
-        std::slice::from_raw_parts(TABLE, CAPACITY)
-    };
+    let table = tenant_table();
+    if table.is_empty() {
+        return None;
+    }
     let found = lookup(table, hash(db, tenant), &(db, *tenant));
     if found.is_none() {
         full("tenant");
@@ -325,13 +361,10 @@ pub fn slot(db: u32, tenant: &[u8; 16]) -> Option<&'static Slot> {
 
 /// The counts of `tenant` in table `relid` of database `db`, claimed if new.
 pub fn table_slot(db: u32, relid: u32, tenant: &[u8; 16]) -> Option<&'static TableSlot> {
-    // SAFETY: TABLES points to TABLE_CAPACITY slots in shared memory for the life of the process.
-    let table: &'static [TableSlot] = unsafe {
-        if TABLES.is_null() {
-            return None;
-        }
-        std::slice::from_raw_parts(TABLES, TABLE_CAPACITY)
-    };
+    let table = count_table();
+    if table.is_empty() {
+        return None;
+    }
     let found = lookup(table, hash(db ^ relid.rotate_left(16), tenant), &(db, relid, *tenant));
     if found.is_none() {
         full("tenant table counts");
