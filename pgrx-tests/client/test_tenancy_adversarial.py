@@ -509,6 +509,25 @@ def test_revoked_key_is_refused(env):
     expect_error(app, *NO_CONTEXT, "SELECT count(*) FROM docs")
 
 
+def still_reading(env, session, context, what):
+    """After a credential ended: what still reads docs through it, as a list of problems. Both
+    the session that used it and its context value SET in a new session must fail."""
+    problems = []
+    try:
+        n = session.execute("SELECT count(*) FROM docs").fetchone()[0]
+        problems.append(f"the session of {what} still reads {n} rows")
+    except psycopg.Error:
+        pass
+    replay = env.app_conn()
+    try:
+        replay.execute("SELECT set_config('sutra.tenant_id', %s, false)", (context,))
+        n = replay.execute("SELECT count(*) FROM docs").fetchone()[0]
+        problems.append(f"the context of {what}, SET in a new session, still reads {n} rows")
+    except psycopg.Error:
+        pass
+    return problems
+
+
 def test_context_of_a_revoked_key_stops_working(env):
     """Revoking a key is how a leaked key is contained. The context it issued (a bearer value any
     session of the role can SET) and the sessions it opened must stop working with it."""
@@ -517,19 +536,7 @@ def test_context_of_a_revoked_key_stops_working(env):
     thief.execute("SELECT sutra.authenticate(%s)", (key,))
     stolen = thief.execute("SHOW sutra.tenant_id").fetchone()[0]
     env.su.execute("SELECT sutra.revoke_api_key(sutra._key_id_of(%s))", (key,))
-    problems = []
-    try:
-        n = thief.execute("SELECT count(*) FROM docs").fetchone()[0]
-        problems.append(f"the session that used the key still reads {n} rows after revocation")
-    except psycopg.Error:
-        pass
-    replay = env.app_conn()
-    try:
-        replay.execute("SELECT set_config('sutra.tenant_id', %s, false)", (stolen,))
-        n = replay.execute("SELECT count(*) FROM docs").fetchone()[0]
-        problems.append(f"the context issued before revocation, SET in a new session, still reads {n} rows")
-    except psycopg.Error:
-        pass
+    problems = still_reading(env, thief, stolen, "the revoked key")
     assert not problems, "; ".join(problems)
 
 
@@ -546,19 +553,7 @@ def test_rotated_key_contexts_end_after_the_grace_period(env):
                                "WHERE key_id = sutra._key_id_of(%s)", (old,)).fetchone()[0]
     time.sleep(max(0.0, float(grace_end) + 1.2 - time.time()))
     expect_error(env.app_conn(), "28000", "has expired", "SELECT sutra.authenticate(%s)", (old,))
-    problems = []
-    try:
-        n = app.execute("SELECT count(*) FROM docs").fetchone()[0]
-        problems.append(f"the session of the old key still reads {n} rows after the grace period")
-    except psycopg.Error:
-        pass
-    replay = env.app_conn()
-    try:
-        replay.execute("SELECT set_config('sutra.tenant_id', %s, false)", (stolen,))
-        n = replay.execute("SELECT count(*) FROM docs").fetchone()[0]
-        problems.append(f"the old key's context, SET in a new session, still reads {n} rows")
-    except psycopg.Error:
-        pass
+    problems = still_reading(env, app, stolen, "the old key, after the grace period")
     assert env.app_conn().execute("SELECT sutra.authenticate(%s)", (new,)).fetchone()[0] == env.a
     assert not problems, "; ".join(problems)
 
