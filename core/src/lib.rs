@@ -6,6 +6,7 @@ pub mod api_key;
 pub mod arith;
 pub mod distance;
 pub mod gcra;
+pub mod hnsw;
 pub mod jwt;
 pub mod tenant_context;
 pub mod throttle;
