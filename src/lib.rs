@@ -11,11 +11,24 @@ use pgrx::PgSqlErrorCode;
 mod error;
 mod fmgr;
 mod guc;
+mod hnsw;
 mod tenancy;
 mod usage;
 mod vector;
 
 extension_sql_file!("../sql/vector.sql", name = "vector");
+extension_sql_file!(
+    "../sql/hnsw.sql",
+    name = "hnsw",
+    requires = [
+        "vector",
+        handler::hnsw_handler,
+        handler::hnsw_l2_support,
+        handler::hnsw_ip_support,
+        handler::hnsw_cosine_support,
+        check::hnsw_check,
+    ]
+);
 extension_sql_file!(
     "../sql/tenancy.sql",
     name = "tenancy",
@@ -53,6 +66,7 @@ pub extern "C-unwind" fn _PG_init() {
     }
     tenancy::init();
     usage::init();
+    hnsw::init();
     // Last: reserving the prefix removes any sutra.* placeholder not defined above.
     guc::init();
 }

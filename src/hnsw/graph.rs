@@ -1,0 +1,171 @@
+//! The graph stored in index pages, as the core's search and linking algorithms read it.
+
+use pgrx::pg_sys;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+use sutra_core::hnsw::{Graph, Scored, Space};
+
+use super::pages::{item, next_block, page_kind, ElementView, Locked, Meta, Partition, Tid, KIND_ELEMENTS, NO_BLOCK};
+
+/// A hasher for element ids (packed block and offset): one multiplication, enough for keys
+/// that are not chosen by an adversary.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (n ^ (n >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+pub type IdSet = HashSet<u64, BuildHasherDefault<IdHasher>>;
+
+/// What a search learned about an element when it scored it.
+#[derive(Clone, Copy)]
+pub struct Seen {
+    pub heap: pg_sys::ItemPointerData,
+    pub deleted: bool,
+}
+
+/// The graph of one index, read page by page through shared buffers.
+pub struct DiskGraph {
+    index: pg_sys::Relation,
+    pub space: Space,
+    dims: usize,
+    m: usize,
+    visited: IdSet,
+    /// Filled by `distance`: heap tid and deletion flag of each scored element.
+    pub seen: IdMap<Seen>,
+    /// Elements read, for the scan's bound on work.
+    pub reads: usize,
+    /// Kept vectors (inserts compare candidates with each other).
+    vectors: Option<IdMap<Vec<f32>>>,
+}
+
+impl DiskGraph {
+    pub fn new(index: pg_sys::Relation, meta: &Meta, keep_vectors: bool) -> DiskGraph {
+        DiskGraph {
+            index,
+            space: meta.space(),
+            dims: meta.dims as usize,
+            m: meta.m as usize,
+            visited: IdSet::default(),
+            seen: IdMap::default(),
+            reads: 0,
+            vectors: keep_vectors.then(IdMap::default),
+        }
+    }
+
+    /// Runs `f` on the element at `id` under a share lock; `None` when it is gone.
+    fn with_element<R>(&mut self, id: Tid, f: impl FnOnce(&ElementView) -> R) -> Option<R> {
+        self.reads += 1;
+        let b = Locked::read(self.index, id.block, false);
+        let page = b.page();
+        if page_kind(page) != Some(KIND_ELEMENTS) {
+            return None;
+        }
+        let r = item(page, id.offset).and_then(|bytes| ElementView::new(bytes, self.dims, self.m)).map(|v| f(&v));
+        drop(b);
+        r
+    }
+
+    /// The stored vector of `id` (kept when the graph keeps vectors).
+    pub fn vector(&mut self, id: Tid) -> Option<Vec<f32>> {
+        if let Some(v) = self.vectors.as_ref().and_then(|m| m.get(&id.pack())) {
+            return Some(v.clone());
+        }
+        let v = self.with_element(id, |e| e.vector().to_vec())?;
+        if let Some(m) = self.vectors.as_mut() {
+            m.insert(id.pack(), v.clone());
+        }
+        Some(v)
+    }
+
+    /// The internal distance between two stored elements (infinite when one is gone).
+    pub fn between(&mut self, a: Tid, b: Tid) -> f32 {
+        match (self.vector(a), self.vector(b)) {
+            (Some(x), Some(y)) => self.space.distance(&x, &y),
+            _ => f32::INFINITY,
+        }
+    }
+
+    pub fn is_deleted(&self, id: Tid) -> bool {
+        self.seen.get(&id.pack()).is_none_or(|s| s.deleted)
+    }
+
+    /// Scores every element of a partition against `q` (the exact scan), skipping deleted ones
+    /// and those in `skip`; reports each with its heap tid.
+    pub fn scan_partition(&mut self, p: &Partition, q: Option<&[f32]>, skip: &IdSet, out: &mut Vec<(Scored<Tid>, pg_sys::ItemPointerData)>) {
+        let mut block = p.head.head_block;
+        let mut pages = 0u32;
+        while block != NO_BLOCK {
+            // A chain longer than the relation means a cycle: stop instead of looping.
+            pages += 1;
+            // SAFETY: an open relation.
+            if pages > unsafe { pg_sys::RelationGetNumberOfBlocksInFork(self.index, pg_sys::ForkNumber::MAIN_FORKNUM) } {
+                break;
+            }
+            let b = Locked::read(self.index, block, false);
+            let page = b.page();
+            if page_kind(page) != Some(KIND_ELEMENTS) {
+                break;
+            }
+            for off in 1..=super::pages::max_offset(page) {
+                let id = Tid { block, offset: off };
+                if skip.contains(&id.pack()) {
+                    continue;
+                }
+                let Some(v) = item(page, off).and_then(|bytes| ElementView::new(bytes, self.dims, self.m)) else { continue };
+                if v.deleted() {
+                    continue;
+                }
+                self.reads += 1;
+                let dist = q.map_or(0.0, |q| self.space.distance(q, v.vector()));
+                out.push((Scored { dist, id }, v.heap()));
+            }
+            block = next_block(page);
+            drop(b);
+        }
+    }
+}
+
+impl Graph for DiskGraph {
+    type Id = Tid;
+
+    fn distance(&mut self, q: &[f32], id: Tid) -> Option<f32> {
+        let space = self.space;
+        let keep = self.vectors.is_some();
+        let (d, seen, v) = self.with_element(id, |e| {
+            let d = space.distance(q, e.vector());
+            (d, Seen { heap: e.heap(), deleted: e.deleted() }, keep.then(|| e.vector().to_vec()))
+        })?;
+        self.seen.insert(id.pack(), seen);
+        if let (Some(map), Some(v)) = (self.vectors.as_mut(), v) {
+            map.insert(id.pack(), v);
+        }
+        Some(d)
+    }
+
+    fn neighbors(&mut self, id: Tid, level: usize, out: &mut Vec<Tid>) {
+        self.with_element(id, |e| e.links(level, out));
+    }
+
+    fn visit(&mut self, id: Tid) -> bool {
+        self.visited.insert(id.pack())
+    }
+
+    fn clear_visited(&mut self) {
+        self.visited.clear();
+    }
+}

@@ -1,0 +1,208 @@
+//! The access method's routine, its options `m` and `ef_construction`, and the support
+//! functions that tell an operator class's metric.
+
+use pgrx::datum::Internal;
+use pgrx::prelude::*;
+use pgrx::{pg_sys, PgBox, PgSqlErrorCode};
+
+use crate::error::raise_detail;
+
+static mut RELOPT_KIND: pg_sys::relopt_kind::Type = 0;
+
+pub const M_DEFAULT: i32 = 16;
+pub const M_MIN: i32 = 2;
+pub const M_MAX: i32 = 100;
+pub const EF_CONSTRUCTION_DEFAULT: i32 = 64;
+pub const EF_CONSTRUCTION_MIN: i32 = 4;
+pub const EF_CONSTRUCTION_MAX: i32 = 1000;
+
+/// The parsed `WITH (...)` options, as `build_reloptions` lays them out.
+#[repr(C)]
+struct Options {
+    vl_len: i32,
+    m: i32,
+    ef_construction: i32,
+}
+
+/// Registers the options. Called from `_PG_init`.
+pub fn init_reloptions() {
+    // SAFETY: _PG_init in the postmaster; the names are static strings.
+    unsafe {
+        RELOPT_KIND = pg_sys::add_reloption_kind();
+        pg_sys::add_int_reloption(
+            RELOPT_KIND as _,
+            c"m".as_ptr(),
+            c"Most links per element on levels above 0 (twice that on level 0)".as_ptr(),
+            M_DEFAULT,
+            M_MIN,
+            M_MAX,
+            pg_sys::AccessExclusiveLock as i32,
+        );
+        pg_sys::add_int_reloption(
+            RELOPT_KIND as _,
+            c"ef_construction".as_ptr(),
+            c"Size of the candidate list while building the graph".as_ptr(),
+            EF_CONSTRUCTION_DEFAULT,
+            EF_CONSTRUCTION_MIN,
+            EF_CONSTRUCTION_MAX,
+            pg_sys::AccessExclusiveLock as i32,
+        );
+    }
+}
+
+/// `m` and `ef_construction` as given, unchecked.
+pub fn raw_options(index: pg_sys::Relation) -> (i32, i32) {
+    // SAFETY: rd_options is NULL or the Options built by amoptions.
+    unsafe {
+        let o = (*index).rd_options as *const Options;
+        if o.is_null() {
+            (M_DEFAULT, EF_CONSTRUCTION_DEFAULT)
+        } else {
+            ((*o).m, (*o).ef_construction)
+        }
+    }
+}
+
+/// `m` and `ef_construction` of an index, refusing an `ef_construction` below `2 m`.
+pub fn options(index: pg_sys::Relation) -> (usize, usize) {
+    let (m, ef) = raw_options(index);
+    if ef < 2 * m {
+        raise_detail(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "ef_construction must be at least 2 * m",
+            format!("m = {m} needs ef_construction = {} or more; it is {ef}.", 2 * m),
+        );
+    }
+    (m as usize, ef as usize)
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn amoptions(reloptions: pg_sys::Datum, validate: bool) -> *mut pg_sys::bytea {
+    let table = [
+        pg_sys::relopt_parse_elt {
+            optname: c"m".as_ptr(),
+            opttype: pg_sys::relopt_type::RELOPT_TYPE_INT,
+            offset: std::mem::offset_of!(Options, m) as i32,
+        },
+        pg_sys::relopt_parse_elt {
+            optname: c"ef_construction".as_ptr(),
+            opttype: pg_sys::relopt_type::RELOPT_TYPE_INT,
+            offset: std::mem::offset_of!(Options, ef_construction) as i32,
+        },
+    ];
+    // SAFETY: build_reloptions parses into a palloc'd Options of the given size.
+    pg_sys::build_reloptions(reloptions, validate, RELOPT_KIND, std::mem::size_of::<Options>(), table.as_ptr(), table.len() as i32)
+        as *mut pg_sys::bytea
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn amvalidate(_opclass: pg_sys::Oid) -> bool {
+    // The operator classes are sutra's own, defined with the extension; the shape of an index
+    // (key column first, vector last, support function present) is checked at build.
+    true
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn ambuild(
+    heap: pg_sys::Relation,
+    index: pg_sys::Relation,
+    info: *mut pg_sys::IndexInfo,
+) -> *mut pg_sys::IndexBuildResult {
+    super::build::build(heap, index, info)
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn ambuildempty(index: pg_sys::Relation) {
+    super::build::build_empty(index)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[pg_guard]
+unsafe extern "C-unwind" fn aminsert(
+    index: pg_sys::Relation,
+    values: *mut pg_sys::Datum,
+    isnull: *mut bool,
+    heap_tid: pg_sys::ItemPointer,
+    _heap: pg_sys::Relation,
+    _unique: pg_sys::IndexUniqueCheck::Type,
+    _unchanged: bool,
+    _info: *mut pg_sys::IndexInfo,
+) -> bool {
+    let shape = super::index_shape(index);
+    // SAFETY: values and isnull hold one entry per index column.
+    let Some((key, v)) = super::row_of(&shape, values, isnull) else { return false };
+    let Some(v) = super::prepare_vector(&shape, v) else { return false };
+    let meta = super::pages::read_meta(index);
+    super::insert::insert_vector(index, &meta, &key, &v, &*heap_tid);
+    false
+}
+
+/// The access method handler.
+#[pg_extern(sql = "
+CREATE FUNCTION hnsw_handler(internal) RETURNS index_am_handler
+    LANGUAGE C STRICT AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+")]
+fn hnsw_handler(_fcinfo: pg_sys::FunctionCallInfo) -> Internal {
+    let mut am = unsafe { PgBox::<pg_sys::IndexAmRoutine>::alloc_node(pg_sys::NodeTag::T_IndexAmRoutine) };
+    am.amstrategies = 0;
+    am.amsupport = 1;
+    am.amoptsprocnum = 0;
+    am.amcanorder = false;
+    am.amcanorderbyop = true;
+    am.amcanbackward = false;
+    am.amcanunique = false;
+    am.amcanmulticol = true;
+    am.amoptionalkey = true;
+    am.amsearcharray = false;
+    am.amsearchnulls = false;
+    am.amstorage = false;
+    am.amclusterable = false;
+    am.ampredlocks = false;
+    am.amcanparallel = false;
+    am.amcaninclude = false;
+    am.amusemaintenanceworkmem = true;
+    am.amparallelvacuumoptions = pg_sys::VACUUM_OPTION_NO_PARALLEL as u8;
+    am.amkeytype = pg_sys::InvalidOid;
+
+    am.ambuild = Some(ambuild);
+    am.ambuildempty = Some(ambuildempty);
+    am.aminsert = Some(aminsert);
+    am.ambulkdelete = Some(super::vacuum::ambulkdelete);
+    am.amvacuumcleanup = Some(super::vacuum::amvacuumcleanup);
+    am.amcanreturn = None;
+    am.amcostestimate = Some(super::cost::amcostestimate);
+    am.amoptions = Some(amoptions);
+    am.amproperty = None;
+    am.ambuildphasename = None;
+    am.amvalidate = Some(amvalidate);
+    am.amadjustmembers = None;
+    am.ambeginscan = Some(super::scan::ambeginscan);
+    am.amrescan = Some(super::scan::amrescan);
+    am.amgettuple = Some(super::scan::amgettuple);
+    am.amgetbitmap = None;
+    am.amendscan = Some(super::scan::amendscan);
+    am.ammarkpos = None;
+    am.amrestrpos = None;
+    am.amestimateparallelscan = None;
+    am.aminitparallelscan = None;
+    am.amparallelrescan = None;
+    Internal::from(Some(pg_sys::Datum::from(am.into_pg())))
+}
+
+/// Support function 1 of `vector_l2_ops`: names the metric.
+#[pg_extern(immutable, parallel_safe, name = "_hnsw_l2_support")]
+fn hnsw_l2_support(_unused: Internal) -> i32 {
+    sutra_core::hnsw::Metric::L2.code() as i32
+}
+
+/// Support function 1 of `vector_ip_ops`.
+#[pg_extern(immutable, parallel_safe, name = "_hnsw_ip_support")]
+fn hnsw_ip_support(_unused: Internal) -> i32 {
+    sutra_core::hnsw::Metric::InnerProduct.code() as i32
+}
+
+/// Support function 1 of `vector_cosine_ops`.
+#[pg_extern(immutable, parallel_safe, name = "_hnsw_cosine_support")]
+fn hnsw_cosine_support(_unused: Internal) -> i32 {
+    sutra_core::hnsw::Metric::Cosine.code() as i32
+}

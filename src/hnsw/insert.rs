@@ -1,0 +1,186 @@
+//! Inserting one element into the stored graph: find its neighbours from the partition's entry
+//! point, append it to the partition's last page, then add the links back to it.
+
+use pgrx::pg_sys;
+use pgrx::PgSqlErrorCode;
+use std::cell::RefCell;
+use sutra_core::hnsw::{find_neighbors, random_level, select_neighbors, Rng, Scored};
+
+use super::graph::DiskGraph;
+use super::pages::{
+    add_item, encode_element, init_page, item, item_mut, max_level_fitting, read_partition, set_next_block, write_slots,
+    DirHead, ElementView, Key, Locked, Meta, Partition, Tid, Wal, DIR_HEAD_BYTES, GRAPH_LOCK, KIND_ELEMENTS, LINK_BYTES,
+    NO_BLOCK,
+};
+use crate::error::raise;
+
+thread_local! {
+    static RNG: RefCell<Rng> = RefCell::new(Rng::new(seed()));
+}
+
+fn seed() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    t ^ ((std::process::id() as u64) << 32)
+}
+
+/// A level for a new element.
+pub fn new_level(meta: &Meta) -> usize {
+    let max = max_level_fitting(meta.dims as usize, meta.m as usize).unwrap_or(0);
+    RNG.with(|r| random_level(&mut r.borrow_mut(), meta.m as usize, max))
+}
+
+/// Inserts a prepared vector (already checked and, for cosine, normalized) for heap row `heap`
+/// into the partition of `key`.
+pub fn insert_vector(index: pg_sys::Relation, meta: &Meta, key: &Key, v: &[f32], heap: &pg_sys::ItemPointerData) {
+    // SAFETY: a heavyweight lock on an open index, held while this insert can still add links;
+    // VACUUM takes it exclusively to wait for such inserts. Released below or at abort.
+    unsafe { pg_sys::LockPage(index, GRAPH_LOCK, pg_sys::ShareLock as i32) };
+    let part = super::pages::find_or_create_partition(index, meta, key);
+    let level = new_level(meta);
+    let m = meta.m as usize;
+    let mut graph = DiskGraph::new(index, meta, true);
+    let mut attempts = 0;
+    let (id, links) = loop {
+        let part = read_partition(index, part.at).unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED, "sutra_hnsw partition entry is missing"));
+        let entry = part.head.entry();
+        let links: Vec<Vec<Scored<Tid>>> = match entry {
+            None => Vec::new(),
+            Some((e, el)) => find_neighbors(
+                &mut graph,
+                v,
+                e,
+                el,
+                level,
+                m,
+                meta.ef_construction as usize,
+                |g, id| !g.is_deleted(id),
+                |g, a, b| g.between(a, b),
+            ),
+        };
+        let ids: Vec<Vec<Tid>> = links.iter().map(|l| l.iter().map(|s| s.id).collect()).collect();
+        let tuple = encode_element(level, heap, v, m, &ids);
+        match append_element(index, &part, &tuple, level, entry.is_none()) {
+            Some(id) => break (id, links),
+            // Another backend gave the empty partition its first element meanwhile: search again
+            // from it, so that this element is linked.
+            None if attempts < 10 => attempts += 1,
+            None => raise(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, "could not insert into sutra_hnsw index under concurrent inserts"),
+        }
+    };
+    for (l, list) in links.iter().enumerate() {
+        for s in list {
+            add_link(index, meta, &mut graph, s.id, l, id, s.dist);
+        }
+    }
+    // SAFETY: the lock taken above.
+    unsafe { pg_sys::UnlockPage(index, GRAPH_LOCK, pg_sys::ShareLock as i32) };
+}
+
+/// Appends an element tuple to the partition's last page (a new page when full) and makes it
+/// the entry point when it is the first or reaches a higher level. Returns `None` without
+/// writing when `expect_empty` and the partition got an entry point meanwhile.
+pub fn append_element(index: pg_sys::Relation, part: &Partition, tuple: &[u8], level: usize, expect_empty: bool) -> Option<Tid> {
+    let dir = Locked::read(index, part.at.block, true);
+    let mut wal = Wal::start(index);
+    let dpage = wal.register(&dir, false);
+    let Some(bytes) = item_mut(dpage, part.at.offset).filter(|b| b.len() >= DIR_HEAD_BYTES) else {
+        drop(wal);
+        drop(dir);
+        raise(PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED, "sutra_hnsw partition entry is missing");
+    };
+    // SAFETY: at least DIR_HEAD_BYTES bytes of a directory entry; plain data read unaligned.
+    let mut head: DirHead = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const DirHead) };
+    if expect_empty && head.entry().is_some() {
+        return None;
+    }
+    let mut tail_guard = None;
+    let mut placed = None;
+    if head.tail_block != NO_BLOCK {
+        let t = Locked::read(index, head.tail_block, true);
+        let tpage = wal.register(&t, false);
+        if let Some(off) = add_item(tpage, tuple) {
+            placed = Some(Tid { block: t.block(), offset: off });
+        }
+        tail_guard = Some((t, tpage));
+    }
+    let mut fresh_guard = None;
+    if placed.is_none() {
+        let fresh = Locked::extend(index, pg_sys::ForkNumber::MAIN_FORKNUM);
+        let fpage = wal.register(&fresh, true);
+        init_page(fpage, KIND_ELEMENTS);
+        let Some(off) = add_item(fpage, tuple) else {
+            drop(wal);
+            raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "sutra_hnsw element does not fit an empty page");
+        };
+        match &tail_guard {
+            Some((_, tpage)) => set_next_block(*tpage, fresh.block()),
+            None => head.head_block = fresh.block(),
+        }
+        head.tail_block = fresh.block();
+        placed = Some(Tid { block: fresh.block(), offset: off });
+        fresh_guard = Some(fresh);
+    }
+    let id = placed?;
+    head.count += 1;
+    if head.entry().is_none_or(|(_, el)| level > el) {
+        head.set_entry(Some((id, level)));
+    }
+    // SAFETY: the same entry bytes as above, in the registered page copy.
+    unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr() as *mut DirHead, head) };
+    wal.finish();
+    drop(fresh_guard);
+    drop(tail_guard);
+    drop(dir);
+    Some(id)
+}
+
+/// Adds a link to `new` (at internal distance `dist`) to element `at`'s list on `level`; a full
+/// list is pruned with the neighbour heuristic. A list that changed between reading and writing
+/// is read again; after a few tries the link is given up (the graph stays valid, only a little
+/// less connected).
+pub fn add_link(index: pg_sys::Relation, meta: &Meta, graph: &mut DiskGraph, at: Tid, level: usize, new: Tid, dist: f32) {
+    let (dims, m) = (meta.dims as usize, meta.m as usize);
+    let cap = meta.slots(level);
+    for _ in 0..3 {
+        let b = Locked::read(index, at.block, false);
+        let read = item(b.page(), at.offset).and_then(|bytes| ElementView::new(bytes, dims, m)).and_then(|e| {
+            (!e.deleted() && e.level() >= level).then(|| {
+                let mut links = Vec::new();
+                e.links(level, &mut links);
+                (e.slot_bytes(level).to_vec(), e.vector().to_vec(), links)
+            })
+        });
+        drop(b);
+        let Some((slots, base, links)) = read else { return };
+        if links.contains(&new) {
+            return;
+        }
+        let kept: Vec<Tid> = if links.len() < cap {
+            links.iter().copied().chain(std::iter::once(new)).collect()
+        } else {
+            let mut cands: Vec<Scored<Tid>> = links
+                .iter()
+                .filter_map(|&t| graph.vector(t).map(|v| Scored { dist: graph.space.distance(&base, &v), id: t }))
+                .collect();
+            cands.push(Scored { dist, id: new });
+            cands.sort();
+            let kept = select_neighbors(&cands, cap, |a, b| graph.between(a, b));
+            if !kept.iter().any(|s| s.id == new) {
+                return;
+            }
+            kept.iter().map(|s| s.id).collect()
+        };
+        let b = Locked::read(index, at.block, true);
+        let mut wal = Wal::start(index);
+        let page = wal.register(&b, false);
+        let Some(bytes) = item_mut(page, at.offset) else { return };
+        let Some(e) = ElementView::new(bytes, dims, m) else { return };
+        if e.level() < level || e.slot_bytes(level) != slots.as_slice() {
+            continue;
+        }
+        let start = super::pages::links_offset(dims, m, level);
+        write_slots(&mut bytes[start..start + cap * LINK_BYTES], &kept);
+        wal.finish();
+        return;
+    }
+}

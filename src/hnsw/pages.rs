@@ -1,0 +1,792 @@
+//! The page format of a `sutra_hnsw` index and the buffer-level operations on it.
+//!
+//! ```text
+//! block 0      metapage: parameters, first and last directory page, build id
+//! directory    a chain of pages of partition entries: key, entry point, first and last
+//!              element page, live element count; entries never move
+//! elements     each partition has its own chain of pages of element tuples
+//! ```
+//!
+//! An element tuple is `flags u8, level u8, heap tid (6 bytes), vector (4 d bytes), links`:
+//! `2 m` link slots for level 0 and `m` for each level above, each slot a 6-byte element id
+//! (block u32, offset u16, little-endian; block `u32::MAX` when empty). Element tuples never move
+//! and never change size, only their flags and links change; VACUUM deletes them (the line
+//! pointer stays, so other elements keep their ids).
+//!
+//! Every change goes through GenericXLog, so the index is crash-safe and replicates. Locking
+//! rules, which keep the index free of deadlocks: at most one element page is locked at a time,
+//! except when an append links a new page (directory page, then the old last page, then the new
+//! page, in that order); a directory page is only ever locked before element pages; the metapage
+//! is locked last. Each buffer lock is held only for copying bytes in or out: no code that can
+//! raise an error runs under it except PostgreSQL's own buffer functions.
+
+use pgrx::pg_sys;
+use pgrx::PgSqlErrorCode;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use crate::error::{raise, raise_detail};
+
+pub const META_BLOCK: u32 = 0;
+pub const NO_BLOCK: u32 = u32::MAX;
+const MAGIC: u32 = 0x5354_4857;
+const VERSION: u32 = 1;
+const PAGE_ID: u16 = 0xFF8A;
+pub const KIND_META: u16 = 1;
+pub const KIND_DIR: u16 = 2;
+pub const KIND_ELEMENTS: u16 = 3;
+
+/// Heavyweight page-lock tags (not real blocks): inserts hold [`GRAPH_LOCK`] shared while they
+/// link, VACUUM takes it exclusively to wait them out before deleting elements;
+/// [`DIRECTORY_LOCK`] serializes the creation of partitions.
+pub const GRAPH_LOCK: u32 = 0;
+pub const DIRECTORY_LOCK: u32 = 1;
+
+const PAGE_HEADER: usize = 24;
+const SPECIAL: usize = 8;
+const LINE_POINTER: usize = 4;
+/// Bytes of a page available to items and their line pointers.
+pub const PAGE_ROOM: usize = pg_sys::BLCKSZ as usize - PAGE_HEADER - SPECIAL;
+pub const ELEMENT_HEADER: usize = 8;
+pub const LINK_BYTES: usize = 6;
+pub const FLAG_DELETED: u8 = 1;
+
+pub fn maxalign(n: usize) -> usize {
+    (n + 7) & !7
+}
+
+/// The room an item of `size` bytes takes on a page, line pointer included.
+pub fn item_room(size: usize) -> usize {
+    maxalign(size) + LINE_POINTER
+}
+
+/// The special space at the end of every page.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Opaque {
+    next: u32,
+    kind: u16,
+    page_id: u16,
+}
+
+/// An element's place in the index: block and line pointer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Tid {
+    pub block: u32,
+    pub offset: u16,
+}
+
+impl Tid {
+    pub fn pack(self) -> u64 {
+        ((self.block as u64) << 16) | self.offset as u64
+    }
+
+    pub fn write(self, out: &mut [u8]) {
+        out[..4].copy_from_slice(&self.block.to_le_bytes());
+        out[4..6].copy_from_slice(&self.offset.to_le_bytes());
+    }
+
+    pub fn read(b: &[u8]) -> Option<Tid> {
+        let block = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        (block != NO_BLOCK).then(|| Tid { block, offset: u16::from_le_bytes([b[4], b[5]]) })
+    }
+}
+
+/// The kind of the partition key column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyKind {
+    None = 0,
+    Uuid = 1,
+    Int4 = 2,
+    Int8 = 3,
+    Text = 4,
+}
+
+impl KeyKind {
+    pub fn from_code(c: u8) -> KeyKind {
+        match c {
+            1 => KeyKind::Uuid,
+            2 => KeyKind::Int4,
+            3 => KeyKind::Int8,
+            4 => KeyKind::Text,
+            _ => KeyKind::None,
+        }
+    }
+}
+
+/// The metapage's contents.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Meta {
+    magic: u32,
+    version: u32,
+    pub dims: u32,
+    pub m: u16,
+    pub ef_construction: u16,
+    pub metric: u8,
+    pub key_kind: u8,
+    _pad: u16,
+    pub dir_head: u32,
+    pub dir_tail: u32,
+    pub partitions: u32,
+    pub flat_limit: u32,
+    pub build_id: u64,
+}
+
+impl Meta {
+    pub fn new(dims: usize, m: usize, ef_construction: usize, metric: u8, key_kind: KeyKind, build_id: u64) -> Meta {
+        Meta {
+            magic: MAGIC,
+            version: VERSION,
+            dims: dims as u32,
+            m: m as u16,
+            ef_construction: ef_construction as u16,
+            metric,
+            key_kind: key_kind as u8,
+            _pad: 0,
+            dir_head: 1,
+            dir_tail: 1,
+            partitions: 0,
+            flat_limit: super::FLAT_LIMIT as u32,
+            build_id,
+        }
+    }
+
+    pub fn key_kind(&self) -> KeyKind {
+        KeyKind::from_code(self.key_kind)
+    }
+
+    pub fn space(&self) -> sutra_core::hnsw::Space {
+        sutra_core::hnsw::Space::new(sutra_core::hnsw::Metric::from_code(self.metric).unwrap_or(sutra_core::hnsw::Metric::L2))
+    }
+
+    /// Link slots at `level`.
+    pub fn slots(&self, level: usize) -> usize {
+        if level == 0 {
+            2 * self.m as usize
+        } else {
+            self.m as usize
+        }
+    }
+}
+
+pub fn element_size(dims: usize, m: usize, level: usize) -> usize {
+    ELEMENT_HEADER + 4 * dims + LINK_BYTES * (2 * m + level * m)
+}
+
+/// The highest level whose element still fits on a page, or `None` when not even level 0 does.
+pub fn max_level_fitting(dims: usize, m: usize) -> Option<usize> {
+    if item_room(element_size(dims, m, 0)) > PAGE_ROOM {
+        return None;
+    }
+    let mut level = 0;
+    while level < sutra_core::hnsw::MAX_LEVEL && item_room(element_size(dims, m, level + 1)) <= PAGE_ROOM {
+        level += 1;
+    }
+    Some(level)
+}
+
+/// Byte offset of the link slots of `level` in an element tuple.
+pub fn links_offset(dims: usize, m: usize, level: usize) -> usize {
+    let base = ELEMENT_HEADER + 4 * dims;
+    if level == 0 {
+        base
+    } else {
+        base + LINK_BYTES * (2 * m + (level - 1) * m)
+    }
+}
+
+/// The fixed head of a directory entry; the key's bytes follow it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DirHead {
+    pub entry_block: u32,
+    pub entry_offset: u16,
+    pub entry_level: u8,
+    pub flags: u8,
+    pub head_block: u32,
+    pub tail_block: u32,
+    pub count: u64,
+    pub key_len: u16,
+    pub _pad: [u8; 6],
+}
+
+pub const DIR_HAS_ENTRY: u8 = 1;
+pub const DIR_NULL_KEY: u8 = 2;
+pub const DIR_HEAD_BYTES: usize = std::mem::size_of::<DirHead>();
+
+impl DirHead {
+    pub fn entry(&self) -> Option<(Tid, usize)> {
+        (self.flags & DIR_HAS_ENTRY != 0).then(|| {
+            (Tid { block: self.entry_block, offset: self.entry_offset }, self.entry_level as usize)
+        })
+    }
+
+    pub fn set_entry(&mut self, e: Option<(Tid, usize)>) {
+        match e {
+            Some((t, l)) => {
+                self.entry_block = t.block;
+                self.entry_offset = t.offset;
+                self.entry_level = l as u8;
+                self.flags |= DIR_HAS_ENTRY;
+            }
+            None => self.flags &= !DIR_HAS_ENTRY,
+        }
+    }
+}
+
+/// A partition key as stored: `None` for a NULL key; the empty key for an index without a key
+/// column.
+pub type Key = Option<Vec<u8>>;
+
+/// A directory entry read out of its page.
+#[derive(Clone, Debug)]
+pub struct Partition {
+    pub at: Tid,
+    pub head: DirHead,
+    pub key: Key,
+}
+
+/// A pinned and locked buffer, released when dropped.
+pub struct Locked {
+    pub buf: pg_sys::Buffer,
+}
+
+impl Locked {
+    /// Reads `block` of the main fork and locks it (`exclusive` or shared).
+    pub fn read(index: pg_sys::Relation, block: u32, exclusive: bool) -> Locked {
+        Self::read_fork(index, pg_sys::ForkNumber::MAIN_FORKNUM, block, exclusive)
+    }
+
+    pub fn read_fork(index: pg_sys::Relation, fork: pg_sys::ForkNumber::Type, block: u32, exclusive: bool) -> Locked {
+        // SAFETY: index is an open relation; ReadBufferExtended raises an ERROR for a block past
+        // the end, and the lock mode is one of the two buffer lock modes.
+        unsafe {
+            let buf = pg_sys::ReadBufferExtended(index, fork, block, pg_sys::ReadBufferMode::RBM_NORMAL, std::ptr::null_mut());
+            pg_sys::LockBuffer(buf, if exclusive { pg_sys::BUFFER_LOCK_EXCLUSIVE } else { pg_sys::BUFFER_LOCK_SHARE } as i32);
+            Locked { buf }
+        }
+    }
+
+    /// Adds a page at the end of the fork, locked exclusively and not yet initialized.
+    pub fn extend(index: pg_sys::Relation, fork: pg_sys::ForkNumber::Type) -> Locked {
+        // SAFETY: the relation extension lock serializes extension with other backends (as every
+        // index AM does); P_NEW returns a new zeroed buffer, locked before the extension lock is
+        // released so nobody else can take the same block.
+        unsafe {
+            let local = (*(*index).rd_rel).relpersistence == pg_sys::RELPERSISTENCE_TEMP as i8;
+            if !local {
+                pg_sys::LockRelationForExtension(index, pg_sys::ExclusiveLock as i32);
+            }
+            let buf = pg_sys::ReadBufferExtended(index, fork, NO_BLOCK, pg_sys::ReadBufferMode::RBM_NORMAL, std::ptr::null_mut());
+            pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_EXCLUSIVE as i32);
+            if !local {
+                pg_sys::UnlockRelationForExtension(index, pg_sys::ExclusiveLock as i32);
+            }
+            Locked { buf }
+        }
+    }
+
+    pub fn block(&self) -> u32 {
+        // SAFETY: a valid pinned buffer.
+        unsafe { pg_sys::BufferGetBlockNumber(self.buf) }
+    }
+
+    pub fn page(&self) -> pg_sys::Page {
+        // SAFETY: a valid pinned buffer.
+        unsafe { pg_sys::BufferGetPage(self.buf) }
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        // SAFETY: the buffer is pinned and locked by this guard. When an ERROR is raised, pgrx
+        // unwinds the Rust frames before PostgreSQL's abort processing runs, so here the buffer
+        // is still pinned and locked by this backend.
+        unsafe { pg_sys::UnlockReleaseBuffer(self.buf) }
+    }
+}
+
+/// A GenericXLog record under construction: pages registered in it are modified through the
+/// returned copies and written, WAL-logged, by [`Wal::finish`].
+pub struct Wal {
+    state: *mut pg_sys::GenericXLogState,
+}
+
+impl Wal {
+    pub fn start(index: pg_sys::Relation) -> Wal {
+        // SAFETY: index is an open relation; the state lives in the current memory context.
+        Wal { state: unsafe { pg_sys::GenericXLogStart(index) } }
+    }
+
+    /// Registers a locked buffer; `fresh` pages are logged as full images (new pages).
+    pub fn register(&mut self, b: &Locked, fresh: bool) -> pg_sys::Page {
+        // SAFETY: at most 4 buffers per record (callers register at most 3); the buffer is
+        // exclusively locked by the caller.
+        unsafe { pg_sys::GenericXLogRegisterBuffer(self.state, b.buf, if fresh { pg_sys::GENERIC_XLOG_FULL_IMAGE as i32 } else { 0 }) }
+    }
+
+    pub fn finish(mut self) {
+        // SAFETY: the state came from GenericXLogStart and is finished once.
+        unsafe { pg_sys::GenericXLogFinish(self.state) };
+        self.state = std::ptr::null_mut();
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        if !self.state.is_null() {
+            // SAFETY: an unfinished record is abandoned: the registered pages stay unchanged.
+            unsafe { pg_sys::GenericXLogAbort(self.state) };
+        }
+    }
+}
+
+/// Initializes a page of `kind` (on a page copy from [`Wal::register`]).
+pub fn init_page(page: pg_sys::Page, kind: u16) {
+    // SAFETY: page points to a full page buffer; PageInit formats it with SPECIAL bytes of
+    // special space, which Opaque fills exactly.
+    unsafe {
+        pg_sys::PageInit(page, pg_sys::BLCKSZ as usize, SPECIAL);
+        let o = pg_sys::PageGetSpecialPointer(page) as *mut Opaque;
+        *o = Opaque { next: NO_BLOCK, kind, page_id: PAGE_ID };
+    }
+}
+
+fn opaque(page: pg_sys::Page) -> Option<Opaque> {
+    // SAFETY: page is a full page; a page whose special space is not ours (new, zeroed, or
+    // another format) is reported as None instead of being trusted.
+    unsafe {
+        if pg_sys::PageIsNew(page) {
+            return None;
+        }
+        let header = page as *const pg_sys::PageHeaderData;
+        if (*header).pd_special as usize != pg_sys::BLCKSZ as usize - SPECIAL {
+            return None;
+        }
+        let o = *(pg_sys::PageGetSpecialPointer(page) as *const Opaque);
+        (o.page_id == PAGE_ID).then_some(o)
+    }
+}
+
+/// The page's kind, or `None` when it is not a page of this format.
+pub fn page_kind(page: pg_sys::Page) -> Option<u16> {
+    opaque(page).map(|o| o.kind)
+}
+
+pub fn next_block(page: pg_sys::Page) -> u32 {
+    opaque(page).map_or(NO_BLOCK, |o| o.next)
+}
+
+pub fn set_next_block(page: pg_sys::Page, next: u32) {
+    // SAFETY: an initialized page of this format (callers initialized or checked it).
+    unsafe { (*(pg_sys::PageGetSpecialPointer(page) as *mut Opaque)).next = next };
+}
+
+/// Adds an item; returns its offset, or `None` when it does not fit.
+pub fn add_item(page: pg_sys::Page, item: &[u8]) -> Option<u16> {
+    // SAFETY: page is a locked, registered page copy; PageAddItemExtended checks the room and
+    // returns InvalidOffsetNumber (0) instead of writing past it.
+    let off = unsafe { pg_sys::PageAddItemExtended(page, item.as_ptr() as pg_sys::Item, item.len(), 0, 0) };
+    (off != 0).then_some(off)
+}
+
+/// The bytes of item `offset`, or `None` when the line pointer is out of range or not in use.
+pub fn item<'a>(page: pg_sys::Page, offset: u16) -> Option<&'a [u8]> {
+    // SAFETY: page is a locked page; the offset is checked against the line pointer count and
+    // the item's extent against the page before the slice is made.
+    unsafe {
+        let max = pg_sys::PageGetMaxOffsetNumber(page);
+        if offset == 0 || offset > max {
+            return None;
+        }
+        let id = pg_sys::PageGetItemId(page, offset);
+        if (*id).lp_flags() != pg_sys::LP_NORMAL {
+            return None;
+        }
+        let (start, len) = ((*id).lp_off() as usize, (*id).lp_len() as usize);
+        if start + len > pg_sys::BLCKSZ as usize || len == 0 {
+            return None;
+        }
+        Some(std::slice::from_raw_parts((page as *const u8).add(start), len))
+    }
+}
+
+/// Mutable bytes of item `offset` of a registered page copy.
+pub fn item_mut<'a>(page: pg_sys::Page, offset: u16) -> Option<&'a mut [u8]> {
+    item(page, offset).map(|s| {
+        // SAFETY: the page copy is ours alone until the record is finished.
+        unsafe { std::slice::from_raw_parts_mut(s.as_ptr() as *mut u8, s.len()) }
+    })
+}
+
+pub fn max_offset(page: pg_sys::Page) -> u16 {
+    // SAFETY: a locked page.
+    unsafe { pg_sys::PageGetMaxOffsetNumber(page) }
+}
+
+/// Writes the metapage and an empty first directory page into `fork` of an empty relation.
+pub fn write_empty(index: pg_sys::Relation, fork: pg_sys::ForkNumber::Type, meta: &Meta) {
+    let metabuf = Locked::extend(index, fork);
+    let dirbuf = Locked::extend(index, fork);
+    if metabuf.block() != META_BLOCK || dirbuf.block() != 1 {
+        raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "sutra_hnsw index is not empty at build");
+    }
+    let mut wal = Wal::start(index);
+    let page = wal.register(&metabuf, true);
+    init_page(page, KIND_META);
+    write_meta_into(page, meta);
+    let page = wal.register(&dirbuf, true);
+    init_page(page, KIND_DIR);
+    wal.finish();
+}
+
+/// Writes the metapage's contents into a page initialized as [`KIND_META`].
+pub fn write_meta_into(page: pg_sys::Page, meta: &Meta) {
+    // SAFETY: the contents area of an initialized page holds far more than a Meta; pd_lower
+    // is moved past it so that full-page images keep it (the hole between pd_lower and pd_upper
+    // may be left out of WAL).
+    unsafe {
+        let contents = pg_sys::PageGetContents(page) as *mut Meta;
+        std::ptr::write_unaligned(contents, *meta);
+        let header = page as *mut pg_sys::PageHeaderData;
+        (*header).pd_lower = ((contents as usize - page as usize) + std::mem::size_of::<Meta>()) as u16;
+    }
+}
+
+/// Reads the metapage, refusing a relation that is not a valid `sutra_hnsw` index.
+pub fn read_meta(index: pg_sys::Relation) -> Meta {
+    let b = Locked::read(index, META_BLOCK, false);
+    let page = b.page();
+    // SAFETY: a locked page; the Meta is copied out unaligned after the kind is checked.
+    let meta = (page_kind(page) == Some(KIND_META))
+        .then(|| unsafe { std::ptr::read_unaligned(pg_sys::PageGetContents(page) as *const Meta) });
+    drop(b);
+    match meta {
+        Some(m) if m.magic == MAGIC && m.version == VERSION => m,
+        _ => raise_detail(
+            PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED,
+            format!("index \"{}\" is not a valid sutra_hnsw index", relation_name(index)),
+            "Its metapage is missing or has an unknown version. REINDEX rebuilds it.",
+        ),
+    }
+}
+
+/// Applies `f` to the metapage's contents and WAL-logs the change. The caller may hold other
+/// buffer locks (the metapage is always locked last).
+pub fn update_meta(index: pg_sys::Relation, f: impl FnOnce(&mut Meta)) {
+    let b = Locked::read(index, META_BLOCK, true);
+    let mut wal = Wal::start(index);
+    let page = wal.register(&b, false);
+    // SAFETY: the registered copy of a locked metapage (checked by read_meta at scan start).
+    unsafe {
+        let p = pg_sys::PageGetContents(page) as *mut Meta;
+        let mut m = std::ptr::read_unaligned(p);
+        f(&mut m);
+        std::ptr::write_unaligned(p, m);
+    }
+    wal.finish();
+}
+
+pub fn relation_name(index: pg_sys::Relation) -> String {
+    // SAFETY: an open relation's name is a NUL-terminated NameData.
+    unsafe { std::ffi::CStr::from_ptr((*(*index).rd_rel).relname.data.as_ptr()).to_string_lossy().into_owned() }
+}
+
+/// Encodes a directory entry.
+pub fn encode_dir(head: &DirHead, key: &Key) -> Vec<u8> {
+    let mut h = *head;
+    let bytes: &[u8] = key.as_deref().unwrap_or(&[]);
+    h.key_len = bytes.len() as u16;
+    if key.is_none() {
+        h.flags |= DIR_NULL_KEY;
+    }
+    let mut out = vec![0u8; DIR_HEAD_BYTES + bytes.len()];
+    // SAFETY: out holds DIR_HEAD_BYTES for the plain-data header.
+    unsafe { std::ptr::write_unaligned(out.as_mut_ptr() as *mut DirHead, h) };
+    out[DIR_HEAD_BYTES..].copy_from_slice(bytes);
+    out
+}
+
+/// Decodes a directory entry, or `None` when the bytes are not one.
+pub fn decode_dir(bytes: &[u8]) -> Option<(DirHead, Key)> {
+    if bytes.len() < DIR_HEAD_BYTES {
+        return None;
+    }
+    // SAFETY: at least DIR_HEAD_BYTES bytes; plain data read unaligned.
+    let h = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const DirHead) };
+    let key = bytes.get(DIR_HEAD_BYTES..DIR_HEAD_BYTES + h.key_len as usize)?;
+    Some((h, if h.flags & DIR_NULL_KEY != 0 { None } else { Some(key.to_vec()) }))
+}
+
+/// Reads the directory entry at `at`.
+pub fn read_partition(index: pg_sys::Relation, at: Tid) -> Option<Partition> {
+    let b = Locked::read(index, at.block, false);
+    let page = b.page();
+    let entry = (page_kind(page) == Some(KIND_DIR)).then(|| item(page, at.offset).and_then(decode_dir)).flatten();
+    drop(b);
+    entry.map(|(head, key)| Partition { at, head, key })
+}
+
+/// Changes the head of the directory entry at `at` under an exclusive lock and WAL-logs it;
+/// `f` returns false to leave it unchanged.
+pub fn update_partition(index: pg_sys::Relation, at: Tid, f: impl FnOnce(&mut DirHead) -> bool) {
+    let b = Locked::read(index, at.block, true);
+    let mut wal = Wal::start(index);
+    let page = wal.register(&b, false);
+    if let Some(bytes) = item_mut(page, at.offset) {
+        if bytes.len() >= DIR_HEAD_BYTES {
+            // SAFETY: at least DIR_HEAD_BYTES bytes of a directory entry; plain data.
+            let mut h = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const DirHead) };
+            if f(&mut h) {
+                unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr() as *mut DirHead, h) };
+                wal.finish();
+            }
+        }
+    }
+}
+
+/// Every partition of the index, in directory order.
+pub fn all_partitions(index: pg_sys::Relation, meta: &Meta) -> Vec<Partition> {
+    let mut out = Vec::new();
+    walk_directory(index, meta.dir_head, 0, |p| {
+        out.push(p);
+        false
+    });
+    out
+}
+
+/// Walks directory entries from page `block`, item after `after`; `f` returns true to stop.
+/// Returns the last position seen (page, last offset).
+fn walk_directory(index: pg_sys::Relation, mut block: u32, mut after: u16, mut f: impl FnMut(Partition) -> bool) -> (u32, u16) {
+    let mut last = (block, after);
+    while block != NO_BLOCK {
+        let b = Locked::read(index, block, false);
+        let page = b.page();
+        if page_kind(page) != Some(KIND_DIR) {
+            break;
+        }
+        let max = max_offset(page);
+        let mut found = Vec::new();
+        for off in after + 1..=max {
+            if let Some((head, key)) = item(page, off).and_then(decode_dir) {
+                found.push(Partition { at: Tid { block, offset: off }, head, key });
+            }
+        }
+        let next = next_block(page);
+        drop(b);
+        last = (block, max);
+        for p in found {
+            if f(p) {
+                return last;
+            }
+        }
+        block = next;
+        after = 0;
+    }
+    last
+}
+
+/// A backend's map from partition key to directory entry, per index build. Entries never move
+/// within one build, so a cached place stays right; it is still checked against the key read
+/// there.
+struct DirCache {
+    places: HashMap<Key, Tid>,
+    /// How far the directory has been read: page and last offset.
+    seen: (u32, u16),
+}
+
+thread_local! {
+    static DIR_CACHE: RefCell<HashMap<(pg_sys::Oid, u64), DirCache>> = RefCell::new(HashMap::new());
+}
+
+/// The partition of `key`, if it exists.
+pub fn find_partition(index: pg_sys::Relation, meta: &Meta, key: &Key) -> Option<Partition> {
+    // SAFETY: an open relation.
+    let id = (unsafe { (*index).rd_id }, meta.build_id);
+    let cached = DIR_CACHE.with(|c| c.borrow().get(&id).and_then(|d| d.places.get(key).copied()));
+    if let Some(at) = cached {
+        if let Some(p) = read_partition(index, at) {
+            if &p.key == key {
+                return Some(p);
+            }
+        }
+        DIR_CACHE.with(|c| c.borrow_mut().remove(&id));
+    }
+    let seen = DIR_CACHE.with(|c| c.borrow().get(&id).map(|d| d.seen)).unwrap_or((meta.dir_head, 0));
+    let mut places = Vec::new();
+    let mut hit = None;
+    let last = walk_directory(index, seen.0, seen.1, |p| {
+        places.push((p.key.clone(), p.at));
+        if &p.key == key {
+            hit = Some(p);
+        }
+        false
+    });
+    DIR_CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() > 64 {
+            c.clear();
+        }
+        let d = c.entry(id).or_insert_with(|| DirCache { places: HashMap::new(), seen: (meta.dir_head, 0) });
+        if d.places.len() > 1_000_000 {
+            d.places.clear();
+        }
+        d.places.extend(places);
+        d.seen = last;
+    });
+    hit
+}
+
+/// The partition of `key`, created when missing.
+pub fn find_or_create_partition(index: pg_sys::Relation, meta: &Meta, key: &Key) -> Partition {
+    if let Some(p) = find_partition(index, meta, key) {
+        return p;
+    }
+    // SAFETY: a heavyweight lock on an open relation, released below or at transaction end.
+    unsafe { pg_sys::LockPage(index, DIRECTORY_LOCK, pg_sys::ExclusiveLock as i32) };
+    let meta = read_meta(index);
+    let p = match find_partition(index, &meta, key) {
+        Some(p) => p,
+        None => {
+            let at = append_dir_entry(index, &meta, &encode_dir(&DirHead { head_block: NO_BLOCK, tail_block: NO_BLOCK, ..Default::default() }, key));
+            update_meta(index, |m| m.partitions += 1);
+            read_partition(index, at).unwrap_or_else(|| {
+                raise(PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED, "sutra_hnsw partition vanished after it was created")
+            })
+        }
+    };
+    // SAFETY: the lock taken above.
+    unsafe { pg_sys::UnlockPage(index, DIRECTORY_LOCK, pg_sys::ExclusiveLock as i32) };
+    p
+}
+
+/// Appends an encoded directory entry on the last directory page, adding a page when full.
+/// The caller holds [`DIRECTORY_LOCK`].
+pub fn append_dir_entry(index: pg_sys::Relation, meta: &Meta, entry: &[u8]) -> Tid {
+    if item_room(entry.len()) > PAGE_ROOM {
+        raise(PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED, "partition key too long for sutra_hnsw");
+    }
+    let tail = Locked::read(index, meta.dir_tail, true);
+    let mut wal = Wal::start(index);
+    let page = wal.register(&tail, false);
+    if let Some(off) = add_item(page, entry) {
+        wal.finish();
+        return Tid { block: tail.block(), offset: off };
+    }
+    let fresh = Locked::extend(index, pg_sys::ForkNumber::MAIN_FORKNUM);
+    let new_page = wal.register(&fresh, true);
+    init_page(new_page, KIND_DIR);
+    let off = add_item(new_page, entry).unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "directory entry does not fit an empty page"));
+    set_next_block(page, fresh.block());
+    let block = fresh.block();
+    wal.finish();
+    drop(fresh);
+    drop(tail);
+    update_meta(index, |m| m.dir_tail = block);
+    Tid { block, offset: off }
+}
+
+/// Plain accessors over the bytes of an element tuple.
+pub struct ElementView<'a> {
+    pub bytes: &'a [u8],
+    pub dims: usize,
+    pub m: usize,
+}
+
+impl<'a> ElementView<'a> {
+    /// A view, or `None` when the bytes are too short for the header and vector.
+    pub fn new(bytes: &'a [u8], dims: usize, m: usize) -> Option<Self> {
+        let v = ElementView { bytes, dims, m };
+        (bytes.len() >= ELEMENT_HEADER + 4 * dims && bytes.len() >= element_size(dims, m, v.level())).then_some(v)
+    }
+
+    pub fn flags(&self) -> u8 {
+        self.bytes[0]
+    }
+
+    pub fn deleted(&self) -> bool {
+        self.flags() & FLAG_DELETED != 0
+    }
+
+    pub fn level(&self) -> usize {
+        self.bytes[1] as usize
+    }
+
+    pub fn heap(&self) -> pg_sys::ItemPointerData {
+        let b = &self.bytes[2..8];
+        let mut t = pg_sys::ItemPointerData::default();
+        t.ip_blkid.bi_hi = u16::from_le_bytes([b[0], b[1]]);
+        t.ip_blkid.bi_lo = u16::from_le_bytes([b[2], b[3]]);
+        t.ip_posid = u16::from_le_bytes([b[4], b[5]]);
+        t
+    }
+
+    /// The vector; element tuples start MAXALIGNed and the vector at byte 8, so it is aligned.
+    pub fn vector(&self) -> &'a [f32] {
+        let p = self.bytes[ELEMENT_HEADER..].as_ptr();
+        if (p as usize) % 4 != 0 {
+            return &[];
+        }
+        // SAFETY: aligned (checked), and `new` checked the length.
+        unsafe { std::slice::from_raw_parts(p as *const f32, self.dims) }
+    }
+
+    /// The links at `level` (empty slots skipped).
+    pub fn links(&self, level: usize, out: &mut Vec<Tid>) {
+        if level > self.level() {
+            return;
+        }
+        let start = links_offset(self.dims, self.m, level);
+        let n = if level == 0 { 2 * self.m } else { self.m };
+        for i in 0..n {
+            let s = start + i * LINK_BYTES;
+            if let Some(t) = Tid::read(&self.bytes[s..s + LINK_BYTES]) {
+                out.push(t);
+            }
+        }
+    }
+
+    /// The raw link slots at `level`.
+    pub fn slot_bytes(&self, level: usize) -> &'a [u8] {
+        let start = links_offset(self.dims, self.m, level);
+        let n = if level == 0 { 2 * self.m } else { self.m };
+        &self.bytes[start..start + n * LINK_BYTES]
+    }
+}
+
+/// Encodes an element tuple.
+pub fn encode_element(level: usize, heap: &pg_sys::ItemPointerData, v: &[f32], m: usize, links: &[Vec<Tid>]) -> Vec<u8> {
+    let dims = v.len();
+    let mut out = vec![0u8; element_size(dims, m, level)];
+    out[1] = level as u8;
+    out[2..4].copy_from_slice(&heap.ip_blkid.bi_hi.to_le_bytes());
+    out[4..6].copy_from_slice(&heap.ip_blkid.bi_lo.to_le_bytes());
+    out[6..8].copy_from_slice(&heap.ip_posid.to_le_bytes());
+    for (i, x) in v.iter().enumerate() {
+        out[ELEMENT_HEADER + 4 * i..ELEMENT_HEADER + 4 * i + 4].copy_from_slice(&x.to_ne_bytes());
+    }
+    for l in 0..=level {
+        let start = links_offset(dims, m, l);
+        let n = if l == 0 { 2 * m } else { m };
+        let list = links.get(l).map(|v| v.as_slice()).unwrap_or(&[]);
+        for i in 0..n {
+            let s = start + i * LINK_BYTES;
+            match list.get(i) {
+                Some(t) => t.write(&mut out[s..s + LINK_BYTES]),
+                None => out[s..s + LINK_BYTES].fill(0xFF),
+            }
+        }
+    }
+    out
+}
+
+/// Writes `links` into the slot bytes `slots` (padding with empty slots).
+pub fn write_slots(slots: &mut [u8], links: &[Tid]) {
+    for (i, chunk) in slots.chunks_exact_mut(LINK_BYTES).enumerate() {
+        match links.get(i) {
+            Some(t) => t.write(chunk),
+            None => chunk.fill(0xFF),
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! VACUUM: elements of dead rows are marked deleted, the links that pointed to them are
+//! repaired from the deleted elements' own neighbours, entry points move off them, and then
+//! the tuples are removed from their pages.
+//!
+//! Concurrent inserts hold the graph lock shared for as long as they may add links. After the
+//! marking pass VACUUM takes it exclusively, which waits for every insert that could have seen
+//! a now-deleted element as live, and holds it while it repairs and removes (inserts wait for
+//! that; the marking pass, usually the long one, runs beside them). Scans take no lock: an element removed under a running scan reads as gone and is skipped,
+//! and a partition whose graph search comes back short is read exactly (see `scan`).
+
+use pgrx::pg_sys;
+use sutra_core::hnsw::{select_neighbors, Scored};
+
+use super::graph::{DiskGraph, IdSet};
+use super::pages::{
+    all_partitions, item, item_mut, links_offset, max_offset, next_block, page_kind, read_meta, update_partition,
+    write_slots, ElementView, Locked, Meta, Partition, Tid, Wal, FLAG_DELETED, GRAPH_LOCK, KIND_ELEMENTS, LINK_BYTES,
+    NO_BLOCK,
+};
+
+/// The pages of a partition's chain, in order, stopping at a cycle or a foreign page.
+pub fn chain(index: pg_sys::Relation, p: &Partition) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut block = p.head.head_block;
+    // SAFETY: an open relation.
+    let nblocks = unsafe { pg_sys::RelationGetNumberOfBlocksInFork(index, pg_sys::ForkNumber::MAIN_FORKNUM) };
+    while block != NO_BLOCK && block < nblocks && out.len() <= nblocks as usize {
+        let b = Locked::read(index, block, false);
+        if page_kind(b.page()) != Some(KIND_ELEMENTS) {
+            break;
+        }
+        out.push(block);
+        block = next_block(b.page());
+    }
+    out
+}
+
+struct PartVacuum {
+    part: Partition,
+    dead: usize,
+    /// The live element with the highest level: the entry point if the current one dies.
+    best: Option<(Tid, usize)>,
+    pages: Vec<(u32, Vec<u16>)>,
+}
+
+fn stats_or_new(stats: *mut pg_sys::IndexBulkDeleteResult) -> *mut pg_sys::IndexBulkDeleteResult {
+    if stats.is_null() {
+        // SAFETY: a zeroed result struct in the current (VACUUM's) memory context.
+        unsafe { pg_sys::palloc0(std::mem::size_of::<pg_sys::IndexBulkDeleteResult>()) as *mut pg_sys::IndexBulkDeleteResult }
+    } else {
+        stats
+    }
+}
+
+#[pgrx::pg_guard]
+pub unsafe extern "C-unwind" fn ambulkdelete(
+    info: *mut pg_sys::IndexVacuumInfo,
+    stats: *mut pg_sys::IndexBulkDeleteResult,
+    callback: pg_sys::IndexBulkDeleteCallback,
+    callback_state: *mut std::ffi::c_void,
+) -> *mut pg_sys::IndexBulkDeleteResult {
+    let stats = stats_or_new(stats);
+    let index = (*info).index;
+    let meta = read_meta(index);
+    let (dims, m) = (meta.dims as usize, meta.m as usize);
+    let Some(callback) = callback else { return stats };
+    let mut dead = IdSet::default();
+    let mut work: Vec<PartVacuum> = Vec::new();
+    let mut live_total = 0f64;
+
+    // 1. Mark the elements of dead rows.
+    for part in all_partitions(index, &meta) {
+        let mut pv = PartVacuum { part, dead: 0, best: None, pages: Vec::new() };
+        for block in chain(index, &pv.part) {
+            pg_sys::vacuum_delay_point();
+            let b = Locked::read(index, block, true);
+            let page = b.page();
+            let mut doomed = Vec::new();
+            for off in 1..=max_offset(page) {
+                let Some(e) = item(page, off).and_then(|x| ElementView::new(x, dims, m)) else { continue };
+                if e.deleted() {
+                    continue;
+                }
+                let mut heap = e.heap();
+                // SAFETY: VACUUM's callback with its own state and a heap tid.
+                if callback(&mut heap, callback_state) {
+                    doomed.push(off);
+                } else {
+                    live_total += 1.0;
+                    if pv.best.is_none_or(|(_, l)| e.level() > l) {
+                        pv.best = Some((Tid { block, offset: off }, e.level()));
+                    }
+                }
+            }
+            if !doomed.is_empty() {
+                let mut wal = Wal::start(index);
+                let copy = wal.register(&b, false);
+                for &off in &doomed {
+                    if let Some(bytes) = item_mut(copy, off) {
+                        bytes[0] |= FLAG_DELETED;
+                    }
+                    dead.insert(Tid { block, offset: off }.pack());
+                }
+                wal.finish();
+                pv.dead += doomed.len();
+                pv.pages.push((block, doomed));
+            }
+            drop(b);
+        }
+        if pv.dead > 0 {
+            work.push(pv);
+        }
+    }
+    (*stats).num_index_tuples = live_total;
+    if work.is_empty() {
+        return stats;
+    }
+
+    // Wait for inserts that may have read a marked element as live, and keep others out.
+    pg_sys::LockPage(index, GRAPH_LOCK, pg_sys::ExclusiveLock as i32);
+
+    // 2. Repair links and entry points.
+    let mut graph = DiskGraph::new(index, &meta, true);
+    for pv in &work {
+        for block in chain(index, &pv.part) {
+            pg_sys::vacuum_delay_point();
+            repair_page(index, &meta, &mut graph, block, &dead);
+        }
+        let dead_count = pv.dead as u64;
+        let best = pv.best;
+        update_partition(index, pv.part.at, |h| {
+            if let Some((e, _)) = h.entry() {
+                if dead.contains(&e.pack()) {
+                    h.set_entry(best);
+                }
+            }
+            h.count = h.count.saturating_sub(dead_count);
+            true
+        });
+    }
+
+    // 3. Remove the marked tuples.
+    let mut removed = 0f64;
+    for pv in &work {
+        for (block, offsets) in &pv.pages {
+            let b = Locked::read(index, *block, true);
+            let mut wal = Wal::start(index);
+            let copy = wal.register(&b, false);
+            for &off in offsets.iter().rev() {
+                if item(copy, off).is_some_and(|x| x[0] & FLAG_DELETED != 0) {
+                    pg_sys::PageIndexTupleDeleteNoCompact(copy, off);
+                    removed += 1.0;
+                }
+            }
+            wal.finish();
+        }
+    }
+    pg_sys::UnlockPage(index, GRAPH_LOCK, pg_sys::ExclusiveLock as i32);
+    (*stats).tuples_removed += removed;
+    stats
+}
+
+/// Replaces, in every live element of `block`, links to deleted elements by the best of the
+/// remaining links and the deleted elements' own links.
+fn repair_page(index: pg_sys::Relation, meta: &Meta, graph: &mut DiskGraph, block: u32, dead: &IdSet) {
+    let (dims, m) = (meta.dims as usize, meta.m as usize);
+    let b = Locked::read(index, block, false);
+    let page = b.page();
+    let mut todo = Vec::new();
+    for off in 1..=max_offset(page) {
+        let Some(e) = item(page, off).and_then(|x| ElementView::new(x, dims, m)) else { continue };
+        if e.deleted() {
+            continue;
+        }
+        for l in 0..=e.level() {
+            let mut links = Vec::new();
+            e.links(l, &mut links);
+            if links.iter().any(|t| dead.contains(&t.pack())) {
+                todo.push((off, l, e.vector().to_vec(), e.slot_bytes(l).to_vec(), links));
+            }
+        }
+    }
+    drop(b);
+    for (off, level, base, slots, links) in todo {
+        let me = Tid { block, offset: off };
+        let mut ids: Vec<Tid> = Vec::new();
+        for &t in &links {
+            if dead.contains(&t.pack()) {
+                let mut theirs = Vec::new();
+                let bb = Locked::read(index, t.block, false);
+                if let Some(e) = item(bb.page(), t.offset).and_then(|x| ElementView::new(x, dims, m)) {
+                    e.links(level, &mut theirs);
+                }
+                drop(bb);
+                ids.extend(theirs.into_iter().filter(|x| !dead.contains(&x.pack()) && *x != me));
+            } else {
+                ids.push(t);
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        let mut cands: Vec<Scored<Tid>> =
+            ids.iter().filter_map(|&t| graph.vector(t).map(|v| Scored { dist: graph.space.distance(&base, &v), id: t })).collect();
+        cands.sort();
+        let cap = meta.slots(level);
+        let kept: Vec<Tid> = select_neighbors(&cands, cap, |a, b| graph.between(a, b)).iter().map(|s| s.id).collect();
+        let b = Locked::read(index, block, true);
+        let mut wal = Wal::start(index);
+        let copy = wal.register(&b, false);
+        let Some(bytes) = item_mut(copy, off) else { continue };
+        // Nobody else writes links while VACUUM holds the graph lock.
+        let unchanged = ElementView::new(bytes, dims, m).is_some_and(|e| e.level() >= level && e.slot_bytes(level) == slots.as_slice());
+        if !unchanged {
+            continue;
+        }
+        let start = links_offset(dims, m, level);
+        write_slots(&mut bytes[start..start + cap * LINK_BYTES], &kept);
+        wal.finish();
+    }
+}
+
+#[pgrx::pg_guard]
+pub unsafe extern "C-unwind" fn amvacuumcleanup(
+    info: *mut pg_sys::IndexVacuumInfo,
+    stats: *mut pg_sys::IndexBulkDeleteResult,
+) -> *mut pg_sys::IndexBulkDeleteResult {
+    if (*info).analyze_only {
+        return stats;
+    }
+    let index = (*info).index;
+    let stats = if stats.is_null() {
+        let s = stats_or_new(stats);
+        let meta = read_meta(index);
+        (*s).num_index_tuples = all_partitions(index, &meta).iter().map(|p| p.head.count as f64).sum();
+        s
+    } else {
+        stats
+    };
+    (*stats).num_pages = pg_sys::RelationGetNumberOfBlocksInFork(index, pg_sys::ForkNumber::MAIN_FORKNUM);
+    stats
+}
