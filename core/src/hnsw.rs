@@ -488,6 +488,69 @@ impl MemGraph {
         }
     }
 
+    /// Links every element that no path from the entry point reaches (the neighbour heuristic
+    /// can prune away all links to an element) from its nearest reachable element. Returns how
+    /// many needed a link.
+    pub fn connect_unreachable(&mut self) -> usize {
+        let mut fixed = 0;
+        for _ in 0..16 {
+            let orphans = self.unreachable();
+            if orphans.is_empty() {
+                break;
+            }
+            for u in orphans {
+                let q = self.vector(u).to_vec();
+                let found = self.search(&q, self.ef_construction);
+                // Prefer a near element with a free slot: replacing a link could cut off another.
+                let with_room = found.iter().find(|s| s.id != u && self.slots(s.id, 0).contains(&NO_LINK));
+                if let Some(r) = with_room.or_else(|| found.iter().find(|s| s.id != u)) {
+                    self.force_link(r.id, u);
+                    fixed += 1;
+                }
+            }
+        }
+        fixed
+    }
+
+    /// Elements no path from the entry point reaches.
+    pub fn unreachable(&self) -> Vec<u32> {
+        let Some((entry, _)) = self.entry() else { return Vec::new() };
+        let mut reached = vec![false; self.len()];
+        reached[entry as usize] = true;
+        let mut stack = vec![entry];
+        while let Some(id) = stack.pop() {
+            for l in 0..=self.level(id) {
+                for n in self.links(id, l) {
+                    if !reached[n as usize] {
+                        reached[n as usize] = true;
+                        stack.push(n);
+                    }
+                }
+            }
+        }
+        (0..self.len() as u32).filter(|&i| !reached[i as usize]).collect()
+    }
+
+    /// Adds `new` to the level-0 links of `id`, replacing the farthest link when full.
+    fn force_link(&mut self, id: u32, new: u32) {
+        if self.links(id, 0).any(|n| n == new) {
+            return;
+        }
+        let base = self.vector(id).to_vec();
+        let slots = self.slots(id, 0);
+        if let Some(free) = slots.iter().position(|&s| s == NO_LINK) {
+            self.slots_mut(id, 0)[free] = new;
+            return;
+        }
+        let far = slots
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (i, self.space.distance(&base, self.vector(n))))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or(0, |(i, _)| i);
+        self.slots_mut(id, 0)[far] = new;
+    }
+
     /// The `ef` nearest elements to `q` found by a graph search, nearest first.
     pub fn search(&mut self, q: &[f32], ef: usize) -> Vec<Scored<u32>> {
         match self.entry() {
@@ -623,6 +686,20 @@ mod tests {
             g.insert(v, &mut rng);
         }
         assert_eq!(g.search(&data[0], 1000).len(), 500);
+    }
+
+    #[test]
+    fn connecting_leaves_nothing_unreachable() {
+        let space = Space::new(Metric::L2);
+        // Points on a line with many duplicates prune links hard.
+        let data: Vec<Vec<f32>> = (0..2000).map(|i| vec![(i % 50) as f32, 0.0]).collect();
+        let mut g = MemGraph::new(space, 2, 4, 8, MAX_LEVEL);
+        let mut rng = Rng::new(8);
+        for v in &data {
+            g.insert(v, &mut rng);
+        }
+        g.connect_unreachable();
+        assert!(g.unreachable().is_empty());
     }
 
     #[test]

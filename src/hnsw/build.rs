@@ -141,8 +141,11 @@ unsafe extern "C-unwind" fn build_callback(
 fn write_graphs(state: &mut BuildState) {
     let index = state.index;
     let (dims, m) = (state.shape.dims, state.shape.m);
-    let parts = std::mem::take(&mut state.parts);
+    let mut parts = std::mem::take(&mut state.parts);
     state.by_key.clear();
+    for p in &mut parts {
+        p.graph.connect_unreachable();
+    }
     state.written = true;
 
     // Directory pages.

@@ -3,7 +3,6 @@
 
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
-use std::collections::VecDeque;
 
 use super::graph::{IdMap, IdSet};
 use super::pages::{all_partitions, item, max_offset, read_meta, ElementView, Key, KeyKind, Meta, Partition, Tid};
@@ -85,17 +84,19 @@ unsafe extern "C-unwind" fn heap_callback(
 
 /// Verifies a sutra_hnsw index: every link points to an element of the same partition with
 /// the level it is used on, entry points are live and on the partition's top level, element
-/// counts match, every live element is reachable from its partition's entry point, and every
-/// live row of the table with an indexable vector has its element. Takes a SHARE lock on the
-/// table (writes wait). Returns the problems found; none means consistent.
+/// counts match, and every live row of the table with an indexable vector has its element (so
+/// an exact scan of its partition finds it). Also counts the live elements no path from their
+/// partition's entry point reaches (a graph search cannot find them; builds and VACUUM link
+/// them). Takes a SHARE lock on the table (writes wait). Returns the problems found; none
+/// means consistent.
 #[pg_extern(sql = "
 CREATE FUNCTION hnsw_check(index regclass)
-    RETURNS TABLE (partitions bigint, elements bigint, heap_rows bigint, problems text[])
+    RETURNS TABLE (partitions bigint, elements bigint, heap_rows bigint, unreachable bigint, problems text[])
     LANGUAGE C STRICT VOLATILE AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 ")]
 fn hnsw_check(
     index: pg_sys::Oid,
-) -> TableIterator<'static, (name!(partitions, i64), name!(elements, i64), name!(heap_rows, i64), name!(problems, Vec<String>))> {
+) -> TableIterator<'static, (name!(partitions, i64), name!(elements, i64), name!(heap_rows, i64), name!(unreachable, i64), name!(problems, Vec<String>))> {
     let rel = open_index(index, pg_sys::AccessShareLock);
     // SAFETY: an open index; its table is opened with a SHARE lock to keep writers out while the
     // structure and the table are compared.
@@ -106,6 +107,7 @@ fn hnsw_check(
     let parts = all_partitions(rel, &meta);
     let mut indexed_heap = IdSet::default();
     let mut elements = 0i64;
+    let mut unreachable = 0i64;
     for p in &parts {
         let mut stored: IdMap<Stored> = IdMap::default();
         let mut pages = 0;
@@ -151,25 +153,7 @@ fn hnsw_check(
                 }
             }
         }
-        // Reachability from the entry point over links of every level.
-        if let Some((e, _)) = p.head.entry() {
-            let mut reached = IdSet::default();
-            let mut queue = VecDeque::from([e.pack()]);
-            reached.insert(e.pack());
-            while let Some(id) = queue.pop_front() {
-                if let Some(s) = stored.get(&id) {
-                    for t in s.links.iter().flatten() {
-                        if stored.contains_key(&t.pack()) && reached.insert(t.pack()) {
-                            queue.push_back(t.pack());
-                        }
-                    }
-                }
-            }
-            let unreached = live.iter().filter(|id| !reached.contains(id)).count();
-            if unreached > 0 {
-                problems.push(format!("partition {name}: {unreached} of {} live elements are not reachable from the entry point", live.len()));
-            }
-        }
+        unreachable += super::vacuum::unreachable(rel, &meta, p).len() as i64;
     }
     let mut scan = HeapScan { shape, tids: Vec::new() };
     // SAFETY: the standard heap scan of an index build over the table locked above; the callback
@@ -189,7 +173,7 @@ fn hnsw_check(
         pg_sys::index_close(rel, pg_sys::NoLock as i32);
     }
     problems.sort();
-    TableIterator::once((parts.len() as i64, elements, heap_rows, problems))
+    TableIterator::once((parts.len() as i64, elements, heap_rows, unreachable, problems))
 }
 
 fn show(id: u64) -> String {

@@ -184,3 +184,43 @@ pub fn add_link(index: pg_sys::Relation, meta: &Meta, graph: &mut DiskGraph, at:
         return;
     }
 }
+
+/// Adds a level-0 link from `at` to `new`, replacing `at`'s farthest link when its list is full:
+/// used to reconnect elements that no path reaches. Returns false when `at` cannot take it.
+pub fn force_link(index: pg_sys::Relation, meta: &Meta, graph: &mut DiskGraph, at: Tid, new: Tid) -> bool {
+    let (dims, m) = (meta.dims as usize, meta.m as usize);
+    let cap = meta.slots(0);
+    let b = Locked::read(index, at.block, false);
+    let read = item(b.page(), at.offset).and_then(|bytes| ElementView::new(bytes, dims, m)).filter(|e| !e.deleted()).map(|e| {
+        let mut links = Vec::new();
+        e.links(0, &mut links);
+        (e.slot_bytes(0).to_vec(), e.vector().to_vec(), links)
+    });
+    drop(b);
+    let Some((slots, base, mut links)) = read else { return false };
+    if links.contains(&new) {
+        return true;
+    }
+    if links.len() >= cap {
+        let far = links
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| (i, graph.vector(t).map_or(f32::INFINITY, |v| graph.space.distance(&base, &v))))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or(0, |(i, _)| i);
+        links[far] = new;
+    } else {
+        links.push(new);
+    }
+    let b = Locked::read(index, at.block, true);
+    let mut wal = Wal::start(index);
+    let page = wal.register(&b, false);
+    let Some(bytes) = item_mut(page, at.offset) else { return false };
+    if ElementView::new(bytes, dims, m).is_none_or(|e| e.slot_bytes(0) != slots.as_slice()) {
+        return false;
+    }
+    let start = super::pages::links_offset(dims, m, 0);
+    write_slots(&mut bytes[start..start + cap * LINK_BYTES], &links);
+    wal.finish();
+    true
+}

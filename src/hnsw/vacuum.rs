@@ -11,7 +11,7 @@
 use pgrx::pg_sys;
 use sutra_core::hnsw::{select_neighbors, Scored};
 
-use super::graph::{DiskGraph, IdSet};
+use super::graph::{DiskGraph, IdMap, IdSet};
 use super::pages::{
     all_partitions, item, item_mut, links_offset, max_offset, next_block, page_kind, read_meta, update_partition,
     write_slots, ElementView, Locked, Meta, Partition, Tid, Wal, FLAG_DELETED, GRAPH_LOCK, KIND_ELEMENTS, LINK_BYTES,
@@ -139,6 +139,14 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
         });
     }
 
+    // Elements that lost every path from the entry point get a link from their nearest
+    // reachable element.
+    for pv in &work {
+        if let Some(p) = super::pages::read_partition(index, pv.part.at) {
+            connect_partition(index, &meta, &mut graph, &p);
+        }
+    }
+
     // 3. Remove the marked tuples.
     let mut removed = 0f64;
     for pv in &work {
@@ -238,4 +246,69 @@ pub unsafe extern "C-unwind" fn amvacuumcleanup(
     };
     (*stats).num_pages = pg_sys::RelationGetNumberOfBlocksInFork(index, pg_sys::ForkNumber::MAIN_FORKNUM);
     stats
+}
+
+/// The live elements of a partition with their links on every level.
+pub fn partition_links(index: pg_sys::Relation, meta: &Meta, p: &Partition) -> IdMap<Vec<Tid>> {
+    let (dims, m) = (meta.dims as usize, meta.m as usize);
+    let mut out = IdMap::default();
+    for block in chain(index, p) {
+        let b = Locked::read(index, block, false);
+        let page = b.page();
+        for off in 1..=max_offset(page) {
+            let Some(e) = item(page, off).and_then(|x| ElementView::new(x, dims, m)).filter(|e| !e.deleted()) else { continue };
+            let mut links = Vec::new();
+            for l in 0..=e.level() {
+                e.links(l, &mut links);
+            }
+            out.insert(Tid { block, offset: off }.pack(), links);
+        }
+    }
+    out
+}
+
+/// Live elements of a partition that no path from its entry point reaches.
+pub fn unreachable(index: pg_sys::Relation, meta: &Meta, p: &Partition) -> Vec<Tid> {
+    let Some((entry, _)) = p.head.entry() else { return Vec::new() };
+    let elements = partition_links(index, meta, p);
+    let mut reached = IdSet::default();
+    reached.insert(entry.pack());
+    let mut stack = vec![entry.pack()];
+    while let Some(id) = stack.pop() {
+        if let Some(links) = elements.get(&id) {
+            for t in links {
+                if elements.contains_key(&t.pack()) && reached.insert(t.pack()) {
+                    stack.push(t.pack());
+                }
+            }
+        }
+    }
+    let mut out: Vec<Tid> = elements
+        .keys()
+        .filter(|id| !reached.contains(id))
+        .map(|&id| Tid { block: (id >> 16) as u32, offset: (id & 0xffff) as u16 })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Links every unreachable live element of a partition from its nearest reachable element.
+fn connect_partition(index: pg_sys::Relation, meta: &Meta, graph: &mut DiskGraph, p: &Partition) {
+    let Some((entry, level)) = p.head.entry() else { return };
+    for _ in 0..4 {
+        let orphans = unreachable(index, meta, p);
+        if orphans.is_empty() {
+            return;
+        }
+        for u in orphans {
+            let Some(q) = graph.vector(u) else { continue };
+            let found = sutra_core::hnsw::search(graph, &q, entry, level, meta.ef_construction as usize);
+            let candidates: Vec<Tid> = found.iter().filter(|s| s.id != u && !graph.is_deleted(s.id)).map(|s| s.id).collect();
+            for r in candidates {
+                if super::insert::force_link(index, meta, graph, r, u) {
+                    break;
+                }
+            }
+        }
+    }
 }
