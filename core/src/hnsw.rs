@@ -2,8 +2,8 @@
 //! nearest neighbor search using Hierarchical Navigable Small World graphs"), independent of
 //! where the graph lives.
 //!
-//! The algorithms work over the [`Graph`] trait, implemented twice: by [`MemGraph`], the
-//! in-memory graph an index build fills before it writes pages, and by the index's page reader
+//! The algorithms work over the [`Graph`] trait, implemented twice: by [`MemGraph`]'s searcher,
+//! over the in-memory graph an index build fills (from several threads) before it writes pages, and by the index's page reader
 //! in the extension, which inserts into and searches the graph stored in PostgreSQL pages. Both
 //! therefore search and link the same way.
 //!
@@ -13,6 +13,9 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
+use std::sync::Mutex;
 
 use crate::distance::kernels;
 
@@ -320,9 +323,13 @@ impl Rng {
 
 /// Slot value of an empty link in [`MemGraph`].
 const NO_LINK: u32 = u32::MAX;
+/// Locks guarding neighbour lists while a build links elements from several threads.
+const LOCK_STRIPES: usize = 1024;
 
 /// An HNSW graph in memory, filled by an index build and then written out as pages. Elements
-/// are numbered in insertion order.
+/// are numbered in the order they are pushed. Vectors and levels never change once pushed;
+/// neighbour lists are atomic slots, changed under a striped lock, so [`MemGraph::build`] can link
+/// elements from several threads (searches read lists without locking, as in hnswlib).
 pub struct MemGraph {
     pub space: Space,
     pub dims: usize,
@@ -332,12 +339,15 @@ pub struct MemGraph {
     vectors: Vec<f32>,
     levels: Vec<u8>,
     /// `2 m` slots per element.
-    links0: Vec<u32>,
+    links0: Vec<AtomicU32>,
     /// `m` slots per upper level of each element, level 1 first.
-    upper: Vec<Box<[u32]>>,
-    entry: Option<u32>,
-    visited: Vec<u32>,
-    epoch: u32,
+    upper: Vec<Box<[AtomicU32]>>,
+    locks: Box<[Mutex<()>]>,
+    entry: Mutex<Option<(u32, usize)>>,
+    /// Elements `..linked` are in the graph.
+    linked: usize,
+    searcher_visited: Vec<u32>,
+    searcher_epoch: u32,
 }
 
 impl MemGraph {
@@ -353,9 +363,11 @@ impl MemGraph {
             levels: Vec::new(),
             links0: Vec::new(),
             upper: Vec::new(),
-            entry: None,
-            visited: Vec::new(),
-            epoch: 0,
+            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            entry: Mutex::new(None),
+            linked: 0,
+            searcher_visited: Vec::new(),
+            searcher_epoch: 0,
         }
     }
 
@@ -367,22 +379,13 @@ impl MemGraph {
         self.levels.is_empty()
     }
 
-    /// Bytes held, for the build's memory budget.
-    pub fn memory_bytes(&self) -> usize {
-        self.vectors.capacity() * 4
-            + self.levels.capacity()
-            + self.links0.capacity() * 4
-            + self.upper.iter().map(|u| u.len() * 4 + 16).sum::<usize>()
-            + self.visited.capacity() * 4
-    }
-
-    /// The bytes one more element of `level` will need.
+    /// The bytes one element of `level` takes, for the build's memory budget.
     pub fn element_bytes(dims: usize, m: usize, level: usize) -> usize {
-        dims * 4 + 1 + 2 * m * 4 + 4 + level * (m * 4) + 16
+        dims * 4 + 1 + 2 * m * 4 + 16 + level * (m * 4) + 4
     }
 
     pub fn entry(&self) -> Option<(u32, usize)> {
-        self.entry.map(|e| (e, self.levels[e as usize] as usize))
+        *self.entry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn vector(&self, id: u32) -> &[f32] {
@@ -394,7 +397,7 @@ impl MemGraph {
         self.levels[id as usize] as usize
     }
 
-    fn slots(&self, id: u32, level: usize) -> &[u32] {
+    fn slots(&self, id: u32, level: usize) -> &[AtomicU32] {
         if level == 0 {
             let i = id as usize * 2 * self.m;
             &self.links0[i..i + 2 * self.m]
@@ -404,87 +407,159 @@ impl MemGraph {
         }
     }
 
-    fn slots_mut(&mut self, id: u32, level: usize) -> &mut [u32] {
-        if level == 0 {
-            let i = id as usize * 2 * self.m;
-            &mut self.links0[i..i + 2 * self.m]
-        } else {
-            let i = (level - 1) * self.m;
-            &mut self.upper[id as usize][i..i + self.m]
-        }
+    fn lock(&self, id: u32) -> std::sync::MutexGuard<'_, ()> {
+        self.locks[id as usize % LOCK_STRIPES].lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The neighbours of `id` at `level` (up to `2 m` on level 0, `m` above).
     pub fn links(&self, id: u32, level: usize) -> impl Iterator<Item = u32> + '_ {
-        self.slots(id, level).iter().copied().take_while(|&s| s != NO_LINK)
+        self.slots(id, level).iter().map(|s| s.load(Relaxed)).take_while(|&s| s != NO_LINK)
     }
 
-    /// Adds a prepared vector with a level drawn from `rng`; returns its id.
-    pub fn insert(&mut self, v: &[f32], rng: &mut Rng) -> u32 {
+    /// Adds a prepared vector, with a level drawn from `rng`, without linking it yet (see
+    /// [`MemGraph::build`]); returns its id.
+    pub fn push(&mut self, v: &[f32], rng: &mut Rng) -> u32 {
         let level = random_level(rng, self.m, self.max_level);
-        self.insert_at_level(v, level)
+        self.push_at_level(v, level)
     }
 
-    /// Adds a prepared vector at a given level; returns its id.
-    pub fn insert_at_level(&mut self, v: &[f32], level: usize) -> u32 {
+    pub fn push_at_level(&mut self, v: &[f32], level: usize) -> u32 {
         assert_eq!(v.len(), self.dims, "vector of the wrong dimension");
         let id = self.levels.len() as u32;
         self.vectors.extend_from_slice(v);
-        self.levels.push(level as u8);
-        self.links0.extend(std::iter::repeat_n(NO_LINK, 2 * self.m));
-        self.upper.push(vec![NO_LINK; level * self.m].into_boxed_slice());
-        self.visited.push(0);
-        let Some((entry, entry_level)) = self.entry() else {
-            self.entry = Some(id);
-            return id;
+        self.levels.push(level.min(self.max_level) as u8);
+        self.links0.extend((0..2 * self.m).map(|_| AtomicU32::new(NO_LINK)));
+        self.upper.push((0..level.min(self.max_level) * self.m).map(|_| AtomicU32::new(NO_LINK)).collect());
+        id
+    }
+
+    /// Adds a prepared vector and links it at once; returns its id.
+    pub fn insert(&mut self, v: &[f32], rng: &mut Rng) -> u32 {
+        let id = self.push(v, rng);
+        self.build(1, || false);
+        id
+    }
+
+    /// Links every pushed element not yet in the graph, with `threads` threads taking elements
+    /// in order. The calling thread does no graph work when `threads > 1`: it calls `cancel`
+    /// every few milliseconds (with one thread, every 256 elements) and stops the build when it
+    /// returns true. Returns false when stopped; the graph must then be dropped. Only the
+    /// calling thread ever runs `cancel`.
+    pub fn build(&mut self, threads: usize, mut cancel: impl FnMut() -> bool) -> bool {
+        let n = self.len();
+        if self.linked >= n {
+            return true;
+        }
+        if self.entry().is_none() {
+            let first = self.linked as u32;
+            *self.entry.lock().unwrap_or_else(|e| e.into_inner()) = Some((first, self.level(first)));
+            self.linked += 1;
+        }
+        let next = AtomicUsize::new(self.linked);
+        let stop = AtomicBool::new(false);
+        let finished = AtomicUsize::new(0);
+        let this = &*self;
+        let threads = threads.clamp(1, 64).min(n - self.linked);
+        let work = |check: &mut dyn FnMut() -> bool| {
+            let mut s = Searcher { g: this, visited: vec![0; n], epoch: 0 };
+            let mut count = 0usize;
+            loop {
+                count += 1;
+                if stop.load(Relaxed) || (count % 256 == 0 && check()) {
+                    stop.store(true, Relaxed);
+                    break;
+                }
+                let id = next.fetch_add(1, Relaxed);
+                if id >= n {
+                    break;
+                }
+                this.link_element(&mut s, id as u32);
+            }
+            finished.fetch_add(1, Relaxed);
         };
-        let (m, ef) = (self.m, self.ef_construction);
-        let q = v.to_vec();
+        if threads <= 1 {
+            work(&mut cancel);
+        } else {
+            std::thread::scope(|scope| {
+                for _ in 0..threads {
+                    scope.spawn(|| {
+                        block_signals();
+                        work(&mut || false)
+                    });
+                }
+                while finished.load(Relaxed) < threads {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    if cancel() {
+                        stop.store(true, Relaxed);
+                    }
+                }
+            });
+        }
+        if stop.load(Relaxed) {
+            return false;
+        }
+        self.linked = n;
+        true
+    }
+
+    /// Finds the neighbours of element `id` and links it both ways.
+    fn link_element(&self, s: &mut Searcher<'_>, id: u32) {
+        let level = self.level(id);
+        let Some((entry, entry_level)) = self.entry() else { return };
+        let q = self.vector(id);
+        let space = self.space;
         let chosen = find_neighbors(
-            self,
-            &q,
+            s,
+            q,
             entry,
             entry_level,
             level,
-            m,
-            ef,
-            |g, n| n != id && (n as usize) < g.len(),
-            |g, a, b| g.space.distance(g.vector(a), g.vector(b)),
+            self.m,
+            self.ef_construction,
+            |_, n| n != id,
+            |s, a, b| space.distance(s.g.vector(a), s.g.vector(b)),
         );
-        for (l, list) in chosen.iter().enumerate() {
-            for (slot, s) in self.slots_mut(id, l).iter_mut().zip(list) {
-                *slot = s.id;
+        {
+            let _guard = self.lock(id);
+            for (l, list) in chosen.iter().enumerate() {
+                for (slot, s) in self.slots(id, l).iter().zip(list) {
+                    slot.store(s.id, Relaxed);
+                }
             }
+        }
+        for (l, list) in chosen.iter().enumerate() {
             for s in list {
                 self.link(s.id, l, id, s.dist);
             }
         }
         if level > entry_level {
-            self.entry = Some(id);
+            let mut e = self.entry.lock().unwrap_or_else(|e| e.into_inner());
+            if e.is_none_or(|(_, el)| level > el) {
+                *e = Some((id, level));
+            }
         }
-        id
     }
 
     /// Adds `new` to the links of `id` at `level`, pruning with the heuristic when full.
-    fn link(&mut self, id: u32, level: usize, new: u32, dist: f32) {
+    fn link(&self, id: u32, level: usize, new: u32, dist: f32) {
+        let _guard = self.lock(id);
         let slots = self.slots(id, level);
-        if let Some(free) = slots.iter().position(|&s| s == NO_LINK) {
-            self.slots_mut(id, level)[free] = new;
+        let current: Vec<u32> = slots.iter().map(|s| s.load(Relaxed)).take_while(|&s| s != NO_LINK).collect();
+        if current.contains(&new) {
             return;
         }
-        let cap = slots.len();
+        if current.len() < slots.len() {
+            slots[current.len()].store(new, Relaxed);
+            return;
+        }
         let base = self.vector(id);
-        let mut cands: Vec<Scored<u32>> = slots
-            .iter()
-            .map(|&n| Scored { dist: self.space.distance(base, self.vector(n)), id: n })
-            .collect();
+        let mut cands: Vec<Scored<u32>> =
+            current.iter().map(|&n| Scored { dist: self.space.distance(base, self.vector(n)), id: n }).collect();
         cands.push(Scored { dist, id: new });
         cands.sort();
-        let kept = select_neighbors(&cands, cap, |a, b| self.space.distance(self.vector(a), self.vector(b)));
-        let slots = self.slots_mut(id, level);
-        slots.fill(NO_LINK);
-        for (slot, k) in slots.iter_mut().zip(&kept) {
-            *slot = k.id;
+        let kept = select_neighbors(&cands, slots.len(), |a, b| self.space.distance(self.vector(a), self.vector(b)));
+        for (i, slot) in slots.iter().enumerate() {
+            slot.store(kept.get(i).map_or(NO_LINK, |k| k.id), Relaxed);
         }
     }
 
@@ -502,7 +577,8 @@ impl MemGraph {
                 let q = self.vector(u).to_vec();
                 let found = self.search(&q, self.ef_construction);
                 // Prefer a near element with a free slot: replacing a link could cut off another.
-                let with_room = found.iter().find(|s| s.id != u && self.slots(s.id, 0).contains(&NO_LINK));
+                let has_room = |id: u32| self.slots(id, 0).iter().any(|s| s.load(Relaxed) == NO_LINK);
+                let with_room = found.iter().find(|s| s.id != u && has_room(s.id));
                 if let Some(r) = with_room.or_else(|| found.iter().find(|s| s.id != u)) {
                     self.force_link(r.id, u);
                     fixed += 1;
@@ -515,62 +591,86 @@ impl MemGraph {
     /// Elements no path from the entry point reaches.
     pub fn unreachable(&self) -> Vec<u32> {
         let Some((entry, _)) = self.entry() else { return Vec::new() };
+        let n = self.linked.min(self.len());
         let mut reached = vec![false; self.len()];
         reached[entry as usize] = true;
         let mut stack = vec![entry];
         while let Some(id) = stack.pop() {
             for l in 0..=self.level(id) {
-                for n in self.links(id, l) {
-                    if !reached[n as usize] {
-                        reached[n as usize] = true;
-                        stack.push(n);
+                for x in self.links(id, l) {
+                    if !reached[x as usize] {
+                        reached[x as usize] = true;
+                        stack.push(x);
                     }
                 }
             }
         }
-        (0..self.len() as u32).filter(|&i| !reached[i as usize]).collect()
+        (0..n as u32).filter(|&i| !reached[i as usize]).collect()
     }
 
     /// Adds `new` to the level-0 links of `id`, replacing the farthest link when full.
-    fn force_link(&mut self, id: u32, new: u32) {
+    fn force_link(&self, id: u32, new: u32) {
         if self.links(id, 0).any(|n| n == new) {
             return;
         }
-        let base = self.vector(id).to_vec();
         let slots = self.slots(id, 0);
-        if let Some(free) = slots.iter().position(|&s| s == NO_LINK) {
-            self.slots_mut(id, 0)[free] = new;
+        if let Some(free) = slots.iter().position(|s| s.load(Relaxed) == NO_LINK) {
+            slots[free].store(new, Relaxed);
             return;
         }
+        let base = self.vector(id);
         let far = slots
             .iter()
             .enumerate()
-            .map(|(i, &n)| (i, self.space.distance(&base, self.vector(n))))
+            .map(|(i, s)| (i, self.space.distance(base, self.vector(s.load(Relaxed)))))
             .max_by(|a, b| a.1.total_cmp(&b.1))
             .map_or(0, |(i, _)| i);
-        self.slots_mut(id, 0)[far] = new;
+        slots[far].store(new, Relaxed);
     }
 
     /// The `ef` nearest elements to `q` found by a graph search, nearest first.
     pub fn search(&mut self, q: &[f32], ef: usize) -> Vec<Scored<u32>> {
-        match self.entry() {
-            None => Vec::new(),
-            Some((e, l)) => search(self, q, e, l, ef),
-        }
+        let Some((e, l)) = self.entry() else { return Vec::new() };
+        let mut visited = std::mem::take(&mut self.searcher_visited);
+        visited.resize(self.len(), 0);
+        let mut s = Searcher { g: self, visited, epoch: self.searcher_epoch };
+        let found = search(&mut s, q, e, l, ef);
+        let (visited, epoch) = (s.visited, s.epoch);
+        self.searcher_visited = visited;
+        self.searcher_epoch = epoch;
+        found
     }
 }
 
-impl Graph for MemGraph {
+/// Keeps signals off a build thread: the process it runs in (a PostgreSQL backend) handles its
+/// signals on its main thread.
+fn block_signals() {
+    // SAFETY: sigfillset initializes the set; pthread_sigmask only changes this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// One thread's view of a [`MemGraph`] for searching: the graph and its own visited marks.
+struct Searcher<'a> {
+    g: &'a MemGraph,
+    visited: Vec<u32>,
+    epoch: u32,
+}
+
+impl Graph for Searcher<'_> {
     type Id = u32;
 
     #[inline]
     fn distance(&mut self, q: &[f32], id: u32) -> Option<f32> {
-        Some(self.space.distance(q, self.vector(id)))
+        Some(self.g.space.distance(q, self.g.vector(id)))
     }
 
     fn neighbors(&mut self, id: u32, level: usize, out: &mut Vec<u32>) {
-        if level <= self.level(id) {
-            out.extend(self.links(id, level));
+        if level <= self.g.level(id) {
+            out.extend(self.g.links(id, level));
         }
     }
 
@@ -656,6 +756,39 @@ mod tests {
             let r = recall(metric);
             assert!(r >= 0.95, "{metric:?}: recall {r}");
         }
+    }
+
+    #[test]
+    fn a_build_on_several_threads_has_the_same_quality() {
+        let space = Space::new(Metric::L2);
+        let data = clustered(4000, 32, 3);
+        let mut g = MemGraph::new(space, 32, 8, 64, MAX_LEVEL);
+        let mut rng = Rng::new(5);
+        for v in &data {
+            g.push(v, &mut rng);
+        }
+        assert!(g.build(4, || false));
+        g.connect_unreachable();
+        assert!(g.unreachable().is_empty());
+        let queries = clustered(50, 32, 77);
+        let mut hits = 0;
+        for q in &queries {
+            let truth: Vec<u32> = exact_nearest(&space, q, &data, 10).iter().map(|s| s.id).collect();
+            hits += g.search(q, 40).iter().take(10).filter(|s| truth.contains(&s.id)).count();
+        }
+        let r = hits as f64 / 500.0;
+        assert!(r >= 0.95, "recall {r}");
+        // A stop request ends a build early.
+        let mut h = MemGraph::new(space, 32, 8, 64, MAX_LEVEL);
+        for v in &data {
+            h.push(v, &mut rng);
+        }
+        assert!(!h.build(2, || true));
+        let mut h = MemGraph::new(space, 32, 8, 64, MAX_LEVEL);
+        for v in &data {
+            h.push(v, &mut rng);
+        }
+        assert!(!h.build(1, || true));
     }
 
     #[test]

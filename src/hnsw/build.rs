@@ -124,7 +124,7 @@ unsafe extern "C-unwind" fn build_callback(
         }
     };
     let p = &mut state.parts[i];
-    p.graph.insert(&v, &mut state.rng);
+    p.graph.push(&v, &mut state.rng);
     p.heap.push(*tid);
     state.memory += MemGraph::element_bytes(state.shape.dims, state.shape.m, 1) + 6;
     if state.memory > state.limit {
@@ -143,7 +143,16 @@ fn write_graphs(state: &mut BuildState) {
     let (dims, m) = (state.shape.dims, state.shape.m);
     let mut parts = std::mem::take(&mut state.parts);
     state.by_key.clear();
+    let threads = build_threads();
     for p in &mut parts {
+        // Small graphs are not worth the threads.
+        let t = if p.graph.len() < 5_000 { 1 } else { threads };
+        // SAFETY: InterruptPending is a flag the signal handlers set; reading it is how
+        // PostgreSQL's own CHECK_FOR_INTERRUPTS starts. Only this thread reads it.
+        if !p.graph.build(t, || unsafe { pg_sys::InterruptPending != 0 }) {
+            pgrx::check_for_interrupts!();
+            raise(PgSqlErrorCode::ERRCODE_QUERY_CANCELED, "canceling statement due to user request");
+        }
         p.graph.connect_unreachable();
     }
     state.written = true;
@@ -239,6 +248,16 @@ fn write_graphs(state: &mut BuildState) {
             });
         }
     }
+}
+
+/// Threads linking a large partition's graph: the leader and the parallel maintenance
+/// workers PostgreSQL would allow this build (`max_parallel_maintenance_workers`), at most one
+/// per CPU. The threads run plain Rust code only; they never call into PostgreSQL.
+fn build_threads() -> usize {
+    // SAFETY: a global setting.
+    let workers = unsafe { pg_sys::max_parallel_maintenance_workers }.max(0) as usize;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (workers + 1).min(cpus).max(1)
 }
 
 /// Adds block `blk` (the next one of the relation), formats it as `kind` with `next`, fills it
