@@ -38,19 +38,48 @@ pub struct Seen {
     pub deleted: bool,
 }
 
+/// One map entry per element a search touched: when it was last visited, and what scoring it
+/// read (its heap row, deletion flag and level-0 links, kept in the arena).
+#[derive(Clone, Copy, Default)]
+struct Node {
+    epoch: u32,
+    scored: bool,
+    deleted: bool,
+    heap: pg_sys::ItemPointerData,
+    links_start: u32,
+    links_len: u16,
+}
+
 /// The graph of one index, read page by page through shared buffers.
 pub struct DiskGraph {
     index: pg_sys::Relation,
     pub space: Space,
     dims: usize,
     m: usize,
-    visited: IdSet,
-    /// Filled by `distance`: heap tid and deletion flag of each scored element.
-    pub seen: IdMap<Seen>,
+    nodes: IdMap<Node>,
+    epoch: u32,
     /// Elements read, for the scan's bound on work.
     pub reads: usize,
     /// Kept vectors (inserts compare candidates with each other).
     vectors: Option<IdMap<Vec<f32>>>,
+    /// Level-0 links copied when an element is scored, so expanding it reads no page again.
+    arena: Vec<Tid>,
+    /// Buffers pinned during this search: pages are read again and again, and a pin saves the
+    /// buffer mapping lookup each time.
+    pins: HashMap<u32, pg_sys::Buffer, BuildHasherDefault<IdHasher>>,
+}
+
+/// Most buffers a search keeps pinned.
+const MAX_PINS: usize = 4096;
+
+impl Drop for DiskGraph {
+    fn drop(&mut self) {
+        for (_, b) in self.pins.drain() {
+            // SAFETY: each buffer was pinned once by this graph and not released since; when an
+            // ERROR unwinds through here the pins are still this backend's.
+            unsafe { pg_sys::ReleaseBuffer(b) };
+        }
+    }
 }
 
 impl DiskGraph {
@@ -60,24 +89,59 @@ impl DiskGraph {
             space: meta.space(),
             dims: meta.dims as usize,
             m: meta.m as usize,
-            visited: IdSet::default(),
-            seen: IdMap::default(),
+            nodes: IdMap::default(),
+            epoch: 1,
             reads: 0,
             vectors: keep_vectors.then(IdMap::default),
+            arena: Vec::new(),
+            pins: HashMap::default(),
+        }
+    }
+
+    /// Runs `f` on page `block` under a share lock, through the pin cache.
+    fn with_page<R>(&mut self, block: u32, f: impl FnOnce(pg_sys::Page) -> R) -> R {
+        let buf = match self.pins.get(&block) {
+            Some(&b) => b,
+            None => {
+                // SAFETY: an open relation; ReadBufferExtended pins the block or raises an ERROR.
+                let b = unsafe {
+                    pg_sys::ReadBufferExtended(self.index, pg_sys::ForkNumber::MAIN_FORKNUM, block, pg_sys::ReadBufferMode::RBM_NORMAL, std::ptr::null_mut())
+                };
+                if self.pins.len() < MAX_PINS {
+                    self.pins.insert(block, b);
+                } else {
+                    // SAFETY: the pin taken just above, used once and released below.
+                    let r = unsafe {
+                        pg_sys::LockBuffer(b, pg_sys::BUFFER_LOCK_SHARE as i32);
+                        let r = f(pg_sys::BufferGetPage(b));
+                        pg_sys::UnlockReleaseBuffer(b);
+                        r
+                    };
+                    return r;
+                }
+                b
+            }
+        };
+        // SAFETY: a buffer pinned by this graph; the share lock is held only while `f` copies
+        // out of the page, and `f` raises no error.
+        unsafe {
+            pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_SHARE as i32);
+            let r = f(pg_sys::BufferGetPage(buf));
+            pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_UNLOCK as i32);
+            r
         }
     }
 
     /// Runs `f` on the element at `id` under a share lock; `None` when it is gone.
     fn with_element<R>(&mut self, id: Tid, f: impl FnOnce(&ElementView) -> R) -> Option<R> {
         self.reads += 1;
-        let b = Locked::read(self.index, id.block, false);
-        let page = b.page();
-        if page_kind(page) != Some(KIND_ELEMENTS) {
-            return None;
-        }
-        let r = item(page, id.offset).and_then(|bytes| ElementView::new(bytes, self.dims, self.m)).map(|v| f(&v));
-        drop(b);
-        r
+        let (dims, m) = (self.dims, self.m);
+        self.with_page(id.block, |page| {
+            if page_kind(page) != Some(KIND_ELEMENTS) {
+                return None;
+            }
+            item(page, id.offset).and_then(|bytes| ElementView::new(bytes, dims, m)).map(|v| f(&v))
+        })
     }
 
     /// The stored vector of `id` (kept when the graph keeps vectors).
@@ -100,8 +164,13 @@ impl DiskGraph {
         }
     }
 
+    /// Heap row and deletion flag of an element this graph scored.
+    pub fn seen(&self, id: Tid) -> Option<Seen> {
+        self.nodes.get(&id.pack()).filter(|n| n.scored).map(|n| Seen { heap: n.heap, deleted: n.deleted })
+    }
+
     pub fn is_deleted(&self, id: Tid) -> bool {
-        self.seen.get(&id.pack()).is_none_or(|s| s.deleted)
+        self.seen(id).is_none_or(|s| s.deleted)
     }
 
     /// Scores every element of a partition against `q` (the exact scan), skipping deleted ones
@@ -146,11 +215,18 @@ impl Graph for DiskGraph {
     fn distance(&mut self, q: &[f32], id: Tid) -> Option<f32> {
         let space = self.space;
         let keep = self.vectors.is_some();
-        let (d, seen, v) = self.with_element(id, |e| {
+        let mut arena = std::mem::take(&mut self.arena);
+        let start = arena.len();
+        let read = self.with_element(id, |e| {
             let d = space.distance(q, e.vector());
-            (d, Seen { heap: e.heap(), deleted: e.deleted() }, keep.then(|| e.vector().to_vec()))
-        })?;
-        self.seen.insert(id.pack(), seen);
+            e.links(0, &mut arena);
+            (d, e.heap(), e.deleted(), keep.then(|| e.vector().to_vec()))
+        });
+        let len = arena.len() - start;
+        self.arena = arena;
+        let (d, heap, deleted, v) = read?;
+        let node = self.nodes.entry(id.pack()).or_default();
+        *node = Node { scored: true, deleted, heap, links_start: start as u32, links_len: len as u16, ..*node };
         if let (Some(map), Some(v)) = (self.vectors.as_mut(), v) {
             map.insert(id.pack(), v);
         }
@@ -158,14 +234,31 @@ impl Graph for DiskGraph {
     }
 
     fn neighbors(&mut self, id: Tid, level: usize, out: &mut Vec<Tid>) {
+        if level == 0 {
+            if let Some(n) = self.nodes.get(&id.pack()).filter(|n| n.scored) {
+                let start = n.links_start as usize;
+                out.extend_from_slice(&self.arena[start..start + n.links_len as usize]);
+                return;
+            }
+        }
         self.with_element(id, |e| e.links(level, out));
     }
 
     fn visit(&mut self, id: Tid) -> bool {
-        self.visited.insert(id.pack())
+        let epoch = self.epoch;
+        let node = self.nodes.entry(id.pack()).or_default();
+        if node.epoch == epoch {
+            false
+        } else {
+            node.epoch = epoch;
+            true
+        }
     }
 
+    /// A new layer's search: nothing visited. What scoring read stays: a graph lives for one
+    /// scan round or one insert, and links that change meanwhile only change which elements
+    /// the search walks through.
     fn clear_visited(&mut self) {
-        self.visited.clear();
+        self.epoch += 1;
     }
 }

@@ -246,7 +246,7 @@ impl ScanState {
                 if self.emitted.contains(&s.id.pack()) {
                     continue;
                 }
-                if let Some(seen) = graph.seen.get(&s.id.pack()) {
+                if let Some(seen) = graph.seen(s.id) {
                     if !seen.deleted {
                         batch.push((s, seen.heap));
                     }

@@ -153,6 +153,19 @@ RESET ROLE;
 DROP TABLE hdocs;
 DROP ROLE regress_hnsw_app;
 
+-- A build that outgrows maintenance_work_mem writes what it built and inserts the rest.
+CREATE TABLE hm (id int, embedding vector(128));
+INSERT INTO hm SELECT i, ARRAY(SELECT sin(i * 0.37 + k) FROM generate_series(1, 128) k)::vector
+FROM generate_series(1, 3000) i;
+SET maintenance_work_mem = '1MB';
+CREATE INDEX hm_idx ON hm USING sutra_hnsw (embedding) WITH (m = 4, ef_construction = 8);
+RESET maintenance_work_mem;
+SELECT partitions, elements, heap_rows, problems FROM hnsw_check('hm_idx');
+SET enable_seqscan = off;
+SELECT id FROM hm ORDER BY embedding <-> (SELECT embedding FROM hm WHERE id = 2999) LIMIT 1;
+RESET enable_seqscan;
+DROP TABLE hm;
+
 -- Unlogged tables get an empty index in the init fork.
 CREATE UNLOGGED TABLE hu (embedding vector(2));
 CREATE INDEX ON hu USING sutra_hnsw (embedding);
