@@ -31,10 +31,12 @@ SELECT count(*) AS docs FROM docs;
 -- Tenants. Each tenant sees and changes only its own rows, enforced by the database.
 SELECT sutra.create_tenant('acme', 'Acme Inc', plan => 'pro') IS NOT NULL AS acme_created;
 SELECT sutra.create_tenant('globex', 'Globex') IS NOT NULL AS globex_created;
-CREATE TABLE notes (id bigserial PRIMARY KEY, body text);
+CREATE TABLE notes (id bigserial PRIMARY KEY, body text, embedding vector(3));
 -- Adds tenant_id (defaulting to the session's tenant), forces row level security with
 -- per-command policies, and indexes tenant_id.
 SELECT sutra.enable_tenancy('notes');
+-- Vector search per tenant: one HNSW graph per tenant in one index.
+CREATE INDEX notes_embedding ON notes USING sutra_hnsw (tenant_id, embedding vector_cosine_ops);
 -- The role the application connects as: an ordinary role, no special rights.
 CREATE ROLE demo_app LOGIN;
 GRANT SELECT, INSERT, UPDATE, DELETE ON notes TO demo_app;
@@ -46,14 +48,20 @@ SELECT key_id, name, scopes, status FROM sutra.api_keys ORDER BY name, key_id;
 
 SET ROLE demo_app;
 SELECT sutra.authenticate(:'acme_key') IS NOT NULL AS authenticated, sutra.current_scopes();
-INSERT INTO notes (body) VALUES ('acme: Q3 roadmap'), ('acme: hiring plan');
+INSERT INTO notes (body, embedding) VALUES ('acme: Q3 roadmap', '[1,0,0]'), ('acme: hiring plan', '[0,1,0]');
 SELECT sutra.authenticate(:'globex_key') IS NOT NULL AS now_globex;
-INSERT INTO notes (body) VALUES ('globex: launch date');
+INSERT INTO notes (body, embedding) VALUES ('globex: launch date', '[0.5,0.5,0.1]');
 SELECT body FROM notes ORDER BY id;                -- globex's row only
+-- The nearest note to [1,0,0] is acme's roadmap; globex's search reads only globex's graph.
+SET enable_seqscan = off;                          -- a three-row table: show the index anyway
+EXPLAIN (COSTS OFF) SELECT body FROM notes ORDER BY embedding <=> '[1,0,0]' LIMIT 1;
+SELECT body FROM notes ORDER BY embedding <=> '[1,0,0]' LIMIT 1;
+RESET enable_seqscan;
 -- Per transaction, as behind a transaction-pooling PgBouncer:
 BEGIN;
 SELECT sutra.authenticate(:'acme_key', local => true) IS NOT NULL AS acme_for_this_transaction;
 SELECT body FROM notes ORDER BY id;                -- acme's rows only
+SELECT body FROM notes ORDER BY embedding <=> '[1,0,0]' LIMIT 1;
 COMMIT;
 \set ON_ERROR_STOP 0
 SELECT body FROM notes;                            -- back to globex (the session's context)
@@ -67,3 +75,4 @@ RESET ROLE;
 SELECT t.slug, count(*) AS notes FROM notes n JOIN sutra.tenants t ON t.id = n.tenant_id GROUP BY 1 ORDER BY 1;
 SELECT action, count(*) FROM sutra.audit_log GROUP BY 1 ORDER BY 1;
 SELECT * FROM sutra.check_tenancy('notes');
+SELECT partition IS NOT NULL AS tenant_partition, elements, kind FROM sutra.hnsw_stats('notes_embedding');
