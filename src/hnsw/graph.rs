@@ -89,7 +89,7 @@ impl DiskGraph {
             space: meta.space(),
             dims: meta.dims as usize,
             m: meta.m as usize,
-            nodes: IdMap::default(),
+            nodes: IdMap::with_capacity_and_hasher(1024, Default::default()),
             epoch: 1,
             reads: 0,
             vectors: keep_vectors.then(IdMap::default),

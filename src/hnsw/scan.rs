@@ -16,7 +16,7 @@ use sutra_core::hnsw::{search, Scored};
 
 use super::graph::{DiskGraph, IdSet};
 use super::pages::{all_partitions, find_partition, read_meta, Key, KeyKind, Meta, Partition, Tid};
-use super::{index_shape, key_of, IndexShape, EF_SEARCH, FLAT_LIMIT, MAX_SCAN_TUPLES};
+use super::{key_of, EF_SEARCH, FLAT_LIMIT, MAX_SCAN_TUPLES};
 use crate::error::raise;
 
 enum Filter {
@@ -35,7 +35,6 @@ struct PartScan {
 
 struct ScanState {
     index: pg_sys::Relation,
-    shape: IndexShape,
     meta: Meta,
     filter: Filter,
     /// The prepared query vector; `None` without ORDER BY or with a NULL or zero query.
@@ -79,11 +78,11 @@ fn state<'a>(scan: pg_sys::IndexScanDesc) -> &'a mut ScanState {
 #[pgrx::pg_guard]
 pub unsafe extern "C-unwind" fn ambeginscan(index: pg_sys::Relation, nkeys: i32, norderbys: i32) -> pg_sys::IndexScanDesc {
     let scan = pg_sys::RelationGetIndexScan(index, nkeys, norderbys);
-    let shape = index_shape(index);
+    // The metapage has everything a scan needs (dimensions, metric, key kind); the index
+    // cannot be rebuilt while the scan holds its lock, so it is read once.
     let meta = read_meta(index);
     let st = Box::new(ScanState {
         index,
-        shape,
         meta,
         filter: Filter::All,
         query: None,
@@ -126,18 +125,18 @@ pub unsafe extern "C-unwind" fn amrescan(
         std::ptr::copy(orderbys, (*scan).orderByData, norderbys as usize);
     }
     let st = state(scan);
-    st.meta = read_meta(st.index);
     st.filter = Filter::All;
+    let key_kind = st.meta.key_kind();
     for i in 0..(*scan).numberOfKeys as usize {
         let k = &*(*scan).keyData.add(i);
-        if st.shape.key_kind == KeyKind::None || k.sk_attno != 1 {
+        if key_kind == KeyKind::None || k.sk_attno != 1 {
             continue;
         }
         if k.sk_flags & pg_sys::SK_ISNULL as i32 != 0 {
             st.filter = Filter::Nothing;
             break;
         }
-        let key = Some(key_of(st.shape.key_kind, k.sk_argument));
+        let key = Some(key_of(key_kind, k.sk_argument));
         st.filter = match &st.filter {
             Filter::One(existing) if *existing != key => Filter::Nothing,
             Filter::Nothing => Filter::Nothing,
@@ -149,13 +148,13 @@ pub unsafe extern "C-unwind" fn amrescan(
         let o = &*(*scan).orderByData;
         if o.sk_flags & pg_sys::SK_ISNULL as i32 == 0 {
             let v = crate::vector::from_datum(o.sk_argument);
-            if v.len() != st.shape.dims {
+            if v.len() != st.meta.dims as usize {
                 raise(
                     PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
-                    format!("different vector dimensions {} and {}", st.shape.dims, v.len()),
+                    format!("different vector dimensions {} and {}", st.meta.dims, v.len()),
                 );
             }
-            st.query = st.shape.metric.prepare(v);
+            st.query = st.meta.space().metric.prepare(v);
         }
     }
     st.parts = None;
