@@ -715,7 +715,7 @@ mod tests {
     /// way embeddings have a low intrinsic dimension. `seed` picks the points.
     fn clustered(n: usize, dims: usize, seed: u64) -> Vec<Vec<f32>> {
         let mut shape = Rng::new(dims as u64);
-        let mut uniform = |r: &mut Rng| r.next_f64() as f32 * 2.0 - 1.0;
+        let uniform = |r: &mut Rng| r.next_f64() as f32 * 2.0 - 1.0;
         let centers: Vec<Vec<f32>> = (0..10).map(|_| (0..dims).map(|_| uniform(&mut shape)).collect()).collect();
         let directions: Vec<Vec<f32>> = (0..6).map(|_| (0..dims).map(|_| uniform(&mut shape) * 0.3).collect()).collect();
         let mut rng = Rng::new(seed);
