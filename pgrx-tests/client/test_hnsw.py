@@ -93,6 +93,35 @@ def test_concurrent_inserts_and_vacuum(conn):
     assert_found(conn, "hnsw_conc", live)
 
 
+def test_searches_are_metered_for_the_tenant(conn):
+    conn.commit()
+    conn.autocommit = True
+    make_table(conn, "hnsw_meter")
+    rng = random.Random(5)
+    for i in range(50):
+        conn.execute("INSERT INTO hnsw_meter VALUES (%s, %s, %s)", (i, i % 3, vec(rng)))
+    tenant = conn.execute("SELECT sutra.create_tenant('hnsw-meter')").fetchone()[0]
+    conn.execute("DROP ROLE IF EXISTS hnsw_meter_app")
+    conn.execute("CREATE ROLE hnsw_meter_app LOGIN IN ROLE sutra_service")
+    conn.execute("GRANT SELECT ON hnsw_meter TO hnsw_meter_app")
+    info = conn.info
+    with psycopg.connect(host=info.host, port=info.port, user="hnsw_meter_app", dbname=info.dbname, autocommit=True) as a:
+        a.execute("SET search_path = public, sutra")
+        a.execute("SET enable_seqscan = off")
+        a.execute("SELECT sutra.set_tenant('hnsw-meter')")
+        for _ in range(3):
+            a.execute("SELECT id FROM hnsw_meter WHERE tenant = 1 ORDER BY embedding <-> %s LIMIT 5", (vec(rng),)).fetchall()
+        # A search without ORDER BY distance is not a vector search.
+        a.execute("SELECT count(*) FROM hnsw_meter").fetchall()
+    conn.execute("SELECT sutra.flush_usage()")
+    n = conn.execute("SELECT coalesce(sum(quantity), 0)::int FROM sutra.usage_rollups "
+                     "WHERE tenant_id = %s AND metric = 'vector_searches'", (tenant,)).fetchone()[0]
+    assert n == 3
+    conn.execute("DROP TABLE hnsw_meter")
+    conn.execute("DROP OWNED BY hnsw_meter_app")
+    conn.execute("DROP ROLE hnsw_meter_app")
+
+
 def as_postgres(*args, check=True):
     cmd = [str(a) for a in args]
     if os.geteuid() == 0:

@@ -155,6 +155,7 @@ pub unsafe extern "C-unwind" fn amrescan(
                 );
             }
             st.query = st.meta.space().metric.prepare(v);
+            crate::usage::hooks::meter_vector_search();
         }
     }
     st.parts = None;

@@ -30,6 +30,7 @@ static mut PREV_END: pg_sys::ExecutorEnd_hook_type = None;
 const STATEMENTS: usize = 0;
 const ROWS_READ: usize = 1;
 const ROWS_WRITTEN: usize = 2;
+const VECTOR_SEARCHES: usize = 3;
 const BYTES_WRITTEN: usize = 4;
 const CONNECTION_MS: usize = 5;
 
@@ -82,6 +83,18 @@ pub fn meter_bytes(slot: &'static Slot, bytes: u64) {
     // SAFETY: a boolean GUC of this process.
     if unsafe { METERING } {
         meter_local(slot, BYTES_WRITTEN, bytes);
+    }
+}
+
+/// Meters one vector index search for the tenant of the running statement (none outside a
+/// tenant session).
+pub fn meter_vector_search() {
+    // SAFETY: a boolean GUC of this process.
+    if !unsafe { METERING } {
+        return;
+    }
+    if let Some(slot) = HOLD.with(|h| h.get()) {
+        meter_local(slot, VECTOR_SEARCHES, 1);
     }
 }
 
