@@ -39,15 +39,13 @@ pub struct Seen {
 }
 
 /// One map entry per element a search touched: when it was last visited, and what scoring it
-/// read (its heap row, deletion flag and level-0 links, kept in the arena).
+/// read (its heap row and deletion flag).
 #[derive(Clone, Copy, Default)]
 struct Node {
     epoch: u32,
     scored: bool,
     deleted: bool,
     heap: pg_sys::ItemPointerData,
-    links_start: u32,
-    links_len: u16,
 }
 
 /// The graph of one index, read page by page through shared buffers.
@@ -62,24 +60,6 @@ pub struct DiskGraph {
     pub reads: usize,
     /// Kept vectors (inserts compare candidates with each other).
     vectors: Option<IdMap<Vec<f32>>>,
-    /// Level-0 links copied when an element is scored, so expanding it reads no page again.
-    arena: Vec<Tid>,
-    /// Buffers pinned during this search: pages are read again and again, and a pin saves the
-    /// buffer mapping lookup each time.
-    pins: HashMap<u32, pg_sys::Buffer, BuildHasherDefault<IdHasher>>,
-}
-
-/// Most buffers a search keeps pinned.
-const MAX_PINS: usize = 4096;
-
-impl Drop for DiskGraph {
-    fn drop(&mut self) {
-        for (_, b) in self.pins.drain() {
-            // SAFETY: each buffer was pinned once by this graph and not released since; when an
-            // ERROR unwinds through here the pins are still this backend's.
-            unsafe { pg_sys::ReleaseBuffer(b) };
-        }
-    }
 }
 
 impl DiskGraph {
@@ -93,43 +73,13 @@ impl DiskGraph {
             epoch: 1,
             reads: 0,
             vectors: keep_vectors.then(IdMap::default),
-            arena: Vec::new(),
-            pins: HashMap::default(),
         }
     }
 
-    /// Runs `f` on page `block` under a share lock, through the pin cache.
+    /// Runs `f` on page `block` under a share lock.
     fn with_page<R>(&mut self, block: u32, f: impl FnOnce(pg_sys::Page) -> R) -> R {
-        let buf = match self.pins.get(&block) {
-            Some(&b) => b,
-            None => {
-                // SAFETY: an open relation; ReadBufferExtended pins the block or raises an ERROR.
-                let b = unsafe {
-                    pg_sys::ReadBufferExtended(self.index, pg_sys::ForkNumber::MAIN_FORKNUM, block, pg_sys::ReadBufferMode::RBM_NORMAL, std::ptr::null_mut())
-                };
-                if self.pins.len() < MAX_PINS {
-                    self.pins.insert(block, b);
-                } else {
-                    // SAFETY: the pin taken just above, used once and released below.
-                    let r = unsafe {
-                        pg_sys::LockBuffer(b, pg_sys::BUFFER_LOCK_SHARE as i32);
-                        let r = f(pg_sys::BufferGetPage(b));
-                        pg_sys::UnlockReleaseBuffer(b);
-                        r
-                    };
-                    return r;
-                }
-                b
-            }
-        };
-        // SAFETY: a buffer pinned by this graph; the share lock is held only while `f` copies
-        // out of the page, and `f` raises no error.
-        unsafe {
-            pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_SHARE as i32);
-            let r = f(pg_sys::BufferGetPage(buf));
-            pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_UNLOCK as i32);
-            r
-        }
+        let b = Locked::read(self.index, block, false);
+        f(b.page())
     }
 
     /// Runs `f` on the element at `id` under a share lock; `None` when it is gone.
@@ -178,11 +128,13 @@ impl DiskGraph {
     pub fn scan_partition(&mut self, p: &Partition, q: Option<&[f32]>, skip: &IdSet, out: &mut Vec<(Scored<Tid>, pg_sys::ItemPointerData)>) {
         let mut block = p.head.head_block;
         let mut pages = 0u32;
+        // A chain longer than the relation would mean a cycle: stop instead of looping. The
+        // length is read once (it costs a system call) and only grows meanwhile.
+        // SAFETY: an open relation.
+        let limit = unsafe { pg_sys::RelationGetNumberOfBlocksInFork(self.index, pg_sys::ForkNumber::MAIN_FORKNUM) };
         while block != NO_BLOCK {
-            // A chain longer than the relation means a cycle: stop instead of looping.
             pages += 1;
-            // SAFETY: an open relation.
-            if pages > unsafe { pg_sys::RelationGetNumberOfBlocksInFork(self.index, pg_sys::ForkNumber::MAIN_FORKNUM) } {
+            if pages > limit.saturating_mul(2) {
                 break;
             }
             let b = Locked::read(self.index, block, false);
@@ -215,18 +167,11 @@ impl Graph for DiskGraph {
     fn distance(&mut self, q: &[f32], id: Tid) -> Option<f32> {
         let space = self.space;
         let keep = self.vectors.is_some();
-        let mut arena = std::mem::take(&mut self.arena);
-        let start = arena.len();
-        let read = self.with_element(id, |e| {
-            let d = space.distance(q, e.vector());
-            e.links(0, &mut arena);
-            (d, e.heap(), e.deleted(), keep.then(|| e.vector().to_vec()))
-        });
-        let len = arena.len() - start;
-        self.arena = arena;
-        let (d, heap, deleted, v) = read?;
+        let (d, heap, deleted, v) = self.with_element(id, |e| {
+            (space.distance(q, e.vector()), e.heap(), e.deleted(), keep.then(|| e.vector().to_vec()))
+        })?;
         let node = self.nodes.entry(id.pack()).or_default();
-        *node = Node { scored: true, deleted, heap, links_start: start as u32, links_len: len as u16, ..*node };
+        *node = Node { scored: true, deleted, heap, ..*node };
         if let (Some(map), Some(v)) = (self.vectors.as_mut(), v) {
             map.insert(id.pack(), v);
         }
@@ -234,13 +179,6 @@ impl Graph for DiskGraph {
     }
 
     fn neighbors(&mut self, id: Tid, level: usize, out: &mut Vec<Tid>) {
-        if level == 0 {
-            if let Some(n) = self.nodes.get(&id.pack()).filter(|n| n.scored) {
-                let start = n.links_start as usize;
-                out.extend_from_slice(&self.arena[start..start + n.links_len as usize]);
-                return;
-            }
-        }
         self.with_element(id, |e| e.links(level, out));
     }
 
@@ -255,9 +193,8 @@ impl Graph for DiskGraph {
         }
     }
 
-    /// A new layer's search: nothing visited. What scoring read stays: a graph lives for one
-    /// scan round or one insert, and links that change meanwhile only change which elements
-    /// the search walks through.
+    /// A new layer's search: nothing visited. What scoring read (heap row, deletion flag)
+    /// stays: a graph lives for one scan round or one insert.
     fn clear_visited(&mut self) {
         self.epoch += 1;
     }
