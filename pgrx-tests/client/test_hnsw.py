@@ -1,8 +1,9 @@
-"""sutra_hnsw under real concurrency and crashes: several backends insert (and VACUUM runs)
-at once, then every row is found through the index and hnsw_check reports a consistent
-structure; and on a throwaway cluster of its own, the postmaster and its backends are killed
-with SIGKILL during a concurrent insert load, and after crash recovery every committed row is
-found by the index."""
+"""sutra_hnsw under real concurrency, crashes and replication: several backends insert (and
+VACUUM runs) at once, then every row is found through the index and hnsw_check reports a
+consistent structure; on a throwaway cluster of its own, the postmaster and its backends are
+killed with SIGKILL during a concurrent insert load, and after crash recovery every committed
+row is found by the index; and a streaming standby replays the index's WAL (build, inserts,
+VACUUM) and answers the same searches through it."""
 
 import os
 import random
@@ -187,4 +188,58 @@ def test_crash_during_concurrent_inserts_loses_no_committed_row():
             assert_found(c, "hnsw_crash", rows)
     finally:
         ctl("-m", "immediate", "stop", check=False)
+        subprocess.run(["rm", "-rf", base])
+
+
+def test_standby_replays_the_index():
+    base = tempfile.mkdtemp(prefix="sutra-hnsw-standby-")
+    os.chmod(base, 0o777)
+    primary, standby = os.path.join(base, "primary"), os.path.join(base, "standby")
+    port_p, port_s = PORT + 1, PORT + 2
+    as_postgres(f"{BIN}/initdb", "-D", primary, "-A", "trust", "-U", "postgres", "--no-sync")
+    with open(os.path.join(primary, "postgresql.conf"), "a") as f:
+        f.write(f"port = {port_p}\nlisten_addresses = ''\nunix_socket_directories = '{base}'\n"
+                "shared_preload_libraries = 'sutra'\nfsync = off\n")
+    ctl = lambda data, *a, check=True: as_postgres(f"{BIN}/pg_ctl", "-D", data, "-l", data + ".log", "-w", *a, check=check)
+    ctl(primary, "start")
+    try:
+        as_postgres(f"{BIN}/pg_basebackup", "-h", base, "-p", port_p, "-U", "postgres", "-D", standby, "-R", "-X", "stream")
+        with open(os.path.join(standby, "postgresql.conf"), "a") as f:
+            f.write(f"port = {port_s}\n")
+        ctl(standby, "start")
+        p = dict(host=base, port=port_p, user="postgres", dbname="postgres")
+        s = dict(host=base, port=port_s, user="postgres", dbname="postgres")
+        rng = random.Random(7)
+        rows = {}
+        with psycopg.connect(**p, autocommit=True) as c:
+            c.execute("CREATE EXTENSION sutra")
+            make_table(c, "hnsw_rep")
+            for i in range(600):
+                v = vec(rng)
+                c.execute("INSERT INTO hnsw_rep VALUES (%s, %s, %s)", (i, i % 3, v))
+                rows[i] = (i % 3, v)
+            # A rebuilt index (full-page images) and more inserts and a VACUUM (deltas).
+            c.execute("REINDEX INDEX hnsw_rep_idx")
+            c.execute("DELETE FROM hnsw_rep WHERE id % 7 = 0")
+            for i in [i for i in rows if i % 7 == 0]:
+                del rows[i]
+            c.execute("VACUUM hnsw_rep")
+            for i in range(600, 900):
+                v = vec(rng)
+                c.execute("INSERT INTO hnsw_rep VALUES (%s, %s, %s)", (i, i % 3, v))
+                rows[i] = (i % 3, v)
+            lsn = c.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+            assert check(c, "hnsw_rep_idx")[3] == []
+        with psycopg.connect(**s, autocommit=True) as r:
+            for _ in range(200):
+                if r.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)).fetchone()[0]:
+                    break
+                time.sleep(0.1)
+            else:
+                pytest.fail("the standby did not catch up")
+            assert r.execute("SELECT count(*) FROM hnsw_rep").fetchone()[0] == len(rows)
+            assert_found(r, "hnsw_rep", rows)
+    finally:
+        ctl(standby, "-m", "immediate", "stop", check=False)
+        ctl(primary, "-m", "immediate", "stop", check=False)
         subprocess.run(["rm", "-rf", base])
