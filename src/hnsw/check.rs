@@ -4,18 +4,11 @@
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 
-use super::graph::{IdMap, IdSet};
-use super::pages::{all_partitions, item, max_offset, read_meta, ElementView, Key, KeyKind, Meta, Partition, Tid};
-use super::vacuum::chain;
+use super::graph::IdSet;
+use super::pages::{all_partitions, read_meta, Key, KeyKind};
+use super::vacuum::{chain, partition_elements, unreached};
 use super::{index_shape, prepare_vector, row_of, IndexShape, FLAT_LIMIT};
 use crate::error::raise;
-
-struct Stored {
-    level: usize,
-    deleted: bool,
-    heap: pg_sys::ItemPointerData,
-    links: Vec<Vec<Tid>>,
-}
 
 /// Opens an index of this access method, or refuses with a clear error.
 fn open_index(index: pg_sys::Oid, lock: u32) -> pg_sys::Relation {
@@ -30,26 +23,6 @@ fn open_index(index: pg_sys::Oid, lock: u32) -> pg_sys::Relation {
             raise(PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE, format!("\"{name}\" is not a sutra_hnsw index"));
         }
         rel
-    }
-}
-
-fn read_partition_elements(index: pg_sys::Relation, meta: &Meta, p: &Partition, out: &mut IdMap<Stored>, pages: &mut usize) {
-    let (dims, m) = (meta.dims as usize, meta.m as usize);
-    for block in chain(index, p) {
-        *pages += 1;
-        let b = super::pages::Locked::read(index, block, false);
-        let page = b.page();
-        for off in 1..=max_offset(page) {
-            let Some(e) = item(page, off).and_then(|x| ElementView::new(x, dims, m)) else { continue };
-            let links = (0..=e.level())
-                .map(|l| {
-                    let mut v = Vec::new();
-                    e.links(l, &mut v);
-                    v
-                })
-                .collect();
-            out.insert(Tid { block, offset: off }.pack(), Stored { level: e.level(), deleted: e.deleted(), heap: e.heap(), links });
-        }
     }
 }
 
@@ -109,9 +82,7 @@ fn hnsw_check(
     let mut elements = 0i64;
     let mut unreachable = 0i64;
     for p in &parts {
-        let mut stored: IdMap<Stored> = IdMap::default();
-        let mut pages = 0;
-        read_partition_elements(rel, &meta, p, &mut stored, &mut pages);
+        let stored = partition_elements(rel, &meta, p);
         let name = key_text(meta.key_kind(), &p.key).unwrap_or_else(|| "NULL".into());
         let live: Vec<u64> = stored.iter().filter(|(_, s)| !s.deleted).map(|(k, _)| *k).collect();
         elements += live.len() as i64;
@@ -153,7 +124,7 @@ fn hnsw_check(
                 }
             }
         }
-        unreachable += super::vacuum::unreachable(rel, &meta, p).len() as i64;
+        unreachable += unreached(p, &stored).len() as i64;
     }
     let mut scan = HeapScan { shape, tids: Vec::new() };
     // SAFETY: the standard heap scan of an index build over the table locked above; the callback

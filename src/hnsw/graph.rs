@@ -114,6 +114,15 @@ impl DiskGraph {
         }
     }
 
+    /// `ids` scored by internal distance to `base`, nearest first; elements that can no longer
+    /// be read are left out.
+    pub fn scored(&mut self, base: &[f32], ids: &[Tid]) -> Vec<Scored<Tid>> {
+        let mut out: Vec<Scored<Tid>> =
+            ids.iter().filter_map(|&t| self.vector(t).map(|v| Scored { dist: self.space.distance(base, &v), id: t })).collect();
+        out.sort();
+        out
+    }
+
     /// Heap row and deletion flag of an element this graph scored.
     pub fn seen(&self, id: Tid) -> Option<Seen> {
         self.nodes.get(&id.pack()).filter(|n| n.scored).map(|n| Seen { heap: n.heap, deleted: n.deleted })

@@ -128,11 +128,11 @@ unsafe extern "C-unwind" fn aminsert(
     _unchanged: bool,
     _info: *mut pg_sys::IndexInfo,
 ) -> bool {
-    let shape = super::index_shape(index);
+    let meta = super::pages::read_meta(index);
+    let shape = meta.shape();
     // SAFETY: values and isnull hold one entry per index column.
     let Some((key, v)) = super::row_of(&shape, values, isnull) else { return false };
     let Some(v) = super::prepare_vector(&shape, v) else { return false };
-    let meta = super::pages::read_meta(index);
     super::insert::insert_vector(index, &meta, &key, &v, &*heap_tid);
     false
 }

@@ -134,34 +134,60 @@ pub fn append_element(index: pg_sys::Relation, part: &Partition, tuple: &[u8], l
     Some(id)
 }
 
+/// One element's links on one level, as read under a share lock: the raw slots (to see
+/// whether they changed before writing), the element's vector and the links.
+pub struct LinkList {
+    pub slots: Vec<u8>,
+    pub vector: Vec<f32>,
+    pub links: Vec<Tid>,
+}
+
+/// Reads the links of element `at` on `level`; `None` when it is gone, deleted or has no such
+/// level.
+pub fn read_links(index: pg_sys::Relation, meta: &Meta, at: Tid, level: usize) -> Option<LinkList> {
+    let b = Locked::read(index, at.block, false);
+    item(b.page(), at.offset)
+        .and_then(|bytes| ElementView::new(bytes, meta.dims as usize, meta.m as usize))
+        .filter(|e| !e.deleted() && e.level() >= level)
+        .map(|e| {
+            let mut links = Vec::new();
+            e.links(level, &mut links);
+            LinkList { slots: e.slot_bytes(level).to_vec(), vector: e.vector().to_vec(), links }
+        })
+}
+
+/// Writes `links` as element `at`'s list on `level`, WAL-logged, unless the list is no longer
+/// `read.slots` (someone changed it since it was read) or the element is gone: then false.
+pub fn write_links(index: pg_sys::Relation, meta: &Meta, at: Tid, level: usize, read: &LinkList, links: &[Tid]) -> bool {
+    let (dims, m) = (meta.dims as usize, meta.m as usize);
+    let b = Locked::read(index, at.block, true);
+    let mut wal = Wal::start(index);
+    let page = wal.register(&b, false);
+    let Some(bytes) = item_mut(page, at.offset) else { return false };
+    if ElementView::new(bytes, dims, m).is_none_or(|e| e.level() < level || e.slot_bytes(level) != read.slots.as_slice()) {
+        return false;
+    }
+    let start = super::pages::links_offset(dims, m, level);
+    write_slots(&mut bytes[start..start + meta.slots(level) * LINK_BYTES], links);
+    wal.finish();
+    true
+}
+
 /// Adds a link to `new` (at internal distance `dist`) to element `at`'s list on `level`; a full
 /// list is pruned with the neighbour heuristic. A list that changed between reading and writing
 /// is read again; after a few tries the link is given up (the graph stays valid, only a little
 /// less connected).
 pub fn add_link(index: pg_sys::Relation, meta: &Meta, graph: &mut DiskGraph, at: Tid, level: usize, new: Tid, dist: f32) {
-    let (dims, m) = (meta.dims as usize, meta.m as usize);
     let cap = meta.slots(level);
     for _ in 0..3 {
-        let b = Locked::read(index, at.block, false);
-        let read = item(b.page(), at.offset).and_then(|bytes| ElementView::new(bytes, dims, m)).and_then(|e| {
-            (!e.deleted() && e.level() >= level).then(|| {
-                let mut links = Vec::new();
-                e.links(level, &mut links);
-                (e.slot_bytes(level).to_vec(), e.vector().to_vec(), links)
-            })
-        });
-        drop(b);
-        let Some((slots, base, links)) = read else { return };
-        if links.contains(&new) {
+        let Some(read) = read_links(index, meta, at, level) else { return };
+        if read.links.contains(&new) {
             return;
         }
-        let kept: Vec<Tid> = if links.len() < cap {
-            links.iter().copied().chain(std::iter::once(new)).collect()
+        let kept: Vec<Tid> = if read.links.len() < cap {
+            read.links.iter().copied().chain(std::iter::once(new)).collect()
         } else {
-            let mut cands: Vec<Scored<Tid>> = links
-                .iter()
-                .filter_map(|&t| graph.vector(t).map(|v| Scored { dist: graph.space.distance(&base, &v), id: t }))
-                .collect();
+            let mut cands = graph.scored(&read.vector, &read.links);
             cands.push(Scored { dist, id: new });
             cands.sort();
             let kept = select_neighbors(&cands, cap, |a, b| graph.between(a, b));
@@ -170,57 +196,31 @@ pub fn add_link(index: pg_sys::Relation, meta: &Meta, graph: &mut DiskGraph, at:
             }
             kept.iter().map(|s| s.id).collect()
         };
-        let b = Locked::read(index, at.block, true);
-        let mut wal = Wal::start(index);
-        let page = wal.register(&b, false);
-        let Some(bytes) = item_mut(page, at.offset) else { return };
-        let Some(e) = ElementView::new(bytes, dims, m) else { return };
-        if e.level() < level || e.slot_bytes(level) != slots.as_slice() {
-            continue;
+        if write_links(index, meta, at, level, &read, &kept) {
+            return;
         }
-        let start = super::pages::links_offset(dims, m, level);
-        write_slots(&mut bytes[start..start + cap * LINK_BYTES], &kept);
-        wal.finish();
-        return;
     }
 }
 
 /// Adds a level-0 link from `at` to `new`, replacing `at`'s farthest link when its list is full:
 /// used to reconnect elements that no path reaches. Returns false when `at` cannot take it.
 pub fn force_link(index: pg_sys::Relation, meta: &Meta, graph: &mut DiskGraph, at: Tid, new: Tid) -> bool {
-    let (dims, m) = (meta.dims as usize, meta.m as usize);
-    let cap = meta.slots(0);
-    let b = Locked::read(index, at.block, false);
-    let read = item(b.page(), at.offset).and_then(|bytes| ElementView::new(bytes, dims, m)).filter(|e| !e.deleted()).map(|e| {
-        let mut links = Vec::new();
-        e.links(0, &mut links);
-        (e.slot_bytes(0).to_vec(), e.vector().to_vec(), links)
-    });
-    drop(b);
-    let Some((slots, base, mut links)) = read else { return false };
-    if links.contains(&new) {
+    let Some(read) = read_links(index, meta, at, 0) else { return false };
+    if read.links.contains(&new) {
         return true;
     }
-    if links.len() >= cap {
+    let mut links = read.links.clone();
+    if links.len() >= meta.slots(0) {
+        // The link to replace: one that can no longer be read, else the farthest.
+        let scored = graph.scored(&read.vector, &links);
         let far = links
             .iter()
-            .enumerate()
-            .map(|(i, &t)| (i, graph.vector(t).map_or(f32::INFINITY, |v| graph.space.distance(&base, &v))))
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-            .map_or(0, |(i, _)| i);
+            .position(|t| !scored.iter().any(|s| s.id == *t))
+            .or_else(|| scored.last().and_then(|s| links.iter().position(|&t| t == s.id)))
+            .unwrap_or(0);
         links[far] = new;
     } else {
         links.push(new);
     }
-    let b = Locked::read(index, at.block, true);
-    let mut wal = Wal::start(index);
-    let page = wal.register(&b, false);
-    let Some(bytes) = item_mut(page, at.offset) else { return false };
-    if ElementView::new(bytes, dims, m).is_none_or(|e| e.slot_bytes(0) != slots.as_slice()) {
-        return false;
-    }
-    let start = super::pages::links_offset(dims, m, 0);
-    write_slots(&mut bytes[start..start + cap * LINK_BYTES], &links);
-    wal.finish();
-    true
+    write_links(index, meta, at, 0, &read, &links)
 }

@@ -162,11 +162,30 @@ impl Meta {
 
     /// Link slots at `level`.
     pub fn slots(&self, level: usize) -> usize {
-        if level == 0 {
-            2 * self.m as usize
-        } else {
-            self.m as usize
+        slot_count(self.m as usize, level)
+    }
+
+    /// The shape of the index this metapage describes: what inserts need, without the catalog
+    /// lookups of [`super::index_shape`].
+    pub fn shape(&self) -> super::IndexShape {
+        let key_kind = self.key_kind();
+        super::IndexShape {
+            key_kind,
+            vector_column: usize::from(key_kind != KeyKind::None),
+            dims: self.dims as usize,
+            metric: self.space().metric,
+            m: self.m as usize,
+            ef_construction: self.ef_construction as usize,
         }
+    }
+}
+
+/// Link slots of an element at `level`: `2 m` on level 0, `m` above.
+pub fn slot_count(m: usize, level: usize) -> usize {
+    if level == 0 {
+        2 * m
+    } else {
+        m
     }
 }
 
@@ -734,24 +753,15 @@ impl<'a> ElementView<'a> {
 
     /// The links at `level` (empty slots skipped).
     pub fn links(&self, level: usize, out: &mut Vec<Tid>) {
-        if level > self.level() {
-            return;
-        }
-        let start = links_offset(self.dims, self.m, level);
-        let n = if level == 0 { 2 * self.m } else { self.m };
-        for i in 0..n {
-            let s = start + i * LINK_BYTES;
-            if let Some(t) = Tid::read(&self.bytes[s..s + LINK_BYTES]) {
-                out.push(t);
-            }
+        if level <= self.level() {
+            out.extend(self.slot_bytes(level).chunks_exact(LINK_BYTES).filter_map(Tid::read));
         }
     }
 
     /// The raw link slots at `level`.
     pub fn slot_bytes(&self, level: usize) -> &'a [u8] {
         let start = links_offset(self.dims, self.m, level);
-        let n = if level == 0 { 2 * self.m } else { self.m };
-        &self.bytes[start..start + n * LINK_BYTES]
+        &self.bytes[start..start + slot_count(self.m, level) * LINK_BYTES]
     }
 }
 
@@ -768,15 +778,8 @@ pub fn encode_element(level: usize, heap: &pg_sys::ItemPointerData, v: &[f32], m
     }
     for l in 0..=level {
         let start = links_offset(dims, m, l);
-        let n = if l == 0 { 2 * m } else { m };
         let list = links.get(l).map(|v| v.as_slice()).unwrap_or(&[]);
-        for i in 0..n {
-            let s = start + i * LINK_BYTES;
-            match list.get(i) {
-                Some(t) => t.write(&mut out[s..s + LINK_BYTES]),
-                None => out[s..s + LINK_BYTES].fill(0xFF),
-            }
-        }
+        write_slots(&mut out[start..start + slot_count(m, l) * LINK_BYTES], list);
     }
     out
 }

@@ -9,12 +9,13 @@
 //! and a partition whose graph search comes back short is read exactly (see `scan`).
 
 use pgrx::pg_sys;
-use sutra_core::hnsw::{select_neighbors, Scored};
+use sutra_core::hnsw::select_neighbors;
 
 use super::graph::{DiskGraph, IdMap, IdSet};
+use super::insert::{write_links, LinkList};
 use super::pages::{
-    all_partitions, item, item_mut, links_offset, max_offset, next_block, page_kind, read_meta, update_partition,
-    write_slots, ElementView, Locked, Meta, Partition, Tid, Wal, FLAG_DELETED, GRAPH_LOCK, KIND_ELEMENTS, LINK_BYTES,
+    all_partitions, item, item_mut, max_offset, next_block, page_kind, read_meta, update_partition,
+    ElementView, Locked, Meta, Partition, Tid, Wal, FLAG_DELETED, GRAPH_LOCK, KIND_ELEMENTS,
     NO_BLOCK,
 };
 
@@ -184,15 +185,15 @@ fn repair_page(index: pg_sys::Relation, meta: &Meta, graph: &mut DiskGraph, bloc
             let mut links = Vec::new();
             e.links(l, &mut links);
             if links.iter().any(|t| dead.contains(&t.pack())) {
-                todo.push((off, l, e.vector().to_vec(), e.slot_bytes(l).to_vec(), links));
+                todo.push((off, l, LinkList { slots: e.slot_bytes(l).to_vec(), vector: e.vector().to_vec(), links }));
             }
         }
     }
     drop(b);
-    for (off, level, base, slots, links) in todo {
+    for (off, level, read) in todo {
         let me = Tid { block, offset: off };
         let mut ids: Vec<Tid> = Vec::new();
-        for &t in &links {
+        for &t in &read.links {
             if dead.contains(&t.pack()) {
                 let mut theirs = Vec::new();
                 let bb = Locked::read(index, t.block, false);
@@ -207,23 +208,10 @@ fn repair_page(index: pg_sys::Relation, meta: &Meta, graph: &mut DiskGraph, bloc
         }
         ids.sort();
         ids.dedup();
-        let mut cands: Vec<Scored<Tid>> =
-            ids.iter().filter_map(|&t| graph.vector(t).map(|v| Scored { dist: graph.space.distance(&base, &v), id: t })).collect();
-        cands.sort();
-        let cap = meta.slots(level);
-        let kept: Vec<Tid> = select_neighbors(&cands, cap, |a, b| graph.between(a, b)).iter().map(|s| s.id).collect();
-        let b = Locked::read(index, block, true);
-        let mut wal = Wal::start(index);
-        let copy = wal.register(&b, false);
-        let Some(bytes) = item_mut(copy, off) else { continue };
-        // Nobody else writes links while VACUUM holds the graph lock.
-        let unchanged = ElementView::new(bytes, dims, m).is_some_and(|e| e.level() >= level && e.slot_bytes(level) == slots.as_slice());
-        if !unchanged {
-            continue;
-        }
-        let start = links_offset(dims, m, level);
-        write_slots(&mut bytes[start..start + cap * LINK_BYTES], &kept);
-        wal.finish();
+        let cands = graph.scored(&read.vector, &ids);
+        let kept: Vec<Tid> = select_neighbors(&cands, meta.slots(level), |a, b| graph.between(a, b)).iter().map(|s| s.id).collect();
+        // Nobody else writes links while VACUUM holds the graph lock, so the list is unchanged.
+        write_links(index, meta, me, level, &read, &kept);
     }
 }
 
@@ -248,44 +236,55 @@ pub unsafe extern "C-unwind" fn amvacuumcleanup(
     stats
 }
 
-/// The live elements of a partition with their links on every level.
-pub fn partition_links(index: pg_sys::Relation, meta: &Meta, p: &Partition) -> IdMap<Vec<Tid>> {
+/// An element as read by a walk over its partition.
+pub struct StoredElement {
+    pub level: usize,
+    pub deleted: bool,
+    pub heap: pg_sys::ItemPointerData,
+    /// Links per level, level 0 first.
+    pub links: Vec<Vec<Tid>>,
+}
+
+/// Every element of a partition (deleted ones included), by packed id.
+pub fn partition_elements(index: pg_sys::Relation, meta: &Meta, p: &Partition) -> IdMap<StoredElement> {
     let (dims, m) = (meta.dims as usize, meta.m as usize);
     let mut out = IdMap::default();
     for block in chain(index, p) {
         let b = Locked::read(index, block, false);
         let page = b.page();
         for off in 1..=max_offset(page) {
-            let Some(e) = item(page, off).and_then(|x| ElementView::new(x, dims, m)).filter(|e| !e.deleted()) else { continue };
-            let mut links = Vec::new();
-            for l in 0..=e.level() {
-                e.links(l, &mut links);
-            }
-            out.insert(Tid { block, offset: off }.pack(), links);
+            let Some(e) = item(page, off).and_then(|x| ElementView::new(x, dims, m)) else { continue };
+            let links = (0..=e.level())
+                .map(|l| {
+                    let mut v = Vec::new();
+                    e.links(l, &mut v);
+                    v
+                })
+                .collect();
+            out.insert(Tid { block, offset: off }.pack(), StoredElement { level: e.level(), deleted: e.deleted(), heap: e.heap(), links });
         }
     }
     out
 }
 
-/// Live elements of a partition that no path from its entry point reaches.
-pub fn unreachable(index: pg_sys::Relation, meta: &Meta, p: &Partition) -> Vec<Tid> {
+/// Live elements of partition `p` (read into `elements`) that no path of live elements from
+/// its entry point reaches.
+pub fn unreached(p: &Partition, elements: &IdMap<StoredElement>) -> Vec<Tid> {
     let Some((entry, _)) = p.head.entry() else { return Vec::new() };
-    let elements = partition_links(index, meta, p);
+    let live = |id: &u64| elements.get(id).filter(|s| !s.deleted);
     let mut reached = IdSet::default();
     reached.insert(entry.pack());
     let mut stack = vec![entry.pack()];
     while let Some(id) = stack.pop() {
-        if let Some(links) = elements.get(&id) {
-            for t in links {
-                if elements.contains_key(&t.pack()) && reached.insert(t.pack()) {
-                    stack.push(t.pack());
-                }
+        for t in live(&id).iter().flat_map(|s| s.links.iter().flatten()) {
+            if live(&t.pack()).is_some() && reached.insert(t.pack()) {
+                stack.push(t.pack());
             }
         }
     }
     let mut out: Vec<Tid> = elements
         .keys()
-        .filter(|id| !reached.contains(id))
+        .filter(|id| live(id).is_some() && !reached.contains(id))
         .map(|&id| Tid { block: (id >> 16) as u32, offset: (id & 0xffff) as u16 })
         .collect();
     out.sort();
@@ -296,7 +295,7 @@ pub fn unreachable(index: pg_sys::Relation, meta: &Meta, p: &Partition) -> Vec<T
 fn connect_partition(index: pg_sys::Relation, meta: &Meta, graph: &mut DiskGraph, p: &Partition) {
     let Some((entry, level)) = p.head.entry() else { return };
     for _ in 0..4 {
-        let orphans = unreachable(index, meta, p);
+        let orphans = unreached(p, &partition_elements(index, meta, p));
         if orphans.is_empty() {
             return;
         }
