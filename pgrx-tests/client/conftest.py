@@ -5,9 +5,13 @@ sutra_client. SUTRA_NOPRELOAD_HOST / SUTRA_NOPRELOAD_PORT: a cluster without the
 """
 
 import os
+import subprocess
+import tempfile
 
 import psycopg
 import pytest
+
+BIN = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True).stdout.strip()
 
 
 def connect(host_var, port_var, dbname="postgres", **kwargs):
@@ -33,3 +37,36 @@ def conn():
 def plain_conn():
     with connect("SUTRA_NOPRELOAD_HOST", "SUTRA_NOPRELOAD_PORT", autocommit=True) as c:
         yield c
+
+
+# Clusters of their own, for tests that stop, crash or replicate a server.
+
+def as_postgres(*args, check=True):
+    """Runs a PostgreSQL program as the postgres OS user (initdb and pg_ctl refuse root)."""
+    cmd = [str(a) for a in args]
+    if os.geteuid() == 0:
+        cmd = ["runuser", "-u", "postgres", "--"] + cmd
+    return subprocess.run(cmd, capture_output=True, text=True, check=check)
+
+
+def throwaway_dir(prefix):
+    """A directory the postgres OS user can use for clusters and their sockets."""
+    base = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(base, 0o777)
+    return base
+
+
+def pg_ctl(data):
+    """pg_ctl for the cluster in `data`, logging to `data`.log."""
+    return lambda *a, check=True: as_postgres(f"{BIN}/pg_ctl", "-D", data, "-l", data + ".log", "-w", *a, check=check)
+
+
+def init_cluster(base, name, port, conf=""):
+    """A new cluster in base/name with sutra preloaded, on `port` through a socket in `base`, with
+    `conf` appended to its configuration; returns its pg_ctl."""
+    data = os.path.join(base, name)
+    as_postgres(f"{BIN}/initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync")
+    with open(os.path.join(data, "postgresql.conf"), "a") as f:
+        f.write(f"port = {port}\nlisten_addresses = ''\nunix_socket_directories = '{base}'\n"
+                f"shared_preload_libraries = 'sutra'\n{conf}")
+    return pg_ctl(data)

@@ -9,7 +9,6 @@ import os
 import random
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 
@@ -18,7 +17,8 @@ import pytest
 
 
 DIMS = 16
-BIN = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True).stdout.strip()
+from conftest import BIN, as_postgres, init_cluster, pg_ctl, throwaway_dir
+
 PORT = 54718
 
 
@@ -123,22 +123,10 @@ def test_searches_are_metered_for_the_tenant(conn):
     conn.execute("DROP ROLE hnsw_meter_app")
 
 
-def as_postgres(*args, check=True):
-    cmd = [str(a) for a in args]
-    if os.geteuid() == 0:
-        cmd = ["runuser", "-u", "postgres", "--"] + cmd
-    return subprocess.run(cmd, capture_output=True, text=True, check=check)
-
-
 def test_crash_during_concurrent_inserts_loses_no_committed_row():
-    base = tempfile.mkdtemp(prefix="sutra-hnsw-crash-")
-    os.chmod(base, 0o777)
+    base = throwaway_dir("sutra-hnsw-crash-")
     data = os.path.join(base, "data")
-    as_postgres(f"{BIN}/initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync")
-    with open(os.path.join(data, "postgresql.conf"), "a") as f:
-        f.write(f"port = {PORT}\nlisten_addresses = ''\nunix_socket_directories = '{base}'\n"
-                "shared_preload_libraries = 'sutra'\nrestart_after_crash = off\n")
-    ctl = lambda *a, check=True: as_postgres(f"{BIN}/pg_ctl", "-D", data, "-l", os.path.join(base, "log"), "-w", *a, check=check)
+    ctl = init_cluster(base, "data", PORT, "restart_after_crash = off\n")
     ctl("start")
     conninfo = dict(host=base, port=PORT, user="postgres", dbname="postgres")
     try:
@@ -177,7 +165,7 @@ def test_crash_during_concurrent_inserts_loses_no_committed_row():
                 time.sleep(0.05)
         started = ctl("start", check=False)
         if started.returncode != 0:
-            with open(os.path.join(base, "log")) as f:
+            with open(data + ".log") as f:
                 pytest.fail("restart failed:\n" + f.read()[-3000:])
         with psycopg.connect(**conninfo, autocommit=True) as c:
             rows = {**before, **committed}
@@ -192,21 +180,17 @@ def test_crash_during_concurrent_inserts_loses_no_committed_row():
 
 
 def test_standby_replays_the_index():
-    base = tempfile.mkdtemp(prefix="sutra-hnsw-standby-")
-    os.chmod(base, 0o777)
-    primary, standby = os.path.join(base, "primary"), os.path.join(base, "standby")
+    base = throwaway_dir("sutra-hnsw-standby-")
+    standby = os.path.join(base, "standby")
     port_p, port_s = PORT + 1, PORT + 2
-    as_postgres(f"{BIN}/initdb", "-D", primary, "-A", "trust", "-U", "postgres", "--no-sync")
-    with open(os.path.join(primary, "postgresql.conf"), "a") as f:
-        f.write(f"port = {port_p}\nlisten_addresses = ''\nunix_socket_directories = '{base}'\n"
-                "shared_preload_libraries = 'sutra'\nfsync = off\n")
-    ctl = lambda data, *a, check=True: as_postgres(f"{BIN}/pg_ctl", "-D", data, "-l", data + ".log", "-w", *a, check=check)
-    ctl(primary, "start")
+    primary_ctl = init_cluster(base, "primary", port_p, "fsync = off\n")
+    standby_ctl = pg_ctl(standby)
+    primary_ctl("start")
     try:
         as_postgres(f"{BIN}/pg_basebackup", "-h", base, "-p", port_p, "-U", "postgres", "-D", standby, "-R", "-X", "stream")
         with open(os.path.join(standby, "postgresql.conf"), "a") as f:
             f.write(f"port = {port_s}\n")
-        ctl(standby, "start")
+        standby_ctl("start")
         p = dict(host=base, port=port_p, user="postgres", dbname="postgres")
         s = dict(host=base, port=port_s, user="postgres", dbname="postgres")
         rng = random.Random(7)
@@ -240,6 +224,6 @@ def test_standby_replays_the_index():
             assert r.execute("SELECT count(*) FROM hnsw_rep").fetchone()[0] == len(rows)
             assert_found(r, "hnsw_rep", rows)
     finally:
-        ctl(standby, "-m", "immediate", "stop", check=False)
-        ctl(primary, "-m", "immediate", "stop", check=False)
+        standby_ctl("-m", "immediate", "stop", check=False)
+        primary_ctl("-m", "immediate", "stop", check=False)
         subprocess.run(["rm", "-rf", base])

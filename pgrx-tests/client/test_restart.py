@@ -5,37 +5,23 @@ memory) the counters start again from what was flushed, and the limits still wor
 import os
 import signal
 import subprocess
-import tempfile
 import time
 
 import psycopg
 import pytest
 
-BIN = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True).stdout.strip()
+from conftest import init_cluster, throwaway_dir
+
 PORT = 54717
-
-
-def as_postgres(*args):
-    cmd = [str(a) for a in args]
-    if os.geteuid() == 0:
-        cmd = ["runuser", "-u", "postgres", "--"] + cmd
-    return subprocess.run(cmd, capture_output=True, text=True, check=True)
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    base = tempfile.mkdtemp(prefix="sutra-restart-")
-    os.chmod(base, 0o777)
-    data = os.path.join(base, "data")
-    as_postgres(f"{BIN}/initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync")
-    with open(os.path.join(data, "postgresql.conf"), "a") as f:
-        f.write(f"port = {PORT}\nlisten_addresses = ''\nunix_socket_directories = '{base}'\n"
-                "shared_preload_libraries = 'sutra'\nfsync = off\nsutra.usage_flush_interval = 3600\n")
-    ctl = lambda *a: as_postgres(f"{BIN}/pg_ctl", "-D", data, "-l", os.path.join(base, "log"), "-w", *a)
+    base = throwaway_dir("sutra-restart-")
+    ctl = init_cluster(base, "data", PORT, "fsync = off\nsutra.usage_flush_interval = 3600\n")
     ctl("start")
     yield base, ctl
-    subprocess.run((["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else [])
-                   + [f"{BIN}/pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True)
+    ctl("-m", "immediate", "stop", check=False)
     subprocess.run(["rm", "-rf", base])
 
 
