@@ -75,7 +75,7 @@ pg_workdir() {
 cluster_start() {
     local dir=$1 port=$2
     shift 2
-    cluster_stop "$dir"
+    cluster_stop "$dir" || true
     rm -rf "$dir"
     mkdir -p "$dir"
     is_root && chown postgres: "$dir"
@@ -95,11 +95,20 @@ cluster_start() {
     as_pg env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE "$PG_BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start >/dev/null
 }
 
+# cluster_stop DIR: a fast stop of the cluster in DIR (if it runs). A server that does not stop
+# within 60 s is reported, killed (immediate stop) so that nothing is left running, and the call
+# fails: callers count it as a failure.
 cluster_stop() {
     local dir=$1
-    if [ -f "$dir/postmaster.pid" ]; then
-        as_pg "$PG_BIN/pg_ctl" -D "$dir" -m fast -w stop >/dev/null 2>&1 || true
+    [ -f "$dir/postmaster.pid" ] || return 0
+    if as_pg "$PG_BIN/pg_ctl" -D "$dir" -m fast -t 60 -w stop >/dev/null 2>&1; then
+        return 0
     fi
+    echo "error: the cluster in $dir did not stop within 60 s (pg_ctl stop -m fast); processes left:" >&2
+    pgrep -a -f -- "$dir" >&2 || true
+    pgrep -a -u postgres -f 'postgres: ' >&2 || true
+    as_pg "$PG_BIN/pg_ctl" -D "$dir" -m immediate -w stop >/dev/null 2>&1 || true
+    return 1
 }
 
 # A Python virtualenv under target/ with the client libraries the client tests use.

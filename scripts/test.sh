@@ -61,7 +61,7 @@ CLUSTER="$PGWORK/test-cluster"
 PLAIN="$PGWORK/test-cluster-nopreload"
 PORT=54615
 PLAIN_PORT=54616
-trap 'cluster_stop "$CLUSTER"; cluster_stop "$PLAIN"' EXIT
+trap 'cluster_stop "$CLUSTER" || true; cluster_stop "$PLAIN" || true' EXIT
 log "starting throwaway clusters"
 cluster_start "$CLUSTER" "$PORT"
 cluster_start "$PLAIN" "$PLAIN_PORT" "shared_preload_libraries = ''"
@@ -92,6 +92,12 @@ pytest_count() { # pytest_count WORD_REGEX: the sum of the numbers before the ma
 p=$(pytest_count passed)
 f=$(pytest_count 'failed|errors?')
 count client "$p" "$f"
+
+# A server that does not stop fails the run (and is killed, so none is left running).
+log "stopping throwaway clusters"
+for dir in "$CLUSTER" "$PLAIN"; do
+    cluster_stop "$dir" || SUITES_FAILED+=("stop of $(basename "$dir")")
+done
 
 if [ ${#SUITES_FAILED[@]} -gt 0 ]; then
     echo "failed suites: ${SUITES_FAILED[*]}" >&2

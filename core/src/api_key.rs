@@ -38,7 +38,7 @@ pub fn parse(key: &str) -> Option<PresentedKey<'_>> {
 /// The key id of a presented key, if it has one in the right place, for auditing a failure.
 pub fn key_id_of(key: &str) -> Option<&str> {
     let id = key.strip_prefix(PREFIX)?.get(..KEY_ID_LEN)?;
-    id.bytes().all(|b| b.is_ascii_hexdigit()).then_some(id)
+    id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)).then_some(id)
 }
 
 /// A new key from random bytes: `(key id, full key)`.
@@ -113,5 +113,8 @@ mod tests {
         }
         assert_eq!(key_id_of("sk_abcd0102030405ff_garbage"), Some("abcd0102030405ff"));
         assert_eq!(key_id_of("garbage"), None);
+        // Key ids are lower case: an upper-case one is no key's id.
+        assert_eq!(key_id_of("sk_ABCD0102030405FF_garbage"), None);
+        assert_eq!(key_id_of(&k.replace("sk_abcd", "sk_ABCD")), None);
     }
 }

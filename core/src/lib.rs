@@ -1,4 +1,4 @@
-//! The parts of sutra that need no PostgreSQL: the vector text format, distance kernels,
+//! The parts of sutra that need no PostgreSQL: the vector text and binary forms, distance kernels,
 //! element-wise arithmetic, the signed tenant context, API keys and JWT. Everything here is plain Rust with plain unit tests; the extension
 //! crate turns the error values into PostgreSQL errors.
 
@@ -10,6 +10,7 @@ pub mod hnsw;
 pub mod jwt;
 pub mod tenant_context;
 pub mod throttle;
+pub mod vector_binary;
 pub mod vector_text;
 
 /// FNV-1a of `bytes`, the offset basis mixed with `seed`: places keys in sutra's fixed-size

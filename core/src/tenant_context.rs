@@ -74,6 +74,10 @@ impl Scopes {
         if s == "-" {
             return Some(Scopes(0));
         }
+        // No scopes are spelled "-" only, never as an empty field.
+        if s.is_empty() {
+            return None;
+        }
         let mut out = Scopes(0);
         let mut last = 0;
         for c in s.chars() {
@@ -154,8 +158,13 @@ pub fn verify(value: &str, secret: &[u8], now: i64) -> Result<Context, ContextEr
         return Err(ContextError::Malformed);
     }
     let scopes = Scopes::from_letters(scopes).ok_or(ContextError::Malformed)?;
-    // Digits only, so "+5" or " 5" cannot give a second spelling of the same value.
-    if expires.is_empty() || expires.len() > 18 || !expires.bytes().all(|b| b.is_ascii_digit()) {
+    // Digits only and no leading zero, so "+5", " 5" or "05" cannot give a second spelling of
+    // the same value.
+    if expires.is_empty()
+        || expires.len() > 18
+        || !expires.bytes().all(|b| b.is_ascii_digit())
+        || (expires.len() > 1 && expires.starts_with('0'))
+    {
         return Err(ContextError::Malformed);
     }
     let expires: i64 = expires.parse().map_err(|_| ContextError::Malformed)?;
@@ -259,6 +268,18 @@ mod tests {
         ] {
             assert_eq!(verify(&bad, SECRET, 0), Err(ContextError::Malformed), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn one_spelling_even_when_signed() {
+        let v = sign(&ctx(Scopes(0)), SECRET);
+        let (payload, _) = v.rsplit_once('.').unwrap();
+        for other in [payload.replace(".-.2", "..2"), payload.replace("2000000000", "02000000000")] {
+            let tag = URL_SAFE_NO_PAD.encode(mac(SECRET, &other).finalize().into_bytes());
+            assert_eq!(verify(&format!("{other}.{tag}"), SECRET, 0), Err(ContextError::Malformed), "{other}");
+        }
+        let zero = Context { expires: 0, ..ctx(Scopes::READ) };
+        assert_eq!(verify(&sign(&zero, SECRET), SECRET, -1), Ok(zero));
     }
 
     #[test]

@@ -253,11 +253,15 @@ pub extern "C-unwind" fn sutra_audit_flush_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);
     let mut idle = 0;
-    while idle < 5 && !BackgroundWorker::sigterm_received() {
+    // A stop request (smart or fast shutdown) ends the loop at once: wait_latch reports it, and
+    // reading it consumes it, so its answer is what decides.
+    while idle < 5 {
         let events = take_events(db);
         if events.is_empty() {
             idle += 1;
-            BackgroundWorker::wait_latch(Some(Duration::from_millis(200)));
+            if !BackgroundWorker::wait_latch(Some(Duration::from_millis(200))) {
+                break;
+            }
             continue;
         }
         idle = 0;

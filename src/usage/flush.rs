@@ -14,7 +14,9 @@ use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime, SignalWakeFlags,
+};
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 
@@ -181,18 +183,102 @@ fn flush_usage() -> i64 {
     flush_current_db()
 }
 
+/// Whether the postmaster asked this worker to stop (SIGTERM: smart, fast shutdown, or
+/// `pg_terminate_backend`). pgrx's SIGTERM handler sets `ShutdownRequestPending`; reading it,
+/// unlike `BackgroundWorker::sigterm_received`, does not consume the request.
+fn stop_requested() -> bool {
+    // SAFETY: a sig_atomic_t global that signal handlers set; a volatile read.
+    unsafe { (&raw const pg_sys::ShutdownRequestPending).read_volatile() != 0 }
+}
+
+/// SIGUSR1 of the launcher: the postmaster signals a worker's start and exit to the process that
+/// registered it with SIGUSR1. A background worker without a database connection ignores
+/// SIGUSR1 by default, so without this handler those notices never wake the launcher's latch.
+extern "C-unwind" fn launcher_sigusr1(_signal: i32) {
+    // SAFETY: SetLatch is meant to be called from signal handlers (PostgreSQL's own handlers do
+    // exactly this); errno is restored for the code the signal interrupted.
+    unsafe {
+        let errno = libc::__errno_location();
+        let saved = *errno;
+        pg_sys::SetLatch(pg_sys::MyLatch);
+        *errno = saved;
+    }
+}
+
+/// Sleeps on the latch for at most `timeout`; returns false once the worker should stop.
+fn sleep(timeout: Duration) -> bool {
+    // SAFETY: waits on this process's own latch; the timeout bounds the wait even if a wakeup
+    // were missed, and the process exits if the postmaster dies.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            timeout.as_millis().min(i64::MAX as u128) as _,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    !stop_requested()
+}
+
+/// Starts a flush worker for `db` and waits until it has exited, or until this worker is asked to
+/// stop. Returns false when it should stop.
+fn flush_database(db: u32) -> bool {
+    let worker = BackgroundWorkerBuilder::new("sutra metering flush")
+        .set_type("sutra metering flush")
+        .set_library("sutra")
+        .set_function("sutra_metering_flush_main")
+        .set_argument(Some(pg_sys::Datum::from(db)))
+        .enable_spi_access()
+        // SAFETY: a plain global of this process.
+        .set_notify_pid(unsafe { pg_sys::MyProcPid })
+        .set_restart_time(None)
+        .load_dynamic();
+    let Ok(worker) = worker else {
+        pgrx::log!("sutra: could not start a metering flush worker (max_worker_processes is reached)");
+        return !stop_requested();
+    };
+    loop {
+        // Once shutdown begins the postmaster starts no new worker and forgets this one; a worker
+        // that runs finishes its transaction. Either way the launcher need not wait: what is not
+        // written yet is saved with the rest at shutdown.
+        if stop_requested() {
+            return false;
+        }
+        match worker.pid() {
+            Ok(_) | Err(BackgroundWorkerStatus::NotYetStarted) => {}
+            Err(_) => return true,
+        }
+        // Woken by the postmaster's notice of the worker's exit; the timeout only bounds a wait
+        // whose notice went astray.
+        sleep(Duration::from_millis(500));
+    }
+}
+
 /// The launcher: starts a flush for every database with pending counts, every interval.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn sutra_metering_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    // SAFETY: installs a handler that only sets this process's latch.
+    unsafe { pg_sys::pqsignal(pg_sys::SIGUSR1 as i32, Some(launcher_sigusr1)) };
     // SAFETY: reads an integer GUC of this process.
     let interval = || Duration::from_secs(unsafe { FLUSH_INTERVAL }.max(1) as u64);
-    while BackgroundWorker::wait_latch(Some(interval())) {
-        if BackgroundWorker::sighup_received() {
-            // SAFETY: rereads the configuration file, as any process does on SIGHUP.
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+    let mut next = std::time::Instant::now() + interval();
+    loop {
+        let now = std::time::Instant::now();
+        if now < next {
+            if !sleep(next - now) {
+                return;
+            }
+            if BackgroundWorker::sighup_received() {
+                // SAFETY: rereads the configuration file, as any process does on SIGHUP.
+                unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+                next = next.min(std::time::Instant::now() + interval());
+            }
+            continue;
         }
+        next = now + interval();
         let mut dbs: Vec<u32> = shmem::slots()
             .filter(|s| s.pending.read().iter().any(|c| *c > 0))
             .map(|s| s.db())
@@ -200,21 +286,8 @@ pub extern "C-unwind" fn sutra_metering_launcher_main(_arg: pg_sys::Datum) {
         dbs.sort_unstable();
         dbs.dedup();
         for db in dbs {
-            let worker = BackgroundWorkerBuilder::new("sutra metering flush")
-                .set_type("sutra metering flush")
-                .set_library("sutra")
-                .set_function("sutra_metering_flush_main")
-                .set_argument(Some(pg_sys::Datum::from(db)))
-                .enable_spi_access()
-                // SAFETY: a plain global of this process.
-                .set_notify_pid(unsafe { pg_sys::MyProcPid })
-                .set_restart_time(None)
-                .load_dynamic();
-            match worker {
-                Ok(w) => {
-                    let _ = w.wait_for_shutdown();
-                }
-                Err(_) => pgrx::log!("sutra: could not start a metering flush worker"),
+            if !flush_database(db) {
+                return;
             }
         }
     }
