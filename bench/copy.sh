@@ -50,8 +50,8 @@ copy_ms() {
     echo "$best"
 }
 plain=$(copy_ms postgres "SELECT 1")
-tenant_ms=$(copy_ms bench_loader "SELECT sutra.set_tenant('$tenant') IS NULL")
-count=$(psql_as bench_loader -c "SELECT sutra.set_tenant('$tenant') IS NULL" -c "SELECT count(*) FROM events")
+tenant_ms=$(copy_ms bench_loader "SELECT sutra.set_tenant('$tenant', session => true) IS NULL")
+count=$(psql_as bench_loader -c "SELECT sutra.set_tenant('$tenant', session => true) IS NULL" -c "SELECT count(*) FROM events")
 [ "$(echo "$count" | tail -n1)" = "$ROWS" ] || { echo "tenant COPY loaded $(echo "$count" | tail -n1) rows, expected $ROWS" >&2; exit 1; }
 awk -v r="$ROWS" -v p="$plain" -v t="$tenant_ms" 'BEGIN {
     printf "copy from, %d rows: tenant session %.0f ms (%.0f rows/s), plain COPY without RLS %.0f ms (%.0f rows/s), throughput ratio %.2f (bar >= 0.50)\n",

@@ -312,7 +312,7 @@ tenant_setup() {
         {
             echo "\\set r random(1, $nb)"
             if [ "$n" = 2 ]; then
-                echo "SELECT sutra.set_tenant(tenant_id) FROM bq_sutra WHERE bucket = '$b' AND rn = :r;"
+                echo "SELECT sutra.set_tenant(tenant_id, session => true) FROM bq_sutra WHERE bucket = '$b' AND rn = :r;"
                 echo "SELECT id FROM docs_sutra ORDER BY embedding <=> (SELECT v FROM bq_sutra WHERE bucket = '$b' AND rn = :r) LIMIT 10;"
             else
                 echo "SELECT tenant_id AS t FROM bq_$side WHERE bucket = '$b' AND rn = :r \\gset"
@@ -358,7 +358,7 @@ part_tenants() {
         q="SELECT id FROM docs_sutra WHERE tenant_id = \$1 ORDER BY embedding <=> (SELECT v FROM bq_sutra WHERE qn = \$2) LIMIT 10"
         require_generic_plan postgres "SELECT 1" docs_sutra_hnsw "$q" "uuid, int" "'$t_large', 1"
         q="SELECT id FROM docs_sutra ORDER BY embedding <=> (SELECT v FROM bq_sutra WHERE qn = \$1) LIMIT 10"
-        require_generic_plan "$APP" "SELECT sutra.set_tenant('$t_small')" docs_sutra_hnsw "$q" int 1
+        require_generic_plan "$APP" "SELECT sutra.set_tenant('$t_small', session => true)" docs_sutra_hnsw "$q" int 1
     fi
     if has_side pgv; then
         step "part tenants: building pgvector hnsw (embedding)"

@@ -110,7 +110,7 @@ Q2_WHERE="SELECT id, category, payload FROM items WHERE tenant_id = $(tenant_uui
 for n in 1 417 1000; do
     for q in 1 2; do
         rls_q=Q${q}_RLS where_q=Q${q}_WHERE
-        a=$(sql_app -c "SELECT sutra.set_tenant($(tenant_uuid $n))" -c "${!rls_q//:cursor/500000}" | tail -n +2 | md5sum)
+        a=$(sql_app -c "SELECT sutra.set_tenant($(tenant_uuid $n), session => true)" -c "${!rls_q//:cursor/500000}" | tail -n +2 | md5sum)
         b=$(sql -c "$(sed "s/:n/$n/g; s/:cursor/500000/g" <<<"${!where_q}")" | md5sum)
         [ "$a" = "$b" ] || { echo "RLS and WHERE results differ for tenant $n, query $q" >&2; exit 1; }
     done
@@ -121,7 +121,7 @@ done
 tenant_indexes=$(sql -c "SELECT string_agg(i.indexrelid::regclass::text, '|') FROM pg_index i
     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
     WHERE i.indrelid = 'items'::regclass AND a.attname = 'tenant_id'")
-rls_plan() { sql_app -c "SELECT sutra.set_tenant($(tenant_uuid 417))" -c "EXPLAIN (COSTS OFF) ${1//:cursor/500000}" | tail -n +2; }
+rls_plan() { sql_app -c "SELECT sutra.set_tenant($(tenant_uuid 417), session => true)" -c "EXPLAIN (COSTS OFF) ${1//:cursor/500000}" | tail -n +2; }
 # scan_node PLAN: the first scan node, and where current_tenant() appears in it.
 scan_node() {
     awk '/Scan (using|on) / && !node {sub(/^[ ->]*/, ""); sub(/ +$/, ""); node = $0; next}
@@ -153,7 +153,7 @@ for q in 1 2; do
             echo '\set n random(1, 1000)'
             echo '\set cursor random(0, 980000)'
             if [ "$side" = RLS ]; then echo "SET ROLE $APP;"; else echo "RESET ROLE;"; fi
-            echo "SELECT sutra.set_tenant($(tenant_uuid :n));"
+            echo "SELECT sutra.set_tenant($(tenant_uuid :n), session => true);"
             echo "${!v};"
         } >"$WORK/q$q-$side.sql"
     done
@@ -186,7 +186,7 @@ rls_line() {
         "$ROUNDS" "$SECONDS_PER_RUN" "${LAT[${q}RLS]% }" "${LAT[${q}WHERE]% }" "${RATIOS[$q]% }" "${LAT[${q}N]% }"
 }
 # The policy's function alone, per call, as the RLS role in a tenant context (for reading Q2).
-policy_us=$(sql_app -c "SELECT sutra.set_tenant($(tenant_uuid 417))" -c "EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON)
+policy_us=$(sql_app -c "SELECT sutra.set_tenant($(tenant_uuid 417), session => true)" -c "EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON)
     SELECT count(sutra.current_tenant('read')) FROM generate_series(1, 100000)" | tail -n +2 |
     python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)[0]["Execution Time"] * 1000 / 100000))')
 
@@ -200,8 +200,8 @@ best_ms() {
     done | sort -g | head -n1
 }
 CALLS=20000
-sql_app -c "SELECT count(sutra.authenticate('$KEY')) FROM generate_series(1, 100)" >/dev/null  # warm-up
-auth_ms=$(best_ms "SELECT count(sutra.authenticate('$KEY')) FROM generate_series(1, $CALLS) i")
+sql_app -c "SELECT count(sutra.authenticate('$KEY', session => true)) FROM generate_series(1, 100)" >/dev/null  # warm-up
+auth_ms=$(best_ms "SELECT count(sutra.authenticate('$KEY', session => true)) FROM generate_series(1, $CALLS) i")
 base_ms=$(best_ms "SELECT count(length('$KEY' || i)) FROM generate_series(1, $CALLS) i")
 auth_us=$(awk -v t="$auth_ms" -v n=$CALLS 'BEGIN {printf "%.2f", t * 1000 / n}')
 base_us=$(awk -v t="$base_ms" -v n=$CALLS 'BEGIN {printf "%.2f", t * 1000 / n}')

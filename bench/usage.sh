@@ -34,7 +34,7 @@ psql_db -c "CREATE EXTENSION sutra" -c "
     SELECT sutra.enable_tenancy('items');
     -- Counts known for every tenant before the runs (a server start would count them on first use).
     SELECT count(*) FROM generate_series(1, 100) i, sutra.quota_usage(('00000000-0000-0000-0000-' || lpad(i::text, 12, '0'))::uuid);" >/dev/null
-context=$(psql_db -c "SELECT sutra.set_tenant('bench-1') IS NULL" -c "SHOW sutra.tenant_id" | tail -n1)
+context=$(psql_db -c "SELECT sutra.set_tenant('bench-1', session => true) IS NULL" -c "SHOW sutra.tenant_id" | tail -n1)
 WORK=$(mktemp -d)
 chmod 755 "$WORK"
 trap 'rm -rf "$WORK"; [ -z "${SUTRA_BENCH_HOST:-}" ] && cluster_stop "$HOST"' EXIT

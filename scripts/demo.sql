@@ -47,9 +47,9 @@ SELECT sutra.create_api_key('globex', 'backend') AS globex_key \gset
 SELECT key_id, name, scopes, status FROM sutra.api_keys ORDER BY name, key_id;
 
 SET ROLE demo_app;
-SELECT sutra.authenticate(:'acme_key') IS NOT NULL AS authenticated, sutra.current_scopes();
+SELECT sutra.authenticate(:'acme_key', session => true) IS NOT NULL AS authenticated, sutra.current_scopes();
 INSERT INTO notes (body, embedding) VALUES ('acme: Q3 roadmap', '[1,0,0]'), ('acme: hiring plan', '[0,1,0]');
-SELECT sutra.authenticate(:'globex_key') IS NOT NULL AS now_globex;
+SELECT sutra.authenticate(:'globex_key', session => true) IS NOT NULL AS now_globex;
 INSERT INTO notes (body, embedding) VALUES ('globex: launch date', '[0.5,0.5,0.1]');
 SELECT body FROM notes ORDER BY id;                -- globex's row only
 -- The nearest note to [1,0,0] is acme's roadmap; globex's search reads only globex's graph.

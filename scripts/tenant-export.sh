@@ -37,7 +37,7 @@ GRANT pg_read_all_data TO sutra_export;
 GRANT sutra_export TO CURRENT_USER;
 SQL
 tenant_id=$(psql_q -v tenant="$TENANT" <<<"SELECT sutra.tenant_id(:'tenant')")
-context=$(psql_q -c "SELECT sutra.set_tenant('$tenant_id') IS NULL" -c "SHOW sutra.tenant_id" | tail -n1)
+context=$(psql_q -c "SELECT sutra.set_tenant('$tenant_id', session => true) IS NULL" -c "SHOW sutra.tenant_id" | tail -n1)
 checksum=$(psql_q -c "SELECT sutra.tenant_checksum('$tenant_id')")
 tables=()
 while IFS= read -r t; do

@@ -278,7 +278,9 @@ BEGIN
     ELSE
         SELECT * INTO r FROM sutra.tenants t WHERE t.slug = tenant;
     END IF;
-    IF r.id IS NULL THEN
+    -- A tenant session sees its own tenant only: another tenant is reported exactly as one that
+    -- does not exist, so that the error tells nothing about other tenants.
+    IF r.id IS NULL OR NOT (sutra._caller_is_service() OR r.id = sutra._context_tenant()) THEN
         RAISE EXCEPTION 'tenant "%" does not exist', tenant USING ERRCODE = '42704',
             HINT = 'Name a tenant by its uuid or its slug.';
     END IF;
@@ -568,7 +570,8 @@ DECLARE
     k sutra.api_key_store;
 BEGIN
     SELECT * INTO k FROM sutra.api_key_store s WHERE s.key_id = _api_key_row.key_id FOR UPDATE;
-    IF k.key_id IS NULL THEN
+    -- Another tenant's key is reported exactly as a key that does not exist.
+    IF k.key_id IS NULL OR NOT (sutra._caller_is_service() OR k.tenant_id = sutra._context_tenant()) THEN
         RAISE EXCEPTION 'API key "%" does not exist', key_id USING ERRCODE = '42704';
     END IF;
     PERFORM sutra._require_key_admin(k.tenant_id);
@@ -611,25 +614,54 @@ END $$;
 
 -- Tenant tables ---------------------------------------------------------------------------------
 
-CREATE FUNCTION _register_tenant_table(tbl regclass, tenant_column name, enable boolean) RETURNS void
+-- Registration of tenant tables. sutra.enable_tenancy runs as its caller, the table's owner, and
+-- registers the table with a plain INSERT into sutra.tenant_tables, which row level security allows
+-- only for an ordinary or partitioned, permanent or unlogged table outside the system schemas and
+-- sutra's, owned by the caller (or a role the caller is a member of). No privileged function is
+-- involved, and nothing registered is ever read with more rights than its owner's: sutra counts
+-- rows of registered tables without running their code (src/usage/count.rs).
+CREATE FUNCTION _may_register(tbl regclass) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((
+        SELECT c.relkind IN ('r', 'p') AND c.relpersistence IN ('p', 'u')
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'sutra', 'pg_toast')
+               AND pg_has_role(current_user, c.relowner, 'USAGE')
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.oid = tbl), false);
+$$;
+
+CREATE FUNCTION _owns(tbl regclass) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_class c WHERE c.oid = tbl), false);
+$$;
+
+ALTER TABLE tenant_tables ENABLE ROW LEVEL SECURITY;
+CREATE POLICY everyone_reads ON tenant_tables FOR SELECT USING (true);
+CREATE POLICY owner_registers ON tenant_tables FOR INSERT WITH CHECK (sutra._may_register(table_name));
+CREATE POLICY owner_changes ON tenant_tables FOR UPDATE USING (sutra._may_register(table_name))
+    WITH CHECK (sutra._may_register(table_name));
+CREATE POLICY owner_unregisters ON tenant_tables FOR DELETE USING (sutra._owns(table_name));
+GRANT INSERT, UPDATE (tenant_column), DELETE ON tenant_tables TO PUBLIC;
+
+-- Every registration and its end is audited (a trigger: nobody can call it). A restore of a dump
+-- (pg_restore and pg_dump's scripts run with row_security = off) brings back the audit log it
+-- dumped, so the registrations it restores are not audited a second time.
+CREATE FUNCTION _tenant_table_audit() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF NOT pg_has_role(sutra._caller(),
-                       (SELECT c.relowner FROM pg_class c WHERE c.oid = tbl), 'USAGE') THEN
-        RAISE EXCEPTION 'must be owner of table %', tbl USING ERRCODE = '42501';
+    IF current_setting('row_security') = 'off' THEN
+        RETURN NULL;
     END IF;
-    IF enable THEN
-        INSERT INTO sutra.tenant_tables (table_name, tenant_column) VALUES (tbl, tenant_column)
-        ON CONFLICT (table_name) DO UPDATE SET tenant_column = EXCLUDED.tenant_column;
-        PERFORM sutra._audit('tenancy.enable', NULL,
-            jsonb_build_object('table', tbl::text, 'tenant_column', tenant_column));
+    IF TG_OP = 'DELETE' THEN
+        PERFORM sutra._audit('tenancy.disable', NULL, jsonb_build_object('table', OLD.table_name::text));
     ELSE
-        DELETE FROM sutra.tenant_tables t WHERE t.table_name = tbl;
-        PERFORM sutra._audit('tenancy.disable', NULL, jsonb_build_object('table', tbl::text));
+        PERFORM sutra._audit('tenancy.enable', NULL,
+            jsonb_build_object('table', NEW.table_name::text, 'tenant_column', NEW.tenant_column));
     END IF;
+    RETURN NULL;
 END $$;
-REVOKE ALL ON FUNCTION _register_tenant_table(regclass, name, boolean) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION _register_tenant_table(regclass, name, boolean) TO PUBLIC;
+CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON tenant_tables
+    FOR EACH ROW EXECUTE FUNCTION _tenant_table_audit();
 
 CREATE FUNCTION _drop_tenant_policies(tbl regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -717,7 +749,8 @@ BEGIN
         EXECUTE format('CREATE TRIGGER sutra_quota_truncate BEFORE TRUNCATE ON %s '
                        'FOR EACH STATEMENT EXECUTE FUNCTION sutra._quota_truncate(%L)', tbl, tenant_column);
     END IF;
-    PERFORM sutra._register_tenant_table(tbl, tenant_column, true);
+    INSERT INTO sutra.tenant_tables AS t (table_name, tenant_column) VALUES (tbl, tenant_column)
+    ON CONFLICT (table_name) DO UPDATE SET tenant_column = EXCLUDED.tenant_column;
 END $$;
 
 -- Undoes enable_tenancy's security: policies, row level security and the registration. The
@@ -742,7 +775,7 @@ BEGIN
         EXECUTE format('DROP TRIGGER sutra_quota_row ON %s', tbl);
         EXECUTE format('DROP TRIGGER sutra_quota_truncate ON %s', tbl);
     END IF;
-    PERFORM sutra._register_tenant_table(tbl, col, false);
+    DELETE FROM sutra.tenant_tables t WHERE t.table_name = tbl;
 END $$;
 
 -- What row level security cannot fix about a tenant table, one row per finding.
@@ -823,11 +856,20 @@ CREATE FUNCTION tenant_checksum(tenant text) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t record;
-    id uuid := sutra.tenant_id(tenant);
+    -- Read as the caller: a tenant session sees its own row of sutra.tenants only, superusers
+    -- and sutra_service every row.
+    id uuid := (SELECT x.id FROM sutra.tenants x
+                WHERE CASE WHEN tenant ~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$'
+                           THEN x.id = tenant::uuid ELSE x.slug = tenant END);
     part text;
     parts text := '';
 BEGIN
-    FOR t IN SELECT table_name, tenant_column FROM sutra.tenant_tables ORDER BY table_name::text LOOP
+    IF id IS NULL THEN
+        RAISE EXCEPTION 'tenant "%" does not exist', tenant USING ERRCODE = '42704',
+            HINT = 'Name a tenant by its uuid or its slug.';
+    END IF;
+    FOR t IN SELECT table_name, tenant_column FROM sutra.tenant_tables
+             WHERE table_name IN (SELECT c.oid FROM pg_class c) ORDER BY table_name::text LOOP
         EXECUTE format('SELECT count(*) || '':'' || coalesce(md5(string_agg(h, '''' ORDER BY h)), '''') '
                        'FROM (SELECT md5(x::text) AS h FROM %s x WHERE %I = $1) s',
                        t.table_name, t.tenant_column)
@@ -843,6 +885,7 @@ $$;
 -- Who may call what -----------------------------------------------------------------------------
 
 REVOKE ALL ON FUNCTION _audit(text, uuid, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION _tenant_table_audit() FROM PUBLIC;
 REVOKE ALL ON FUNCTION _replace_seeded_row() FROM PUBLIC;
 REVOKE ALL ON FUNCTION _own_rows_policies(regclass, name, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _tenants_changed() FROM PUBLIC;

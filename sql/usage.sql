@@ -73,43 +73,12 @@ CREATE FUNCTION _quota_row() RETURNS trigger AS 'MODULE_PATHNAME', 'sutra_quota_
 
 -- A tenant's rows, bytes and non-null vectors in each tenant table (or in one), counted from the
 -- tables: the start of the counts after a server start, and what reconcile_usage checks against.
-CREATE FUNCTION _count_tenant_rows(tenant uuid, tbl regclass DEFAULT NULL)
-RETURNS TABLE (table_name regclass, rows bigint, bytes bigint, vectors bigint)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    t record;
-BEGIN
-    FOR t IN SELECT x.table_name, x.tenant_column FROM sutra.tenant_tables x
-             WHERE (tbl IS NULL OR x.table_name = tbl) AND x.table_name IN (SELECT c.oid FROM pg_class c)
-             ORDER BY x.table_name::text LOOP
-        RETURN QUERY EXECUTE format(
-            'SELECT %L::regclass, count(*), coalesce(sum(pg_column_size(r.*)), 0)::bigint, %s::bigint FROM %s r WHERE %I = $1',
-            t.table_name, sutra._vector_count_expr(t.table_name), t.table_name, t.tenant_column) USING tenant;
-    END LOOP;
-END $$;
-REVOKE ALL ON FUNCTION _count_tenant_rows(uuid, regclass) FROM PUBLIC;
+-- _count_tenant_rows(tenant, table) is sutra's own (src/usage/count.rs): it reads the tables
+-- directly, so that no policy, view or operator of a table's owner runs while it counts.
+REVOKE ALL ON FUNCTION _count_tenant_rows(uuid, oid) FROM PUBLIC;
 
--- sum() of the number of non-null sutra.vector columns of a row r of the table.
-CREATE FUNCTION _vector_count_expr(tbl regclass) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce('coalesce(sum(' || string_agg(format('(r.%I IS NOT NULL)::int', a.attname), ' + ') || '), 0)', '0')
-    FROM pg_attribute a
-    WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.atttypid = 'sutra.vector'::regtype;
-$$;
-
--- BEFORE TRUNCATE: the rows about to go leave every tenant's counts.
-CREATE FUNCTION _quota_truncate() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    r record;
-BEGIN
-    FOR r IN EXECUTE format('SELECT %I AS tenant, count(*) AS n, coalesce(sum(pg_column_size(r.*)), 0)::bigint AS b, '
-                            '%s::bigint AS v FROM %s r GROUP BY 1',
-                            TG_ARGV[0], sutra._vector_count_expr(TG_RELID), TG_RELID::regclass) LOOP
-        PERFORM sutra._quota_forget_rows(TG_RELID, r.tenant, r.n, r.b, r.v);
-    END LOOP;
-    RETURN NULL;
-END $$;
+-- BEFORE TRUNCATE: the rows about to go leave every tenant's counts (src/usage/quota.rs).
+CREATE FUNCTION _quota_truncate() RETURNS trigger AS 'MODULE_PATHNAME', 'sutra_quota_truncate' LANGUAGE C;
 
 -- Recounts a tenant's rows, bytes and vectors from its tables and replaces the counts quotas
 -- are enforced on (writes in flight meanwhile are not in the recount: run it when quiet).
@@ -120,7 +89,8 @@ DECLARE
     t uuid := (sutra._tenant_row(tenant)).id;
 BEGIN
     PERFORM sutra._require_service('reconcile usage');
-    CREATE TEMP TABLE sutra_recount ON COMMIT DROP AS SELECT * FROM sutra._count_tenant_rows(t);
+    CREATE TEMP TABLE sutra_recount ON COMMIT DROP AS
+        SELECT c.table_name::regclass AS table_name, c.rows, c.bytes, c.vectors FROM sutra._count_tenant_rows(t) c;
     PERFORM sutra._quota_set(c.table_name::oid, t, c.rows, c.bytes, c.vectors) FROM sutra_recount c;
     PERFORM sutra._quota_set(NULL, t, coalesce(sum(c.rows), 0)::bigint, coalesce(sum(c.bytes), 0)::bigint,
                              coalesce(sum(c.vectors), 0)::bigint) FROM sutra_recount c;
@@ -155,20 +125,18 @@ LANGUAGE sql AS $$ SELECT * FROM sutra.quota_usage(tenant::text) $$;
 
 -- Application events -----------------------------------------------------------------------------
 
+-- Partitioned by month of occurred_at. There is no default partition: record_usage makes each
+-- month's partition before it records an event in it (_usage_events_partition).
 CREATE TABLE usage_events (
     tenant_id uuid NOT NULL,
     event_type text NOT NULL CHECK (event_type ~ '^[A-Za-z0-9_.:-]{1,100}$'),
-    quantity numeric NOT NULL CHECK (quantity >= 0),
+    quantity numeric NOT NULL CHECK (quantity BETWEEN 0 AND 1e15),  -- also keeps out NaN and Infinity
     properties jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(properties) = 'object'),
-    idempotency_key text,
+    idempotency_key text CHECK (length(idempotency_key) BETWEEN 1 AND 255),
     occurred_at timestamptz NOT NULL,
     ingested_at timestamptz NOT NULL DEFAULT now(),
     event_id uuid NOT NULL DEFAULT gen_random_uuid()
 ) PARTITION BY RANGE (occurred_at);
-CREATE TABLE usage_events_default PARTITION OF usage_events DEFAULT;
--- Each partition has its own index (no partitioned index: a dump of the month partitions, which
--- are not part of the extension, restores them with their indexes).
-CREATE INDEX ON usage_events_default (tenant_id, occurred_at);
 COMMENT ON TABLE usage_events IS 'application usage events (sutra.record_usage), partitioned by month of occurred_at';
 
 -- One row per (tenant, idempotency key): a retried event is recorded once.
@@ -179,35 +147,72 @@ CREATE TABLE usage_event_keys (
     PRIMARY KEY (tenant_id, idempotency_key)
 );
 
--- The month partition of usage_events for ts, created when missing.
-CREATE FUNCTION _usage_events_partition(ts timestamptz) RETURNS void
+-- One row per tenant that has recorded an event under a monthly cap. record_usage updates the
+-- tenant's row before it adds up the month and records the event, so two checks of one tenant's
+-- caps never run at once: the second waits until the first transaction ends, then sees its event
+-- (under READ COMMITTED; under REPEATABLE READ or SERIALIZABLE it fails with a serialization
+-- error instead of adding up a month it cannot see whole). Nobody but sutra's own functions can
+-- lock these rows (no privileges for PUBLIC), and events of types without a cap do not take the
+-- lock. The rows are not data: a dump leaves them out and they come back as needed.
+CREATE TABLE usage_cap_locks (
+    tenant_id uuid PRIMARY KEY,
+    checked_at timestamptz NOT NULL
+);
+REVOKE ALL ON usage_cap_locks FROM PUBLIC;
+COMMENT ON TABLE usage_cap_locks IS 'one row per tenant, locked while record_usage checks a monthly cap';
+
+-- The month partition of usage_events for ts (a month in UTC), made when missing. With wait
+-- false it gives up at once when another transaction is making a partition.
+CREATE FUNCTION _usage_events_partition(ts timestamptz, wait boolean DEFAULT true) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    lo timestamptz := date_trunc('month', ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+    lo timestamptz := date_trunc('month', ts, 'UTC');
     name text := 'usage_events_' || to_char(lo AT TIME ZONE 'UTC', 'YYYYMM');
 BEGIN
     IF to_regclass('sutra.' || name) IS NOT NULL THEN
         RETURN;
     END IF;
-    PERFORM pg_advisory_xact_lock(hashtext('sutra.usage_events partitions'));
-    IF to_regclass('sutra.' || name) IS NOT NULL THEN
-        RETURN;
+    -- Makers of partitions take turns on SHARE UPDATE EXCLUSIVE on sutra.usage_events, a lock
+    -- only sutra's own code can take: the mode conflicts with itself but not with the ACCESS
+    -- SHARE and ROW EXCLUSIVE locks of reads and inserts, so events are read and recorded
+    -- meanwhile; and LOCK TABLE in this mode needs UPDATE, DELETE or TRUNCATE on the table, which
+    -- no role but its owner has (PUBLIC may only SELECT it). An advisory lock would not do: any
+    -- role can take any advisory lock, and hold it. It is also the lock ATTACH PARTITION takes on
+    -- the partitioned table, where CREATE TABLE ... PARTITION OF takes ACCESS EXCLUSIVE, which a
+    -- session that merely keeps a read of usage_events open in its transaction would hold up
+    -- (and every reader and writer would then queue behind it). ATTACH would also lock a default
+    -- partition exclusively: there is none.
+    IF wait THEN
+        LOCK TABLE sutra.usage_events IN SHARE UPDATE EXCLUSIVE MODE;
+    ELSE
+        BEGIN
+            LOCK TABLE sutra.usage_events IN SHARE UPDATE EXCLUSIVE MODE NOWAIT;
+        EXCEPTION WHEN lock_not_available THEN
+            RETURN;
+        END;
     END IF;
-    -- Rows of that month already in the default partition move into the new one.
-    CREATE TEMP TABLE IF NOT EXISTS sutra_moved_events (LIKE sutra.usage_events) ON COMMIT DROP;
-    WITH moved AS (DELETE FROM sutra.usage_events_default d
-                   WHERE d.occurred_at >= lo AND d.occurred_at < lo + interval '1 month' RETURNING d.*)
-    INSERT INTO sutra_moved_events SELECT * FROM moved;
-    EXECUTE format('CREATE TABLE sutra.%I PARTITION OF sutra.usage_events FOR VALUES FROM (%L) TO (%L)',
-                   name, lo, lo + interval '1 month');
+    IF to_regclass('sutra.' || name) IS NOT NULL THEN
+        RETURN;  -- made by the transaction that held the lock before
+    END IF;
+    EXECUTE format('CREATE TABLE sutra.%I (LIKE sutra.usage_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', name);
+    -- Each partition has its own index (no partitioned index: a dump of the month partitions,
+    -- which are not part of the extension, restores them with their indexes).
     EXECUTE format('CREATE INDEX ON sutra.%I (tenant_id, occurred_at)', name);
-    INSERT INTO sutra.usage_events SELECT * FROM sutra_moved_events;
-    DROP TABLE sutra_moved_events;
+    EXECUTE format('ALTER TABLE sutra.usage_events ATTACH PARTITION sutra.%I FOR VALUES FROM (%L) TO (%L)', name,
+                   to_char(lo AT TIME ZONE 'UTC', 'YYYY-MM-DD') || ' 00:00:00+00',
+                   to_char((lo + interval '1 month') AT TIME ZONE 'UTC', 'YYYY-MM-DD') || ' 00:00:00+00');
 END $$;
-REVOKE ALL ON FUNCTION _usage_events_partition(timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION _usage_events_partition(timestamptz, boolean) FROM PUBLIC;
 
 -- Records an application event for the current tenant (or, for sutra_service, the tenant
 -- given). Returns true when recorded, false when the idempotency key was seen before.
+--
+-- What an event may be: an event type of 1 to 100 letters, digits and _ . : -; a quantity from 0
+-- to 10^15 (no NaN, no infinity); an idempotency key of 1 to 255 characters; properties a JSON
+-- object of at most 8 kB (8192 bytes as jsonb); and a time within a window of the current time:
+-- from sutra.usage_event_max_age back (superusers and members of sutra_service: from 2000-01-01)
+-- to sutra.usage_event_max_future ahead. Each month recorded makes a partition, so the window also
+-- bounds what a tenant can make.
 CREATE FUNCTION record_usage(event_type text, quantity numeric DEFAULT 1, properties jsonb DEFAULT '{}',
                              idempotency_key text DEFAULT NULL, occurred_at timestamptz DEFAULT NULL,
                              tenant text DEFAULT NULL)
@@ -217,6 +222,9 @@ DECLARE
     t uuid;
     id uuid := gen_random_uuid();
     at timestamptz := coalesce(occurred_at, now());
+    clock timestamptz := clock_timestamp();
+    max_age interval := current_setting('sutra.usage_event_max_age')::interval;
+    max_future interval := current_setting('sutra.usage_event_max_future')::interval;
     cap numeric;
     used numeric;
 BEGIN
@@ -226,14 +234,56 @@ BEGIN
     ELSE
         t := sutra.current_tenant('write');
     END IF;
-    IF quantity IS NULL OR quantity < 0 THEN
-        RAISE EXCEPTION 'quantity must be zero or more' USING ERRCODE = '22023';
-    END IF;
     IF event_type IS NULL OR event_type !~ '^[A-Za-z0-9_.:-]{1,100}$' THEN
-        RAISE EXCEPTION 'invalid event type "%"', event_type USING ERRCODE = '22023',
-            DETAIL = 'An event type is 1 to 100 letters, digits and _ . : -';
+        RAISE EXCEPTION 'invalid event type "%"',
+            left(event_type, 100) || CASE WHEN length(event_type) > 100 THEN '...' ELSE '' END
+            USING ERRCODE = '22023',
+            DETAIL = 'An event type is 1 to 100 characters: letters, digits, and _ . : or -.';
+    END IF;
+    -- NaN sorts above every number, and Infinity above 10^15: neither is in range.
+    IF quantity IS NULL OR NOT quantity BETWEEN 0 AND 1e15 THEN
+        RAISE EXCEPTION 'invalid quantity %', coalesce('"' || left(quantity::text, 40) || '"', 'NULL')
+            USING ERRCODE = '22023', DETAIL = 'A quantity is a finite number from 0 to 10^15.';
+    END IF;
+    IF length(idempotency_key) NOT BETWEEN 1 AND 255 THEN
+        RAISE EXCEPTION 'invalid idempotency key' USING ERRCODE = '22023',
+            DETAIL = format('An idempotency key is 1 to 255 characters; this one has %s.', length(idempotency_key));
+    END IF;
+    properties := coalesce(properties, '{}');
+    IF jsonb_typeof(properties) <> 'object' THEN
+        RAISE EXCEPTION 'event properties must be a JSON object' USING ERRCODE = '22023',
+            DETAIL = format('The properties given are a JSON %s.', jsonb_typeof(properties));
+    END IF;
+    IF pg_column_size(properties) > 8192 THEN
+        RAISE EXCEPTION 'event properties are too large' USING ERRCODE = '22023',
+            DETAIL = format('Properties take at most 8192 bytes as jsonb; these take %s.', pg_column_size(properties));
+    END IF;
+    -- An event without a time happens now (at the start of the transaction): always in the window.
+    IF occurred_at IS NOT NULL THEN
+        IF sutra._caller_is_service() THEN
+            IF NOT at BETWEEN '2000-01-01 00:00:00+00' AND clock + max_future THEN
+                RAISE EXCEPTION 'occurred_at must be from 2000-01-01 to % after the current time', max_future
+                    USING ERRCODE = '22008',
+                    DETAIL = 'Superusers and members of sutra_service date events from 2000-01-01 00:00 UTC to sutra.usage_event_max_future ahead.';
+            END IF;
+        ELSIF NOT at BETWEEN greatest(clock - max_age, '2000-01-01 00:00:00+00') AND clock + max_future THEN
+            RAISE EXCEPTION 'occurred_at must be from % before to % after the current time', max_age, max_future
+                USING ERRCODE = '22008',
+                DETAIL = 'A tenant session dates events within sutra.usage_event_max_age back and sutra.usage_event_max_future ahead; superusers and members of sutra_service may backfill to 2000-01-01.';
+        END IF;
     END IF;
     cap := (sutra._limits(t) -> 'monthly' ->> event_type)::numeric;
+    IF cap IS NOT NULL THEN
+        -- One cap check at a time per tenant, until this transaction ends (see usage_cap_locks).
+        INSERT INTO sutra.usage_cap_locks AS l VALUES (t, clock)
+        ON CONFLICT (tenant_id) DO UPDATE SET checked_at = excluded.checked_at;
+    END IF;
+    IF idempotency_key IS NOT NULL THEN
+        INSERT INTO sutra.usage_event_keys VALUES (t, idempotency_key, id) ON CONFLICT DO NOTHING;
+        IF NOT FOUND THEN
+            RETURN false;
+        END IF;
+    END IF;
     IF cap IS NOT NULL THEN
         used := coalesce((SELECT sum(e.quantity) FROM sutra.usage_events e
                           WHERE e.tenant_id = t AND e.event_type = record_usage.event_type
@@ -244,15 +294,13 @@ BEGIN
                 DETAIL = format('The cap is %s a month; %s used, %s more requested.', cap, used, quantity);
         END IF;
     END IF;
-    IF idempotency_key IS NOT NULL THEN
-        INSERT INTO sutra.usage_event_keys VALUES (t, idempotency_key, id) ON CONFLICT DO NOTHING;
-        IF NOT FOUND THEN
-            RETURN false;
-        END IF;
-    END IF;
     PERFORM sutra._usage_events_partition(at);
     INSERT INTO sutra.usage_events (tenant_id, event_type, quantity, properties, idempotency_key, occurred_at, event_id)
-    VALUES (t, event_type, quantity, coalesce(properties, '{}'), idempotency_key, at, id);
+    VALUES (t, event_type, quantity, properties, idempotency_key, at, id);
+    -- Next month's partition is made ahead, unless another transaction is making a partition, so
+    -- that the first events of a month seldom wait for one (nor for a transaction that made it
+    -- and has not ended).
+    PERFORM sutra._usage_events_partition(date_trunc('month', clock, 'UTC') + interval '1 month', false);
     RETURN true;
 END $$;
 
@@ -472,7 +520,6 @@ GRANT SELECT ON usage_events, usage_rollups, usage_events_stripe, usage_events_c
 SELECT _own_rows_policies('usage_events', 'tenant_id', 'admin');
 SELECT _own_rows_policies('usage_rollups', 'tenant_id', 'admin');
 
-SELECT pg_catalog.pg_extension_config_dump('usage_events_default', '');
 SELECT pg_catalog.pg_extension_config_dump('usage_event_keys', '');
 SELECT pg_catalog.pg_extension_config_dump('usage_rollups', '');
 SELECT pg_catalog.pg_extension_config_dump('prices', '');

@@ -31,3 +31,8 @@ fn report(code: PgSqlErrorCode, message: String, detail: Option<String>, hint: O
     e.report(PgLogLevel::ERROR);
     unreachable!("an ERROR does not return")
 }
+
+/// Sends a WARNING with a HINT sentence; execution goes on.
+pub fn warn_hint(code: PgSqlErrorCode, message: impl Into<String>, hint: impl Into<String>) {
+    ErrorReport::new(code, message.into(), "sutra").set_hint(hint.into()).report(PgLogLevel::WARNING);
+}

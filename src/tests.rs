@@ -135,7 +135,7 @@ mod tests {
     #[pg_test]
     fn issued_context_reads_back_in_parallel_workers() {
         Spi::run("SELECT sutra.create_tenant('pgtest', id => '11111111-2222-3333-4444-555555555555')").unwrap();
-        Spi::run("SELECT sutra.set_tenant('pgtest', scopes => '{read}')").unwrap();
+        Spi::run("SELECT sutra.set_tenant('pgtest', scopes => '{read}', session => true)").unwrap();
         let scopes = Spi::get_one::<Vec<String>>("SELECT sutra.current_scopes()").unwrap();
         assert_eq!(scopes, Some(vec!["read".to_string()]));
         Spi::run(

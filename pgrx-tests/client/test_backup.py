@@ -83,8 +83,8 @@ def test_whole_database_round_trip(databases, tmp_path):
     run(BIN / "pg_restore", "--exit-on-error", "-d", full, dump)
     with db(full) as c:
         assert {t: checksum(c, t) for t in (a, b)} == sums
-        assert c.execute("SELECT sutra.authenticate(%s)", (key_a,)).fetchone()[0] == a
-        assert c.execute("SELECT sutra.authenticate(%s)", (key_b,)).fetchone()[0] == b
+        assert c.execute("SELECT sutra.authenticate(%s, session => true)", (key_a,)).fetchone()[0] == a
+        assert c.execute("SELECT sutra.authenticate(%s, session => true)", (key_b,)).fetchone()[0] == b
         plans = dict(c.execute("SELECT name, retention::text FROM sutra.plans").fetchall())
         assert plans == {"free": "11 days", "pro": "30 days", "enterprise": "90 days", "team": "30 days"}
         assert c.execute("SELECT count(*) FROM sutra.tenant_tables").fetchone()[0] == 1
@@ -121,7 +121,7 @@ def test_one_tenant_moves_alone(databases, tmp_path):
         assert c.execute("SELECT count(*) FROM sutra.api_key_store").fetchone()[0] == 1
         # Another pepper here: the key came along but does not authenticate.
         with pytest.raises(psycopg.Error) as e:
-            c.execute("SELECT sutra.authenticate(%s)", (key_a,))
+            c.execute("SELECT sutra.authenticate(%s, session => true)", (key_a,))
         assert e.value.sqlstate == "28P01"
         c.execute("SELECT sutra.reset_auth_failures()")
     # Importing the same tenant twice fails as a whole and leaves the first import intact.

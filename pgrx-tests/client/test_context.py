@@ -55,7 +55,7 @@ def issue(tenant, lifetime=None):
     with superuser() as c:
         if lifetime:
             c.execute(f"SET sutra.context_lifetime = {lifetime}")
-        c.execute("SELECT sutra.set_tenant(%s::uuid, scopes => '{read}')", (tenant,))
+        c.execute("SELECT sutra.set_tenant(%s::uuid, scopes => '{read}', session => true)", (tenant,))
         return c.execute("SHOW sutra.tenant_id").fetchone()[0]
 
 
@@ -134,12 +134,12 @@ def test_last_used_at_written_at_most_once_a_minute(world):
         xmin = lambda: c.execute("SELECT xmin::text FROM sutra.api_key_store WHERE key_id = %s", (key_id,)).fetchone()[0]
         assert stamp() is None
     with as_role(role) as c:
-        c.execute("SELECT sutra.authenticate(%s)", (key,))
+        c.execute("SELECT sutra.authenticate(%s, session => true)", (key,))
     with superuser() as c:
         first, version = stamp(), xmin()
         assert first is not None
     with as_role(role) as c:
         for _ in range(20):
-            c.execute("SELECT sutra.authenticate(%s)", (key,))
+            c.execute("SELECT sutra.authenticate(%s, session => true)", (key,))
     with superuser() as c:
         assert (stamp(), xmin()) == (first, version)

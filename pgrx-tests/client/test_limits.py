@@ -40,7 +40,7 @@ def tenant():
 
         def session():
             s = as_role(role)
-            s.execute("SELECT sutra.authenticate(%s)", (made["key"],))
+            s.execute("SELECT sutra.authenticate(%s, session => true)", (made["key"],))
             return s
 
         return made["id"], session

@@ -41,7 +41,7 @@ def test_clean_shutdown_keeps_pending_metering(cluster):
         c.execute("CREATE ROLE restart_app LOGIN IN ROLE sutra_service")
         tenant = c.execute("SELECT sutra.create_tenant('restart')").fetchone()[0]
     with connect(base, user="restart_app") as a:
-        a.execute("SELECT sutra.set_tenant('restart')")
+        a.execute("SELECT sutra.set_tenant('restart', session => true)")
         for i in range(7):
             a.execute("SELECT %s", (i,))
     ctl("-m", "fast", "stop")
@@ -58,14 +58,14 @@ def test_crash_loses_at_most_the_unflushed_counts(cluster):
         before = statements(c, tenant)
         c.execute("SELECT sutra.update_tenant('restart', quota_overrides => '{\"ops_per_second\": 0.01, \"burst\": 4}')")
     with connect(base, user="restart_app") as a:
-        a.execute("SELECT sutra.set_tenant('restart')")
+        a.execute("SELECT sutra.set_tenant('restart', session => true)")
         for i in range(3):
             a.execute("SELECT %s", (i,))
     with connect(base) as c:
         c.execute("SELECT sutra.flush_usage()")
         assert statements(c, tenant) == before + 3
     with connect(base, user="restart_app") as a:
-        a.execute("SELECT sutra.set_tenant('restart')")
+        a.execute("SELECT sutra.set_tenant('restart', session => true)")
         a.execute("SELECT 'unflushed'")
         pid = a.info.backend_pid
         os.kill(pid, signal.SIGKILL)
@@ -82,7 +82,7 @@ def test_crash_loses_at_most_the_unflushed_counts(cluster):
         assert statements(c, tenant) == before + 3
         # The limiter starts again from nothing, and enforces the limit again.
     with connect(base, user="restart_app") as a:
-        a.execute("SELECT sutra.set_tenant('restart')")
+        a.execute("SELECT sutra.set_tenant('restart', session => true)")
         for i in range(4):
             a.execute("SELECT %s", (i,))
         with pytest.raises(psycopg.Error) as e:

@@ -10,11 +10,30 @@ use super::vacuum::{chain, partition_elements, unreached};
 use super::{index_shape, prepare_vector, row_of, IndexShape, FLAT_LIMIT};
 use crate::error::raise;
 
-/// Opens an index of this access method, or refuses with a clear error.
+/// Opens an index of this access method, or refuses with a clear error. Its partitions name
+/// tenants, so only the index's owner, superusers and members of sutra_service may look.
 fn open_index(index: pg_sys::Oid, lock: u32) -> pg_sys::Relation {
-    // SAFETY: index_open raises an ERROR for a missing relation or one that is not an index;
-    // get_am_oid raises one if the access method is missing.
+    // SAFETY: catalog lookups by oid; index_open raises an ERROR for a relation that is not an
+    // index; get_am_oid raises one if the access method is missing.
     unsafe {
+        let kind = pg_sys::get_rel_relkind(index) as u8;
+        if kind == 0 {
+            raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("index with OID {} does not exist", index.to_u32()));
+        }
+        let caller = crate::tenancy::caller::outer_user();
+        if !pg_sys::pg_class_ownercheck(index, caller)
+            && !crate::tenancy::caller::is_service(caller)
+        {
+            crate::error::raise_hint(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                "permission denied to inspect an index",
+                "Only the index's owner, superusers and members of sutra_service may; its partitions name tenants.",
+            );
+        }
+        if kind != pg_sys::RELKIND_INDEX {
+            let name = std::ffi::CStr::from_ptr(pg_sys::get_rel_name(index)).to_string_lossy().into_owned();
+            raise(PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE, format!("\"{name}\" is not a sutra_hnsw index"));
+        }
         let rel = pg_sys::index_open(index, lock as i32);
         let ours = (*(*rel).rd_rel).relam == pg_sys::get_am_oid(c"sutra_hnsw".as_ptr(), false);
         if !ours {

@@ -158,16 +158,42 @@ fn hide_credential(credential: &str) {
     }
 }
 
-/// `sutra.authenticate(api_key, local)`: checks an API key and sets its tenant and scopes as the
-/// context of the session, or of the current transaction when `local`.
+/// Whether a context is for the session (true) or the current transaction. The transaction is
+/// the default: it is the only scope that cannot outlive a pooled client's use of a server
+/// connection. `session => true` asks for a session-long context (psql, dedicated connections).
+/// `local` is the older spelling: `local => true` is the default, `local => false` a session.
+pub fn session_scope(local: Option<bool>, session: bool) -> bool {
+    let session = match (local, session) {
+        (Some(true), true) => raise_detail(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "conflicting context scopes",
+            "local => true asks for the current transaction and session => true for the session; pass only session.",
+        ),
+        (Some(local), _) => !local,
+        (None, session) => session,
+    };
+    // SAFETY: reads backend state.
+    if !session && !unsafe { pg_sys::IsTransactionBlock() } {
+        // As SET LOCAL outside a transaction block warns: the context ends with this statement.
+        crate::error::warn_hint(
+            PgSqlErrorCode::ERRCODE_NO_ACTIVE_SQL_TRANSACTION,
+            "the tenant context lasts for this statement only",
+            "Call it after BEGIN so that it holds until COMMIT, or pass session => true for a session-long context.",
+        );
+    }
+    session
+}
+
+/// `sutra.authenticate(api_key, local, session)`: checks an API key and sets its tenant and scopes
+/// as the context of the current transaction, or of the session when `session`.
 #[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn authenticate(api_key: &str, local: default!(bool, false)) -> pgrx::Uuid {
+fn authenticate(api_key: &str, local: default!(Option<bool>, "NULL"), session: default!(bool, false)) -> pgrx::Uuid {
     hide_credential(api_key);
+    let session = session_scope(local, session);
     let Some(presented) = api_key::parse(api_key) else {
         auth_failed(api_key::key_id_of(api_key), "malformed key");
     };
-    failures::throttle(Some(presented.key_id));
     let pepper = pepper();
     let Some(row) = lookup_key(presented.key_id) else {
         // Spend the time a real check takes, so timing does not tell unknown ids apart.
@@ -187,7 +213,7 @@ fn authenticate(api_key: &str, local: default!(bool, false)) -> pgrx::Uuid {
         denied(presented.key_id, "tenant not active", format!("tenant {} is {}", row.tenant, row.status));
     }
     failures::forget(presented.key_id);
-    issue(&row.tenant, scopes_of(&row.scopes), row.expires, Some(presented.key_id), local);
+    issue(&row.tenant, scopes_of(&row.scopes), row.expires, Some(presented.key_id), session);
     // SAFETY: plain backend globals.
     let writable = unsafe { !pg_sys::XactReadOnly && !pg_sys::RecoveryInProgress() };
     if row.stale && writable {
@@ -232,15 +258,15 @@ fn jwt_secret() -> Vec<u8> {
     }
 }
 
-/// `sutra.authenticate_jwt(token, local)`: checks an HS256 token and sets the tenant and scopes
-/// it names as the context, for the session or (`local`) the transaction, until the token's
-/// `exp` at the latest.
+/// `sutra.authenticate_jwt(token, local, session)`: checks an HS256 token and sets the tenant and
+/// scopes it names as the context, for the current transaction or (`session`) the session, until
+/// the token's `exp` at the latest.
 #[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn authenticate_jwt(token: &str, local: default!(bool, false)) -> pgrx::Uuid {
+fn authenticate_jwt(token: &str, local: default!(Option<bool>, "NULL"), session: default!(bool, false)) -> pgrx::Uuid {
     hide_credential(token);
+    let session = session_scope(local, session);
     let secret = jwt_secret();
-    failures::throttle(None);
     let claims = jwt::verify_hs256(token, &secret, now_unix()).unwrap_or_else(|e| {
         let detail = match e {
             jwt::JwtError::Malformed(what) => format!("The token is malformed: {what}."),
@@ -268,11 +294,11 @@ fn authenticate_jwt(token: &str, local: default!(bool, false)) -> pgrx::Uuid {
             format!("tenant {tenant} is {status}"),
         );
     }
-    issue(&tenant, claims.scopes, Some(claims.expires), None, local);
+    issue(&tenant, claims.scopes, Some(claims.expires), None, session);
     uuid_of(&tenant)
 }
 
-fn do_set_tenant(tenant: &str, local: bool, scopes: &[String]) -> pgrx::Uuid {
+fn do_set_tenant(tenant: &str, session: bool, scopes: &[String]) -> pgrx::Uuid {
     if !caller::is_service(caller::outer_user()) {
         raise_hint(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -298,30 +324,34 @@ fn do_set_tenant(tenant: &str, local: bool, scopes: &[String]) -> pgrx::Uuid {
             format!("tenant {id} is {status}"),
         );
     }
-    issue(&id, wanted, None, None, local);
+    issue(&id, wanted, None, None, session);
     uuid_of(&id)
 }
 
-/// `sutra.set_tenant(tenant, local, scopes)`: for trusted application servers (members of
-/// `sutra_service`): sets the context to a tenant named by uuid or slug, with all scopes unless
-/// `scopes` narrows them.
+/// `sutra.set_tenant(tenant, local, scopes, session)`: for trusted application servers (members
+/// of `sutra_service`): sets the context to a tenant named by uuid or slug, with all scopes unless
+/// `scopes` narrows them, for the current transaction or (`session`) the session.
 #[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn set_tenant(
     tenant: &str,
-    local: default!(bool, false),
+    local: default!(Option<bool>, "NULL"),
     scopes: default!(Vec<String>, "'{read,write,admin}'"),
+    session: default!(bool, false),
 ) -> pgrx::Uuid {
-    do_set_tenant(tenant, local, &scopes)
+    let session = session_scope(local, session);
+    do_set_tenant(tenant, session, &scopes)
 }
 
-/// `sutra.set_tenant(uuid, local, scopes)`.
+/// `sutra.set_tenant(uuid, local, scopes, session)`.
 #[pg_extern(volatile, security_definer, name = "set_tenant")]
 #[search_path(pg_catalog, pg_temp)]
 fn set_tenant_uuid(
     tenant: pgrx::Uuid,
-    local: default!(bool, false),
+    local: default!(Option<bool>, "NULL"),
     scopes: default!(Vec<String>, "'{read,write,admin}'"),
+    session: default!(bool, false),
 ) -> pgrx::Uuid {
-    do_set_tenant(&tenant.to_string(), local, &scopes)
+    let session = session_scope(local, session);
+    do_set_tenant(&tenant.to_string(), session, &scopes)
 }

@@ -6,15 +6,32 @@ use std::ffi::CStr;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
+thread_local! {
+    /// While sutra's own code runs as superuser ([`as_superuser`]): on whose behalf, innermost last.
+    /// With each: whether it was itself inside a security-restricted operation.
+    static PRINCIPALS: std::cell::RefCell<Vec<(pg_sys::Oid, bool)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// The role the session acts as (its login role, or the role of `SET ROLE`), also inside
-/// SECURITY DEFINER functions.
+/// SECURITY DEFINER functions and inside sutra's own superuser lookups.
 pub fn outer_user() -> pg_sys::Oid {
+    if let Some((p, _)) = PRINCIPALS.with(|p| p.borrow().last().copied()) {
+        return p;
+    }
     // SAFETY: reads a backend global that is always set once the session is established.
     unsafe { pg_sys::GetOuterUserId() }
 }
 
 /// Whether `role` is a superuser or has the privileges of `sutra_service`.
+///
+/// Inside a security-restricted operation that sutra did not start (a table owner's trigger or
+/// index expression run by a purge, VACUUM, ANALYZE, CREATE INDEX or REFRESH MATERIALIZED VIEW)
+/// nobody is: the session's role is still the one that started the operation (a superuser, say),
+/// but the code running is the table owner's.
 pub fn is_service(role: pg_sys::Oid) -> bool {
+    if restricted() {
+        return false;
+    }
     // SAFETY: catalog lookups by oid and name; get_role_oid with missing_ok returns InvalidOid
     // instead of raising when the role does not exist.
     unsafe {
@@ -23,6 +40,15 @@ pub fn is_service(role: pg_sys::Oid) -> bool {
         }
         let service = pg_sys::get_role_oid(c"sutra_service".as_ptr(), true);
         service != pg_sys::InvalidOid && pg_sys::has_privs_of_role(role, service)
+    }
+}
+
+/// Whether code runs inside a security-restricted operation that sutra did not start itself.
+fn restricted() -> bool {
+    match PRINCIPALS.with(|p| p.borrow().last().copied()) {
+        Some((_, restricted)) => restricted,
+        // SAFETY: reads backend globals.
+        None => unsafe { pg_sys::InSecurityRestrictedOperation() },
     }
 }
 
@@ -56,20 +82,54 @@ pub fn in_parallel_worker() -> bool {
 /// Runs `f` as the bootstrap superuser, for sutra's own lookups into tables the caller may not
 /// read (and that row level security would route back into the tenant context). The previous
 /// identity is restored afterwards; if `f` raises, transaction abort restores it.
+///
+/// `f` must only run sutra's own queries on sutra's own tables. So that no operator or function
+/// of the session's search_path can stand in for PostgreSQL's (a `public.=` ahead of
+/// `pg_catalog` in a tenant's search_path), `search_path` is `pg_catalog, pg_temp` while `f` runs,
+/// as in sutra's SECURITY DEFINER functions; and the switch is marked a security-restricted
+/// operation, so nothing inside can SET ROLE, create temporary objects or change settings for
+/// the rest of the session.
 pub fn as_superuser<R>(f: impl FnOnce() -> R) -> R {
+    let principal = (outer_user(), restricted());
     let mut user = pg_sys::InvalidOid;
     let mut sec = 0;
-    // SAFETY: saving and switching the current user id is what SECURITY DEFINER functions do;
-    // SECURITY_LOCAL_USERID_CHANGE marks it so that SET ROLE inside is refused.
-    unsafe {
+    // SAFETY: a GUC nest level scopes the search_path to this call, as a function's SET clause
+    // does; saving and switching the current user id is what SECURITY DEFINER functions do.
+    // Both are undone below, and by transaction abort if `f` raises.
+    let level = unsafe {
+        let level = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
         pg_sys::GetUserIdAndSecContext(&mut user, &mut sec);
         pg_sys::SetUserIdAndSecContext(
             pg_sys::BOOTSTRAP_SUPERUSERID.into(),
-            sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+            sec | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32,
         );
+        level
+    };
+    PRINCIPALS.with(|p| p.borrow_mut().push(principal));
+    // Popped also when `f` raises (the error unwinds through this frame as a Rust panic).
+    struct Pop;
+    impl Drop for Pop {
+        fn drop(&mut self) {
+            PRINCIPALS.with(|p| p.borrow_mut().pop());
+        }
     }
+    let pop = Pop;
     let r = f();
+    drop(pop);
     // SAFETY: restores exactly what was saved above.
-    unsafe { pg_sys::SetUserIdAndSecContext(user, sec) };
+    unsafe {
+        pg_sys::SetUserIdAndSecContext(user, sec);
+        pg_sys::AtEOXact_GUC(true, level);
+    }
     r
 }

@@ -479,11 +479,11 @@ pub fn uuid_of(canonical: &str) -> pgrx::Uuid {
     pgrx::Uuid::from_bytes(bytes)
 }
 
-/// Signs a context for `tenant` and puts it in `sutra.tenant_id`, for the session or (`local`)
-/// the current transaction. Only sutra's own authenticating functions call this, after checking
+/// Signs a context for `tenant` and puts it in `sutra.tenant_id`, for the current transaction or
+/// (`session`) the session. Only sutra's own authenticating functions call this, after checking
 /// the credential (`grant`: the API key used, if any) and that the tenant is active.
-pub fn issue(tenant: &str, scopes: Scopes, not_after: Option<i64>, grant: Option<&str>, local: bool) {
-    let action = if local { pg_sys::GucAction::GUC_ACTION_LOCAL } else { pg_sys::GucAction::GUC_ACTION_SET };
+pub fn issue(tenant: &str, scopes: Scopes, not_after: Option<i64>, grant: Option<&str>, session: bool) {
+    let action = if session { pg_sys::GucAction::GUC_ACTION_SET } else { pg_sys::GucAction::GUC_ACTION_LOCAL };
     put(tenant, scopes, not_after, grant, action);
 }
 

@@ -1,4 +1,6 @@
-//! Failed authentications: slowed down per key id and per client address, and audited.
+//! Failed authentications: slowed down per key id and per client address, and audited. Only the
+//! failing attempts are slowed: a valid key is admitted at once, so failures (an attacker's, or
+//! another tenant's behind the same pooler) never delay anybody's valid authentication.
 //!
 //! Both live in shared memory, because the failing statement aborts and takes any row it wrote
 //! with it. Counts slow down the next attempts ([`sutra_core::throttle`]); each failure is also
@@ -132,8 +134,10 @@ fn client_address() -> String {
     })
 }
 
-/// Waits as long as recent failures of this key id (if any) or this client call for.
-pub fn throttle(key_id: Option<&str>) {
+/// Waits as long as recent failures of this key id (if any) or this client call for. Only a
+/// failing attempt waits (see [`record`]): a valid credential is checked and admitted at full
+/// speed, whatever failures came before from its client or for its key id.
+fn throttle(key_id: Option<&str>) {
     let now = now_unix();
     let client = client_address();
     let failures = {
@@ -165,8 +169,14 @@ pub fn forget(key_id: &str) {
     }
 }
 
-/// Counts a failure and queues its audit event.
+/// Counts a failure, queues its audit event, and then holds the failing attempt back as long as
+/// the recent failures of its key id and its client call for.
 pub fn record(key_id: Option<&str>, reason: &str) {
+    count_and_queue(key_id, reason);
+    throttle(key_id);
+}
+
+fn count_and_queue(key_id: Option<&str>, reason: &str) {
     let now = now_unix();
     let client = client_address();
     // SAFETY: plain backend globals.

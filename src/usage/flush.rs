@@ -26,11 +26,16 @@ use crate::error::raise;
 
 /// `sutra.usage_flush_interval`, in seconds.
 static mut FLUSH_INTERVAL: i32 = 10;
+/// `sutra.usage_event_max_age` and `sutra.usage_event_max_future`, in seconds: how far before the
+/// current time a tenant session, and how far after it any caller, may date an event recorded by
+/// `sutra.record_usage` (sql/usage.sql, which reads them).
+static mut EVENT_MAX_AGE: i32 = 35 * 86400;
+static mut EVENT_MAX_FUTURE: i32 = 86400;
 const STATE_FILE: &str = "pg_stat/sutra_metering.stat";
 const MAGIC: &[u8; 8] = b"sutram01";
 
 pub fn init() {
-    // SAFETY: _PG_init in the postmaster; static strings and a static value pointer.
+    // SAFETY: _PG_init in the postmaster; static strings and static value pointers.
     unsafe {
         pg_sys::DefineCustomIntVariable(
             c"sutra.usage_flush_interval".as_ptr(),
@@ -41,6 +46,34 @@ pub fn init() {
             1,
             3600,
             pg_sys::GucContext::PGC_SIGHUP,
+            pg_sys::GUC_UNIT_S as i32,
+            None,
+            None,
+            None,
+        );
+        pg_sys::DefineCustomIntVariable(
+            c"sutra.usage_event_max_age".as_ptr(),
+            c"How far back a tenant session may date a usage event.".as_ptr(),
+            c"Superusers and members of sutra_service may date events back to 2000-01-01.".as_ptr(),
+            &raw mut EVENT_MAX_AGE,
+            35 * 86400,
+            0,
+            i32::MAX,
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GUC_UNIT_S as i32,
+            None,
+            None,
+            None,
+        );
+        pg_sys::DefineCustomIntVariable(
+            c"sutra.usage_event_max_future".as_ptr(),
+            c"How far ahead of the current time a usage event may be dated.".as_ptr(),
+            c"The same for every caller.".as_ptr(),
+            &raw mut EVENT_MAX_FUTURE,
+            86400,
+            0,
+            i32::MAX,
+            pg_sys::GucContext::PGC_SUSET,
             pg_sys::GUC_UNIT_S as i32,
             None,
             None,

@@ -2,6 +2,7 @@
 //! charge it, and the SQL-callable views of it. Limits and usage tables are SQL
 //! (`sql/usage.sql`).
 
+pub mod count;
 pub mod flush;
 pub mod hooks;
 pub mod limits;

@@ -105,28 +105,47 @@ unsafe extern "C-unwind" fn subxact_callback(
     }
 }
 
-/// Counts of one tenant in its tenant tables (all, or one), read from the tables themselves.
-fn count_from_tables(tenant: &pgrx::Uuid, relid: Option<u32>) -> Vec<(u32, i64, i64, i64)> {
-    as_superuser(|| {
-        Spi::connect(|client| {
-            let t = client.select(
-                "SELECT table_name::oid, rows, bytes, vectors FROM sutra._count_tenant_rows($1, $2)",
-                None,
-                &[(*tenant).into(), relid.map(pg_sys::Oid::from).into()],
-            )?;
-            let mut out = Vec::new();
-            for row in t {
-                out.push((
-                    row.get::<pg_sys::Oid>(1)?.map(|o| o.to_u32()).unwrap_or(0),
-                    row.get::<i64>(2)?.unwrap_or(0),
-                    row.get::<i64>(3)?.unwrap_or(0),
-                    row.get::<i64>(4)?.unwrap_or(0),
-                ));
+/// The registered tenant tables and their tenant columns.
+fn tenant_tables() -> Vec<(pg_sys::Oid, String)> {
+    Spi::connect(|client| {
+        let t = client.select("SELECT table_name::oid, tenant_column::text FROM sutra.tenant_tables", None, &[])?;
+        let mut out = Vec::new();
+        for row in t {
+            if let (Some(oid), Some(col)) = (row.get::<pg_sys::Oid>(1)?, row.get::<String>(2)?) {
+                out.push((oid, col));
             }
-            Ok::<_, pgrx::spi::Error>(out)
-        })
+        }
+        Ok::<_, pgrx::spi::Error>(out)
     })
     .unwrap_or_default()
+}
+
+/// Counts of one tenant in its tenant tables (all, or one), read from the tables themselves
+/// without running any code of theirs ([`super::count`]).
+fn count_from_tables(tenant: &pgrx::Uuid, relid: Option<u32>) -> Vec<(u32, i64, i64, i64)> {
+    tenant_tables()
+        .into_iter()
+        .filter(|(oid, _)| relid.is_none_or(|r| r == oid.to_u32()))
+        .map(|(oid, col)| {
+            let counts = super::count::count_rows(oid, &col, Some(*tenant.as_bytes()));
+            let (rows, bytes, vectors) = counts.values().fold((0, 0, 0), |a, c| (a.0 + c.0, a.1 + c.1, a.2 + c.2));
+            (oid.to_u32(), rows, bytes, vectors)
+        })
+        .collect()
+}
+
+/// `sutra._count_tenant_rows(tenant, table)`: a tenant's rows, bytes and vectors in each tenant
+/// table (or in `table` only), counted from the tables (superusers; see `sutra.reconcile_usage`).
+#[pg_extern(volatile, name = "_count_tenant_rows")]
+fn count_tenant_rows(
+    tenant: pgrx::Uuid,
+    table: default!(Option<pg_sys::Oid>, "NULL"),
+) -> TableIterator<'static, (name!(table_name, pg_sys::Oid), name!(rows, i64), name!(bytes, i64), name!(vectors, i64))> {
+    let rows: Vec<_> = count_from_tables(&tenant, table.map(|t| t.to_u32()))
+        .into_iter()
+        .map(|(oid, r, b, v)| (pg_sys::Oid::from(oid), r, b, v))
+        .collect();
+    TableIterator::new(rows)
 }
 
 /// Makes sure the tenant's counts, in total and in each tenant table, are known: after a
@@ -145,17 +164,9 @@ pub fn ensure_tenant_known(tenant: &pgrx::Uuid) {
     let Some(slot) = shmem::slot(db, &key) else { return };
     // Known totals: only tables whose counts are not known yet (registered since) are counted.
     let counts = if slot.quota.is_known() {
-        let tables: Vec<u32> = Spi::connect(|client| {
-            let t = client.select("SELECT table_name::oid FROM sutra.tenant_tables", None, &[])?;
-            let mut out = Vec::new();
-            for row in t {
-                out.push(row.get::<pg_sys::Oid>(1)?.map(|o| o.to_u32()).unwrap_or(0));
-            }
-            Ok::<_, pgrx::spi::Error>(out)
-        })
-        .unwrap_or_default();
-        tables
+        tenant_tables()
             .into_iter()
+            .map(|(oid, _)| oid.to_u32())
             .filter(|r| shmem::table_slot(db, *r, &key).map(|t| !t.quota.is_known()).unwrap_or(false))
             .flat_map(|r| count_from_tables(tenant, Some(r)))
             .collect()
@@ -178,7 +189,7 @@ pub fn ensure_tenant_known(tenant: &pgrx::Uuid) {
     });
 }
 
-fn vector_type() -> pg_sys::Oid {
+pub(super) fn vector_type() -> pg_sys::Oid {
     if let Some(oid) = VECTOR_TYPE.with(|v| v.get()) {
         return oid;
     }
@@ -191,7 +202,7 @@ fn vector_type() -> pg_sys::Oid {
 }
 
 /// The tenant, size and vector count of a row.
-unsafe fn measure(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc, attnum: i32, vector: pg_sys::Oid) -> Option<([u8; 16], i64, i64)> {
+pub(super) unsafe fn measure(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc, attnum: i32, vector: pg_sys::Oid) -> Option<([u8; 16], i64, i64)> {
     if tuple.is_null() {
         return None;
     }
@@ -323,6 +334,30 @@ pg_function! {
     /// `sutra._quota_row()`: the AFTER ROW trigger of tenant tables.
     fn sutra_quota_row(fcinfo) {
         on_row(fcinfo)
+    }
+}
+
+unsafe fn on_truncate(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    let td = (*fcinfo).context as *mut pg_sys::TriggerData;
+    if td.is_null() || (*td).type_ != pg_sys::NodeTag::T_TriggerData {
+        crate::error::raise(PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION, "sutra._quota_truncate() must be called as a trigger");
+    }
+    let rel = (*td).tg_relation;
+    let trigger = (*td).tg_trigger;
+    let column = if (*trigger).tgnargs > 0 { *(*trigger).tgargs } else { c"tenant_id".as_ptr() as *mut _ };
+    let column = CStr::from_ptr(column).to_string_lossy().into_owned();
+    let relid = (*rel).rd_id;
+    for (tenant, (rows, bytes, vectors)) in super::count::count_rows(relid, &column, None) {
+        apply(tenant, relid.to_u32(), -rows, -bytes, -vectors);
+    }
+    pg_sys::Datum::from(0)
+}
+
+pg_function! {
+    /// `sutra._quota_truncate()`: the BEFORE TRUNCATE trigger of tenant tables: the rows about to
+    /// go leave every tenant's counts.
+    fn sutra_quota_truncate(fcinfo) {
+        on_truncate(fcinfo)
     }
 }
 

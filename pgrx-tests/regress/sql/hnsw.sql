@@ -143,7 +143,7 @@ CREATE INDEX hdocs_idx ON hdocs USING sutra_hnsw (tenant_id, embedding);
 CREATE ROLE regress_hnsw_app NOLOGIN IN ROLE sutra_service;
 GRANT SELECT ON hdocs TO regress_hnsw_app;
 SET ROLE regress_hnsw_app;
-SELECT sutra.set_tenant('hnsw-a') = sutra.tenant_id('hnsw-a') AS tenant_a;
+SELECT sutra.set_tenant('hnsw-a', session => true) = sutra.tenant_id('hnsw-a') AS tenant_a;
 SET enable_seqscan = off;
 EXPLAIN (COSTS OFF) SELECT id FROM hdocs ORDER BY embedding <-> '[7,1]' LIMIT 3;
 SELECT id FROM hdocs ORDER BY embedding <-> '[7,1]' LIMIT 3;

@@ -11,7 +11,7 @@ SELECT tgname FROM pg_trigger WHERE tgrelid = 'notes'::regclass AND NOT tgisinte
 CREATE ROLE regress_quota NOLOGIN IN ROLE sutra_service;
 GRANT ALL ON notes, embeddings TO regress_quota;
 SET ROLE regress_quota;
-SELECT sutra.set_tenant('quota-a') IS NOT NULL AS a;
+SELECT sutra.set_tenant('quota-a', session => true) IS NOT NULL AS a;
 
 -- The soft threshold warns once, on the way up, and is audited.
 INSERT INTO notes SELECT i, 'n' || i FROM generate_series(1, 4) i;

@@ -24,7 +24,7 @@ SELECT try($$SELECT sutra.drop_tenant('default')$$);
 -- Only superusers and sutra_service manage tenants
 SET ROLE regress_app;
 SELECT try($$SELECT sutra.create_tenant('sneaky')$$);
-SELECT try($$SELECT sutra.set_tenant('acme')$$);
+SELECT try($$SELECT sutra.set_tenant('acme', session => true)$$);
 SELECT try($$SELECT count(*) FROM sutra.tenants$$);
 RESET ROLE;
 SET ROLE regress_service;
@@ -76,7 +76,7 @@ FROM sutra.api_key_store;
 
 -- Authenticated as acme: only acme's rows
 SET ROLE regress_app;
-SELECT sutra.authenticate(:'acme_key') = sutra.current_tenant() AS authenticated;
+SELECT sutra.authenticate(:'acme_key', session => true) = sutra.current_tenant() AS authenticated;
 SELECT sutra.current_scopes();
 SELECT body FROM docs ORDER BY id;
 INSERT INTO docs (body) VALUES ('acme second') RETURNING body, tenant_id = sutra.current_tenant() AS stamped;
@@ -89,12 +89,12 @@ SELECT try($$SELECT sutra.create_api_key('acme', 'self-service')$$);
 SELECT count(*) AS own_tenant_row FROM sutra.tenants;
 
 -- globex's read-only key: reads its rows, cannot write
-SELECT sutra.authenticate(:'globex_key') IS NOT NULL AS switched;
+SELECT sutra.authenticate(:'globex_key', session => true) IS NOT NULL AS switched;
 SELECT body FROM docs ORDER BY id;
 SELECT try($$INSERT INTO docs (body) VALUES ('no write scope')$$);
 
 -- admin scope: own keys and audit rows only
-SELECT sutra.authenticate(:'acme_admin_key') IS NOT NULL AS admin;
+SELECT sutra.authenticate(:'acme_admin_key', session => true) IS NOT NULL AS admin;
 SELECT name, scopes, status FROM sutra.api_keys ORDER BY name;
 SELECT count(*) > 0 AS sees_own_audit, bool_and(tenant_id = sutra.current_tenant()) AS only_own
 FROM sutra.audit_log;
@@ -112,54 +112,54 @@ SELECT count(*) AS acme_rows FROM docs;
 COMMIT;
 SELECT try($$SELECT count(*) FROM docs$$);
 BEGIN;
-SELECT sutra.authenticate(:'acme_key') IS NOT NULL AS session_auth_rolled_back;
+SELECT sutra.authenticate(:'acme_key', session => true) IS NOT NULL AS session_auth_rolled_back;
 ROLLBACK;
 SELECT try($$SELECT count(*) FROM docs$$);
 
 -- RESET and DISCARD drop to no tenant
-SELECT sutra.authenticate(:'acme_key') IS NOT NULL AS auth;
+SELECT sutra.authenticate(:'acme_key', session => true) IS NOT NULL AS auth;
 RESET sutra.tenant_id;
 SELECT try($$SELECT count(*) FROM docs$$);
-SELECT sutra.authenticate(:'acme_key') IS NOT NULL AS auth;
+SELECT sutra.authenticate(:'acme_key', session => true) IS NOT NULL AS auth;
 RESET ALL;
 SELECT try($$SELECT count(*) FROM docs$$);
 
 -- Bad keys
-SELECT try($$SELECT sutra.authenticate('sk_0000000000000000_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA')$$);
-SELECT try(format('SELECT sutra.authenticate(%L)', left(:'acme_key', -1) ||
+SELECT try($$SELECT sutra.authenticate('sk_0000000000000000_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA', session => true)$$);
+SELECT try(format('SELECT sutra.authenticate(%L, session => true)', left(:'acme_key', -1) ||
     CASE WHEN right(:'acme_key', 1) = 'A' THEN 'B' ELSE 'A' END));
-SELECT try($$SELECT sutra.authenticate('not a key')$$);
+SELECT try($$SELECT sutra.authenticate('not a key', session => true)$$);
 RESET ROLE;
 
 -- Revocation, rotation
 SELECT sutra.revoke_api_key(sutra._key_id_of(:'globex_key'));
-SELECT masked(format('SELECT sutra.authenticate(%L)', :'globex_key'));
+SELECT masked(format('SELECT sutra.authenticate(%L, session => true)', :'globex_key'));
 SELECT sutra.rotate_api_key(sutra._key_id_of(:'acme_key')) AS acme_key2 \gset
-SELECT masked(format('SELECT sutra.authenticate(%L)', :'acme_key'));
-SELECT sutra.authenticate(:'acme_key2') = sutra.tenant_id('acme') AS rotated_key_works;
+SELECT masked(format('SELECT sutra.authenticate(%L, session => true)', :'acme_key'));
+SELECT sutra.authenticate(:'acme_key2', session => true) = sutra.tenant_id('acme') AS rotated_key_works;
 SELECT sutra.clear_tenant();
 
 -- Suspension ends access at once, also for a context issued before
 SET ROLE regress_app;
-SELECT sutra.authenticate(:'acme_key2') IS NOT NULL AS auth;
+SELECT sutra.authenticate(:'acme_key2', session => true) IS NOT NULL AS auth;
 RESET ROLE;
 SELECT sutra.suspend_tenant('acme') IS NOT NULL AS suspended;
 SET ROLE regress_app;
 SELECT masked($$SELECT count(*) FROM docs$$);
-SELECT masked(format('SELECT sutra.authenticate(%L)', :'acme_key2'));
+SELECT masked(format('SELECT sutra.authenticate(%L, session => true)', :'acme_key2'));
 RESET ROLE;
 SELECT sutra.resume_tenant('acme') IS NOT NULL AS resumed;
 SET ROLE regress_app;
-SELECT sutra.authenticate(:'acme_key2') IS NOT NULL AS auth_again;
+SELECT sutra.authenticate(:'acme_key2', session => true) IS NOT NULL AS auth_again;
 SELECT count(*) AS acme_rows FROM docs;
 RESET ROLE;
 
 -- set_tenant for the service role
 SET ROLE regress_service;
-SELECT sutra.set_tenant('globex') = sutra.tenant_id('globex') AS service_context;
+SELECT sutra.set_tenant('globex', session => true) = sutra.tenant_id('globex') AS service_context;
 SELECT sutra.current_scopes();
-SELECT sutra.set_tenant(sutra.tenant_id('acme'), scopes => '{read}') = sutra.tenant_id('acme') AS by_uuid;
-SELECT try($$SELECT sutra.set_tenant('acme', scopes => '{}')$$);
+SELECT sutra.set_tenant(sutra.tenant_id('acme'), scopes => '{read}', session => true) = sutra.tenant_id('acme') AS by_uuid;
+SELECT try($$SELECT sutra.set_tenant('acme', scopes => '{}', session => true)$$);
 SELECT sutra.clear_tenant();
 RESET ROLE;
 
@@ -183,7 +183,7 @@ SELECT sutra.tenant_checksum('globex') = sutra.tenant_checksum('globex') AS chec
 SELECT sutra.drop_tenant('globex') IS NOT NULL AS dropped;
 SELECT status, deleted_at IS NOT NULL AS has_deleted_at, purge_after - deleted_at AS retention
 FROM sutra.tenants WHERE slug = 'globex';
-SELECT masked($$SELECT sutra.set_tenant('globex')$$);
+SELECT masked($$SELECT sutra.set_tenant('globex', session => true)$$);
 SELECT count(*) AS globex_rows_kept FROM docs WHERE tenant_id = sutra.tenant_id('globex');
 SELECT sutra.drop_tenant('globex', purge => true) IS NOT NULL AS purged;
 SELECT count(*) AS rows_left FROM docs WHERE body LIKE 'globex%';

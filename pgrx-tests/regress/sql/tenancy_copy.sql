@@ -27,11 +27,11 @@ COPY items (id, body) FROM STDIN;
 RESET ROLE;
 
 SET ROLE regress_copy_service;
-SELECT sutra.set_tenant('copy-a', scopes => '{read}') IS NOT NULL AS read_only;
+SELECT sutra.set_tenant('copy-a', scopes => '{read}', session => true) IS NOT NULL AS read_only;
 COPY items (id, body) FROM STDIN;
 1	no write scope
 \.
-SELECT sutra.set_tenant('copy-a') IS NOT NULL AS writer;
+SELECT sutra.set_tenant('copy-a', session => true) IS NOT NULL AS writer;
 COPY items (id, body) FROM STDIN;
 1	one
 2	two

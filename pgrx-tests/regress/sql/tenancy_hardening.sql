@@ -23,7 +23,7 @@ INSERT INTO events VALUES (1, 'aaaaaaaa-0000-0000-0000-000000000000', 'a row'),
                           (2, 'bbbbbbbb-0000-0000-0000-000000000000', 'hidden row of b');
 GRANT SELECT, UPDATE ON events, events_a, events_b, events_rest TO regress_user;
 SET ROLE regress_user;
-SELECT sutra.authenticate(:'key_a') IS NOT NULL AS auth;
+SELECT sutra.authenticate(:'key_a', session => true) IS NOT NULL AS auth;
 SELECT body FROM events_b;
 SELECT body FROM events_a;
 UPDATE events_b SET body = 'changed';
@@ -32,7 +32,7 @@ RESET ROLE;
 SELECT body FROM events ORDER BY id;
 
 -- A context lives in one session only: it cannot be stored.
-SELECT sutra.set_tenant('hard-a') IS NOT NULL AS issued;
+SELECT sutra.set_tenant('hard-a', session => true) IS NOT NULL AS issued;
 SELECT current_setting('sutra.tenant_id') AS ctx \gset
 SELECT sutra.clear_tenant();
 SELECT try(format('ALTER ROLE regress_user SET sutra.tenant_id = %L', :'ctx'));
@@ -47,7 +47,7 @@ COMMIT;
 
 -- Revoking a key ends the sessions it opened, at once.
 SET ROLE regress_user;
-SELECT sutra.authenticate(:'key_a') IS NOT NULL AS auth;
+SELECT sutra.authenticate(:'key_a', session => true) IS NOT NULL AS auth;
 SELECT count(*) AS a_rows FROM events;
 RESET ROLE;
 SELECT sutra.revoke_api_key(sutra._key_id_of(:'key_a'));
@@ -96,7 +96,7 @@ GRANT INSERT, SELECT ON spied TO regress_user;
 RESET ROLE;
 SELECT sutra.create_api_key('hard-a', 'rw2') AS key_a2 \gset
 SET ROLE regress_user;
-SELECT sutra.authenticate(:'key_a2') IS NOT NULL AS auth;
+SELECT sutra.authenticate(:'key_a2', session => true) IS NOT NULL AS auth;
 COPY spied (id, body) FROM STDIN;
 3	copied
 \.

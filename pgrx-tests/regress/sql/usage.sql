@@ -17,7 +17,7 @@ SELECT effective_value FROM sutra.effective_limits('use-a') WHERE limit_name = '
 -- Application events: deduplicated per tenant by idempotency key, partitioned by month.
 CREATE ROLE regress_usage NOLOGIN IN ROLE sutra_service;
 SET ROLE regress_usage;
-SELECT sutra.set_tenant('use-a', scopes => '{read,write}') IS NOT NULL AS a_writer;
+SELECT sutra.set_tenant('use-a', scopes => '{read,write}', session => true) IS NOT NULL AS a_writer;
 SELECT sutra.record_usage('api.call', 2, '{"path": "/search"}', 'req-1', '2026-10-03 10:00+00') AS recorded,
        sutra.record_usage('api.call', 2, '{"path": "/search"}', 'req-1', '2026-10-03 10:00+00') AS retried,
        sutra.record_usage('api.call', 1, '{}', 'req-2', '2026-10-20 08:30+00') AS recorded,
@@ -26,7 +26,7 @@ SELECT sutra.record_usage('api.call', 2, '{"path": "/search"}', 'req-1', '2026-1
 SELECT try($$SELECT sutra.record_usage('bad type!', 1)$$);
 SELECT try($$SELECT sutra.record_usage('api.call', -1)$$);
 SELECT try($$SELECT count(*) FROM sutra.usage_events$$);
-SELECT sutra.set_tenant('use-b', scopes => '{write}') IS NOT NULL AS b_writer;
+SELECT sutra.set_tenant('use-b', scopes => '{write}', session => true) IS NOT NULL AS b_writer;
 SELECT sutra.record_usage('api.call', 5, idempotency_key => 'req-1', occurred_at => '2026-10-03 11:00+00') AS same_key_other_tenant;
 SELECT sutra.clear_tenant();
 SELECT sutra.record_usage('api.call', 1, idempotency_key => 'backfill-1', occurred_at => '2026-10-04 00:00+00',
@@ -63,7 +63,7 @@ SELECT * FROM sutra.invoice('b0000000-0000-0000-0000-000000000000'::uuid, '2026-
 CREATE ROLE regress_usage_app NOLOGIN;
 SELECT sutra.create_api_key('use-a', 'admin', '{read,admin}') AS admin_key \gset
 SET ROLE regress_usage_app;
-SELECT sutra.authenticate(:'admin_key') IS NOT NULL AS admin;
+SELECT sutra.authenticate(:'admin_key', session => true) IS NOT NULL AS admin;
 SELECT count(*) AS own_events, bool_and(tenant_id = 'a0000000-0000-0000-0000-000000000000') AS only_own FROM sutra.usage_events;
 SELECT count(*) AS own_rollups FROM sutra.usage_rollups;
 SELECT count(*) AS own_limits FROM sutra.effective_limits('use-a');
