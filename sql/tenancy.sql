@@ -886,6 +886,7 @@ $$;
 
 REVOKE ALL ON FUNCTION _audit(text, uuid, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _tenant_table_audit() FROM PUBLIC;
+REVOKE ALL ON FUNCTION _check_plan(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _replace_seeded_row() FROM PUBLIC;
 REVOKE ALL ON FUNCTION _own_rows_policies(regclass, name, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _tenants_changed() FROM PUBLIC;

@@ -96,7 +96,7 @@ class Env:
         """A connection of the application role, authenticated with `key` (a name in self.keys)."""
         c = self.connect(self.app)
         if key is not None:
-            c.execute("SELECT sutra.authenticate(%s, %s, session => true)", (self.keys[key], local))
+            c.execute("SELECT sutra.authenticate(%s, session => %s)", (self.keys[key], not local))
         return c
 
     def close_all(self):
