@@ -57,9 +57,9 @@ SET enable_seqscan = off;                          -- a three-row table: show th
 EXPLAIN (COSTS OFF) SELECT body FROM notes ORDER BY embedding <=> '[1,0,0]' LIMIT 1;
 SELECT body FROM notes ORDER BY embedding <=> '[1,0,0]' LIMIT 1;
 RESET enable_seqscan;
--- Per transaction, as behind a transaction-pooling PgBouncer:
+-- Per transaction (the default), as behind a transaction-pooling PgBouncer:
 BEGIN;
-SELECT sutra.authenticate(:'acme_key', local => true) IS NOT NULL AS acme_for_this_transaction;
+SELECT sutra.authenticate(:'acme_key') IS NOT NULL AS acme_for_this_transaction;
 SELECT body FROM notes ORDER BY id;                -- acme's rows only
 SELECT body FROM notes ORDER BY embedding <=> '[1,0,0]' LIMIT 1;
 COMMIT;
