@@ -4,12 +4,35 @@ use std::ffi::CStr;
 
 use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
+use sutra_core::vector_binary::{self, DecodeError};
 use sutra_core::vector_text::{self, ParseError};
 use sutra_core::VECTOR_MAX_DIM;
 
-use super::{arg, check_dims, check_element, check_typmod, raise_element_error, NewVector};
+use super::{arg, check_dims, check_typmod, raise_element_error, NewVector};
 use crate::error::{raise, raise_detail};
 use crate::fmgr::{arg_i32, palloc_cstring, pg_function};
+
+/// The binary form's errors, as PostgreSQL's receive functions word them.
+fn raise_decode_error(e: DecodeError) -> ! {
+    match e {
+        DecodeError::Truncated => raise(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, "insufficient data left in message"),
+        DecodeError::Dimensions(d) => {
+            check_dims(d.max(0) as usize);
+            raise(PgSqlErrorCode::ERRCODE_INVALID_BINARY_REPRESENTATION, "invalid binary data for type vector")
+        }
+        DecodeError::Unused(u) => raise_detail(
+            PgSqlErrorCode::ERRCODE_INVALID_BINARY_REPRESENTATION,
+            "invalid binary data for type vector",
+            format!("Expected the unused field to be 0, not {u}."),
+        ),
+        DecodeError::Element(e) => raise_element_error(e),
+        DecodeError::TrailingBytes => raise_detail(
+            PgSqlErrorCode::ERRCODE_INVALID_BINARY_REPRESENTATION,
+            "invalid binary data for type vector",
+            "Bytes follow the last element.",
+        ),
+    }
+}
 
 fn raise_parse_error(e: ParseError, input: &str) -> ! {
     match e {
@@ -135,39 +158,31 @@ pg_function! {
     fn vector_recv(fcinfo) {
         let buf = pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, 0).cast_mut_ptr::<pg_sys::StringInfoData>();
         let typmod = arg_i32(fcinfo, 2);
-        // SAFETY: `buf` is the message buffer PostgreSQL passes to a receive function; the
-        // pq_getmsg* functions raise "insufficient data left in message" instead of reading past
-        // its end.
-        let dim = pg_sys::pq_getmsgint(buf, 2) as u16 as i16;
-        let unused = pg_sys::pq_getmsgint(buf, 2) as u16 as i16;
-        check_dims(dim.max(0) as usize);
-        if unused != 0 {
-            raise_detail(
-                PgSqlErrorCode::ERRCODE_INVALID_BINARY_REPRESENTATION,
-                "invalid binary data for type vector",
-                format!("Expected the unused field to be 0, not {unused}."),
-            );
+        // SAFETY: `buf` is the message buffer PostgreSQL passes to a receive function: `len`
+        // bytes from `data`, of which the bytes from `cursor` on are this value's. They are read
+        // in place, then the cursor is moved past them, as pq_getmsgbytes would.
+        let bytes = std::slice::from_raw_parts(
+            (*buf).data.add((*buf).cursor as usize) as *const u8,
+            ((*buf).len - (*buf).cursor).max(0) as usize,
+        );
+        // The declared dimensions against the type modifier first, as before any element is read.
+        if bytes.len() >= vector_binary::HEADER_LEN {
+            let dim = i16::from_be_bytes([bytes[0], bytes[1]]);
+            if dim > 0 && dim as usize <= VECTOR_MAX_DIM {
+                check_typmod(dim as usize, typmod);
+            }
         }
-        check_typmod(dim as usize, typmod);
-        let mut v = NewVector::new(dim as usize);
-        for x in v.elements_mut() {
-            *x = pg_sys::pq_getmsgfloat4(buf);
-            check_element(*x);
-        }
-        v.into_datum()
+        let values = vector_binary::decode(bytes).unwrap_or_else(|e| raise_decode_error(e));
+        (*buf).cursor = (*buf).len;
+        check_typmod(values.len(), typmod);
+        NewVector::from_slice(&values).into_datum()
     }
 }
 
 pg_function! {
     /// `vector_send(vector)`: the binary form read by [`vector_recv`].
     fn vector_send(fcinfo) {
-        let v = arg(fcinfo, 0);
-        let mut bytes = Vec::with_capacity(4 + 4 * v.len());
-        bytes.extend_from_slice(&(v.len() as i16).to_be_bytes());
-        bytes.extend_from_slice(&0i16.to_be_bytes());
-        for x in v {
-            bytes.extend_from_slice(&x.to_bits().to_be_bytes());
-        }
+        let bytes = vector_binary::encode(arg(fcinfo, 0));
         pg_sys::Datum::from(pgrx::varlena::rust_byte_slice_to_bytea(&bytes).into_pg())
     }
 }
