@@ -617,15 +617,18 @@ END $$;
 -- Registration of tenant tables. sutra.enable_tenancy runs as its caller, the table's owner, and
 -- registers the table with a plain INSERT into sutra.tenant_tables, which row level security allows
 -- only for an ordinary or partitioned, permanent or unlogged table outside the system schemas and
--- sutra's, owned by the caller (or a role the caller is a member of). No privileged function is
+-- sutra's, with a uuid tenant column, owned by the caller (or a role the caller is a member of).
+-- No privileged function is
 -- involved, and nothing registered is ever read with more rights than its owner's: sutra counts
 -- rows of registered tables without running their code (src/usage/count.rs).
-CREATE FUNCTION _may_register(tbl regclass) RETURNS boolean
+CREATE FUNCTION _may_register(tbl regclass, tenant_column name) RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce((
         SELECT c.relkind IN ('r', 'p') AND c.relpersistence IN ('p', 'u')
                AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'sutra', 'pg_toast')
                AND pg_has_role(current_user, c.relowner, 'USAGE')
+               AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = tenant_column
+                           AND NOT a.attisdropped AND a.atttypid = 'uuid'::regtype)
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE c.oid = tbl), false);
 $$;
@@ -637,9 +640,10 @@ $$;
 
 ALTER TABLE tenant_tables ENABLE ROW LEVEL SECURITY;
 CREATE POLICY everyone_reads ON tenant_tables FOR SELECT USING (true);
-CREATE POLICY owner_registers ON tenant_tables FOR INSERT WITH CHECK (sutra._may_register(table_name));
-CREATE POLICY owner_changes ON tenant_tables FOR UPDATE USING (sutra._may_register(table_name))
-    WITH CHECK (sutra._may_register(table_name));
+CREATE POLICY owner_registers ON tenant_tables FOR INSERT
+    WITH CHECK (sutra._may_register(table_name, tenant_column));
+CREATE POLICY owner_changes ON tenant_tables FOR UPDATE USING (sutra._owns(table_name))
+    WITH CHECK (sutra._may_register(table_name, tenant_column));
 CREATE POLICY owner_unregisters ON tenant_tables FOR DELETE USING (sutra._owns(table_name));
 GRANT INSERT, UPDATE (tenant_column), DELETE ON tenant_tables TO PUBLIC;
 
@@ -868,8 +872,12 @@ BEGIN
         RAISE EXCEPTION 'tenant "%" does not exist', tenant USING ERRCODE = '42704',
             HINT = 'Name a tenant by its uuid or its slug.';
     END IF;
-    FOR t IN SELECT table_name, tenant_column FROM sutra.tenant_tables
-             WHERE table_name IN (SELECT c.oid FROM pg_class c) ORDER BY table_name::text LOOP
+    -- Tables only (a registered table turned into a view is skipped), by a uuid tenant column.
+    FOR t IN SELECT x.table_name, x.tenant_column FROM sutra.tenant_tables x
+             WHERE x.table_name IN (SELECT c.oid FROM pg_class c WHERE c.relkind IN ('r', 'p'))
+               AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = x.table_name
+                           AND a.attname = x.tenant_column AND a.atttypid = 'uuid'::regtype)
+             ORDER BY x.table_name::text LOOP
         EXECUTE format('SELECT count(*) || '':'' || coalesce(md5(string_agg(h, '''' ORDER BY h)), '''') '
                        'FROM (SELECT md5(x::text) AS h FROM %s x WHERE %I = $1) s',
                        t.table_name, t.tenant_column)

@@ -29,6 +29,7 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     FROM merged m;
 $$;
 REVOKE ALL ON FUNCTION _limits(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION _limits(uuid) TO sutra_service;
 
 -- Fails unless the caller may read the tenant's limits and usage.
 CREATE FUNCTION _require_usage_reader(tenant uuid) RETURNS void
@@ -262,12 +263,14 @@ BEGIN
     IF occurred_at IS NOT NULL THEN
         IF sutra._caller_is_service() THEN
             IF NOT at BETWEEN '2000-01-01 00:00:00+00' AND clock + max_future THEN
-                RAISE EXCEPTION 'occurred_at must be from 2000-01-01 to % after the current time', max_future
+                RAISE EXCEPTION 'occurred_at must be from 2000-01-01 to % after the current time',
+                    current_setting('sutra.usage_event_max_future')
                     USING ERRCODE = '22008',
                     DETAIL = 'Superusers and members of sutra_service date events from 2000-01-01 00:00 UTC to sutra.usage_event_max_future ahead.';
             END IF;
         ELSIF NOT at BETWEEN greatest(clock - max_age, '2000-01-01 00:00:00+00') AND clock + max_future THEN
-            RAISE EXCEPTION 'occurred_at must be from % before to % after the current time', max_age, max_future
+            RAISE EXCEPTION 'occurred_at must be from % before to % after the current time',
+                current_setting('sutra.usage_event_max_age'), current_setting('sutra.usage_event_max_future')
                 USING ERRCODE = '22008',
                 DETAIL = 'A tenant session dates events within sutra.usage_event_max_age back and sutra.usage_event_max_future ahead; superusers and members of sutra_service may backfill to 2000-01-01.';
         END IF;
@@ -275,7 +278,7 @@ BEGIN
     cap := (sutra._limits(t) -> 'monthly' ->> event_type)::numeric;
     IF cap IS NOT NULL THEN
         -- One cap check at a time per tenant, until this transaction ends (see usage_cap_locks).
-        INSERT INTO sutra.usage_cap_locks AS l VALUES (t, clock)
+        INSERT INTO sutra.usage_cap_locks VALUES (t, clock)
         ON CONFLICT (tenant_id) DO UPDATE SET checked_at = excluded.checked_at;
     END IF;
     IF idempotency_key IS NOT NULL THEN
@@ -516,6 +519,8 @@ REVOKE ALL ON FUNCTION _quota_counts(uuid, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _rate_limit_state(uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION metrics() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION metrics() TO sutra_service;
+-- What tenants_near_limits calls: a view runs functions with its reader's EXECUTE rights.
+GRANT EXECUTE ON FUNCTION _tenant_counters(), _quota_counts(uuid, boolean) TO sutra_service;
 GRANT SELECT ON usage_events, usage_rollups, usage_events_stripe, usage_events_cloudevents, prices TO PUBLIC;
 SELECT _own_rows_policies('usage_events', 'tenant_id', 'admin');
 SELECT _own_rows_policies('usage_rollups', 'tenant_id', 'admin');

@@ -91,11 +91,41 @@ pub fn in_parallel_worker() -> bool {
 /// the rest of the session.
 pub fn as_superuser<R>(f: impl FnOnce() -> R) -> R {
     let principal = (outer_user(), restricted());
-    let mut user = pg_sys::InvalidOid;
-    let mut sec = 0;
-    // SAFETY: a GUC nest level scopes the search_path to this call, as a function's SET clause
-    // does; saving and switching the current user id is what SECURITY DEFINER functions do.
-    // Both are undone below, and by transaction abort if `f` raises.
+    with_catalog_search_path(|| {
+        let mut user = pg_sys::InvalidOid;
+        let mut sec = 0;
+        // SAFETY: saving and switching the current user id is what SECURITY DEFINER functions do;
+        // undone below, and by transaction abort if `f` raises.
+        unsafe {
+            pg_sys::GetUserIdAndSecContext(&mut user, &mut sec);
+            pg_sys::SetUserIdAndSecContext(
+                pg_sys::BOOTSTRAP_SUPERUSERID.into(),
+                sec | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32,
+            );
+        }
+        PRINCIPALS.with(|p| p.borrow_mut().push(principal));
+        // Popped also when `f` raises (the error unwinds through this frame as a Rust panic).
+        struct Pop;
+        impl Drop for Pop {
+            fn drop(&mut self) {
+                PRINCIPALS.with(|p| p.borrow_mut().pop());
+            }
+        }
+        let pop = Pop;
+        let r = f();
+        drop(pop);
+        // SAFETY: restores exactly what was saved above.
+        unsafe { pg_sys::SetUserIdAndSecContext(user, sec) };
+        r
+    })
+}
+
+/// Runs `f` with `search_path = pg_catalog, pg_temp`, for sutra's own queries in hooks, triggers
+/// and background workers: no function, operator or type of the session's search_path can stand
+/// in for PostgreSQL's in them. Settings changed inside are undone when `f` returns.
+pub fn with_catalog_search_path<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: a GUC nest level scopes the setting to this call, as a function's SET clause does;
+    // it is popped below (rolling back whatever `f` set), and by transaction abort if `f` raises.
     let level = unsafe {
         let level = pg_sys::NewGUCNestLevel();
         pg_sys::set_config_option(
@@ -108,28 +138,10 @@ pub fn as_superuser<R>(f: impl FnOnce() -> R) -> R {
             0,
             false,
         );
-        pg_sys::GetUserIdAndSecContext(&mut user, &mut sec);
-        pg_sys::SetUserIdAndSecContext(
-            pg_sys::BOOTSTRAP_SUPERUSERID.into(),
-            sec | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32,
-        );
         level
     };
-    PRINCIPALS.with(|p| p.borrow_mut().push(principal));
-    // Popped also when `f` raises (the error unwinds through this frame as a Rust panic).
-    struct Pop;
-    impl Drop for Pop {
-        fn drop(&mut self) {
-            PRINCIPALS.with(|p| p.borrow_mut().pop());
-        }
-    }
-    let pop = Pop;
     let r = f();
-    drop(pop);
-    // SAFETY: restores exactly what was saved above.
-    unsafe {
-        pg_sys::SetUserIdAndSecContext(user, sec);
-        pg_sys::AtEOXact_GUC(true, level);
-    }
+    // SAFETY: pops the nest level pushed above.
+    unsafe { pg_sys::AtEOXact_GUC(false, level) };
     r
 }

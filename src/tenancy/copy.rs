@@ -73,16 +73,9 @@ unsafe extern "C-unwind" fn process_utility(
     }
     match PREV_PROCESS_UTILITY {
         Some(prev) => prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
-        None => pg_sys::standard_ProcessUtility(
-            pstmt,
-            query_string,
-            read_only_tree,
-            context,
-            params,
-            query_env,
-            dest,
-            qc,
-        ),
+        None => {
+            pg_sys::standard_ProcessUtility(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc)
+        }
     }
 }
 
@@ -122,13 +115,17 @@ unsafe fn tenant_column_under_rls(relation: *mut pg_sys::RangeVar) -> Option<Str
 unsafe fn has_before_insert_row_triggers(relation: *mut pg_sys::RangeVar) -> bool {
     let relid = pg_sys::RangeVarGetRelidExtended(relation, pg_sys::NoLock as _, 0, None, std::ptr::null_mut());
     // tgtype bits: 1 row, 2 before, 4 insert, 64 instead.
-    Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_trigger t
-                        WHERE t.tgrelid IN (SELECT $1::regclass UNION SELECT p.relid FROM pg_partition_tree($1) p)
-                          AND t.tgenabled <> 'D' AND t.tgtype & 1 = 1 AND t.tgtype & 4 = 4
-                          AND (t.tgtype & 2 = 2 OR t.tgtype & 64 = 64))",
-        &[relid.into()],
-    )
+    // sutra's own query: with the catalog's operators, not the session's (a tenant's `&` or `=`
+    // must not decide which way a COPY goes).
+    crate::tenancy::caller::with_catalog_search_path(|| {
+        Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_trigger t
+                            WHERE t.tgrelid IN (SELECT $1::regclass UNION SELECT p.relid FROM pg_partition_tree($1) p)
+                              AND t.tgenabled <> 'D' AND t.tgtype & 1 = 1 AND t.tgtype & 4 = 4
+                              AND (t.tgtype & 2 = 2 OR t.tgtype & 64 = 64))",
+            &[relid.into()],
+        )
+    })
     .ok()
     .flatten()
     .unwrap_or(true)
@@ -174,9 +171,8 @@ unsafe fn copy_through_insert(
         .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, "the COPY's table is gone"));
     let pid = pg_sys::MyProcPid;
     let staging = format!("sutra_copy_{pid}");
-    let run = |sql: String| {
-        Spi::run(&sql).unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("{e}")))
-    };
+    let run =
+        |sql: String| Spi::run(&sql).unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("{e}")));
     // Column types from the catalog: the COPY needs INSERT on the table, not SELECT.
     let definition = Spi::get_one_with_args::<String>(
         "SELECT string_agg(quote_ident(a.attname) || ' ' || format_type(a.atttypid, a.atttypmod), ', '
@@ -288,10 +284,8 @@ unsafe fn copy_into_tenant_table(
     if !attnums.is_null() {
         for i in 0..(*attnums).length as usize {
             let attno = (*(*attnums).elements.add(i)).int_value;
-            (*rte).insertedCols = pg_sys::bms_add_member(
-                (*rte).insertedCols,
-                attno - pg_sys::FirstLowInvalidHeapAttributeNumber,
-            );
+            (*rte).insertedCols =
+                pg_sys::bms_add_member((*rte).insertedCols, attno - pg_sys::FirstLowInvalidHeapAttributeNumber);
         }
     }
     pg_sys::ExecCheckRTPerms((*pstate).p_rtable, true);
@@ -331,7 +325,9 @@ fn copy_row_check(tenant: Option<pgrx::Uuid>) -> bool {
         raise(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             match table {
-                Some(table) => format!("new row violates row-level security policy for table \"{table}\""),
+                Some(table) => {
+                    format!("new row violates row-level security policy for table \"{table}\"")
+                }
                 None => "new row violates row-level security policy".to_string(),
             },
         );

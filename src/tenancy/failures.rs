@@ -51,7 +51,17 @@ struct Event {
 
 impl Default for Event {
     fn default() -> Self {
-        Event { db: 0, role: 0, at_us: 0, key_id: [0; 16], key_len: 0, client: [0; 46], client_len: 0, reason: [0; 32], reason_len: 0 }
+        Event {
+            db: 0,
+            role: 0,
+            at_us: 0,
+            key_id: [0; 16],
+            key_len: 0,
+            client: [0; 46],
+            client_len: 0,
+            reason: [0; 32],
+            reason_len: 0,
+        }
     }
 }
 
@@ -181,10 +191,7 @@ fn count_and_queue(key_id: Option<&str>, reason: &str) {
     let client = client_address();
     // SAFETY: plain backend globals.
     let (db, role) = unsafe { (pg_sys::MyDatabaseId, caller::outer_user()) };
-    pgrx::log!(
-        "sutra: failed authentication: {reason}, key id {}, client {client}",
-        key_id.unwrap_or("-")
-    );
+    pgrx::log!("sutra: failed authentication: {reason}, key id {}, client {client}", key_id.unwrap_or("-"));
     let launch = {
         let mut f = FAILURES.exclusive();
         for (kind, what) in [(KIND_KEY, key_id.unwrap_or("")), (KIND_CLIENT, client.as_str())] {
@@ -232,10 +239,7 @@ fn count_and_queue(key_id: Option<&str>, reason: &str) {
 }
 
 fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
 /// Takes the queued events of database `db`.
@@ -275,37 +279,43 @@ pub extern "C-unwind" fn sutra_audit_flush_main(arg: pg_sys::Datum) {
             continue;
         }
         idle = 0;
+        // With the catalog's functions and operators, whatever search_path the database sets.
         BackgroundWorker::transaction(|| {
-            let installed = Spi::get_one::<bool>("SELECT to_regclass('sutra.audit_log') IS NOT NULL")
-                .ok()
-                .flatten()
-                .unwrap_or(false);
-            if !installed {
-                pgrx::log!("sutra: {} failed authentication(s) not audited: sutra is not installed here", events.len());
-                return;
-            }
-            for e in &events {
-                let key_id = text(&e.key_id, e.key_len);
-                let r = Spi::run_with_args(
-                    "INSERT INTO sutra.audit_log (at, tenant_id, action, actor, session_role, client_addr, details)
+            super::caller::with_catalog_search_path(|| {
+                let installed = Spi::get_one::<bool>("SELECT to_regclass('sutra.audit_log') IS NOT NULL")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(false);
+                if !installed {
+                    pgrx::log!(
+                        "sutra: {} failed authentication(s) not audited: sutra is not installed here",
+                        events.len()
+                    );
+                    return;
+                }
+                for e in &events {
+                    let key_id = text(&e.key_id, e.key_len);
+                    let r = Spi::run_with_args(
+                        "INSERT INTO sutra.audit_log (at, tenant_id, action, actor, session_role, client_addr, details)
                      VALUES (to_timestamp($1 / 1e6), (SELECT tenant_id FROM sutra.api_key_store WHERE key_id = $2),
                              'auth.failure', coalesce((SELECT rolname FROM pg_roles WHERE oid = $3), '?'),
                              coalesce((SELECT rolname FROM pg_roles WHERE oid = $3), '?'),
                              CASE WHEN $4 <> 'local' THEN $4::inet END,
                              jsonb_strip_nulls(jsonb_build_object('key_id', nullif($2, ''), 'reason', $5,
                                                                   'client', $4)))",
-                    &[
-                        e.at_us.into(),
-                        key_id.into(),
-                        pg_sys::Oid::from(e.role).into(),
-                        text(&e.client, e.client_len).into(),
-                        text(&e.reason, e.reason_len).into(),
-                    ],
-                );
-                if let Err(err) = r {
-                    pgrx::log!("sutra: could not audit a failed authentication: {err}");
+                        &[
+                            e.at_us.into(),
+                            key_id.into(),
+                            pg_sys::Oid::from(e.role).into(),
+                            text(&e.client, e.client_len).into(),
+                            text(&e.reason, e.reason_len).into(),
+                        ],
+                    );
+                    if let Err(err) = r {
+                        pgrx::log!("sutra: could not audit a failed authentication: {err}");
+                    }
                 }
-            }
+            })
         });
     }
 }

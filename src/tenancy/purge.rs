@@ -32,26 +32,31 @@ fn purge_rows(table: pg_sys::Oid, tenant_column: &str, tenant: pgrx::Uuid) -> i6
         raise(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, format!("table {table:?} does not exist"))
     };
     let sql = format!("DELETE FROM {name} WHERE {} = $1", spi::quote_identifier(tenant_column));
+    // The context and search_path are scoped to the DELETE, and whatever the owner's triggers set
+    // is rolled back with them (as VACUUM does): nothing they set reaches the purging session. The
+    // context lives a minute at most, so a copy kept by a trigger is of no use afterwards.
+    let not_after = super::context::now_unix() + 60;
     context::while_purging(&tenant_text, || {
-        // SAFETY: a GUC nest level scopes the context to this function, as a function's SET
-        // clause does; the user switch is what SECURITY DEFINER and VACUUM do, restored below and,
-        // on error, by transaction abort.
-        unsafe {
-            let level = pg_sys::NewGUCNestLevel();
-            context::put(&tenant_text, Scopes::ALL, None, None, pg_sys::GucAction::GUC_ACTION_SAVE);
-            let mut user = pg_sys::InvalidOid;
-            let mut sec = 0;
-            pg_sys::GetUserIdAndSecContext(&mut user, &mut sec);
-            pg_sys::SetUserIdAndSecContext(
-                owner,
-                sec | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32,
-            );
-            let deleted = Spi::connect_mut(|client| {
-                client.update(sql.as_str(), None, &[tenant.into()]).map(|t| t.len() as i64)
-            });
-            pg_sys::SetUserIdAndSecContext(user, sec);
-            pg_sys::AtEOXact_GUC(true, level);
-            deleted.unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not purge {name}: {e}")))
-        }
+        crate::tenancy::caller::with_catalog_search_path(|| {
+            // SAFETY: the user switch is what SECURITY DEFINER and VACUUM do, restored below and, on
+            // error, by transaction abort.
+            unsafe {
+                context::put(&tenant_text, Scopes::ALL, Some(not_after), None, pg_sys::GucAction::GUC_ACTION_SAVE);
+                let mut user = pg_sys::InvalidOid;
+                let mut sec = 0;
+                pg_sys::GetUserIdAndSecContext(&mut user, &mut sec);
+                pg_sys::SetUserIdAndSecContext(
+                    owner,
+                    sec | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32,
+                );
+                let deleted = Spi::connect_mut(|client| {
+                    client.update(sql.as_str(), None, &[tenant.into()]).map(|t| t.len() as i64)
+                });
+                pg_sys::SetUserIdAndSecContext(user, sec);
+                deleted.unwrap_or_else(|e| {
+                    raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not purge {name}: {e}"))
+                })
+            }
+        })
     })
 }

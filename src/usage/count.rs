@@ -12,10 +12,8 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 
+use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::{pg_sys, PgSqlErrorCode};
-
-use crate::error::raise_detail;
 
 /// Rows, bytes and vectors.
 pub type Counts = (i64, i64, i64);
@@ -24,11 +22,13 @@ pub type Counts = (i64, i64, i64);
 /// partitioned table, in all its partitions. A relation that no longer exists counts nothing.
 pub fn count_rows(relid: pg_sys::Oid, column: &str, tenant: Option<[u8; 16]>) -> HashMap<[u8; 16], Counts> {
     let mut out = HashMap::new();
-    let Ok(column) = CString::new(column) else { return out };
+    let Ok(column) = CString::new(column) else {
+        return out;
+    };
     // The plain tables to read: the table itself, or the leaves of a partitioned table (a table
     // outside any partition tree has no rows in pg_partition_tree).
     let mut leaves = vec![relid];
-    leaves.extend(Spi::connect(|client| {
+    leaves.extend(crate::tenancy::caller::with_catalog_search_path(|| Spi::connect(|client| {
         let t = client.select(
             "SELECT p.relid FROM pg_catalog.pg_partition_tree($1::pg_catalog.oid::pg_catalog.regclass) p WHERE p.isleaf",
             None,
@@ -39,7 +39,7 @@ pub fn count_rows(relid: pg_sys::Oid, column: &str, tenant: Option<[u8; 16]>) ->
             out.extend(row.get::<pg_sys::Oid>(1)?);
         }
         Ok::<_, pgrx::spi::Error>(out)
-    })
+    }))
     .unwrap_or_default()
     .into_iter()
     .filter(|l| *l != relid));
@@ -57,21 +57,23 @@ pub fn count_rows(relid: pg_sys::Oid, column: &str, tenant: Option<[u8; 16]>) ->
 }
 
 /// Adds the counts of one plain table to `out`.
-unsafe fn count_leaf(relid: pg_sys::Oid, column: &CString, tenant: Option<[u8; 16]>, out: &mut HashMap<[u8; 16], Counts>) {
+unsafe fn count_leaf(
+    relid: pg_sys::Oid,
+    column: &CString,
+    tenant: Option<[u8; 16]>,
+    out: &mut HashMap<[u8; 16], Counts>,
+) {
     let rel = pg_sys::try_relation_open(relid, pg_sys::AccessShareLock as i32);
     if rel.is_null() {
         return;
     }
     let desc = (*rel).rd_att;
     let attnum = pg_sys::get_attnum(relid, column.as_ptr());
+    // Registration requires a uuid tenant column; a table whose column changed since counts
+    // nothing (sutra.check_tenancy reports it) rather than failing every tenant's statements.
     if attnum <= 0 || pg_sys::get_atttype(relid, attnum) != pg_sys::UUIDOID {
-        let name = std::ffi::CStr::from_ptr(pg_sys::get_rel_name(relid)).to_string_lossy().into_owned();
         pg_sys::relation_close(rel, pg_sys::AccessShareLock as i32);
-        raise_detail(
-            PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
-            format!("tenant column \"{}\" of table {name} is not of type uuid", column.to_string_lossy()),
-            "sutra counts a tenant table's rows by its uuid tenant column; run sutra.check_tenancy on the table.",
-        );
+        return;
     }
     let vector = super::quota::vector_type();
     let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
@@ -89,7 +91,8 @@ unsafe fn count_leaf(relid: pg_sys::Oid, column: &CString, tenant: Option<[u8; 1
         0
     };
     let index = if tenant.is_some() { tenant_btree(rel, attnum) } else { None };
-    let snapshot = if pg_sys::ActiveSnapshotSet() { pg_sys::GetActiveSnapshot() } else { pg_sys::GetTransactionSnapshot() };
+    let snapshot =
+        if pg_sys::ActiveSnapshotSet() { pg_sys::GetActiveSnapshot() } else { pg_sys::GetTransactionSnapshot() };
     let scan = pg_sys::systable_beginscan(
         rel,
         index.unwrap_or(pg_sys::InvalidOid),
@@ -136,8 +139,16 @@ unsafe fn tenant_btree(rel: pg_sys::Relation, attnum: i16) -> Option<pg_sys::Oid
             && *(*index).indkey.values.as_ptr() == attnum
             && *(*irel).rd_opcintype == pg_sys::UUIDOID
             && *(*irel).rd_opfamily == family
-            && pg_sys::heap_attisnull((*irel).rd_indextuple, pg_sys::Anum_pg_index_indexprs as i32, std::ptr::null_mut())
-            && pg_sys::heap_attisnull((*irel).rd_indextuple, pg_sys::Anum_pg_index_indpred as i32, std::ptr::null_mut());
+            && pg_sys::heap_attisnull(
+                (*irel).rd_indextuple,
+                pg_sys::Anum_pg_index_indexprs as i32,
+                std::ptr::null_mut(),
+            )
+            && pg_sys::heap_attisnull(
+                (*irel).rd_indextuple,
+                pg_sys::Anum_pg_index_indpred as i32,
+                std::ptr::null_mut(),
+            );
         pg_sys::index_close(irel, pg_sys::AccessShareLock as i32);
         if usable {
             found = Some(oid);

@@ -101,7 +101,9 @@ pub fn on_startup() {
     }
     // SAFETY: registers a callback for the postmaster's own exit.
     unsafe { pg_sys::on_shmem_exit(Some(save_pending), pg_sys::Datum::from(0)) };
-    let Ok(mut f) = std::fs::File::open(STATE_FILE) else { return };
+    let Ok(mut f) = std::fs::File::open(STATE_FILE) else {
+        return;
+    };
     let mut buf = Vec::new();
     if f.read_to_end(&mut buf).is_ok() && buf.len() >= 8 && &buf[..8] == MAGIC {
         for rec in buf[8..].chunks_exact(4 + 16 + 48) {
@@ -312,10 +314,8 @@ pub extern "C-unwind" fn sutra_metering_launcher_main(_arg: pg_sys::Datum) {
             continue;
         }
         next = now + interval();
-        let mut dbs: Vec<u32> = shmem::slots()
-            .filter(|s| s.pending.read().iter().any(|c| *c > 0))
-            .map(|s| s.db())
-            .collect();
+        let mut dbs: Vec<u32> =
+            shmem::slots().filter(|s| s.pending.read().iter().any(|c| *c > 0)).map(|s| s.db()).collect();
         dbs.sort_unstable();
         dbs.dedup();
         for db in dbs {
@@ -333,16 +333,19 @@ pub extern "C-unwind" fn sutra_metering_flush_main(arg: pg_sys::Datum) {
     let db = arg.value() as u32;
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);
+    // With the catalog's functions and operators, whatever search_path the database sets.
     BackgroundWorker::transaction(|| {
-        let installed = Spi::get_one::<bool>("SELECT to_regclass('sutra.usage_rollups') IS NOT NULL")
-            .ok()
-            .flatten()
-            .unwrap_or(false);
-        if installed {
-            flush_current_db();
-        } else {
-            // No sutra here any more: nothing to meter into.
-            take_pending(db);
-        }
+        crate::tenancy::caller::with_catalog_search_path(|| {
+            let installed = Spi::get_one::<bool>("SELECT to_regclass('sutra.usage_rollups') IS NOT NULL")
+                .ok()
+                .flatten()
+                .unwrap_or(false);
+            if installed {
+                flush_current_db();
+            } else {
+                // No sutra here any more: nothing to meter into.
+                take_pending(db);
+            }
+        })
     });
 }

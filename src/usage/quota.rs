@@ -71,7 +71,9 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
             let deltas = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
             undo(&deltas);
         }
-        pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
+        pg_sys::XactEvent::XACT_EVENT_COMMIT
+        | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT
+        | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
             PENDING.with(|p| p.borrow_mut().clear());
         }
         _ => {}
@@ -107,15 +109,17 @@ unsafe extern "C-unwind" fn subxact_callback(
 
 /// The registered tenant tables and their tenant columns.
 fn tenant_tables() -> Vec<(pg_sys::Oid, String)> {
-    Spi::connect(|client| {
-        let t = client.select("SELECT table_name::oid, tenant_column::text FROM sutra.tenant_tables", None, &[])?;
-        let mut out = Vec::new();
-        for row in t {
-            if let (Some(oid), Some(col)) = (row.get::<pg_sys::Oid>(1)?, row.get::<String>(2)?) {
-                out.push((oid, col));
+    crate::tenancy::caller::with_catalog_search_path(|| {
+        Spi::connect(|client| {
+            let t = client.select("SELECT table_name::oid, tenant_column::text FROM sutra.tenant_tables", None, &[])?;
+            let mut out = Vec::new();
+            for row in t {
+                if let (Some(oid), Some(col)) = (row.get::<pg_sys::Oid>(1)?, row.get::<String>(2)?) {
+                    out.push((oid, col));
+                }
             }
-        }
-        Ok::<_, pgrx::spi::Error>(out)
+            Ok::<_, pgrx::spi::Error>(out)
+        })
     })
     .unwrap_or_default()
 }
@@ -140,7 +144,8 @@ fn count_from_tables(tenant: &pgrx::Uuid, relid: Option<u32>) -> Vec<(u32, i64, 
 fn count_tenant_rows(
     tenant: pgrx::Uuid,
     table: default!(Option<pg_sys::Oid>, "NULL"),
-) -> TableIterator<'static, (name!(table_name, pg_sys::Oid), name!(rows, i64), name!(bytes, i64), name!(vectors, i64))> {
+) -> TableIterator<'static, (name!(table_name, pg_sys::Oid), name!(rows, i64), name!(bytes, i64), name!(vectors, i64))>
+{
     let rows: Vec<_> = count_from_tables(&tenant, table.map(|t| t.to_u32()))
         .into_iter()
         .map(|(oid, r, b, v)| (pg_sys::Oid::from(oid), r, b, v))
@@ -161,7 +166,9 @@ pub fn ensure_tenant_known(tenant: &pgrx::Uuid) {
         return;
     }
     let db = shmem::my_db();
-    let Some(slot) = shmem::slot(db, &key) else { return };
+    let Some(slot) = shmem::slot(db, &key) else {
+        return;
+    };
     // Known totals: only tables whose counts are not known yet (registered since) are counted.
     let counts = if slot.quota.is_known() {
         tenant_tables()
@@ -193,16 +200,23 @@ pub(super) fn vector_type() -> pg_sys::Oid {
     if let Some(oid) = VECTOR_TYPE.with(|v| v.get()) {
         return oid;
     }
-    let oid = Spi::get_one::<pg_sys::Oid>("SELECT to_regtype('sutra.vector')::oid")
-        .ok()
-        .flatten()
-        .unwrap_or(pg_sys::InvalidOid);
+    let oid = crate::tenancy::caller::with_catalog_search_path(|| {
+        Spi::get_one::<pg_sys::Oid>("SELECT pg_catalog.to_regtype('sutra.vector')::pg_catalog.oid")
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(pg_sys::InvalidOid);
     VECTOR_TYPE.with(|v| v.set(Some(oid)));
     oid
 }
 
 /// The tenant, size and vector count of a row.
-pub(super) unsafe fn measure(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc, attnum: i32, vector: pg_sys::Oid) -> Option<([u8; 16], i64, i64)> {
+pub(super) unsafe fn measure(
+    tuple: pg_sys::HeapTuple,
+    desc: pg_sys::TupleDesc,
+    attnum: i32,
+    vector: pg_sys::Oid,
+) -> Option<([u8; 16], i64, i64)> {
     if tuple.is_null() {
         return None;
     }
@@ -242,7 +256,8 @@ fn crossed(tenant: &pgrx::Uuid, what: &str, limit: i64, before: i64, after: i64,
     let line = (limit as f64 * threshold).ceil() as i64;
     if before < line && after >= line {
         pgrx::warning!("tenant {tenant} has used {after} of its {what} limit of {limit}");
-        let details = format!(r#"{{"limit": "{what}", "value": {after}, "limit_value": {limit}, "threshold": {threshold}}}"#);
+        let details =
+            format!(r#"{{"limit": "{what}", "value": {after}, "limit_value": {limit}, "threshold": {threshold}}}"#);
         let _ = as_superuser(|| {
             Spi::run_with_args(
                 "SELECT sutra._audit('quota.soft_limit', $1, $2::jsonb)",
@@ -262,7 +277,8 @@ fn apply(tenant: [u8; 16], relid: u32, rows: i64, bytes: i64, vectors: i64) {
     // SAFETY: reads the current nesting level of this backend's transaction.
     let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
     let (in_total, in_table) = (slot.quota.is_known(), table.quota.is_known());
-    let (total_rows, total_bytes, total_vectors) = if in_total { slot.quota.add(rows, bytes, vectors) } else { (0, 0, 0) };
+    let (total_rows, total_bytes, total_vectors) =
+        if in_total { slot.quota.add(rows, bytes, vectors) } else { (0, 0, 0) };
     let (table_rows, _, _) = if in_table { table.quota.add(rows, bytes, vectors) } else { (0, 0, 0) };
     PENDING.with(|p| p.borrow_mut().push(Delta { level, tenant, relid, rows, bytes, vectors, in_total, in_table }));
     if bytes > 0 {
@@ -293,7 +309,10 @@ fn apply(tenant: [u8; 16], relid: u32, rows: i64, bytes: i64, vectors: i64) {
 unsafe fn on_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     let td = (*fcinfo).context as *mut pg_sys::TriggerData;
     if td.is_null() || (*td).type_ != pg_sys::NodeTag::T_TriggerData {
-        crate::error::raise(PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION, "sutra._quota_row() must be called as a trigger");
+        crate::error::raise(
+            PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
+            "sutra._quota_row() must be called as a trigger",
+        );
     }
     let rel = (*td).tg_relation;
     let desc = (*rel).rd_att;
@@ -340,7 +359,10 @@ pg_function! {
 unsafe fn on_truncate(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     let td = (*fcinfo).context as *mut pg_sys::TriggerData;
     if td.is_null() || (*td).type_ != pg_sys::NodeTag::T_TriggerData {
-        crate::error::raise(PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION, "sutra._quota_truncate() must be called as a trigger");
+        crate::error::raise(
+            PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
+            "sutra._quota_truncate() must be called as a trigger",
+        );
     }
     let rel = (*td).tg_relation;
     let trigger = (*td).tg_trigger;
@@ -388,7 +410,10 @@ fn quota_set(table: Option<pg_sys::Oid>, tenant: pgrx::Uuid, rows: i64, bytes: i
 fn quota_counts(
     tenant: pgrx::Uuid,
     count_if_unknown: default!(bool, true),
-) -> TableIterator<'static, (name!(table_name, Option<pg_sys::Oid>), name!(rows, i64), name!(bytes, i64), name!(vectors, i64))> {
+) -> TableIterator<
+    'static,
+    (name!(table_name, Option<pg_sys::Oid>), name!(rows, i64), name!(bytes, i64), name!(vectors, i64)),
+> {
     let db = shmem::my_db();
     let mut out = Vec::new();
     if count_if_unknown {

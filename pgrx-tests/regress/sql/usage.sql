@@ -32,9 +32,89 @@ SELECT sutra.clear_tenant();
 SELECT sutra.record_usage('api.call', 1, idempotency_key => 'backfill-1', occurred_at => '2026-10-04 00:00+00',
                           tenant => 'use-b') AS service_recorded;
 RESET ROLE;
+-- The months of these events have partitions (and so may the coming month: record_usage makes it ahead).
 SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-WHERE i.inhparent = 'sutra.usage_events'::regclass ORDER BY 1;
+WHERE i.inhparent = 'sutra.usage_events'::regclass AND c.relname < 'usage_events_202612' ORDER BY 1;
 SELECT tableoid::regclass, tenant_id, event_type, quantity, occurred_at FROM sutra.usage_events ORDER BY occurred_at, tenant_id;
+
+-- What an event may be, and when it may have happened. Nothing refused is written.
+SELECT sutra.create_tenant('use-c', id => 'c0000000-0000-0000-0000-000000000000',
+    quota_overrides => '{"monthly": {"tokens": 10}}') IS NOT NULL AS c;
+SELECT sutra.create_api_key('use-c', 'writer', '{read,write}') AS writer_key \gset
+CREATE ROLE regress_usage_writer NOLOGIN;
+SHOW sutra.usage_event_max_age;
+SHOW sutra.usage_event_max_future;
+SET ROLE regress_usage_writer;
+BEGIN;
+SELECT sutra.authenticate(:'writer_key') IS NOT NULL AS c_writer;
+-- A quantity is a finite number from 0 to 10^15.
+SELECT q, try(format($$SELECT sutra.record_usage('api.call', %L)$$, q))
+FROM unnest(ARRAY['NaN', 'Infinity', '-Infinity', '-1', NULL, '1000000000000001', '0', '1000000000000000']) q;
+-- An event type is 1 to 100 letters, digits and _ . : -
+SELECT try(format($$SELECT sutra.record_usage(%L, 1)$$, repeat('e', 101)));
+SELECT try(format($$SELECT sutra.record_usage(%L, 1)$$, repeat('e', 100)));
+SELECT try($$SELECT sutra.record_usage('', 1)$$);
+-- An idempotency key is 1 to 255 characters.
+SELECT try(format($$SELECT sutra.record_usage('api.call', 1, idempotency_key => %L)$$, repeat('k', 256)));
+SELECT try(format($$SELECT sutra.record_usage('api.call', 1, idempotency_key => %L)$$, repeat('k', 255)));
+SELECT try($$SELECT sutra.record_usage('api.call', 1, idempotency_key => '')$$);
+-- Properties are a JSON object of at most 8192 bytes (as jsonb).
+SELECT try(format($$SELECT sutra.record_usage('api.call', 1, %L::jsonb)$$, jsonb_build_object('blob', repeat('x', 8200))));
+SELECT try(format($$SELECT sutra.record_usage('api.call', 1, %L::jsonb)$$, jsonb_build_object('blob', repeat('x', 8000))));
+SELECT try($$SELECT sutra.record_usage('api.call', 1, '[1, 2]')$$);
+-- A tenant session dates events from 35 days back to 1 day ahead (by default).
+SELECT w, try(format($$SELECT sutra.record_usage('api.call', 1, occurred_at => %L)$$, v))
+FROM (VALUES ('infinity', 'infinity'::timestamptz), ('-infinity', '-infinity'), ('year 1', '0001-01-01 00:00+00'),
+             ('year 1999', '1999-06-01 00:00+00'), ('year 294000', '294000-01-01 00:00+00'),
+             ('2 days ahead', now() + interval '2 days'), ('40 days back', now() - interval '40 days'),
+             ('12 hours ahead', now() + interval '12 hours'), ('34 days back', now() - interval '34 days')) x(w, v);
+-- Only superusers set the window.
+SELECT try($$SET sutra.usage_event_max_age = '400d'$$);
+SELECT try($$SELECT set_config('sutra.usage_event_max_future', '400d', true)$$);
+COMMIT;
+RESET ROLE;
+SET sutra.usage_event_max_age = '50d';
+SET ROLE regress_usage_writer;
+BEGIN;
+SELECT sutra.authenticate(:'writer_key') IS NOT NULL AS c_writer;
+SELECT try(format($$SELECT sutra.record_usage('api.call', 1, occurred_at => %L)$$, now() - interval '40 days')) AS wider_window;
+COMMIT;
+RESET ROLE;
+RESET sutra.usage_event_max_age;
+-- sutra_service backfills back to 2000-01-01, and no further ahead than anyone.
+SET ROLE regress_usage;
+SELECT w, try(format($$SELECT sutra.record_usage('api.call', 1, occurred_at => %L, tenant => 'use-c')$$, v))
+FROM (VALUES ('infinity', 'infinity'::timestamptz), ('-infinity', '-infinity'), ('year 1', '0001-01-01 00:00+00'),
+             ('just before 2000', '1999-12-31 23:59:59.999999+00'), ('2 days ahead', now() + interval '2 days'),
+             ('2000-01-01', '2000-01-01 00:00+00'), ('40 days back', now() - interval '40 days')) x(w, v);
+RESET ROLE;
+-- What was recorded: the accepted calls only, and no partition outside the window.
+SELECT count(*) AS events, sum(quantity) AS quantity, max(length(idempotency_key)) AS longest_key,
+       max(pg_column_size(properties)) < 8192 AS small_properties,
+       min(occurred_at) AS earliest, max(occurred_at) < now() + interval '1 day' AS none_ahead
+FROM sutra.usage_events WHERE tenant_id = 'c0000000-0000-0000-0000-000000000000';
+SELECT count(*) AS partitions_outside_window FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'sutra.usage_events'::regclass
+  AND (c.relname !~ '^usage_events_\d{6}$' OR c.relname < 'usage_events_200001'
+       OR c.relname > 'usage_events_' || to_char(date_trunc('month', now()) + interval '1 month', 'YYYYMM'));
+
+-- A monthly cap is never overshot; a retried event at the cap is still recognised as a retry.
+SET ROLE regress_usage_writer;
+BEGIN;
+SELECT sutra.authenticate(:'writer_key') IS NOT NULL AS c_writer;
+SELECT sutra.record_usage('tokens', 5, idempotency_key => 'tok-1') AS first,
+       sutra.record_usage('tokens', 5, idempotency_key => 'tok-2') AS second;
+SELECT try($$SELECT sutra.record_usage('tokens', 5, idempotency_key => 'tok-3')$$);
+SELECT try($$SELECT sutra.record_usage('tokens', 0.5)$$);
+SELECT sutra.record_usage('tokens', 5, idempotency_key => 'tok-2') AS retried_at_cap;
+SELECT sutra.record_usage('tokens', 0) AS nothing_more;
+COMMIT;
+-- The locks that make partitions and check caps are sutra's own: no other role can take them.
+SELECT try($$LOCK TABLE sutra.usage_events IN SHARE UPDATE EXCLUSIVE MODE$$);
+SELECT try($$SELECT 1 FROM sutra.usage_cap_locks FOR UPDATE$$);
+SET ROLE regress_usage;
+SELECT try($$LOCK TABLE sutra.usage_events IN SHARE UPDATE EXCLUSIVE MODE$$);
+RESET ROLE;
 
 -- Export shapes
 SELECT event_name, CASE WHEN identifier ~ '^req-' THEN identifier ELSE '<event id>' END AS identifier, "timestamp", payload FROM sutra.usage_events_stripe
@@ -80,5 +160,6 @@ SELECT (SELECT count(*) FROM sutra.usage_events WHERE tenant_id = 'a0000000-0000
        (SELECT count(*) FROM sutra.usage_event_keys WHERE tenant_id = 'a0000000-0000-0000-0000-000000000000') AS keys,
        (SELECT count(*) FROM sutra.usage_rollups WHERE tenant_id = 'a0000000-0000-0000-0000-000000000000') AS rollups,
        (SELECT count(*) FROM sutra.usage_rollups WHERE tenant_id = 'b0000000-0000-0000-0000-000000000000') AS b_rollups_kept;
-SELECT sutra.drop_tenant('use-b', purge => true) IS NOT NULL AS cleanup;
-DROP ROLE regress_usage, regress_usage_app;
+SELECT sutra.drop_tenant('use-b', purge => true) IS NOT NULL AS cleanup,
+       sutra.drop_tenant('use-c', purge => true) IS NOT NULL AS cleanup;
+DROP ROLE regress_usage, regress_usage_app, regress_usage_writer;
