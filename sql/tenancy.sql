@@ -430,6 +430,7 @@ BEGIN
     DELETE FROM sutra.usage_events e WHERE e.tenant_id = tenant;
     DELETE FROM sutra.usage_event_keys e WHERE e.tenant_id = tenant;
     DELETE FROM sutra.usage_rollups r WHERE r.tenant_id = tenant;
+    DELETE FROM sutra.usage_cap_locks c WHERE c.tenant_id = tenant;
     DELETE FROM sutra.tenants x WHERE x.id = tenant;
     RETURN removed;
 END $$;
@@ -653,6 +654,8 @@ GRANT INSERT, UPDATE (tenant_column), DELETE ON tenant_tables TO PUBLIC;
 CREATE FUNCTION _tenant_table_audit() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    -- Every backend's cache of which tables are registered (the quota triggers consult it).
+    PERFORM sutra._invalidate_tenant_cache();
     IF current_setting('row_security') = 'off' THEN
         RETURN NULL;
     END IF;

@@ -225,3 +225,111 @@ def test_transaction_context_is_the_default(env):
 def make_token(env):
     from test_tenancy_adversarial import make_jwt
     return make_jwt({"tenant_id": str(env.a), "scopes": ["read"], "exp": int(time.time()) + 600}, env.jwt_secret)
+
+
+def test_settings_of_an_owners_trigger_do_not_outlive_a_purge(env):
+    """A DELETE trigger that changes search_path during a purge: the change ends with the DELETE,
+    so neither the rest of the purge nor the purging session picks up the owner's operators."""
+    owner = env.connect(env.owner)
+    owner.execute("CREATE TABLE path_trap (tenant_id uuid NOT NULL, n int)")
+    owner.execute("SELECT sutra.enable_tenancy('path_trap')")
+    owner.execute(sql.SQL("""
+        CREATE FUNCTION move_path() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM set_config('search_path', {path}, false);
+            PERFORM set_config('sutra_test.seen_context', current_setting('sutra.tenant_id'), false);
+            RETURN OLD;
+        END $$""").format(path=sql.Literal(f"{env.schema}, pg_catalog")))
+    owner.execute("CREATE TRIGGER move_path AFTER DELETE ON path_trap FOR EACH ROW EXECUTE FUNCTION move_path()")
+    c, _ = env.create_tenant("path")
+    env.su.execute(sql.SQL("INSERT INTO {}.path_trap VALUES (%s, 1)").format(sql.Identifier(env.schema)), (c,))
+    su = env.connect("postgres", options="")
+    try:
+        path = su.execute("SHOW search_path").fetchone()[0]
+        su.execute("SELECT sutra.drop_tenant(%s::uuid, purge => true)", (c,))
+        assert su.execute("SHOW search_path").fetchone()[0] == path
+        assert su.execute("SELECT current_setting('sutra_test.seen_context', true)").fetchone()[0] in (None, "")
+    finally:
+        owner.execute("DROP TABLE path_trap")
+        owner.execute("DROP FUNCTION move_path()")
+
+
+def test_quota_triggers_count_registered_tables_only(env):
+    """sutra's quota trigger attached by hand to a table that is not registered counts nothing."""
+    owner = env.connect(env.owner)
+    before = env.su.execute("SELECT used FROM sutra.quota_usage(%s::uuid) WHERE limit_name = 'rows_total'",
+                            (env.b,)).fetchone()
+    owner.execute("CREATE TABLE fake_counts (tenant_id uuid NOT NULL)")
+    try:
+        owner.execute("CREATE TRIGGER q AFTER INSERT OR UPDATE OR DELETE ON fake_counts "
+                      "FOR EACH ROW EXECUTE FUNCTION sutra._quota_row('tenant_id')")
+        owner.execute("INSERT INTO fake_counts SELECT %s FROM generate_series(1, 50)", (env.b,))
+        after = env.su.execute("SELECT used FROM sutra.quota_usage(%s::uuid) WHERE limit_name = 'rows_total'",
+                               (env.b,)).fetchone()
+        assert after == before
+    finally:
+        owner.execute("DROP TABLE fake_counts")
+
+
+def test_copy_applies_the_owners_other_policies(env):
+    """A restrictive policy the owner adds refuses a row through COPY as it does through INSERT."""
+    owner = env.connect(env.owner)
+    owner.execute("CREATE TABLE guarded (tenant_id uuid NOT NULL, body text NOT NULL)")
+    owner.execute("SELECT sutra.enable_tenancy('guarded')")
+    owner.execute("CREATE POLICY no_forbidden ON guarded AS RESTRICTIVE FOR INSERT WITH CHECK (body <> 'forbidden')")
+    owner.execute(sql.SQL("GRANT SELECT, INSERT ON guarded TO {}").format(sql.Identifier(env.app)))
+    try:
+        app = env.app_conn("a")
+        expect_error(app, "42501", "row-level security", "INSERT INTO guarded (body) VALUES ('forbidden')")
+        with pytest.raises(psycopg.Error) as info:
+            with app.cursor().copy("COPY guarded (body) FROM STDIN") as cp:
+                cp.write_row(("forbidden",))
+        assert info.value.sqlstate == "42501", info.value
+        with app.cursor().copy("COPY guarded (body) FROM STDIN") as cp:
+            cp.write_row(("allowed",))
+        assert app.execute("SELECT body FROM guarded").fetchall() == [("allowed",)]
+    finally:
+        owner.execute("DROP TABLE guarded")
+
+
+def test_index_check_runs_the_owners_predicate_as_the_owner(env):
+    owner = env.connect(env.owner)
+    owner.execute("""CREATE FUNCTION keep(t uuid) RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS $$
+                     BEGIN RAISE NOTICE 'keep as %', current_user; RETURN true; END $$""")
+    owner.execute("CREATE TABLE pvecs (tenant_id uuid NOT NULL, e sutra.vector(2))")
+    owner.execute(sql.SQL("CREATE INDEX pvecs_hnsw ON pvecs USING sutra_hnsw (tenant_id, e) WHERE {s}.keep(tenant_id)").format(
+        s=sql.Identifier(env.schema)))
+    owner.execute("INSERT INTO pvecs VALUES (%s, '[1,2]')", (env.a,))
+    try:
+        su = env.connect("postgres", options="")
+        seen = notices_of(su)
+        problems = su.execute(sql.SQL("SELECT problems FROM sutra.hnsw_check({}::regclass)").format(
+            sql.Literal(f"{env.schema}.pvecs_hnsw"))).fetchone()[0]
+        assert problems == []
+        who = {n.split()[-1] for n in seen if n.startswith("keep as ")}
+        assert who == {env.owner}, seen
+    finally:
+        owner.execute("DROP TABLE pvecs")
+        owner.execute("DROP FUNCTION keep(uuid)")
+
+
+def test_audit_writer_uses_the_catalogs_functions(env):
+    """The background worker that writes failed authentications into the audit log resolves no
+    function through the database's search_path (it runs as superuser)."""
+    env.su.execute("CREATE TABLE public.sutra_test_spy (who text)")
+    env.su.execute("""CREATE FUNCTION public.to_timestamp(numeric) RETURNS timestamptz LANGUAGE plpgsql AS
+                      $$BEGIN INSERT INTO public.sutra_test_spy VALUES (current_user); RETURN now(); END$$""")
+    try:
+        before = env.su.execute("SELECT count(*) FROM sutra.audit_log WHERE action = 'auth.failure'").fetchone()[0]
+        app = env.app_conn()
+        with pytest.raises(psycopg.Error):
+            app.execute("SELECT sutra.authenticate('sk_0123456789abcdef_" + "A" * 43 + "')")
+        deadline = time.monotonic() + 10
+        while env.su.execute("SELECT count(*) FROM sutra.audit_log WHERE action = 'auth.failure'").fetchone()[0] == before:
+            assert time.monotonic() < deadline, "the failure was not audited"
+            time.sleep(0.1)
+        assert env.su.execute("SELECT count(*) FROM public.sutra_test_spy").fetchone()[0] == 0
+    finally:
+        env.su.execute("DROP FUNCTION public.to_timestamp(numeric)")
+        env.su.execute("DROP TABLE public.sutra_test_spy")
+        env.su.execute("SELECT sutra.reset_auth_failures()")

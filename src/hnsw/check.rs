@@ -148,10 +148,21 @@ fn hnsw_check(
     let mut scan = HeapScan { shape, tids: Vec::new() };
     // SAFETY: the standard heap scan of an index build over the table locked above; the callback
     // gets `scan` back.
-    unsafe {
+    // The table's index expressions and predicate are the owner's code: they run as the owner,
+    // inside a security-restricted operation and with search_path pg_catalog, pg_temp, as they
+    // do for CREATE INDEX, whoever calls hnsw_check.
+    crate::tenancy::caller::with_catalog_search_path(|| unsafe {
+        let mut user = pg_sys::InvalidOid;
+        let mut sec = 0;
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut sec);
+        pg_sys::SetUserIdAndSecContext(
+            (*(*heap).rd_rel).relowner,
+            sec | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32,
+        );
         let info = pg_sys::BuildIndexInfo(rel);
         pg_sys::table_index_build_scan(heap, rel, info, true, false, Some(heap_callback), &mut scan as *mut HeapScan as *mut std::ffi::c_void, std::ptr::null_mut());
-    }
+        pg_sys::SetUserIdAndSecContext(user, sec);
+    });
     let missing = scan.tids.iter().filter(|t| !indexed_heap.contains(t)).count();
     if missing > 0 {
         problems.push(format!("{missing} of {} live rows of the table have no element in the index", scan.tids.len()));

@@ -217,9 +217,11 @@ fn authenticate(api_key: &str, local: default!(Option<bool>, "NULL"), session: d
     // SAFETY: plain backend globals.
     let writable = unsafe { !pg_sys::XactReadOnly && !pg_sys::RecoveryInProgress() };
     if row.stale && writable {
-        // At most one write per key per minute, however often it authenticates.
+        // At most one write per key per minute, however often it authenticates; a transaction that
+        // finds the row locked by another one's write skips it instead of waiting for its commit.
         Spi::run_with_args(
-            "UPDATE sutra.api_key_store SET last_used_at = now() WHERE key_id = $1",
+            "UPDATE sutra.api_key_store SET last_used_at = now()
+             WHERE key_id = (SELECT k.key_id FROM sutra.api_key_store k WHERE k.key_id = $1 FOR UPDATE SKIP LOCKED)",
             &[presented.key_id.into()],
         )
         .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not update API key: {e}")));

@@ -109,9 +109,10 @@ unsafe fn tenant_column_under_rls(relation: *mut pg_sys::RangeVar) -> Option<Str
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not read tenant tables: {e}")))
 }
 
-/// Whether the table or any of its partitions has enabled BEFORE INSERT (or INSTEAD OF INSERT)
-/// row triggers: they run after a COPY's WHERE clause and may change the row, so such a COPY goes
-/// through INSERT instead.
+/// Whether a COPY into the table must go through INSERT: when the table or any of its partitions
+/// has enabled BEFORE INSERT (or INSTEAD OF INSERT) row triggers (they run after a COPY's WHERE
+/// clause and may change the row), or policies besides sutra's own (the direct path checks only
+/// sutra's tenant condition; INSERT applies every policy).
 unsafe fn has_before_insert_row_triggers(relation: *mut pg_sys::RangeVar) -> bool {
     let relid = pg_sys::RangeVarGetRelidExtended(relation, pg_sys::NoLock as _, 0, None, std::ptr::null_mut());
     // tgtype bits: 1 row, 2 before, 4 insert, 64 instead.
@@ -122,7 +123,10 @@ unsafe fn has_before_insert_row_triggers(relation: *mut pg_sys::RangeVar) -> boo
             "SELECT EXISTS (SELECT 1 FROM pg_trigger t
                             WHERE t.tgrelid IN (SELECT $1::regclass UNION SELECT p.relid FROM pg_partition_tree($1) p)
                               AND t.tgenabled <> 'D' AND t.tgtype & 1 = 1 AND t.tgtype & 4 = 4
-                              AND (t.tgtype & 2 = 2 OR t.tgtype & 64 = 64))",
+                              AND (t.tgtype & 2 = 2 OR t.tgtype & 64 = 64))
+                 OR EXISTS (SELECT 1 FROM pg_policy y
+                            WHERE y.polrelid IN (SELECT $1::regclass UNION SELECT p.relid FROM pg_partition_tree($1) p)
+                              AND y.polname !~ '^sutra_tenant_(select|insert|update|delete)$')",
             &[relid.into()],
         )
     })

@@ -242,6 +242,19 @@ fn now_micros() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
+/// Ends the writer of database `db` unless events arrived meanwhile: under the lock, so that a
+/// failure recorded after this sees no writer and starts one.
+fn retire(db: u32) -> bool {
+    let mut f = FAILURES.exclusive();
+    if f.events.iter().any(|e| e.db == db) {
+        return false;
+    }
+    if let Some(slot) = f.launches.iter_mut().find(|(d, _)| *d == db) {
+        *slot = (db, 0);
+    }
+    true
+}
+
 /// Takes the queued events of database `db`.
 fn take_events(db: u32) -> Vec<Event> {
     let mut f = FAILURES.exclusive();
@@ -269,9 +282,12 @@ pub extern "C-unwind" fn sutra_audit_flush_main(arg: pg_sys::Datum) {
     let mut idle = 0;
     // A stop request (smart or fast shutdown) ends the loop at once: wait_latch reports it, and
     // reading it consumes it, so its answer is what decides.
-    while idle < 5 {
+    loop {
         let events = take_events(db);
         if events.is_empty() {
+            if idle >= 5 && retire(db) {
+                break;
+            }
             idle += 1;
             if !BackgroundWorker::wait_latch(Some(Duration::from_millis(200))) {
                 break;

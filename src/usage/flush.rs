@@ -80,8 +80,13 @@ pub fn init() {
             None,
         );
     }
-    // SAFETY: _PG_init in the postmaster: the callback is inherited by every backend.
-    unsafe { pg_sys::RegisterXactCallback(Some(flush_xact_callback), std::ptr::null_mut()) };
+    // SAFETY: _PG_init in the postmaster: the callback is inherited by every backend; hooks are
+    // chained.
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(flush_xact_callback), std::ptr::null_mut());
+        PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
+        pg_sys::ProcessUtility_hook = Some(forget_dropped_database);
+    }
     BackgroundWorkerBuilder::new("sutra metering launcher")
         .set_type("sutra metering launcher")
         .set_library("sutra")
@@ -145,6 +150,38 @@ unsafe extern "C-unwind" fn save_pending(code: i32, _arg: pg_sys::Datum) {
                 let _ = std::fs::rename(&tmp, STATE_FILE);
             }
         }
+    }
+}
+
+static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
+
+/// After `DROP DATABASE`, that database's pending metering has nowhere to go: it is dropped, so
+/// that the launcher does not try to connect to the database again and again.
+#[pg_guard]
+unsafe extern "C-unwind" fn forget_dropped_database(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const std::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    let stmt = (*pstmt).utilityStmt;
+    let dropped = if !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_DropdbStmt {
+        pg_sys::get_database_oid((*(stmt as *mut pg_sys::DropdbStmt)).dbname, true)
+    } else {
+        pg_sys::InvalidOid
+    };
+    match PREV_PROCESS_UTILITY {
+        Some(prev) => prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
+        None => {
+            pg_sys::standard_ProcessUtility(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc)
+        }
+    }
+    if dropped != pg_sys::InvalidOid && pg_sys::get_database_name(dropped).is_null() {
+        take_pending(dropped.to_u32());
     }
 }
 

@@ -306,6 +306,44 @@ fn apply(tenant: [u8; 16], relid: u32, rows: i64, bytes: i64, vectors: i64) {
     }
 }
 
+thread_local! {
+    /// Per table: whether it (or the partitioned table it belongs to) is a registered tenant
+    /// table, as of a status generation (registrations change it).
+    static REGISTERED: RefCell<(u64, std::collections::HashMap<pg_sys::Oid, bool>)> = RefCell::new((0, Default::default()));
+}
+
+/// Whether `relid` is a registered tenant table or a partition of one. The quota triggers count
+/// rows of registered tables only: attached by hand to any other table, they do nothing, so no
+/// table's owner can move another tenant's counts.
+fn registered(relid: pg_sys::Oid) -> bool {
+    let generation = crate::tenancy::context::status_generation();
+    let cached = REGISTERED.with(|r| {
+        let r = r.borrow();
+        if r.0 == generation { r.1.get(&relid).copied() } else { None }
+    });
+    if let Some(known) = cached {
+        return known;
+    }
+    let known = crate::tenancy::caller::with_catalog_search_path(|| {
+        Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM sutra.tenant_tables t
+                            WHERE t.table_name = coalesce(pg_partition_root($1), $1::regclass))",
+            &[relid.into()],
+        )
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    REGISTERED.with(|r| {
+        let mut r = r.borrow_mut();
+        if r.0 != generation {
+            *r = (generation, Default::default());
+        }
+        r.1.insert(relid, known);
+    });
+    known
+}
+
 unsafe fn on_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     let td = (*fcinfo).context as *mut pg_sys::TriggerData;
     if td.is_null() || (*td).type_ != pg_sys::NodeTag::T_TriggerData {
@@ -315,6 +353,9 @@ unsafe fn on_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         );
     }
     let rel = (*td).tg_relation;
+    if !registered((*rel).rd_id) {
+        return pg_sys::Datum::from(0);
+    }
     let desc = (*rel).rd_att;
     let trigger = (*td).tg_trigger;
     let column = if (*trigger).tgnargs > 0 { *(*trigger).tgargs } else { c"tenant_id".as_ptr() as *mut _ };
@@ -365,6 +406,9 @@ unsafe fn on_truncate(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         );
     }
     let rel = (*td).tg_relation;
+    if !registered((*rel).rd_id) {
+        return pg_sys::Datum::from(0);
+    }
     let trigger = (*td).tg_trigger;
     let column = if (*trigger).tgnargs > 0 { *(*trigger).tgargs } else { c"tenant_id".as_ptr() as *mut _ };
     let column = CStr::from_ptr(column).to_string_lossy().into_owned();
