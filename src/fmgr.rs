@@ -56,3 +56,34 @@ pub fn palloc_cstring(s: &str) -> pg_sys::Datum {
         pg_sys::Datum::from(p)
     }
 }
+
+/// PostgreSQL's standard implementations behind the hooks sutra installs, called directly.
+///
+/// pgrx's `pg_sys` versions of these catch a PostgreSQL error and raise it again from Rust, which
+/// rewrites it: the DETAIL becomes empty, or a Rust backtrace when the server's environment sets
+/// `RUST_BACKTRACE`. Called directly, an error raised inside passes through sutra's hook
+/// untouched, exactly as it would without sutra. The hooks hold no value with a destructor at
+/// the call, so nothing is skipped when such an error leaves through them.
+pub mod standard {
+    use std::ffi::c_char;
+
+    use pgrx::pg_sys;
+
+    unsafe extern "C-unwind" {
+        #[link_name = "standard_ExecutorStart"]
+        pub fn executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: i32);
+        #[link_name = "standard_ExecutorEnd"]
+        pub fn executor_end(query_desc: *mut pg_sys::QueryDesc);
+        #[link_name = "standard_ProcessUtility"]
+        pub fn process_utility(
+            pstmt: *mut pg_sys::PlannedStmt,
+            query_string: *const c_char,
+            read_only_tree: bool,
+            context: pg_sys::ProcessUtilityContext::Type,
+            params: pg_sys::ParamListInfo,
+            query_env: *mut pg_sys::QueryEnvironment,
+            dest: *mut pg_sys::DestReceiver,
+            qc: *mut pg_sys::QueryCompletion,
+        );
+    }
+}

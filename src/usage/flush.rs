@@ -177,7 +177,7 @@ unsafe extern "C-unwind" fn forget_dropped_database(
     match PREV_PROCESS_UTILITY {
         Some(prev) => prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
         None => {
-            pg_sys::standard_ProcessUtility(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc)
+            crate::fmgr::standard::process_utility(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc)
         }
     }
     if dropped != pg_sys::InvalidOid && pg_sys::get_database_name(dropped).is_null() {

@@ -232,7 +232,7 @@ unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, e
     DEPTH.with(|d| d.set(depth + 1));
     match PREV_START {
         Some(prev) => prev(query_desc, eflags),
-        None => pg_sys::standard_ExecutorStart(query_desc, eflags),
+        None => crate::fmgr::standard::executor_start(query_desc, eflags),
     }
 }
 
@@ -251,7 +251,7 @@ unsafe extern "C-unwind" fn executor_end(query_desc: *mut pg_sys::QueryDesc) {
     }
     match PREV_END {
         Some(prev) => prev(query_desc),
-        None => pg_sys::standard_ExecutorEnd(query_desc),
+        None => crate::fmgr::standard::executor_end(query_desc),
     }
 }
 
