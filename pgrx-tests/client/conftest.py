@@ -24,6 +24,17 @@ def connect(host_var, port_var, dbname="postgres", **kwargs):
     )
 
 
+def superuser():
+    """An autocommit superuser connection to the sutra_client database."""
+    return connect("SUTRA_TEST_HOST", "SUTRA_TEST_PORT", dbname="sutra_client", autocommit=True)
+
+
+def as_role(role):
+    """An autocommit connection to the sutra_client database as `role`."""
+    return psycopg.connect(host=os.environ["SUTRA_TEST_HOST"], port=os.environ["SUTRA_TEST_PORT"], user=role,
+                           dbname="sutra_client", autocommit=True)
+
+
 @pytest.fixture
 def conn():
     with connect("SUTRA_TEST_HOST", "SUTRA_TEST_PORT", dbname="sutra_client") as c:

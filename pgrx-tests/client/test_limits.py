@@ -1,6 +1,5 @@
 """Rate, concurrency and connection limits per tenant, and metering, over real connections."""
 
-import os
 import threading
 import time
 import uuid
@@ -8,16 +7,7 @@ import uuid
 import psycopg
 import pytest
 
-from conftest import connect
-
-
-def superuser():
-    return connect("SUTRA_TEST_HOST", "SUTRA_TEST_PORT", dbname="sutra_client", autocommit=True)
-
-
-def as_role(role):
-    return psycopg.connect(host=os.environ["SUTRA_TEST_HOST"], port=os.environ["SUTRA_TEST_PORT"], user=role,
-                           dbname="sutra_client", autocommit=True)
+from conftest import as_role, superuser
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """Application events over real connections: monthly caps hold under concurrent calls, and no role
 outside sutra can hold up the making of a month's partition."""
 
-import os
 import threading
 import time
 import uuid
@@ -9,16 +8,7 @@ import uuid
 import psycopg
 import pytest
 
-from conftest import connect
-
-
-def superuser():
-    return connect("SUTRA_TEST_HOST", "SUTRA_TEST_PORT", dbname="sutra_client", autocommit=True)
-
-
-def as_role(role):
-    return psycopg.connect(host=os.environ["SUTRA_TEST_HOST"], port=os.environ["SUTRA_TEST_PORT"], user=role,
-                           dbname="sutra_client", autocommit=True)
+from conftest import as_role, superuser
 
 
 @pytest.fixture
