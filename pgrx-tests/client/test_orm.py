@@ -58,7 +58,9 @@ def tenant_session(engine, key):
 
     @event.listens_for(session, "after_begin")
     def authenticate(session, transaction, connection):
-        connection.execute(sa.text("SELECT sutra.authenticate(:key, local => true)"), {"key": key})
+        # The default context lasts for this transaction only: nothing is left on the pooled
+        # connection for the next request.
+        connection.execute(sa.text("SELECT sutra.authenticate(:key)"), {"key": key})
 
     return session
 
@@ -84,6 +86,17 @@ def test_orm_sees_and_writes_only_its_tenant(setup):
     with Session(engine) as s, pytest.raises(sa.exc.DBAPIError) as e:
         s.scalars(sa.select(Note)).all()
     assert e.value.orig.sqlstate == "28000"
+    # A request that authenticated the plain way, committed and gave its connection back: the next
+    # request on that connection (pool_size 1) has no tenant.
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT sutra.authenticate(:key)"), {"key": key_a})
+        assert conn.scalar(sa.select(sa.func.count()).select_from(Note)) == 2
+        conn.commit()
+    with engine.connect() as conn:
+        assert conn.scalar(sa.text("SHOW sutra.tenant_id")) == ""
+        with pytest.raises(sa.exc.DBAPIError) as e:
+            conn.execute(sa.select(Note)).all()
+        assert e.value.orig.sqlstate == "28000"
     engine.dispose()
     with connect("SUTRA_TEST_HOST", "SUTRA_TEST_PORT", dbname="sutra_client") as c:
         rows = c.execute("SELECT body, tenant_id FROM orm_notes ORDER BY id").fetchall()
