@@ -703,6 +703,14 @@ BEGIN
     EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY', tbl);
 END $$;
 
+-- Whether a valid, non-partial btree index of the table is led by column `col`.
+CREATE FUNCTION _has_tenant_btree(tbl regclass, col int2) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                   WHERE i.indrelid = tbl AND i.indkey[0] = col AND i.indisvalid AND i.indpred IS NULL
+                     AND ic.relam = (SELECT a.oid FROM pg_am a WHERE a.amname = 'btree'));
+$$;
+
 -- Turns a table into a tenant table. Runs as the caller, who must own the table.
 CREATE FUNCTION enable_tenancy(tbl regclass, tenant_column name DEFAULT 'tenant_id') RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -743,8 +751,9 @@ BEGIN
     PERFORM sutra._apply_tenant_policies(m, tenant_column) FROM sutra._table_and_partitions(tbl) m;
     SELECT a.attnum INTO col_num FROM pg_attribute a
     WHERE a.attrelid = tbl AND a.attname = tenant_column;
-    SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = tbl AND i.indkey[0] = col_num)
-        INTO indexed;
+    -- A btree led by the tenant column serves every query under the policies; another index led by
+    -- it (a sutra_hnsw index, say) serves vector searches only.
+    indexed := sutra._has_tenant_btree(tbl, col_num);
     IF NOT indexed THEN
         EXECUTE format('CREATE INDEX %I ON %s (%I)',
                        left(short_name || '_' || tenant_column, 53) || '_sutra_idx', tbl, tenant_column);
@@ -805,6 +814,10 @@ BEGIN
     END IF;
     IF (SELECT count(*) FROM pg_policy p WHERE p.polrelid = tbl AND p.polname LIKE 'sutra_tenant_%') < 4 THEN
         RETURN QUERY SELECT 'error', tbl::text, 'a sutra_tenant_* policy is missing';
+    END IF;
+    IF NOT sutra._has_tenant_btree(tbl, col_num) THEN
+        RETURN QUERY SELECT 'warning', tbl::text,
+            format('no btree index led by %I: every query under row level security reads the whole table', col);
     END IF;
     FOR r IN SELECT p.relid AS part FROM pg_partition_tree(tbl) p JOIN pg_class c ON c.oid = p.relid
              WHERE p.relid <> tbl AND NOT (c.relrowsecurity AND c.relforcerowsecurity

@@ -522,6 +522,7 @@ GRANT EXECUTE ON FUNCTION metrics() TO sutra_service;
 -- What tenants_near_limits calls: a view runs functions with its reader's EXECUTE rights.
 GRANT EXECUTE ON FUNCTION _tenant_counters(), _quota_counts(uuid, boolean) TO sutra_service;
 GRANT SELECT ON usage_events, usage_rollups, usage_events_stripe, usage_events_cloudevents, prices TO PUBLIC;
+GRANT INSERT, UPDATE, DELETE ON prices TO sutra_service;
 SELECT _own_rows_policies('usage_events', 'tenant_id', 'admin');
 SELECT _own_rows_policies('usage_rollups', 'tenant_id', 'admin');
 

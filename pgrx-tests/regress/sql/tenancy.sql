@@ -210,3 +210,23 @@ SELECT sutra.drop_tenant('hooli', purge => true) IS NOT NULL AS cleanup;
 SELECT sutra.reset_auth_failures() > 0 AS had_failures;
 DROP ROLE regress_app;
 DROP ROLE regress_service;
+
+-- A sutra_hnsw index led by the tenant column (as an ORM's create_all makes it) does not stand in
+-- for the tenant btree: enable_tenancy still adds one, and check_tenancy warns when it is missing.
+CREATE TABLE embedded (id int PRIMARY KEY, tenant_id uuid NOT NULL, e sutra.vector(2));
+CREATE INDEX embedded_hnsw ON embedded USING sutra_hnsw (tenant_id, e);
+SELECT sutra.enable_tenancy('embedded');
+SELECT c.relname, a.amname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
+WHERE i.indrelid = 'embedded'::regclass ORDER BY 1;
+DROP INDEX embedded_tenant_id_sutra_idx;
+SELECT * FROM sutra.check_tenancy('embedded') ORDER BY 2, 3;
+DROP TABLE embedded;
+
+-- sutra_service manages prices.
+CREATE ROLE regress_pricer NOLOGIN IN ROLE sutra_service;
+SET ROLE regress_pricer;
+INSERT INTO sutra.prices (metric, unit_price) VALUES ('regress_metric', 0.5);
+UPDATE sutra.prices SET unit_price = 0.25 WHERE metric = 'regress_metric';
+DELETE FROM sutra.prices WHERE metric = 'regress_metric';
+RESET ROLE;
+DROP ROLE regress_pricer;
