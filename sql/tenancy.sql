@@ -809,6 +809,11 @@ BEGIN
         RETURN;
     END IF;
     SELECT a.attnum INTO col_num FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = col;
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = col
+                   AND NOT a.attisdropped AND a.atttypid = 'uuid'::regtype) THEN
+        RETURN QUERY SELECT 'error', format('column %I', col),
+            'the tenant column is not of type uuid: quotas do not count this table';
+    END IF;
     IF NOT (SELECT c.relrowsecurity AND c.relforcerowsecurity FROM pg_class c WHERE c.oid = tbl) THEN
         RETURN QUERY SELECT 'error', tbl::text, 'row level security is not enabled and forced';
     END IF;

@@ -8,6 +8,7 @@ use pgrx::PgSqlErrorCode;
 
 ::pgrx::pg_module_magic!(name, version);
 
+mod backend;
 mod error;
 mod fmgr;
 mod guc;

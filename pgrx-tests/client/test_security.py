@@ -333,3 +333,24 @@ def test_audit_writer_uses_the_catalogs_functions(env):
         env.su.execute("DROP FUNCTION public.to_timestamp(numeric)")
         env.su.execute("DROP TABLE public.sutra_test_spy")
         env.su.execute("SELECT sutra.reset_auth_failures()")
+
+
+def test_quota_trigger_on_a_column_that_is_not_uuid_is_refused(env):
+    """The quota trigger attached to a registered table with a non-uuid column as its argument
+    raises instead of reading an integer as a uuid."""
+    owner = env.connect(env.owner)
+    owner.execute("CREATE TABLE wrong_col (tenant_id uuid NOT NULL, n int NOT NULL)")
+    owner.execute("SELECT sutra.enable_tenancy('wrong_col')")
+    owner.execute("CREATE TRIGGER wrong AFTER INSERT ON wrong_col FOR EACH ROW EXECUTE FUNCTION sutra._quota_row('n')")
+    try:
+        started = env.su.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
+        expect_error(env.su, "42804", "is not of type uuid",
+                     sql.SQL("INSERT INTO {}.wrong_col VALUES (%s, 12345)").format(sql.Identifier(env.schema)), (env.a,))
+        assert env.su.execute("SELECT pg_postmaster_start_time()").fetchone()[0] == started
+    finally:
+        owner.execute("DROP TABLE wrong_col")
+
+
+def test_service_reads_tenants_near_limits(env):
+    svc = env.connect(env.svc)
+    svc.execute("SELECT count(*) FROM sutra.tenants_near_limits").fetchone()

@@ -20,9 +20,9 @@ fn open_index(index: pg_sys::Oid, lock: u32) -> pg_sys::Relation {
         if kind == 0 {
             raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("index with OID {} does not exist", index.to_u32()));
         }
-        let caller = crate::tenancy::caller::outer_user();
+        let caller = crate::backend::caller::outer_user();
         if !pg_sys::pg_class_ownercheck(index, caller)
-            && !crate::tenancy::caller::is_service(caller)
+            && !crate::backend::caller::is_service(caller)
         {
             crate::error::raise_hint(
                 PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -151,7 +151,7 @@ fn hnsw_check(
     // The table's index expressions and predicate are the owner's code: they run as the owner,
     // inside a security-restricted operation and with search_path pg_catalog, pg_temp, as they
     // do for CREATE INDEX, whoever calls hnsw_check.
-    crate::tenancy::caller::with_catalog_search_path(|| unsafe {
+    crate::backend::caller::with_catalog_search_path(|| unsafe {
         let mut user = pg_sys::InvalidOid;
         let mut sec = 0;
         pg_sys::GetUserIdAndSecContext(&mut user, &mut sec);

@@ -14,8 +14,9 @@ use pgrx::{pg_sys, PgSqlErrorCode};
 use sutra_core::tenant_context::Scopes;
 use sutra_core::{api_key, jwt};
 
-use super::caller;
-use super::context::{issue, now_unix, uuid_of};
+use crate::backend::caller;
+use super::context::{issue, uuid_of};
+use crate::backend::now_unix;
 use super::failures;
 use crate::error::{raise, raise_detail, raise_hint};
 

@@ -11,12 +11,12 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 use sutra_core::tenant_context::{self, Context, ContextError, Scopes};
 
+use crate::backend::{now_unix, random_bytes};
 use crate::error::{raise_detail, raise_hint};
 
 /// The current value of `sutra.tenant_id` (owned by the GUC machinery).
@@ -31,21 +31,6 @@ static RANDOM_SECRET: OnceLock<[u8; 32]> = OnceLock::new();
 
 const NO_CONTEXT_HINT: &str =
     "Call sutra.authenticate(api_key), sutra.authenticate_jwt(token) or sutra.set_tenant(tenant) first.";
-
-pub fn now_unix() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
-
-/// Random bytes from PostgreSQL's strong random source.
-pub fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut buf = [0u8; N];
-    // SAFETY: writes exactly N bytes into a live buffer.
-    let ok = unsafe { pg_sys::pg_strong_random(buf.as_mut_ptr() as *mut c_void, N) };
-    if !ok {
-        crate::error::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "could not generate random bytes");
-    }
-    buf
-}
 
 /// The secret contexts are signed with.
 fn secret() -> Vec<u8> {
@@ -143,11 +128,11 @@ fn tenant_of_value(value: &str) -> Option<[u8; 16]> {
 /// none). It runs for every change, also RESET and the end of a SET LOCAL, and must not fail.
 #[pg_guard]
 unsafe extern "C-unwind" fn assign_tenant_id(newval: *const c_char, _extra: *mut c_void) {
-    if crate::tenancy::caller::in_parallel_worker() || pg_sys::MyDatabaseId == pg_sys::InvalidOid {
+    if crate::backend::caller::in_parallel_worker() || pg_sys::MyDatabaseId == pg_sys::InvalidOid {
         return;
     }
     let tenant = newval.as_ref().and_then(|p| CStr::from_ptr(p).to_str().ok()).and_then(tenant_of_value);
-    crate::usage::hooks::attach(tenant);
+    crate::backend::events::context_changed(tenant);
 }
 
 /// Assign hook of `sutra.context_secret`: values verified under the old secret are forgotten.
@@ -277,7 +262,7 @@ pub fn tenant_status(tenant: &str) -> Option<String> {
     }
     // SAFETY: only resolves the table's oid for the invalidation callback.
     unsafe { tenants_oid() };
-    let status = crate::tenancy::caller::as_superuser(|| {
+    let status = crate::backend::caller::as_superuser(|| {
         Spi::get_one_with_args::<String>(
             "SELECT (SELECT status FROM sutra.tenants WHERE id = $1::uuid)",
             &[tenant.into()],
@@ -300,7 +285,7 @@ fn key_valid(key_id: &str) -> bool {
         None => {
             // SAFETY: only resolves the tenants table's oid for the invalidation callback.
             unsafe { tenants_oid() };
-            let until = crate::tenancy::caller::as_superuser(|| {
+            let until = crate::backend::caller::as_superuser(|| {
                 Spi::get_one_with_args::<i64>(
                     "SELECT coalesce((SELECT CASE WHEN revoked_at IS NOT NULL THEN 0
                                                   ELSE coalesce(extract(epoch FROM expires_at)::int8, 9223372036854775807) END
@@ -338,7 +323,7 @@ fn require_valid(ctx: &Context) {
     // A parallel worker cannot run queries of its own. It gets the context from the leader,
     // checks the signature and the expiry, and leaves tenant and key status to the leader, which
     // evaluates the policies (their tenant lookup is an InitPlan, run by the leader).
-    if crate::tenancy::caller::in_parallel_worker() {
+    if crate::backend::caller::in_parallel_worker() {
         return;
     }
     require_active(&ctx.tenant);
@@ -499,7 +484,7 @@ pub fn put(tenant: &str, scopes: Scopes, not_after: Option<i64>, grant: Option<&
     let signed = tenant_context::sign(&ctx, &secret());
     let value = CString::new(signed.as_str()).expect("no NUL in a context");
     if action != pg_sys::GucAction::GUC_ACTION_SAVE {
-        crate::usage::hooks::reserve_connection(&uuid_of(tenant));
+        crate::backend::events::before_issue(&uuid_of(tenant));
     }
     // The caller checked the credential and the tenant; the check hook finds the value verified.
     remember(signed, ctx, STATUS_GENERATION.with(|g| g.get()));

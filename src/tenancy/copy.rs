@@ -15,7 +15,7 @@ use std::ffi::{CStr, CString};
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 
-use super::caller::as_superuser;
+use crate::backend::caller::as_superuser;
 use super::context;
 use crate::error::{raise, raise_hint};
 use sutra_core::tenant_context::Scopes;
@@ -118,7 +118,7 @@ unsafe fn has_before_insert_row_triggers(relation: *mut pg_sys::RangeVar) -> boo
     // tgtype bits: 1 row, 2 before, 4 insert, 64 instead.
     // sutra's own query: with the catalog's operators, not the session's (a tenant's `&` or `=`
     // must not decide which way a COPY goes).
-    crate::tenancy::caller::with_catalog_search_path(|| {
+    crate::backend::caller::with_catalog_search_path(|| {
         Spi::get_one_with_args::<bool>(
             "SELECT EXISTS (SELECT 1 FROM pg_trigger t
                             WHERE t.tgrelid IN (SELECT $1::regclass UNION SELECT p.relid FROM pg_partition_tree($1) p)
@@ -239,7 +239,7 @@ unsafe fn copy_into_tenant_table(
 ) -> u64 {
     // The session must be a tenant's, allowed to write.
     let tenant = context::require_scope(Scopes::WRITE, "write");
-    crate::usage::quota::ensure_tenant_known(&tenant);
+    crate::backend::events::before_bulk_write(&tenant);
     // Reading a server file or running a program needs the same roles as for any COPY.
     let user = pg_sys::GetUserId();
     if !(*copy).filename.is_null() {

@@ -17,8 +17,8 @@ use pgrx::prelude::*;
 use pgrx::{pg_sys, PGRXSharedMemory};
 use sutra_core::throttle;
 
-use super::caller;
-use super::context::now_unix;
+use crate::backend::caller;
+use crate::backend::now_unix;
 
 const SLOTS: usize = 1024;
 const EVENTS: usize = 256;
@@ -297,7 +297,7 @@ pub extern "C-unwind" fn sutra_audit_flush_main(arg: pg_sys::Datum) {
         idle = 0;
         // With the catalog's functions and operators, whatever search_path the database sets.
         BackgroundWorker::transaction(|| {
-            super::caller::with_catalog_search_path(|| {
+            crate::backend::caller::with_catalog_search_path(|| {
                 let installed = Spi::get_one::<bool>("SELECT to_regclass('sutra.audit_log') IS NOT NULL")
                     .ok()
                     .flatten()

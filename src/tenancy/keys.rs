@@ -4,7 +4,7 @@
 use pgrx::prelude::*;
 use sutra_core::api_key;
 
-use super::context::random_bytes;
+use crate::backend::random_bytes;
 
 /// `sutra._mint_api_key(pepper)`: a new key id and secret from the strong random source, the
 /// full key (shown once) and the HMAC of its secret under `pepper` (what is stored).

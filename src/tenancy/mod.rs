@@ -1,11 +1,10 @@
 //! Tenancy: the tenant context, authentication, API keys and the helpers sutra's SQL calls.
 //!
 //! The tables, policies and lifecycle functions are SQL (`sql/tenancy.sql`); this module holds
-//! what needs Rust: signing and checking contexts, verifying keys and tokens, and reading who the
-//! caller is.
+//! what needs Rust: signing and checking contexts, verifying keys and tokens, COPY into tenant
+//! tables and purges.
 
 pub mod auth;
-pub mod caller;
 pub mod context;
 pub mod copy;
 pub mod failures;

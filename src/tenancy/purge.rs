@@ -35,13 +35,14 @@ fn purge_rows(table: pg_sys::Oid, tenant_column: &str, tenant: pgrx::Uuid) -> i6
     // The context and search_path are scoped to the DELETE, and whatever the owner's triggers set
     // is rolled back with them (as VACUUM does): nothing they set reaches the purging session. The
     // context lives a minute at most, so a copy kept by a trigger is of no use afterwards.
-    let not_after = super::context::now_unix() + 60;
+    let not_after = crate::backend::now_unix() + 60;
     context::while_purging(&tenant_text, || {
-        crate::tenancy::caller::with_catalog_search_path(|| {
+        crate::backend::caller::with_catalog_search_path(|| {
             // SAFETY: the user switch is what SECURITY DEFINER and VACUUM do, restored below and, on
             // error, by transaction abort.
             unsafe {
-                context::put(&tenant_text, Scopes::ALL, Some(not_after), None, pg_sys::GucAction::GUC_ACTION_SAVE);
+                // Read and write: what the DELETE and its policies need; never admin.
+                context::put(&tenant_text, Scopes::READ.union(Scopes::WRITE), Some(not_after), None, pg_sys::GucAction::GUC_ACTION_SAVE);
                 let mut user = pg_sys::InvalidOid;
                 let mut sec = 0;
                 pg_sys::GetUserIdAndSecContext(&mut user, &mut sec);

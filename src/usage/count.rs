@@ -28,7 +28,7 @@ pub fn count_rows(relid: pg_sys::Oid, column: &str, tenant: Option<[u8; 16]>) ->
     // The plain tables to read: the table itself, or the leaves of a partitioned table (a table
     // outside any partition tree has no rows in pg_partition_tree).
     let mut leaves = vec![relid];
-    leaves.extend(crate::tenancy::caller::with_catalog_search_path(|| Spi::connect(|client| {
+    leaves.extend(crate::backend::caller::with_catalog_search_path(|| Spi::connect(|client| {
         let t = client.select(
             "SELECT p.relid FROM pg_catalog.pg_partition_tree($1::pg_catalog.oid::pg_catalog.regclass) p WHERE p.isleaf",
             None,
@@ -70,7 +70,8 @@ unsafe fn count_leaf(
     let desc = (*rel).rd_att;
     let attnum = pg_sys::get_attnum(relid, column.as_ptr());
     // Registration requires a uuid tenant column; a table whose column changed since counts
-    // nothing (sutra.check_tenancy reports it) rather than failing every tenant's statements.
+    // nothing (sutra.check_tenancy reports it as an error) rather than failing every tenant's
+    // statements.
     if attnum <= 0 || pg_sys::get_atttype(relid, attnum) != pg_sys::UUIDOID {
         pg_sys::relation_close(rel, pg_sys::AccessShareLock as i32);
         return;

@@ -249,7 +249,7 @@ pub fn flush_current_db() -> i64 {
 #[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn flush_usage() -> i64 {
-    if !crate::tenancy::caller::is_service(crate::tenancy::caller::outer_user()) {
+    if !crate::backend::caller::is_service(crate::backend::caller::outer_user()) {
         raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "permission denied to flush usage");
     }
     flush_current_db()
@@ -372,7 +372,7 @@ pub extern "C-unwind" fn sutra_metering_flush_main(arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);
     // With the catalog's functions and operators, whatever search_path the database sets.
     BackgroundWorker::transaction(|| {
-        crate::tenancy::caller::with_catalog_search_path(|| {
+        crate::backend::caller::with_catalog_search_path(|| {
             let installed = Spi::get_one::<bool>("SELECT to_regclass('sutra.usage_rollups') IS NOT NULL")
                 .ok()
                 .flatten()

@@ -19,7 +19,8 @@ use sutra_core::gcra::Gcra;
 use super::limits;
 use super::shmem::{self, Slot};
 use crate::error::{raise_detail, raise_hint};
-use crate::tenancy::caller::in_parallel_worker;
+use crate::backend::caller::in_parallel_worker;
+use crate::backend::{ms_ceil, now_ns};
 use crate::tenancy::context;
 
 static mut PREV_START: pg_sys::ExecutorStart_hook_type = None;
@@ -134,18 +135,6 @@ pub fn init() {
     }
 }
 
-/// Nanoseconds since the Unix epoch (the limiters' clock).
-pub fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
-/// Milliseconds, rounded up, of a wait in nanoseconds.
-pub fn ms_ceil(ns: i64) -> i64 {
-    (ns + 999_999) / 1_000_000
-}
 
 /// Counts one more in `counter`, unless that would pass `max`: then it counts a refusal in
 /// `refused` instead and returns the limit.

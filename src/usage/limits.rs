@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use pgrx::prelude::*;
 use serde_json::Value;
 
-use crate::tenancy::caller::as_superuser;
+use crate::backend::caller::as_superuser;
 use crate::tenancy::context;
 
 /// The limits the hooks enforce; `None` is unlimited.

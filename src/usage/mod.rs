@@ -12,6 +12,12 @@ pub mod shmem;
 
 /// Allocates the shared state and installs the hooks. Called from `_PG_init`.
 pub fn init() {
+    // Metering and limits follow the tenant context through the events it announces.
+    crate::backend::events::subscribe(crate::backend::events::Subscriber {
+        context_changed: hooks::attach,
+        before_issue: hooks::reserve_connection,
+        before_bulk_write: quota::ensure_tenant_known,
+    });
     shmem::init();
     hooks::init();
     flush::init();

@@ -21,7 +21,7 @@ use super::limits::{self, Limits};
 use super::shmem;
 use crate::error::raise_detail;
 use crate::fmgr::pg_function;
-use crate::tenancy::caller::as_superuser;
+use crate::backend::caller::as_superuser;
 
 /// What one (sub)transaction level added to one tenant's counts in one table.
 #[derive(Clone, Copy)]
@@ -109,7 +109,7 @@ unsafe extern "C-unwind" fn subxact_callback(
 
 /// The registered tenant tables and their tenant columns.
 fn tenant_tables() -> Vec<(pg_sys::Oid, String)> {
-    crate::tenancy::caller::with_catalog_search_path(|| {
+    crate::backend::caller::with_catalog_search_path(|| {
         Spi::connect(|client| {
             let t = client.select("SELECT table_name::oid, tenant_column::text FROM sutra.tenant_tables", None, &[])?;
             let mut out = Vec::new();
@@ -200,7 +200,7 @@ pub(super) fn vector_type() -> pg_sys::Oid {
     if let Some(oid) = VECTOR_TYPE.with(|v| v.get()) {
         return oid;
     }
-    let oid = crate::tenancy::caller::with_catalog_search_path(|| {
+    let oid = crate::backend::caller::with_catalog_search_path(|| {
         Spi::get_one::<pg_sys::Oid>("SELECT pg_catalog.to_regtype('sutra.vector')::pg_catalog.oid")
     })
     .ok()
@@ -324,7 +324,7 @@ fn registered(relid: pg_sys::Oid) -> bool {
     if let Some(known) = cached {
         return known;
     }
-    let known = crate::tenancy::caller::with_catalog_search_path(|| {
+    let known = crate::backend::caller::with_catalog_search_path(|| {
         Spi::get_one_with_args::<bool>(
             "SELECT EXISTS (SELECT 1 FROM sutra.tenant_tables t
                             WHERE t.table_name = coalesce(pg_partition_root($1), $1::regclass))",
@@ -364,6 +364,13 @@ unsafe fn on_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         crate::error::raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
             format!("tenant column \"{}\" not found", CStr::from_ptr(column).to_string_lossy()),
+        );
+    }
+    // The trigger's argument names the column; its value is read as a uuid, so it must be one.
+    if pg_sys::SPI_gettypeid(desc, attnum) != pg_sys::UUIDOID {
+        crate::error::raise(
+            PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+            format!("tenant column \"{}\" is not of type uuid", CStr::from_ptr(column).to_string_lossy()),
         );
     }
     let vector = vector_type();

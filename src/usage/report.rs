@@ -78,12 +78,12 @@ fn rate_limit_state(
     let (burst, available, retry) = match l.rate() {
         Some((rate, burst)) => {
             let g = Gcra::new(rate, burst);
-            let now = super::hooks::now_ns();
+            let now = crate::backend::now_ns();
             let tat = slot.map(|s| s.tat.load(Ordering::Relaxed)).unwrap_or(0).max(now);
             // Requests that would pass right now: how far now is past TAT - tolerance, in intervals.
             let slack = now - (tat - g.tolerance);
             let available = if slack < 0 { 0 } else { (slack / g.interval + 1).min(burst as i64) };
-            let retry = g.check(tat, now).err().map(super::hooks::ms_ceil).unwrap_or(0);
+            let retry = g.check(tat, now).err().map(crate::backend::ms_ceil).unwrap_or(0);
             (Some(burst as i64), Some(available), Some(retry))
         }
         None => (None, None, None),

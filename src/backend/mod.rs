@@ -1,0 +1,37 @@
+//! Backend-wide helpers that every concept module uses and that belong to none of them: who is
+//! calling and running sutra's own code with other rights ([`caller`]), the events the tenant
+//! context announces ([`events`]), clocks and random bytes. Nothing here imports a concept module.
+
+use std::ffi::c_void;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use pgrx::{pg_sys, PgSqlErrorCode};
+
+pub mod caller;
+pub mod events;
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Nanoseconds since the Unix epoch (the limiters' clock).
+pub fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+/// Milliseconds, rounded up, of a wait in nanoseconds.
+pub fn ms_ceil(ns: i64) -> i64 {
+    (ns + 999_999) / 1_000_000
+}
+
+/// Random bytes from PostgreSQL's strong random source.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut buf = [0u8; N];
+    // SAFETY: writes exactly N bytes into a live buffer.
+    let ok = unsafe { pg_sys::pg_strong_random(buf.as_mut_ptr() as *mut c_void, N) };
+    if !ok {
+        crate::error::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "could not generate random bytes");
+    }
+    buf
+}
