@@ -7,7 +7,7 @@
 //! the counting session and, to see every row, with rights the session does not have. Instead the
 //! table's heap is read directly, through its tenant btree when it has one: the only code that
 //! runs is PostgreSQL's own `uuid` equality and btree comparison, and no user switch is needed.
-//! Each tuple is measured exactly as the quota trigger measures it ([`super::quota::measure`]).
+//! Each tuple is measured by [`measure`], as the quota trigger measures the rows it sees.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -76,7 +76,7 @@ unsafe fn count_leaf(
         pg_sys::relation_close(rel, pg_sys::AccessShareLock as i32);
         return;
     }
-    let vector = super::quota::vector_type();
+    let vector = vector_type();
     let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
     let bytes = tenant.unwrap_or([0; 16]);
     let nkeys = if tenant.is_some() {
@@ -107,7 +107,7 @@ unsafe fn count_leaf(
         if tuple.is_null() {
             break;
         }
-        if let Some((t, b, v)) = super::quota::measure(tuple, desc, attnum as i32, vector) {
+        if let Some((t, b, v)) = measure(tuple, desc, attnum as i32, vector) {
             if tenant.is_some_and(|x| x != t) {
                 continue;
             }
@@ -158,4 +158,53 @@ unsafe fn tenant_btree(rel: pg_sys::Relation, attnum: i16) -> Option<pg_sys::Oid
     }
     pg_sys::list_free(list);
     found
+}
+
+thread_local! {
+    static VECTOR_TYPE: std::cell::Cell<Option<pg_sys::Oid>> = const { std::cell::Cell::new(None) };
+}
+
+/// The oid of `sutra.vector`, looked up once per backend.
+pub(super) fn vector_type() -> pg_sys::Oid {
+    if let Some(oid) = VECTOR_TYPE.with(|v| v.get()) {
+        return oid;
+    }
+    let oid = crate::backend::caller::with_catalog_search_path(|| {
+        Spi::get_one::<pg_sys::Oid>("SELECT pg_catalog.to_regtype('sutra.vector')::pg_catalog.oid")
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(pg_sys::InvalidOid);
+    VECTOR_TYPE.with(|v| v.set(Some(oid)));
+    oid
+}
+
+/// The tenant, size and vector count of a row.
+pub(super) unsafe fn measure(
+    tuple: pg_sys::HeapTuple,
+    desc: pg_sys::TupleDesc,
+    attnum: i32,
+    vector: pg_sys::Oid,
+) -> Option<([u8; 16], i64, i64)> {
+    if tuple.is_null() {
+        return None;
+    }
+    let mut isnull = false;
+    let d = pg_sys::heap_getattr(tuple, attnum, desc, &mut isnull);
+    if isnull {
+        return None;
+    }
+    let tenant = *(d.cast_mut_ptr::<[u8; 16]>());
+    let mut vectors = 0;
+    if vector != pg_sys::InvalidOid {
+        for i in 0..(*desc).natts as usize {
+            let att = (*desc).attrs.as_ptr().add(i);
+            if !(*att).attisdropped && (*att).atttypid == vector {
+                let mut null = false;
+                pg_sys::heap_getattr(tuple, i as i32 + 1, desc, &mut null);
+                vectors += (!null) as i64;
+            }
+        }
+    }
+    Some((tenant, (*tuple).t_len as i64, vectors))
 }

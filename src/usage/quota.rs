@@ -41,7 +41,6 @@ thread_local! {
     static PENDING: RefCell<Vec<Delta>> = const { RefCell::new(Vec::new()) };
     /// Tenants whose counts, total and per table, are known (as of a status generation).
     static ALL_KNOWN: RefCell<(u64, std::collections::HashSet<[u8; 16]>)> = RefCell::new((0, Default::default()));
-    static VECTOR_TYPE: std::cell::Cell<Option<pg_sys::Oid>> = const { std::cell::Cell::new(None) };
 }
 
 pub fn init() {
@@ -196,49 +195,6 @@ pub fn ensure_tenant_known(tenant: &pgrx::Uuid) {
     });
 }
 
-pub(super) fn vector_type() -> pg_sys::Oid {
-    if let Some(oid) = VECTOR_TYPE.with(|v| v.get()) {
-        return oid;
-    }
-    let oid = crate::backend::caller::with_catalog_search_path(|| {
-        Spi::get_one::<pg_sys::Oid>("SELECT pg_catalog.to_regtype('sutra.vector')::pg_catalog.oid")
-    })
-    .ok()
-    .flatten()
-    .unwrap_or(pg_sys::InvalidOid);
-    VECTOR_TYPE.with(|v| v.set(Some(oid)));
-    oid
-}
-
-/// The tenant, size and vector count of a row.
-pub(super) unsafe fn measure(
-    tuple: pg_sys::HeapTuple,
-    desc: pg_sys::TupleDesc,
-    attnum: i32,
-    vector: pg_sys::Oid,
-) -> Option<([u8; 16], i64, i64)> {
-    if tuple.is_null() {
-        return None;
-    }
-    let mut isnull = false;
-    let d = pg_sys::heap_getattr(tuple, attnum, desc, &mut isnull);
-    if isnull {
-        return None;
-    }
-    let tenant = *(d.cast_mut_ptr::<[u8; 16]>());
-    let mut vectors = 0;
-    if vector != pg_sys::InvalidOid {
-        for i in 0..(*desc).natts as usize {
-            let att = (*desc).attrs.as_ptr().add(i);
-            if !(*att).attisdropped && (*att).atttypid == vector {
-                let mut null = false;
-                pg_sys::heap_getattr(tuple, i as i32 + 1, desc, &mut null);
-                vectors += (!null) as i64;
-            }
-        }
-    }
-    Some((tenant, (*tuple).t_len as i64, vectors))
-}
 
 fn exceeded(tenant: &pgrx::Uuid, what: &str, limit: i64, value: i64, unit: &str) -> ! {
     if let Some(s) = shmem::slot(shmem::my_db(), tenant.as_bytes()) {
@@ -373,7 +329,7 @@ unsafe fn on_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
             format!("tenant column \"{}\" is not of type uuid", CStr::from_ptr(column).to_string_lossy()),
         );
     }
-    let vector = vector_type();
+    let vector = super::count::vector_type();
     let op = (*td).tg_event & pg_sys::TRIGGER_EVENT_OPMASK;
     let (old, new) = match op {
         pg_sys::TRIGGER_EVENT_INSERT => (std::ptr::null_mut(), (*td).tg_trigtuple),
@@ -381,8 +337,8 @@ unsafe fn on_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         _ => ((*td).tg_trigtuple, (*td).tg_newtuple),
     };
     let relid = (*rel).rd_id.to_u32();
-    let old = measure(old, desc, attnum, vector);
-    let new = measure(new, desc, attnum, vector);
+    let old = super::count::measure(old, desc, attnum, vector);
+    let new = super::count::measure(new, desc, attnum, vector);
     match (old, new) {
         (Some((t0, b0, v0)), Some((t1, b1, v1))) if t0 == t1 => apply(t1, relid, 0, b1 - b0, v1 - v0),
         (old, new) => {
