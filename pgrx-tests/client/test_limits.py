@@ -165,10 +165,18 @@ def test_metering_reaches_the_rollups(tenant):
             s.execute("INSERT INTO lim_items SELECT generate_series(1, 25)")
             assert s.execute("SELECT count(*) FROM lim_items").fetchone()[0] == 25
             s.execute("SELECT id FROM lim_items WHERE id <= 10").fetchall()
+        # The session's last counts reach shared memory as its backend exits, a moment after
+        # close, and the metering launcher may be writing some of them at the same time: wait
+        # until the statements are all there.
         with superuser() as c:
-            c.execute("SELECT sutra.flush_usage()")
-            got = dict(c.execute("SELECT metric, sum(quantity)::int FROM sutra.usage_rollups WHERE tenant_id = %s "
-                                 "GROUP BY 1", (tid,)).fetchall())
+            deadline = time.monotonic() + 10
+            while True:
+                c.execute("SELECT sutra.flush_usage()")
+                got = dict(c.execute("SELECT metric, sum(quantity)::int FROM sutra.usage_rollups "
+                                     "WHERE tenant_id = %s GROUP BY 1", (tid,)).fetchall())
+                if got.get("statements", 0) >= 3 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
             text = c.execute("SELECT sutra.metrics()").fetchone()[0]
     finally:
         with superuser() as c:

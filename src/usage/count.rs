@@ -16,11 +16,11 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 /// Rows, bytes and vectors.
-pub type Counts = (i64, i64, i64);
+pub type RowCounts = (i64, i64, i64);
 
 /// The counts of `tenant` (or, with `None`, of every tenant) in table `relid` and, for a
 /// partitioned table, in all its partitions. A relation that no longer exists counts nothing.
-pub fn count_rows(relid: pg_sys::Oid, column: &str, tenant: Option<[u8; 16]>) -> HashMap<[u8; 16], Counts> {
+pub fn count_rows(relid: pg_sys::Oid, column: &str, tenant: Option<[u8; 16]>) -> HashMap<[u8; 16], RowCounts> {
     let mut out = HashMap::new();
     let Ok(column) = CString::new(column) else {
         return out;
@@ -61,7 +61,7 @@ unsafe fn count_leaf(
     relid: pg_sys::Oid,
     column: &CString,
     tenant: Option<[u8; 16]>,
-    out: &mut HashMap<[u8; 16], Counts>,
+    out: &mut HashMap<[u8; 16], RowCounts>,
 ) {
     let rel = pg_sys::try_relation_open(relid, pg_sys::AccessShareLock as i32);
     if rel.is_null() {

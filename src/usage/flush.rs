@@ -20,8 +20,8 @@ use pgrx::bgworkers::{
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 
-use super::report::{give_back, metric, take_pending};
-use super::shmem;
+use super::report::{give_back, take_pending};
+use super::shmem::{self, Counts, Metric};
 use crate::error::raise;
 
 /// `sutra.usage_flush_interval`, in seconds.
@@ -111,10 +111,10 @@ pub fn on_startup() {
     };
     let mut buf = Vec::new();
     if f.read_to_end(&mut buf).is_ok() && buf.len() >= 8 && &buf[..8] == MAGIC {
-        for rec in buf[8..].chunks_exact(4 + 16 + 48) {
+        for rec in buf[8..].chunks_exact(4 + 16 + 8 * Metric::COUNT) {
             let db = u32::from_le_bytes(rec[0..4].try_into().expect("4 bytes"));
             let tenant: [u8; 16] = rec[4..20].try_into().expect("16 bytes");
-            let mut counts = [0u64; 6];
+            let mut counts: Counts = [0; Metric::COUNT];
             for (i, c) in counts.iter_mut().enumerate() {
                 *c = u64::from_le_bytes(rec[20 + 8 * i..28 + 8 * i].try_into().expect("8 bytes"));
             }
@@ -187,7 +187,7 @@ unsafe extern "C-unwind" fn forget_dropped_database(
 
 thread_local! {
     /// Counts taken by a flush in the current transaction, given back if it aborts.
-    static TAKEN: RefCell<Option<(u32, Vec<([u8; 16], [u64; 6])>)>> = const { RefCell::new(None) };
+    static TAKEN: RefCell<Option<(u32, Vec<([u8; 16], Counts)>)>> = const { RefCell::new(None) };
 }
 
 #[pg_guard]
@@ -220,12 +220,11 @@ pub fn flush_current_db() -> i64 {
     let mut metrics = Vec::new();
     let mut quantities = Vec::new();
     for (tenant, counts) in &pending {
-        for (i, c) in counts.iter().enumerate() {
+        for (m, c) in Metric::ALL.into_iter().zip(counts.iter()) {
             if *c > 0 {
-                let (name, q) = metric(i, *c);
                 tenants.push(pgrx::Uuid::from_bytes(*tenant));
-                metrics.push(name.to_string());
-                quantities.push(q);
+                metrics.push(m.name().to_string());
+                quantities.push(m.quantity(*c));
             }
         }
     }

@@ -17,7 +17,7 @@ use pgrx::{pg_sys, PgSqlErrorCode};
 use sutra_core::gcra::Gcra;
 
 use super::limits;
-use super::shmem::{self, Slot};
+use super::shmem::{self, Counts, Metric, Slot};
 use crate::error::{raise_detail, raise_hint};
 use crate::backend::caller::in_parallel_worker;
 use crate::backend::{ms_ceil, now_ns};
@@ -28,12 +28,6 @@ static mut PREV_START: pg_sys::ExecutorStart_hook_type = None;
 static mut METERING: bool = true;
 static mut PREV_END: pg_sys::ExecutorEnd_hook_type = None;
 
-const STATEMENTS: usize = 0;
-const ROWS_READ: usize = 1;
-const ROWS_WRITTEN: usize = 2;
-const VECTOR_SEARCHES: usize = 3;
-const BYTES_WRITTEN: usize = 4;
-const CONNECTION_MS: usize = 5;
 
 thread_local! {
     /// Executor nesting depth: only depth 0 is a statement of the session.
@@ -46,7 +40,7 @@ thread_local! {
     static RESERVED: RefCell<Option<[u8; 16]>> = const { RefCell::new(None) };
     /// Metering gathered in this backend and not yet added to shared memory: busy backends add
     /// it at most every PUSH_INTERVAL, so concurrent sessions do not fight over one cache line.
-    static LOCAL: RefCell<Option<(&'static Slot, [u64; 6], Instant)>> = const { RefCell::new(None) };
+    static LOCAL: RefCell<Option<(&'static Slot, Counts, Instant)>> = const { RefCell::new(None) };
 }
 
 /// How long metering may wait in a backend before it is added to shared memory (it is added
@@ -54,26 +48,26 @@ thread_local! {
 const PUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Adds to this backend's metering for `slot`.
-fn meter_local(slot: &'static Slot, metric: usize, n: u64) {
+fn meter_local(slot: &'static Slot, metric: Metric, n: u64) {
     LOCAL.with(|l| {
         let mut l = l.borrow_mut();
         if let Some((s, counts, since)) = l.as_mut() {
             if std::ptr::eq(*s, slot) {
-                counts[metric] += n;
+                counts[metric.index()] += n;
                 if since.elapsed() >= PUSH_INTERVAL {
-                    for (i, c) in counts.iter_mut().enumerate() {
-                        s.meter(i, std::mem::take(c));
+                    for (m, c) in Metric::ALL.into_iter().zip(counts.iter_mut()) {
+                        s.meter(m, std::mem::take(c));
                     }
                     *since = Instant::now();
                 }
                 return;
             }
-            for (i, c) in counts.iter().enumerate() {
-                s.meter(i, *c);
+            for (m, c) in Metric::ALL.into_iter().zip(counts.iter()) {
+                s.meter(m, *c);
             }
         }
-        let mut counts = [0u64; 6];
-        counts[metric] = n;
+        let mut counts: Counts = [0; Metric::COUNT];
+        counts[metric.index()] = n;
         *l = Some((slot, counts, Instant::now()));
     });
     register_exit();
@@ -83,7 +77,7 @@ fn meter_local(slot: &'static Slot, metric: usize, n: u64) {
 pub fn meter_bytes(slot: &'static Slot, bytes: u64) {
     // SAFETY: a boolean GUC of this process.
     if unsafe { METERING } {
-        meter_local(slot, BYTES_WRITTEN, bytes);
+        meter_local(slot, Metric::BytesWritten, bytes);
     }
 }
 
@@ -95,7 +89,7 @@ pub fn meter_vector_search() {
         return;
     }
     if let Some(slot) = HOLD.with(|h| h.get()) {
-        meter_local(slot, VECTOR_SEARCHES, 1);
+        meter_local(slot, Metric::VectorSearches, 1);
     }
 }
 
@@ -103,8 +97,8 @@ pub fn meter_vector_search() {
 pub fn push_local() {
     LOCAL.with(|l| {
         if let Some((s, counts, since)) = l.borrow_mut().as_mut() {
-            for (i, c) in counts.iter_mut().enumerate() {
-                s.meter(i, std::mem::take(c));
+            for (m, c) in Metric::ALL.into_iter().zip(counts.iter_mut()) {
+                s.meter(m, std::mem::take(c));
             }
             *since = Instant::now();
         }
@@ -193,14 +187,14 @@ fn admit(tenant: pgrx::Uuid) {
 }
 
 /// Ends the statement holding a running-statement count: lowers it and meters the statement.
-fn settle(rows: Option<(usize, u64)>) {
+fn settle(rows: Option<(Metric, u64)>) {
     if let Some(slot) = HOLD.with(|h| h.take()) {
         slot.active.fetch_sub(1, Ordering::AcqRel);
         // SAFETY: a boolean GUC of this process.
         if !unsafe { METERING } {
             return;
         }
-        meter_local(slot, STATEMENTS, 1);
+        meter_local(slot, Metric::Statements, 1);
         if let Some((metric, n)) = rows {
             if n > 0 {
                 meter_local(slot, metric, n);
@@ -233,8 +227,8 @@ unsafe extern "C-unwind" fn executor_end(query_desc: *mut pg_sys::QueryDesc) {
         let estate = (*query_desc).estate;
         let processed = if estate.is_null() { 0 } else { (*estate).es_processed };
         let metric = match (*query_desc).operation {
-            pg_sys::CmdType::CMD_SELECT => ROWS_READ,
-            _ => ROWS_WRITTEN,
+            pg_sys::CmdType::CMD_SELECT => Metric::RowsRead,
+            _ => Metric::RowsWritten,
         };
         settle(Some((metric, processed)));
     }
@@ -264,7 +258,7 @@ fn meter_connection_time() {
         if let Some((slot, _, since)) = a.borrow_mut().as_mut() {
             let ms = since.elapsed().as_millis() as u64;
             if ms > 0 {
-                meter_local(slot, CONNECTION_MS, ms);
+                meter_local(slot, Metric::ConnectionTime, ms);
                 *since = Instant::now();
             }
         }

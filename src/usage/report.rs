@@ -7,7 +7,7 @@ use pgrx::prelude::*;
 use sutra_core::gcra::Gcra;
 
 use super::limits;
-use super::shmem::{self, METRICS};
+use super::shmem::{self, Counts, Metric};
 
 
 
@@ -36,12 +36,12 @@ fn tenant_counters() -> TableIterator<'static, (
             let t = s.total.read();
             (
                 pgrx::Uuid::from_bytes(s.tenant()),
-                t[0] as i64,
-                t[1] as i64,
-                t[2] as i64,
-                t[3] as i64,
-                t[4] as i64,
-                t[5] as f64 / 1000.0,
+                t[Metric::Statements.index()] as i64,
+                t[Metric::RowsRead.index()] as i64,
+                t[Metric::RowsWritten.index()] as i64,
+                t[Metric::VectorSearches.index()] as i64,
+                t[Metric::BytesWritten.index()] as i64,
+                Metric::ConnectionTime.quantity(t[Metric::ConnectionTime.index()]),
                 s.rate_limited.load(Ordering::Relaxed) as i64,
                 s.concurrency_refused.load(Ordering::Relaxed) as i64,
                 s.connections_refused.load(Ordering::Relaxed) as i64,
@@ -93,7 +93,7 @@ fn rate_limit_state(
 
 /// `sutra._take_metering()`: the metering pending for this database, per tenant and metric, reset
 /// to zero (the flush writes it to `sutra.usage_rollups`; if that fails it is given back).
-pub fn take_pending(db: u32) -> Vec<([u8; 16], [u64; 6])> {
+pub fn take_pending(db: u32) -> Vec<([u8; 16], Counts)> {
     shmem::slots()
         .filter(|s| s.db() == db)
         .filter_map(|s| {
@@ -104,7 +104,7 @@ pub fn take_pending(db: u32) -> Vec<([u8; 16], [u64; 6])> {
 }
 
 /// Puts pending metering back after a failed flush.
-pub fn give_back(db: u32, pending: &[([u8; 16], [u64; 6])]) {
+pub fn give_back(db: u32, pending: &[([u8; 16], Counts)]) {
     for (tenant, counts) in pending {
         if let Some(s) = shmem::slot(db, tenant) {
             s.pending.give_back(*counts);
@@ -112,11 +112,6 @@ pub fn give_back(db: u32, pending: &[([u8; 16], [u64; 6])]) {
     }
 }
 
-/// The metric name of counter `i`, and how a stored count converts to the metric's unit.
-pub fn metric(i: usize, count: u64) -> (&'static str, f64) {
-    let q = if i == 5 { count as f64 / 1000.0 } else { count as f64 };
-    (METRICS[i], q)
-}
 
 /// `sutra.shared_memory_per_tenant(tables)`: bytes of shared memory one tracked tenant takes
 /// with counts in `tables` tenant tables.

@@ -129,26 +129,73 @@ pub struct Counters {
     pub connection_ms: AtomicU64,
 }
 
-/// The metrics, in the order of [`Counters::take`] and [`Counters::read`].
-pub const METRICS: [&str; 6] =
-    ["statements", "rows_read", "rows_written", "vector_searches", "bytes_written", "connection_seconds"];
+/// The metered quantities, in the order of [`Counters`]' fields and of every count array.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Metric {
+    Statements,
+    RowsRead,
+    RowsWritten,
+    VectorSearches,
+    BytesWritten,
+    /// Counted in milliseconds, reported in seconds.
+    ConnectionTime,
+}
+
+/// One count per metric, indexed by [`Metric::index`].
+pub type Counts = [u64; Metric::COUNT];
+
+impl Metric {
+    pub const COUNT: usize = 6;
+    pub const ALL: [Metric; Metric::COUNT] = [
+        Metric::Statements,
+        Metric::RowsRead,
+        Metric::RowsWritten,
+        Metric::VectorSearches,
+        Metric::BytesWritten,
+        Metric::ConnectionTime,
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The name in `sutra.usage_rollups.metric`, `usage_summary` and `sutra.metrics()`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Statements => "statements",
+            Metric::RowsRead => "rows_read",
+            Metric::RowsWritten => "rows_written",
+            Metric::VectorSearches => "vector_searches",
+            Metric::BytesWritten => "bytes_written",
+            Metric::ConnectionTime => "connection_seconds",
+        }
+    }
+
+    /// A stored count as a quantity in the metric's unit.
+    pub fn quantity(self, count: u64) -> f64 {
+        match self {
+            Metric::ConnectionTime => count as f64 / 1000.0,
+            _ => count as f64,
+        }
+    }
+}
 
 impl Counters {
-    fn fields(&self) -> [&AtomicU64; 6] {
+    fn fields(&self) -> [&AtomicU64; Metric::COUNT] {
         [&self.statements, &self.rows_read, &self.rows_written, &self.vector_searches, &self.bytes_written, &self.connection_ms]
     }
 
-    pub fn read(&self) -> [u64; 6] {
+    pub fn read(&self) -> Counts {
         self.fields().map(|f| f.load(Ordering::Relaxed))
     }
 
     /// Takes the counts (leaving zero), for a flush.
-    pub fn take(&self) -> [u64; 6] {
+    pub fn take(&self) -> Counts {
         self.fields().map(|f| f.swap(0, Ordering::AcqRel))
     }
 
     /// Puts counts back (a flush that failed).
-    pub fn give_back(&self, counts: [u64; 6]) {
+    pub fn give_back(&self, counts: Counts) {
         for (f, n) in self.fields().into_iter().zip(counts) {
             f.fetch_add(n, Ordering::AcqRel);
         }
@@ -171,10 +218,10 @@ impl Slot {
     }
 
     /// Adds to a metered quantity (pending and total).
-    pub fn meter(&self, metric: usize, n: u64) {
+    pub fn meter(&self, metric: Metric, n: u64) {
         if n > 0 {
-            self.pending.fields()[metric].fetch_add(n, Ordering::Relaxed);
-            self.total.fields()[metric].fetch_add(n, Ordering::Relaxed);
+            self.pending.fields()[metric.index()].fetch_add(n, Ordering::Relaxed);
+            self.total.fields()[metric.index()].fetch_add(n, Ordering::Relaxed);
         }
     }
 }
