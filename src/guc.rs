@@ -1,14 +1,117 @@
-//! sutra's configuration parameters.
+//! sutra's configuration parameters: every one of them is defined here, in one list.
 //!
-//! Every parameter lives under the `sutra.` prefix, which [`init`] reserves: after it, PostgreSQL
-//! refuses to create a placeholder for any `sutra.*` name sutra did not define, so no value can be
-//! planted under a sutra name by SET, `set_config`, PGOPTIONS or `ALTER ROLE ... SET`, and any
-//! placeholder set before the library loaded is removed with a warning.
+//! | parameter | type, default | who sets it | what it does |
+//! |---|---|---|---|
+//! | `sutra.tenant_id` | text, empty | sutra's authenticating functions | the session's tenant context, signed ([`crate::tenancy::context`]) |
+//! | `sutra.context_secret` | text, empty | superusers, configuration file | the secret contexts are signed with; empty: a random one per server start |
+//! | `sutra.context_lifetime` | seconds, 1 day | superusers | how long an issued context stays valid |
+//! | `sutra.jwt_secret` | text, empty | superusers, configuration file | the HS256 secret of `sutra.authenticate_jwt`; empty: JWT off |
+//! | `sutra.metering` | on | superusers | whether tenant statements are metered |
+//! | `sutra.usage_flush_interval` | seconds, 10 | configuration file | how often metering is written to `sutra.usage_rollups` |
+//! | `sutra.usage_event_max_age` | seconds, 35 days | superusers | how far back a tenant session may date a usage event |
+//! | `sutra.usage_event_max_future` | seconds, 1 day | superusers | how far ahead any caller may date a usage event |
+//! | `sutra.hnsw_ef_search` | 40 | anyone | candidate list size of `sutra_hnsw` scans |
+//! | `sutra.hnsw_max_scan_tuples` | 20,000 | anyone | most elements a `sutra_hnsw` scan reads while filters discard rows |
+//!
+//! The prefix `sutra.` is reserved last: after that, PostgreSQL refuses to create a placeholder for
+//! any `sutra.*` name sutra did not define, so no value can be planted under a sutra name by SET,
+//! `set_config`, PGOPTIONS or `ALTER ROLE ... SET`, and any placeholder set before the library
+//! loaded is removed with a warning.
 
+use std::ffi::CString;
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
 
-/// Defines sutra's parameters and reserves the prefix. Called once from `_PG_init`.
+pub static CONTEXT_LIFETIME: GucSetting<i32> = GucSetting::<i32>::new(86400);
+pub static JWT_SECRET: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+pub static METERING: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static USAGE_FLUSH_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(10);
+pub static USAGE_EVENT_MAX_AGE: GucSetting<i32> = GucSetting::<i32>::new(35 * 86400);
+pub static USAGE_EVENT_MAX_FUTURE: GucSetting<i32> = GucSetting::<i32>::new(86400);
+pub static HNSW_EF_SEARCH: GucSetting<i32> = GucSetting::<i32>::new(40);
+pub static HNSW_MAX_SCAN_TUPLES: GucSetting<i32> = GucSetting::<i32>::new(20_000);
+
+/// Defines sutra's parameters and reserves the prefix. Called once from `_PG_init`, last.
 pub fn init() {
+    // The tenant context's two parameters have check and assign hooks, which live with the context.
+    crate::tenancy::context::define_parameters();
+    GucRegistry::define_int_guc(
+        c"sutra.context_lifetime",
+        c"How long a tenant context issued by sutra stays valid.",
+        c"A context never outlives the key or token that granted it either.",
+        &CONTEXT_LIFETIME,
+        1,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_string_guc(
+        c"sutra.jwt_secret",
+        c"Secret of the HS256 tokens sutra.authenticate_jwt accepts.",
+        c"Empty: JWT authentication is off.",
+        &JWT_SECRET,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY | GucFlags::from_bits_retain(pg_sys::GUC_NOT_IN_SAMPLE as i32),
+    );
+    GucRegistry::define_bool_guc(
+        c"sutra.metering",
+        c"Whether tenant statements are metered into sutra.usage_rollups.",
+        c"Rate, concurrency and connection limits apply either way.",
+        &METERING,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"sutra.usage_flush_interval",
+        c"How often metered usage is written to sutra.usage_rollups.",
+        c"A crash loses at most this much metering.",
+        &USAGE_FLUSH_INTERVAL,
+        1,
+        3600,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"sutra.usage_event_max_age",
+        c"How far back a tenant session may date a usage event.",
+        c"Superusers and members of sutra_service may date events back to 2000-01-01.",
+        &USAGE_EVENT_MAX_AGE,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"sutra.usage_event_max_future",
+        c"How far ahead of the current time a usage event may be dated.",
+        c"The same for every caller.",
+        &USAGE_EVENT_MAX_FUTURE,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"sutra.hnsw_ef_search",
+        c"Size of the candidate list of sutra_hnsw index scans.",
+        c"Higher finds more of the true nearest neighbours, more slowly.",
+        &HNSW_EF_SEARCH,
+        1,
+        1000,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"sutra.hnsw_max_scan_tuples",
+        c"Most index elements a sutra_hnsw scan reads while filters or visibility discard rows.",
+        c"When reached, the scan ends even if LIMIT is not yet satisfied.",
+        &HNSW_MAX_SCAN_TUPLES,
+        1,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     // SAFETY: called from _PG_init in the postmaster, where GUC definition is allowed; the name
     // is a static NUL-terminated string that outlives the call (PostgreSQL copies it).
     unsafe { pg_sys::MarkGUCPrefixReserved(c"sutra".as_ptr()) };

@@ -9,7 +9,7 @@
 use pgrx::pg_sys;
 
 use super::handler;
-use super::{EF_SEARCH, FLAT_LIMIT};
+use super::FLAT_LIMIT;
 
 #[pgrx::pg_guard]
 #[allow(clippy::too_many_arguments)]
@@ -53,7 +53,7 @@ pub unsafe extern "C-unwind" fn amcostestimate(
 
     // Elements in the partitions the scan reads.
     let partition = if keyed && has_key_qual { costs.numIndexTuples.max(1.0) } else { index_tuples };
-    let ef = EF_SEARCH.max(1) as f64;
+    let ef = crate::guc::HNSW_EF_SEARCH.get().max(1) as f64;
     let read = if !keyed || has_key_qual {
         if partition <= FLAT_LIMIT as f64 {
             partition

@@ -33,44 +33,8 @@ use pages::{Key, KeyKind};
 /// Their links are still kept, so a partition that grows past it needs no rebuild.
 pub const FLAT_LIMIT: usize = 1000;
 
-/// `sutra.hnsw_ef_search`: the size of the candidate list of a scan.
-pub static mut EF_SEARCH: i32 = 40;
-/// `sutra.hnsw_max_scan_tuples`: how many elements a scan may read, across its rounds, before it
-/// stops looking for more rows.
-pub static mut MAX_SCAN_TUPLES: i32 = 20_000;
 
 pub fn init() {
-    // SAFETY: _PG_init in the postmaster; static strings and static value pointers.
-    unsafe {
-        pg_sys::DefineCustomIntVariable(
-            c"sutra.hnsw_ef_search".as_ptr(),
-            c"Size of the candidate list of sutra_hnsw index scans.".as_ptr(),
-            c"Higher finds more of the true nearest neighbours, more slowly.".as_ptr(),
-            &raw mut EF_SEARCH,
-            40,
-            1,
-            1000,
-            pg_sys::GucContext::PGC_USERSET,
-            0,
-            None,
-            None,
-            None,
-        );
-        pg_sys::DefineCustomIntVariable(
-            c"sutra.hnsw_max_scan_tuples".as_ptr(),
-            c"Most index elements a sutra_hnsw scan reads while filters or visibility discard rows.".as_ptr(),
-            c"When reached, the scan ends even if LIMIT is not yet satisfied.".as_ptr(),
-            &raw mut MAX_SCAN_TUPLES,
-            20_000,
-            1,
-            i32::MAX,
-            pg_sys::GucContext::PGC_USERSET,
-            0,
-            None,
-            None,
-            None,
-        );
-    }
     handler::init_reloptions();
 }
 

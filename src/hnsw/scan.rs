@@ -16,7 +16,7 @@ use sutra_core::hnsw::{search, Scored};
 
 use super::graph::{DiskGraph, IdSet};
 use super::pages::{all_partitions, find_partition, read_meta, Key, KeyKind, Meta, Partition, Tid};
-use super::{key_of, EF_SEARCH, FLAT_LIMIT, MAX_SCAN_TUPLES};
+use super::{key_of, FLAT_LIMIT};
 use crate::error::raise;
 
 enum Filter {
@@ -161,7 +161,7 @@ pub unsafe extern "C-unwind" fn amrescan(
     st.parts = None;
     st.ready.clear();
     st.emitted.clear();
-    st.ef = EF_SEARCH.max(1) as usize;
+    st.ef = crate::guc::HNSW_EF_SEARCH.get().max(1) as usize;
     st.reads = 0;
     st.finished = false;
 }
@@ -212,7 +212,7 @@ impl ScanState {
         if self.parts.is_none() {
             self.parts = Some(self.load_partitions());
         }
-        let max_reads = unsafe { MAX_SCAN_TUPLES }.max(1) as usize;
+        let max_reads = crate::guc::HNSW_MAX_SCAN_TUPLES.get().max(1) as usize;
         let ef = self.ef;
         let q = self.query.clone();
         let mut graph = DiskGraph::new(self.index, &self.meta, false);

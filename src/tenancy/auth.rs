@@ -6,7 +6,7 @@
 //! credential itself has been verified: an unknown key id and a wrong secret fail alike.
 
 use std::cell::RefCell;
-use std::ffi::{c_char, CStr};
+use std::ffi::CStr;
 
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
@@ -19,27 +19,6 @@ use super::context::{issue, uuid_of};
 use crate::backend::now_unix;
 use super::failures;
 use crate::error::{raise, raise_detail, raise_hint};
-
-/// `sutra.jwt_secret`: the HS256 secret for `sutra.authenticate_jwt` (superusers only).
-static mut JWT_SECRET: *mut c_char = std::ptr::null_mut();
-
-pub fn init() {
-    // SAFETY: called from _PG_init in the postmaster; static strings, a static value pointer.
-    unsafe {
-        pg_sys::DefineCustomStringVariable(
-            c"sutra.jwt_secret".as_ptr(),
-            c"Secret of the HS256 tokens sutra.authenticate_jwt accepts.".as_ptr(),
-            c"Empty: JWT authentication is off.".as_ptr(),
-            &raw mut JWT_SECRET,
-            c"".as_ptr(),
-            pg_sys::GucContext::PGC_SIGHUP,
-            (pg_sys::GUC_SUPERUSER_ONLY | pg_sys::GUC_NOT_IN_SAMPLE) as i32,
-            None,
-            None,
-            None,
-        );
-    }
-}
 
 fn scopes_of(names: &[String]) -> Scopes {
     Scopes::from_names(names.iter().map(String::as_str)).unwrap_or_default()
@@ -250,7 +229,7 @@ fn find_tenant(tenant: &str) -> Option<(String, String)> {
 
 fn jwt_secret() -> Vec<u8> {
     // SAFETY: the GUC machinery keeps this pointer valid (or null) between statements.
-    let s = unsafe { JWT_SECRET.as_ref().map(|p| CStr::from_ptr(p).to_bytes().to_vec()) };
+    let s = crate::guc::JWT_SECRET.get().map(|c| c.into_bytes());
     match s {
         Some(s) if !s.is_empty() => s,
         _ => raise_hint(

@@ -23,8 +23,6 @@ use crate::error::{raise_detail, raise_hint};
 static mut TENANT_ID: *mut c_char = std::ptr::null_mut();
 /// The current value of `sutra.context_secret` (owned by the GUC machinery).
 static mut CONTEXT_SECRET: *mut c_char = std::ptr::null_mut();
-/// `sutra.context_lifetime`, in seconds.
-static mut CONTEXT_LIFETIME: i32 = 86400;
 /// Random secret drawn by the postmaster at start, used while `sutra.context_secret` is empty.
 /// Backends and parallel workers are forked from the postmaster and so share it.
 static RANDOM_SECRET: OnceLock<[u8; 32]> = OnceLock::new();
@@ -146,6 +144,11 @@ pub fn init() {
     RANDOM_SECRET.get_or_init(random_bytes::<32>);
     // SAFETY: registering a callback in the postmaster; every backend inherits the registration.
     unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(tenants_invalidated), pg_sys::Datum::from(0)) };
+}
+
+/// Defines `sutra.tenant_id` and `sutra.context_secret` with their check and assign hooks (called
+/// from [`crate::guc::init`], the list of every parameter).
+pub fn define_parameters() {
     // SAFETY: _PG_init runs single-threaded in the postmaster; names and descriptions are static
     // strings PostgreSQL copies; the value pointers are statics that live for the process.
     unsafe {
@@ -171,20 +174,6 @@ pub fn init() {
             (pg_sys::GUC_SUPERUSER_ONLY | pg_sys::GUC_NOT_IN_SAMPLE) as i32,
             Some(check_context_secret),
             Some(assign_context_secret),
-            None,
-        );
-        pg_sys::DefineCustomIntVariable(
-            c"sutra.context_lifetime".as_ptr(),
-            c"How long a tenant context issued by sutra stays valid.".as_ptr(),
-            std::ptr::null(),
-            &raw mut CONTEXT_LIFETIME,
-            86400,
-            1,
-            i32::MAX,
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GUC_UNIT_S as i32,
-            None,
-            None,
             None,
         );
     }
@@ -475,7 +464,7 @@ pub fn issue(tenant: &str, scopes: Scopes, not_after: Option<i64>, grant: Option
 /// Signs a context and sets it with `action`.
 pub fn put(tenant: &str, scopes: Scopes, not_after: Option<i64>, grant: Option<&str>, action: pg_sys::GucAction::Type) {
     // SAFETY: a plain integer the GUC machinery maintains.
-    let lifetime = unsafe { CONTEXT_LIFETIME } as i64;
+    let lifetime = crate::guc::CONTEXT_LIFETIME.get() as i64;
     let mut expires = now_unix() + lifetime;
     if let Some(limit) = not_after {
         expires = expires.min(limit);

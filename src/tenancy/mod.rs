@@ -14,7 +14,6 @@ pub mod purge;
 /// Defines the tenancy parameters and registers cache invalidation. Called from `_PG_init`.
 pub fn init() {
     context::init();
-    auth::init();
     failures::init();
     copy::init();
 }

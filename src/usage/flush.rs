@@ -24,62 +24,10 @@ use super::report::{give_back, take_pending};
 use super::shmem::{self, Counts, Metric};
 use crate::error::raise;
 
-/// `sutra.usage_flush_interval`, in seconds.
-static mut FLUSH_INTERVAL: i32 = 10;
-/// `sutra.usage_event_max_age` and `sutra.usage_event_max_future`, in seconds: how far before the
-/// current time a tenant session, and how far after it any caller, may date an event recorded by
-/// `sutra.record_usage` (sql/usage.sql, which reads them).
-static mut EVENT_MAX_AGE: i32 = 35 * 86400;
-static mut EVENT_MAX_FUTURE: i32 = 86400;
 const STATE_FILE: &str = "pg_stat/sutra_metering.stat";
 const MAGIC: &[u8; 8] = b"sutram01";
 
 pub fn init() {
-    // SAFETY: _PG_init in the postmaster; static strings and static value pointers.
-    unsafe {
-        pg_sys::DefineCustomIntVariable(
-            c"sutra.usage_flush_interval".as_ptr(),
-            c"How often metered usage is written to sutra.usage_rollups.".as_ptr(),
-            c"A crash loses at most this much metering.".as_ptr(),
-            &raw mut FLUSH_INTERVAL,
-            10,
-            1,
-            3600,
-            pg_sys::GucContext::PGC_SIGHUP,
-            pg_sys::GUC_UNIT_S as i32,
-            None,
-            None,
-            None,
-        );
-        pg_sys::DefineCustomIntVariable(
-            c"sutra.usage_event_max_age".as_ptr(),
-            c"How far back a tenant session may date a usage event.".as_ptr(),
-            c"Superusers and members of sutra_service may date events back to 2000-01-01.".as_ptr(),
-            &raw mut EVENT_MAX_AGE,
-            35 * 86400,
-            0,
-            i32::MAX,
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GUC_UNIT_S as i32,
-            None,
-            None,
-            None,
-        );
-        pg_sys::DefineCustomIntVariable(
-            c"sutra.usage_event_max_future".as_ptr(),
-            c"How far ahead of the current time a usage event may be dated.".as_ptr(),
-            c"The same for every caller.".as_ptr(),
-            &raw mut EVENT_MAX_FUTURE,
-            86400,
-            0,
-            i32::MAX,
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GUC_UNIT_S as i32,
-            None,
-            None,
-            None,
-        );
-    }
     // SAFETY: _PG_init in the postmaster: the callback is inherited by every backend; hooks are
     // chained.
     unsafe {
@@ -333,8 +281,7 @@ pub extern "C-unwind" fn sutra_metering_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     // SAFETY: installs a handler that only sets this process's latch.
     unsafe { pg_sys::pqsignal(pg_sys::SIGUSR1 as i32, Some(launcher_sigusr1)) };
-    // SAFETY: reads an integer GUC of this process.
-    let interval = || Duration::from_secs(unsafe { FLUSH_INTERVAL }.max(1) as u64);
+    let interval = || Duration::from_secs(crate::guc::USAGE_FLUSH_INTERVAL.get().max(1) as u64);
     let mut next = std::time::Instant::now() + interval();
     loop {
         let now = std::time::Instant::now();

@@ -24,8 +24,6 @@ use crate::backend::{ms_ceil, now_ns};
 use crate::tenancy::context;
 
 static mut PREV_START: pg_sys::ExecutorStart_hook_type = None;
-/// `sutra.metering`: whether statements are metered (limits are enforced either way).
-static mut METERING: bool = true;
 static mut PREV_END: pg_sys::ExecutorEnd_hook_type = None;
 
 
@@ -75,8 +73,7 @@ fn meter_local(slot: &'static Slot, metric: Metric, n: u64) {
 
 /// Meters bytes written for a tenant (from the quota trigger, which sees every row written).
 pub fn meter_bytes(slot: &'static Slot, bytes: u64) {
-    // SAFETY: a boolean GUC of this process.
-    if unsafe { METERING } {
+    if crate::guc::METERING.get() {
         meter_local(slot, Metric::BytesWritten, bytes);
     }
 }
@@ -84,8 +81,7 @@ pub fn meter_bytes(slot: &'static Slot, bytes: u64) {
 /// Meters one vector index search for the tenant of the running statement (none outside a
 /// tenant session).
 pub fn meter_vector_search() {
-    // SAFETY: a boolean GUC of this process.
-    if !unsafe { METERING } {
+    if !crate::guc::METERING.get() {
         return;
     }
     if let Some(slot) = HOLD.with(|h| h.get()) {
@@ -107,20 +103,8 @@ pub fn push_local() {
 
 pub fn init() {
     // SAFETY: _PG_init, single-threaded in the postmaster; hooks and callbacks are chained or
-    // registered once and inherited by every backend; the GUC's value lives in a static.
+    // registered once and inherited by every backend.
     unsafe {
-        pg_sys::DefineCustomBoolVariable(
-            c"sutra.metering".as_ptr(),
-            c"Whether tenant statements are metered into sutra.usage_rollups.".as_ptr(),
-            c"Rate, concurrency and connection limits apply either way.".as_ptr(),
-            &raw mut METERING,
-            true,
-            pg_sys::GucContext::PGC_SUSET,
-            0,
-            None,
-            None,
-            None,
-        );
         PREV_START = pg_sys::ExecutorStart_hook;
         pg_sys::ExecutorStart_hook = Some(executor_start);
         PREV_END = pg_sys::ExecutorEnd_hook;
@@ -190,8 +174,7 @@ fn admit(tenant: pgrx::Uuid) {
 fn settle(rows: Option<(Metric, u64)>) {
     if let Some(slot) = HOLD.with(|h| h.take()) {
         slot.active.fetch_sub(1, Ordering::AcqRel);
-        // SAFETY: a boolean GUC of this process.
-        if !unsafe { METERING } {
+        if !crate::guc::METERING.get() {
             return;
         }
         meter_local(slot, Metric::Statements, 1);
