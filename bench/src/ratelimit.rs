@@ -1,5 +1,5 @@
-//! The cost of one rate-limit check as the executor hook does it: a GCRA decision and a
-//! compare-and-swap of the limiter's word, against a baseline of the same loop doing only an
+//! The cost of one rate-limit check, the executor hook's own code (`Gcra::take`: a GCRA decision
+//! and a compare-and-swap of the limiter's word), against a baseline of the same loop doing only an
 //! atomic load and add (what any shared counter costs). One thread, then two contending.
 //! Run: cargo run --release -p sutra-bench --bin ratelimit
 
@@ -11,19 +11,6 @@ use std::time::Instant;
 use sutra_core::gcra::Gcra;
 
 const N: u64 = 20_000_000;
-
-fn check(g: &Gcra, tat: &AtomicI64, now: i64) -> bool {
-    let mut t = tat.load(Ordering::Relaxed);
-    loop {
-        match g.check(t, now) {
-            Ok(next) => match tat.compare_exchange_weak(t, next, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => return true,
-                Err(current) => t = current,
-            },
-            Err(_) => return false,
-        }
-    }
-}
 
 fn ns_per(threads: usize, f: impl Fn(u64) + Send + Sync + 'static) -> f64 {
     let f = Arc::new(f);
@@ -52,7 +39,7 @@ fn main() {
         let limiter = {
             let tat = tat.clone();
             ns_per(threads, move |i| {
-                black_box(check(&g, &tat, black_box(i as i64 * 10)));
+                black_box(g.take(&tat, black_box(i as i64 * 10)).is_ok());
             })
         };
         let counter = Arc::new(AtomicI64::new(0));

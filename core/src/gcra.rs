@@ -5,6 +5,8 @@
 //! second and a burst of `b`, a request at time `now` is allowed when `now >= TAT - (b - 1) / r`;
 //! the TAT then moves to `max(TAT, now) + 1 / r`. A refused request is told how long to wait.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
 /// A rate and a burst, in nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gcra {
@@ -36,6 +38,23 @@ impl Gcra {
             Err(allowed_at - now)
         } else {
             Ok(tat.saturating_add(self.interval))
+        }
+    }
+}
+
+impl Gcra {
+    /// Admits one request against a theoretical arrival time shared between threads or processes
+    /// (a limiter in shared memory): decides with [`Gcra::check`] and stores the new time with a
+    /// compare-and-swap, deciding again when another request took the limiter meanwhile. `Err`
+    /// carries the nanoseconds to wait; a refusal stores nothing.
+    pub fn take(&self, tat: &AtomicI64, now: i64) -> Result<(), i64> {
+        let mut current = tat.load(Ordering::Relaxed);
+        loop {
+            let next = self.check(current, now)?;
+            match tat.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Ok(()),
+                Err(seen) => current = seen,
+            }
         }
     }
 }
@@ -112,5 +131,42 @@ mod tests {
         assert!(g.check(0, 0).is_ok());
         let g = Gcra::new(1e12, 1);
         assert!(g.check(i64::MAX - 1, i64::MAX).is_ok() || g.check(i64::MAX - 1, i64::MAX).is_err());
+    }
+
+    #[test]
+    fn take_admits_the_burst_then_refuses_without_storing() {
+        let g = Gcra::new(1.0, 3);
+        let tat = AtomicI64::new(0);
+        let now = 1_000_000_000_000;
+        for _ in 0..3 {
+            assert!(g.take(&tat, now).is_ok());
+        }
+        let before = tat.load(Ordering::Relaxed);
+        assert!(g.take(&tat, now).is_err());
+        assert_eq!(tat.load(Ordering::Relaxed), before);
+    }
+
+    #[test]
+    fn take_never_admits_more_than_the_burst_across_threads() {
+        let g = std::sync::Arc::new(Gcra::new(1.0, 50));
+        let tat = std::sync::Arc::new(AtomicI64::new(0));
+        let admitted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let now = 1_000_000_000_000;
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (g, tat, admitted) = (g.clone(), tat.clone(), admitted.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        if g.take(&tat, now).is_ok() {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(admitted.load(Ordering::Relaxed), 50);
     }
 }

@@ -137,27 +137,13 @@ fn admit(tenant: pgrx::Uuid) {
     super::quota::ensure_tenant_known(&tenant);
     DEPTH.with(|d| d.set(d.get() - 1));
     if let Some((rate, burst)) = limits.rate() {
-        let gcra = Gcra::new(rate, burst);
-        let now = now_ns();
-        let mut tat = slot.tat.load(Ordering::Relaxed);
-        loop {
-            match gcra.check(tat, now) {
-                Ok(next) => match slot.tat.compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Relaxed) {
-                    Ok(_) => break,
-                    Err(current) => tat = current,
-                },
-                Err(wait) => {
-                    slot.rate_limited.fetch_add(1, Ordering::Relaxed);
-                    raise_detail(
-                        PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
-                        format!("rate limit exceeded for tenant {tenant}"),
-                        format!(
-                            "The limit is {rate} statements per second with bursts of {burst}; retry after {} ms.",
-                            ms_ceil(wait)
-                        ),
-                    );
-                }
-            }
+        if let Err(wait) = Gcra::new(rate, burst).take(&slot.tat, now_ns()) {
+            slot.rate_limited.fetch_add(1, Ordering::Relaxed);
+            raise_detail(
+                PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+                format!("rate limit exceeded for tenant {tenant}"),
+                format!("The limit is {rate} statements per second with bursts of {burst}; retry after {} ms.", ms_ceil(wait)),
+            );
         }
     }
     if let Some(max) = take_one(&slot.active, limits.concurrent_statements, &slot.concurrency_refused) {
