@@ -1,5 +1,6 @@
 //! The parts of sutra that need no PostgreSQL: the vector text and binary forms, distance kernels,
-//! element-wise arithmetic, the signed tenant context, API keys and JWT. Everything here is plain Rust with plain unit tests; the extension
+//! element-wise arithmetic, the signed tenant context, API keys and JWT, rate limits and tenant
+//! limits. Everything here is plain Rust with plain unit tests; the extension
 //! crate turns the error values into PostgreSQL errors.
 
 pub mod api_key;
@@ -8,6 +9,7 @@ pub mod distance;
 pub mod gcra;
 pub mod hnsw;
 pub mod jwt;
+pub mod limits;
 pub mod tenant_context;
 pub mod throttle;
 pub mod vector_binary;
