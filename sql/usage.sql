@@ -513,7 +513,6 @@ REVOKE ALL ON usage_events, usage_event_keys, usage_rollups, prices FROM PUBLIC;
 REVOKE ALL ON tenants_near_limits FROM PUBLIC;
 GRANT SELECT ON tenants_near_limits TO sutra_service;
 REVOKE ALL ON FUNCTION _tenant_counters() FROM PUBLIC;
-REVOKE ALL ON FUNCTION _quota_forget_rows(oid, uuid, bigint, bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _quota_set(oid, uuid, bigint, bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _quota_counts(uuid, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _rate_limit_state(uuid) FROM PUBLIC;

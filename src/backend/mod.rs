@@ -35,3 +35,30 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     }
     buf
 }
+
+/// A per-backend map whose entries hold for one generation of a cache invalidation counter (such
+/// as the tenant context's status generation): the first use under a newer generation empties it.
+pub struct GenerationMap<K, V> {
+    generation: u64,
+    entries: std::collections::HashMap<K, V>,
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> GenerationMap<K, V> {
+    pub fn new() -> Self {
+        GenerationMap { generation: 0, entries: std::collections::HashMap::new() }
+    }
+
+    /// The value of `key` as of `generation`, if known.
+    pub fn get(&self, generation: u64, key: &K) -> Option<V> {
+        (self.generation == generation).then(|| self.entries.get(key).cloned()).flatten()
+    }
+
+    /// Remembers `value` for `key` as of `generation`, forgetting older generations' entries.
+    pub fn insert(&mut self, generation: u64, key: K, value: V) {
+        if self.generation != generation {
+            self.generation = generation;
+            self.entries.clear();
+        }
+        self.entries.insert(key, value);
+    }
+}

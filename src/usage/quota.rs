@@ -22,6 +22,7 @@ use super::shmem;
 use crate::error::raise_detail;
 use crate::fmgr::pg_function;
 use crate::backend::caller::as_superuser;
+use crate::backend::GenerationMap;
 
 /// What one (sub)transaction level added to one tenant's counts in one table.
 #[derive(Clone, Copy)]
@@ -123,12 +124,14 @@ fn tenant_tables() -> Vec<(pg_sys::Oid, String)> {
     .unwrap_or_default()
 }
 
-/// Counts of one tenant in its tenant tables (all, or one), read from the tables themselves
+/// Counts of one tenant in the given tenant tables, read from the tables themselves
 /// without running any code of theirs ([`super::count`]).
-fn count_from_tables(tenant: &pgrx::Uuid, relid: Option<u32>) -> Vec<(u32, i64, i64, i64)> {
-    tenant_tables()
+fn count_from_tables(
+    tenant: &pgrx::Uuid,
+    tables: impl IntoIterator<Item = (pg_sys::Oid, String)>,
+) -> Vec<(u32, i64, i64, i64)> {
+    tables
         .into_iter()
-        .filter(|(oid, _)| relid.is_none_or(|r| r == oid.to_u32()))
         .map(|(oid, col)| {
             let counts = super::count::count_rows(oid, &col, Some(*tenant.as_bytes()));
             let (rows, bytes, vectors) = counts.values().fold((0, 0, 0), |a, c| (a.0 + c.0, a.1 + c.1, a.2 + c.2));
@@ -145,7 +148,8 @@ fn count_tenant_rows(
     table: default!(Option<pg_sys::Oid>, "NULL"),
 ) -> TableIterator<'static, (name!(table_name, pg_sys::Oid), name!(rows, i64), name!(bytes, i64), name!(vectors, i64))>
 {
-    let rows: Vec<_> = count_from_tables(&tenant, table.map(|t| t.to_u32()))
+    let tables = tenant_tables().into_iter().filter(|(oid, _)| table.is_none_or(|t| t == *oid));
+    let rows: Vec<_> = count_from_tables(&tenant, tables)
         .into_iter()
         .map(|(oid, r, b, v)| (pg_sys::Oid::from(oid), r, b, v))
         .collect();
@@ -170,14 +174,12 @@ pub fn ensure_tenant_known(tenant: &pgrx::Uuid) {
     };
     // Known totals: only tables whose counts are not known yet (registered since) are counted.
     let counts = if slot.quota.is_known() {
-        tenant_tables()
-            .into_iter()
-            .map(|(oid, _)| oid.to_u32())
-            .filter(|r| shmem::table_slot(db, *r, &key).map(|t| !t.quota.is_known()).unwrap_or(false))
-            .flat_map(|r| count_from_tables(tenant, Some(r)))
-            .collect()
+        let unknown = tenant_tables().into_iter().filter(|(oid, _)| {
+            shmem::table_slot(db, oid.to_u32(), &key).map(|t| !t.quota.is_known()).unwrap_or(false)
+        });
+        count_from_tables(tenant, unknown)
     } else {
-        count_from_tables(tenant, None)
+        count_from_tables(tenant, tenant_tables())
     };
     for (relid, rows, bytes, vectors) in &counts {
         if let Some(t) = shmem::table_slot(db, *relid, &key) {
@@ -265,7 +267,7 @@ fn apply(tenant: [u8; 16], relid: u32, rows: i64, bytes: i64, vectors: i64) {
 thread_local! {
     /// Per table: whether it (or the partitioned table it belongs to) is a registered tenant
     /// table, as of a status generation (registrations change it).
-    static REGISTERED: RefCell<(u64, std::collections::HashMap<pg_sys::Oid, bool>)> = RefCell::new((0, Default::default()));
+    static REGISTERED: RefCell<GenerationMap<pg_sys::Oid, bool>> = RefCell::new(GenerationMap::new());
 }
 
 /// Whether `relid` is a registered tenant table or a partition of one. The quota triggers count
@@ -273,11 +275,7 @@ thread_local! {
 /// table's owner can move another tenant's counts.
 fn registered(relid: pg_sys::Oid) -> bool {
     let generation = crate::tenancy::context::status_generation();
-    let cached = REGISTERED.with(|r| {
-        let r = r.borrow();
-        if r.0 == generation { r.1.get(&relid).copied() } else { None }
-    });
-    if let Some(known) = cached {
+    if let Some(known) = REGISTERED.with(|r| r.borrow().get(generation, &relid)) {
         return known;
     }
     let known = crate::backend::caller::with_catalog_search_path(|| {
@@ -290,31 +288,40 @@ fn registered(relid: pg_sys::Oid) -> bool {
     .ok()
     .flatten()
     .unwrap_or(false);
-    REGISTERED.with(|r| {
-        let mut r = r.borrow_mut();
-        if r.0 != generation {
-            *r = (generation, Default::default());
-        }
-        r.1.insert(relid, known);
-    });
+    REGISTERED.with(|r| r.borrow_mut().insert(generation, relid, known));
     known
 }
 
-unsafe fn on_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+/// The trigger data of a quota trigger call and the tenant column its argument names; `None`
+/// when the table is not a registered tenant table (then the trigger does nothing).
+///
+/// # Safety
+/// `fcinfo` is the call's own.
+unsafe fn quota_trigger(
+    fcinfo: pg_sys::FunctionCallInfo,
+    name: &str,
+) -> Option<(*mut pg_sys::TriggerData, *mut std::ffi::c_char)> {
     let td = (*fcinfo).context as *mut pg_sys::TriggerData;
     if td.is_null() || (*td).type_ != pg_sys::NodeTag::T_TriggerData {
         crate::error::raise(
             PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
-            "sutra._quota_row() must be called as a trigger",
+            format!("sutra.{name}() must be called as a trigger"),
         );
     }
-    let rel = (*td).tg_relation;
-    if !registered((*rel).rd_id) {
-        return pg_sys::Datum::from(0);
+    if !registered((*(*td).tg_relation).rd_id) {
+        return None;
     }
-    let desc = (*rel).rd_att;
     let trigger = (*td).tg_trigger;
     let column = if (*trigger).tgnargs > 0 { *(*trigger).tgargs } else { c"tenant_id".as_ptr() as *mut _ };
+    Some((td, column))
+}
+
+unsafe fn on_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    let Some((td, column)) = quota_trigger(fcinfo, "_quota_row") else {
+        return pg_sys::Datum::from(0);
+    };
+    let rel = (*td).tg_relation;
+    let desc = (*rel).rd_att;
     let attnum = pg_sys::SPI_fnumber(desc, column);
     if attnum <= 0 {
         crate::error::raise(
@@ -361,21 +368,11 @@ pg_function! {
 }
 
 unsafe fn on_truncate(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    let td = (*fcinfo).context as *mut pg_sys::TriggerData;
-    if td.is_null() || (*td).type_ != pg_sys::NodeTag::T_TriggerData {
-        crate::error::raise(
-            PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
-            "sutra._quota_truncate() must be called as a trigger",
-        );
-    }
-    let rel = (*td).tg_relation;
-    if !registered((*rel).rd_id) {
+    let Some((td, column)) = quota_trigger(fcinfo, "_quota_truncate") else {
         return pg_sys::Datum::from(0);
-    }
-    let trigger = (*td).tg_trigger;
-    let column = if (*trigger).tgnargs > 0 { *(*trigger).tgargs } else { c"tenant_id".as_ptr() as *mut _ };
+    };
     let column = CStr::from_ptr(column).to_string_lossy().into_owned();
-    let relid = (*rel).rd_id;
+    let relid = (*(*td).tg_relation).rd_id;
     for (tenant, (rows, bytes, vectors)) in super::count::count_rows(relid, &column, None) {
         apply(tenant, relid.to_u32(), -rows, -bytes, -vectors);
     }
@@ -388,13 +385,6 @@ pg_function! {
     fn sutra_quota_truncate(fcinfo) {
         on_truncate(fcinfo)
     }
-}
-
-/// `sutra._quota_forget_table(table, tenant, rows, bytes, vectors)`: takes a tenant's rows of
-/// a table out of its counts (BEFORE TRUNCATE, per tenant present), as deleting them would.
-#[pg_extern(volatile, name = "_quota_forget_rows")]
-fn quota_forget_rows(table: pg_sys::Oid, tenant: pgrx::Uuid, rows: i64, bytes: i64, vectors: i64) {
-    apply(*tenant.as_bytes(), table.to_u32(), -rows, -bytes, -vectors);
 }
 
 /// `sutra._quota_set(table, tenant, rows, bytes, vectors)`: sets counts recounted by
