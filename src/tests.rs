@@ -33,9 +33,7 @@ mod tests {
         values.extend([0.1, 1e6, 123456.7, 1234567.0, 1e-5, 1e-4, -0.0, 3.4028235e38]);
         for chunk in values.chunks(500) {
             let arr = real_array_literal(chunk);
-            let q = format!(
-                "SELECT array_to_string({arr}, ',') = btrim(({arr}::sutra.vector)::text, '[]')"
-            );
+            let q = format!("SELECT array_to_string({arr}, ',') = btrim(({arr}::sutra.vector)::text, '[]')");
             assert_eq!(Spi::get_one::<bool>(&q).unwrap(), Some(true), "{q}");
         }
     }
@@ -55,9 +53,7 @@ mod tests {
 
     #[pg_test]
     fn binary_form_is_pgvectors() {
-        let bytes = Spi::get_one::<Vec<u8>>("SELECT sutra.vector_send('[1,2,-0.5]')")
-            .unwrap()
-            .unwrap();
+        let bytes = Spi::get_one::<Vec<u8>>("SELECT sutra.vector_send('[1,2,-0.5]')").unwrap().unwrap();
         let mut want = vec![0, 3, 0, 0];
         for x in [1.0f32, 2.0, -0.5] {
             want.extend_from_slice(&x.to_be_bytes());
@@ -144,11 +140,15 @@ mod tests {
              CREATE TABLE pt AS SELECT i FROM generate_series(1, 10000) i; ANALYZE pt",
         )
         .unwrap();
-        let plan = Spi::explain("SELECT count(*) FROM pt WHERE sutra.current_tenant()::text = '11111111-2222-3333-4444-555555555555'")
-            .unwrap();
+        let plan = Spi::explain(
+            "SELECT count(*) FROM pt WHERE sutra.current_tenant()::text = '11111111-2222-3333-4444-555555555555'",
+        )
+        .unwrap();
         assert!(format!("{plan:?}").contains("Gather"), "{plan:?}");
-        let n = Spi::get_one::<i64>("SELECT count(*) FROM pt WHERE sutra.current_tenant()::text = '11111111-2222-3333-4444-555555555555'")
-            .unwrap();
+        let n = Spi::get_one::<i64>(
+            "SELECT count(*) FROM pt WHERE sutra.current_tenant()::text = '11111111-2222-3333-4444-555555555555'",
+        )
+        .unwrap();
         assert_eq!(n, Some(10000));
     }
 }

@@ -52,9 +52,8 @@ fn throughput(k: &Kernels, f: Reduction, query: &[f32], vectors: &[Vec<f32>], ro
 }
 
 fn main() {
-    let round = Duration::from_millis(
-        std::env::var("SUTRA_BENCH_ROUND_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(200),
-    );
+    let round =
+        Duration::from_millis(std::env::var("SUTRA_BENCH_ROUND_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(200));
     let sets = available();
     println!("distance kernels, million distances per second (best of 5 rounds of {round:?})");
     println!("kernel sets on this CPU: {}", sets.iter().map(|k| k.name).collect::<Vec<_>>().join(", "));
@@ -62,8 +61,7 @@ fn main() {
     let mut rng = Lcg(42);
     for dims in [128usize, 384, 768, 1536] {
         // 1,000 vectors of 1536 dims are 6 MB: the data set is larger than L2, as in a real scan.
-        let vectors: Vec<Vec<f32>> =
-            (0..1000).map(|_| (0..dims).map(|_| rng.next_f32()).collect()).collect();
+        let vectors: Vec<Vec<f32>> = (0..1000).map(|_| (0..dims).map(|_| rng.next_f32()).collect()).collect();
         let query: Vec<f32> = (0..dims).map(|_| rng.next_f32()).collect();
         for (metric, f) in REDUCTIONS {
             let base = throughput(&SCALAR, f, &query, &vectors, round);

@@ -107,8 +107,15 @@ mod tests {
     #[test]
     fn malformed_keys() {
         let (_, k) = key();
-        for bad in ["", "sk_", "pk_abcd0102030405ff_x", &k[..k.len() - 1], &format!("{k}x"),
-            &k.replace("sk_abcd", "sk_ABCD"), &k.replacen('_', "-", 2)] {
+        for bad in [
+            "",
+            "sk_",
+            "pk_abcd0102030405ff_x",
+            &k[..k.len() - 1],
+            &format!("{k}x"),
+            &k.replace("sk_abcd", "sk_ABCD"),
+            &k.replacen('_', "-", 2),
+        ] {
             assert!(parse(bad).is_none(), "{bad}");
         }
         assert_eq!(key_id_of("sk_abcd0102030405ff_garbage"), Some("abcd0102030405ff"));

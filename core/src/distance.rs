@@ -23,12 +23,8 @@ pub struct Kernels {
     pub cosine_parts: fn(&[f32], &[f32]) -> (f32, f32, f32),
 }
 
-pub static SCALAR: Kernels = Kernels {
-    name: "scalar",
-    l2_squared: scalar::l2_squared,
-    dot: scalar::dot,
-    cosine_parts: scalar::cosine_parts,
-};
+pub static SCALAR: Kernels =
+    Kernels { name: "scalar", l2_squared: scalar::l2_squared, dot: scalar::dot, cosine_parts: scalar::cosine_parts };
 
 /// Every kernel set this CPU can run, scalar first.
 pub fn available() -> Vec<&'static Kernels> {
@@ -170,10 +166,7 @@ mod x86 {
         let mut i = 0;
         while i + 32 <= n {
             for (k, s) in acc.iter_mut().enumerate() {
-                let d = _mm256_sub_ps(
-                    _mm256_loadu_ps(pa.add(i + 8 * k)),
-                    _mm256_loadu_ps(pb.add(i + 8 * k)),
-                );
+                let d = _mm256_sub_ps(_mm256_loadu_ps(pa.add(i + 8 * k)), _mm256_loadu_ps(pb.add(i + 8 * k)));
                 *s = _mm256_fmadd_ps(d, d, *s);
             }
             i += 32;
@@ -201,11 +194,7 @@ mod x86 {
         let mut i = 0;
         while i + 32 <= n {
             for (k, s) in acc.iter_mut().enumerate() {
-                *s = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(pa.add(i + 8 * k)),
-                    _mm256_loadu_ps(pb.add(i + 8 * k)),
-                    *s,
-                );
+                *s = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8 * k)), _mm256_loadu_ps(pb.add(i + 8 * k)), *s);
             }
             i += 32;
         }
@@ -290,10 +279,7 @@ mod x86 {
         }
         if i < n {
             let m = tail_mask(n - i);
-            let d = _mm512_sub_ps(
-                _mm512_maskz_loadu_ps(m, pa.add(i)),
-                _mm512_maskz_loadu_ps(m, pb.add(i)),
-            );
+            let d = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, pa.add(i)), _mm512_maskz_loadu_ps(m, pb.add(i)));
             acc1 = _mm512_fmadd_ps(d, d, acc1);
         }
         _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
@@ -308,11 +294,7 @@ mod x86 {
         let mut i = 0;
         while i + 32 <= n {
             acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc0);
-            acc1 = _mm512_fmadd_ps(
-                _mm512_loadu_ps(pa.add(i + 16)),
-                _mm512_loadu_ps(pb.add(i + 16)),
-                acc1,
-            );
+            acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + 16)), _mm512_loadu_ps(pb.add(i + 16)), acc1);
             i += 32;
         }
         while i + 16 <= n {
@@ -321,11 +303,7 @@ mod x86 {
         }
         if i < n {
             let m = tail_mask(n - i);
-            acc1 = _mm512_fmadd_ps(
-                _mm512_maskz_loadu_ps(m, pa.add(i)),
-                _mm512_maskz_loadu_ps(m, pb.add(i)),
-                acc1,
-            );
+            acc1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, pa.add(i)), _mm512_maskz_loadu_ps(m, pb.add(i)), acc1);
         }
         _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
     }
@@ -354,11 +332,7 @@ mod x86 {
             na = _mm512_fmadd_ps(x, x, na);
             nb = _mm512_fmadd_ps(y, y, nb);
         }
-        (
-            _mm512_reduce_add_ps(dot),
-            _mm512_reduce_add_ps(na),
-            _mm512_reduce_add_ps(nb),
-        )
+        (_mm512_reduce_add_ps(dot), _mm512_reduce_add_ps(na), _mm512_reduce_add_ps(nb))
     }
 }
 
@@ -387,10 +361,7 @@ mod tests {
 
     fn pair() -> impl Strategy<Value = (Vec<f32>, Vec<f32>)> {
         (1usize..300).prop_flat_map(|n| {
-            (
-                proptest::collection::vec(-1000.0f32..1000.0, n),
-                proptest::collection::vec(-1000.0f32..1000.0, n),
-            )
+            (proptest::collection::vec(-1000.0f32..1000.0, n), proptest::collection::vec(-1000.0f32..1000.0, n))
         })
     }
 

@@ -204,13 +204,7 @@ pub fn search_layer<G: Graph>(
 
 /// Searches the whole graph from its entry point: a greedy descent through the upper levels,
 /// then [`search_layer`] with `ef` on level 0. Nearest first.
-pub fn search<G: Graph>(
-    g: &mut G,
-    q: &[f32],
-    entry: G::Id,
-    entry_level: usize,
-    ef: usize,
-) -> Vec<Scored<G::Id>> {
+pub fn search<G: Graph>(g: &mut G, q: &[f32], entry: G::Id, entry_level: usize, ef: usize) -> Vec<Scored<G::Id>> {
     let cur = descend(g, q, entry, entry_level, 0);
     if cur.is_empty() {
         return cur;
@@ -697,11 +691,8 @@ impl Graph for Searcher<'_> {
 /// The exact `k` nearest of `vectors` to `q` by brute force, nearest first: the reference for
 /// recall and the scan of partitions too small for a graph.
 pub fn exact_nearest(space: &Space, q: &[f32], vectors: &[Vec<f32>], k: usize) -> Vec<Scored<u32>> {
-    let mut all: Vec<Scored<u32>> = vectors
-        .iter()
-        .enumerate()
-        .map(|(i, v)| Scored { dist: space.distance(q, v), id: i as u32 })
-        .collect();
+    let mut all: Vec<Scored<u32>> =
+        vectors.iter().enumerate().map(|(i, v)| Scored { dist: space.distance(q, v), id: i as u32 }).collect();
     all.sort();
     all.truncate(k);
     all
@@ -717,7 +708,8 @@ mod tests {
         let mut shape = Rng::new(dims as u64);
         let uniform = |r: &mut Rng| r.next_f64() as f32 * 2.0 - 1.0;
         let centers: Vec<Vec<f32>> = (0..10).map(|_| (0..dims).map(|_| uniform(&mut shape)).collect()).collect();
-        let directions: Vec<Vec<f32>> = (0..6).map(|_| (0..dims).map(|_| uniform(&mut shape) * 0.3).collect()).collect();
+        let directions: Vec<Vec<f32>> =
+            (0..6).map(|_| (0..dims).map(|_| uniform(&mut shape) * 0.3).collect()).collect();
         let mut rng = Rng::new(seed);
         (0..n)
             .map(|i| {
@@ -858,11 +850,8 @@ mod tests {
     fn heuristic_skips_candidates_shadowed_by_a_kept_one() {
         // Base at 0; candidates at 1, 1.1 (shadowed by 1) and -1 (another direction).
         let pos = [1.0f32, 1.1, -1.0];
-        let cands = vec![
-            Scored { dist: 1.0, id: 0u32 },
-            Scored { dist: 1.0, id: 2u32 },
-            Scored { dist: 1.1, id: 1u32 },
-        ];
+        let cands =
+            vec![Scored { dist: 1.0, id: 0u32 }, Scored { dist: 1.0, id: 2u32 }, Scored { dist: 1.1, id: 1u32 }];
         let mut sorted = cands.clone();
         sorted.sort();
         let kept = select_neighbors(&sorted, 3, |a, b| (pos[a as usize] - pos[b as usize]).abs());

@@ -60,7 +60,9 @@ fn scopes_claim(payload: &Value) -> Result<Scopes, JwtError> {
     if let Some(s) = payload.get("scopes").or_else(|| payload.get("scope")) {
         let names: Vec<&str> = match s {
             Value::String(s) => s.split_whitespace().collect(),
-            Value::Array(a) => a.iter().map(|v| v.as_str().ok_or(JwtError::Claim("scopes"))).collect::<Result<_, _>>()?,
+            Value::Array(a) => {
+                a.iter().map(|v| v.as_str().ok_or(JwtError::Claim("scopes"))).collect::<Result<_, _>>()?
+            }
             _ => return Err(JwtError::Claim("scopes")),
         };
         let scopes = Scopes::from_names(names).ok_or(JwtError::Claim("scopes"))?;
@@ -154,23 +156,52 @@ mod tests {
         // alg none, with or without a signature
         let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
         let payload = good.split('.').nth(1).unwrap();
-        for t in [format!("{none_header}.{payload}."), format!("{none_header}.{payload}.{}", good.split('.').nth(2).unwrap())] {
+        for t in [
+            format!("{none_header}.{payload}."),
+            format!("{none_header}.{payload}.{}", good.split('.').nth(2).unwrap()),
+        ] {
             assert_eq!(verify_hs256(&t, SECRET, NOW), Err(JwtError::Algorithm("none".into())));
         }
         let hs512 = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS512"}"#);
         assert!(matches!(verify_hs256(&format!("{hs512}.{payload}.x"), SECRET, NOW), Err(JwtError::Algorithm(_))));
         // a payload swapped under a valid signature
-        let other = URL_SAFE_NO_PAD.encode(json!({"tenant_id": "victim", "role": "admin", "exp": NOW + 60}).to_string());
+        let other =
+            URL_SAFE_NO_PAD.encode(json!({"tenant_id": "victim", "role": "admin", "exp": NOW + 60}).to_string());
         let parts: Vec<&str> = good.split('.').collect();
-        assert_eq!(verify_hs256(&format!("{}.{other}.{}", parts[0], parts[2]), SECRET, NOW), Err(JwtError::BadSignature));
+        assert_eq!(
+            verify_hs256(&format!("{}.{other}.{}", parts[0], parts[2]), SECRET, NOW),
+            Err(JwtError::BadSignature)
+        );
         // time
-        assert_eq!(verify_hs256(&token(json!({"tenant_id": "a", "role": "read", "exp": NOW})), SECRET, NOW), Err(JwtError::Expired));
-        assert_eq!(verify_hs256(&token(json!({"tenant_id": "a", "role": "read", "exp": NOW + 9, "nbf": NOW + 5})), SECRET, NOW), Err(JwtError::NotYetValid));
+        assert_eq!(
+            verify_hs256(&token(json!({"tenant_id": "a", "role": "read", "exp": NOW})), SECRET, NOW),
+            Err(JwtError::Expired)
+        );
+        assert_eq!(
+            verify_hs256(
+                &token(json!({"tenant_id": "a", "role": "read", "exp": NOW + 9, "nbf": NOW + 5})),
+                SECRET,
+                NOW
+            ),
+            Err(JwtError::NotYetValid)
+        );
         // claims
-        assert_eq!(verify_hs256(&token(json!({"tenant_id": "a", "role": "read"})), SECRET, NOW), Err(JwtError::Claim("exp")));
-        assert_eq!(verify_hs256(&token(json!({"role": "read", "exp": NOW + 9})), SECRET, NOW), Err(JwtError::Claim("tenant_id")));
-        assert_eq!(verify_hs256(&token(json!({"tenant_id": "a", "role": "root", "exp": NOW + 9})), SECRET, NOW), Err(JwtError::Claim("scopes")));
-        assert_eq!(verify_hs256(&token(json!({"tenant_id": "a", "scopes": ["sudo"], "exp": NOW + 9})), SECRET, NOW), Err(JwtError::Claim("scopes")));
+        assert_eq!(
+            verify_hs256(&token(json!({"tenant_id": "a", "role": "read"})), SECRET, NOW),
+            Err(JwtError::Claim("exp"))
+        );
+        assert_eq!(
+            verify_hs256(&token(json!({"role": "read", "exp": NOW + 9})), SECRET, NOW),
+            Err(JwtError::Claim("tenant_id"))
+        );
+        assert_eq!(
+            verify_hs256(&token(json!({"tenant_id": "a", "role": "root", "exp": NOW + 9})), SECRET, NOW),
+            Err(JwtError::Claim("scopes"))
+        );
+        assert_eq!(
+            verify_hs256(&token(json!({"tenant_id": "a", "scopes": ["sudo"], "exp": NOW + 9})), SECRET, NOW),
+            Err(JwtError::Claim("scopes"))
+        );
         // shape
         for bad in ["", "a.b", "a.b.c.d", "!!.!!.!!"] {
             assert!(matches!(verify_hs256(bad, SECRET, NOW), Err(JwtError::Malformed(_))), "{bad}");

@@ -40,7 +40,11 @@ impl Limits {
             rows_per_table: positive(v, "rows_per_table").map(|n| n as i64),
             storage_bytes: positive(v, "storage_bytes").map(|n| n as i64),
             vectors: positive(v, "vectors").map(|n| n as i64),
-            soft_threshold: v.get("soft_threshold").and_then(Value::as_f64).filter(|t| *t > 0.0 && *t <= 1.0).unwrap_or(0.8),
+            soft_threshold: v
+                .get("soft_threshold")
+                .and_then(Value::as_f64)
+                .filter(|t| *t > 0.0 && *t <= 1.0)
+                .unwrap_or(0.8),
         }
     }
 }
@@ -68,7 +72,10 @@ mod tests {
         assert_eq!(l.burst, Some(u32::MAX));
         assert_eq!(l.concurrent_statements, Some(i32::MAX));
         assert_eq!(l.connections, Some(3));
-        assert_eq!((l.rows_total, l.rows_per_table, l.storage_bytes, l.vectors), (Some(100), Some(7), Some(1 << 30), Some(9)));
+        assert_eq!(
+            (l.rows_total, l.rows_per_table, l.storage_bytes, l.vectors),
+            (Some(100), Some(7), Some(1 << 30), Some(9))
+        );
         assert_eq!(l.soft_threshold, 0.5);
     }
 

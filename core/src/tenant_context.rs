@@ -30,8 +30,7 @@ impl Scopes {
     pub const ADMIN: Scopes = Scopes(4);
     pub const ALL: Scopes = Scopes(7);
     const LETTERS: [(char, Scopes); 3] = [('r', Self::READ), ('w', Self::WRITE), ('a', Self::ADMIN)];
-    const NAMES: [(&'static str, Scopes); 3] =
-        [("read", Self::READ), ("write", Self::WRITE), ("admin", Self::ADMIN)];
+    const NAMES: [(&'static str, Scopes); 3] = [("read", Self::READ), ("write", Self::WRITE), ("admin", Self::ADMIN)];
 
     pub fn contains(self, other: Scopes) -> bool {
         self.0 & other.0 == other.0
@@ -61,8 +60,7 @@ impl Scopes {
     }
 
     fn letters(self) -> String {
-        let s: String =
-            Self::LETTERS.iter().filter(|(_, s)| self.contains(*s)).map(|&(c, _)| c).collect();
+        let s: String = Self::LETTERS.iter().filter(|(_, s)| self.contains(*s)).map(|&(c, _)| c).collect();
         if s.is_empty() {
             "-".into()
         } else {
@@ -205,7 +203,10 @@ mod tests {
             verify(&v.replace(".0123456789abcdef.", ".0123456789abcdee."), SECRET, 0),
             Err(ContextError::BadSignature)
         );
-        assert_eq!(verify(&v.replace(".0123456789abcdef.", ".0123456789ABCDEF."), SECRET, 0), Err(ContextError::Malformed));
+        assert_eq!(
+            verify(&v.replace(".0123456789abcdef.", ".0123456789ABCDEF."), SECRET, 0),
+            Err(ContextError::Malformed)
+        );
     }
 
     #[test]
@@ -230,11 +231,7 @@ mod tests {
         assert_eq!(verify(&v, b"another secret", 0), Err(ContextError::BadSignature));
         // another tenant, more scopes, a later expiry: each with the original signature
         let other = "00000000-0000-0000-0000-000000000001";
-        for forged in [
-            v.replace(TENANT, other),
-            v.replace(".r.", ".rwa."),
-            v.replace("2000000000", "2000000001"),
-        ] {
+        for forged in [v.replace(TENANT, other), v.replace(".r.", ".rwa."), v.replace("2000000000", "2000000001")] {
             assert_eq!(verify(&forged, SECRET, 0), Err(ContextError::BadSignature), "{forged}");
         }
         // every single-character change of the value

@@ -114,9 +114,7 @@ pub fn parse(text: &str) -> Result<Vec<f32>, ParseError> {
     let s = text.as_bytes();
     let mut i = skip_space(s, 0);
     if i >= s.len() || s[i] != b'[' {
-        return Err(ParseError::Syntax {
-            detail: Some("Vector contents must start with \"[\"."),
-        });
+        return Err(ParseError::Syntax { detail: Some("Vector contents must start with \"[\".") });
     }
     i = skip_space(s, i + 1);
     if i < s.len() && s[i] == b']' {
@@ -126,9 +124,7 @@ pub fn parse(text: &str) -> Result<Vec<f32>, ParseError> {
     loop {
         i = skip_space(s, i);
         if i >= s.len() {
-            return Err(ParseError::Syntax {
-                detail: Some("Unexpected end of input."),
-            });
+            return Err(ParseError::Syntax { detail: Some("Unexpected end of input.") });
         }
         let len = number_token_len(&s[i..]);
         if len == 0 {
@@ -149,17 +145,11 @@ pub fn parse(text: &str) -> Result<Vec<f32>, ParseError> {
                 break;
             }
             Some(_) => return Err(ParseError::Syntax { detail: None }),
-            None => {
-                return Err(ParseError::Syntax {
-                    detail: Some("Unexpected end of input."),
-                })
-            }
+            None => return Err(ParseError::Syntax { detail: Some("Unexpected end of input.") }),
         }
     }
     if skip_space(s, i) != s.len() {
-        return Err(ParseError::Syntax {
-            detail: Some("Junk after closing right brace."),
-        });
+        return Err(ParseError::Syntax { detail: Some("Junk after closing right brace.") });
     }
     Ok(out)
 }
@@ -198,8 +188,8 @@ mod tests {
     fn refuses_malformed_text() {
         let syntax = |s: &str| matches!(parse(s), Err(ParseError::Syntax { .. }));
         for bad in [
-            "", "1,2", "[1,2", "[1,,2]", "[a]", "[1,2]x", "[1 2]", "[,1]", "[1,]", "[-]", "[.]",
-            "[1e]", "[0x10]", "[1]]", "[[1]]", "[1;2]",
+            "", "1,2", "[1,2", "[1,,2]", "[a]", "[1,2]x", "[1 2]", "[,1]", "[1,]", "[-]", "[.]", "[1e]", "[0x10]",
+            "[1]]", "[[1]]", "[1;2]",
         ] {
             assert!(syntax(bad), "{bad:?} gave {:?}", parse(bad));
         }
@@ -210,10 +200,7 @@ mod tests {
         assert_eq!(parse("[Infinity]"), Err(ParseError::Infinite));
         assert_eq!(parse("[-inf]"), Err(ParseError::Infinite));
         assert_eq!(parse("[1e39]"), Err(ParseError::OutOfRange("1e39".into())));
-        assert_eq!(
-            parse("[-1e99999999999]"),
-            Err(ParseError::OutOfRange("-1e99999999999".into()))
-        );
+        assert_eq!(parse("[-1e99999999999]"), Err(ParseError::OutOfRange("-1e99999999999".into())));
     }
 
     proptest! {

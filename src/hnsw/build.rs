@@ -9,8 +9,9 @@ use std::collections::HashMap;
 use sutra_core::hnsw::{MemGraph, Rng};
 
 use super::pages::{
-    add_item, encode_dir, encode_element, init_page, item_room, max_level_fitting, set_next_block, write_empty, DirHead,
-    Key, Locked, Meta, Tid, Wal, DIR_HEAD_BYTES, KIND_DIR, KIND_ELEMENTS, KIND_META, META_BLOCK, NO_BLOCK, PAGE_ROOM,
+    add_item, encode_dir, encode_element, init_page, item_room, max_level_fitting, set_next_block, write_empty,
+    DirHead, Key, Locked, Meta, Tid, Wal, DIR_HEAD_BYTES, KIND_DIR, KIND_ELEMENTS, KIND_META, META_BLOCK, NO_BLOCK,
+    PAGE_ROOM,
 };
 use super::{index_shape, insert, prepare_vector, IndexShape};
 use crate::error::raise;
@@ -35,7 +36,11 @@ struct BuildState {
     index_tuples: f64,
 }
 
-pub fn build(heap: pg_sys::Relation, index: pg_sys::Relation, info: *mut pg_sys::IndexInfo) -> *mut pg_sys::IndexBuildResult {
+pub fn build(
+    heap: pg_sys::Relation,
+    index: pg_sys::Relation,
+    info: *mut pg_sys::IndexInfo,
+) -> *mut pg_sys::IndexBuildResult {
     // SAFETY: called by PostgreSQL for an empty index relation it just created.
     if unsafe { pg_sys::RelationGetNumberOfBlocksInFork(index, pg_sys::ForkNumber::MAIN_FORKNUM) } != 0 {
         raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "sutra_hnsw index is not empty at build");
@@ -58,7 +63,16 @@ pub fn build(heap: pg_sys::Relation, index: pg_sys::Relation, info: *mut pg_sys:
     };
     // SAFETY: the standard heap scan of an index build; the callback gets this state back.
     let heap_tuples = unsafe {
-        pg_sys::table_index_build_scan(heap, index, info, true, true, Some(build_callback), &mut state as *mut BuildState as *mut std::ffi::c_void, std::ptr::null_mut())
+        pg_sys::table_index_build_scan(
+            heap,
+            index,
+            info,
+            true,
+            true,
+            Some(build_callback),
+            &mut state as *mut BuildState as *mut std::ffi::c_void,
+            std::ptr::null_mut(),
+        )
     };
     if !state.written {
         write_graphs(&mut state);
@@ -158,7 +172,8 @@ fn write_graphs(state: &mut BuildState) {
     state.written = true;
 
     // Directory pages.
-    let entry_sizes: Vec<usize> = parts.iter().map(|p| DIR_HEAD_BYTES + p.key.as_ref().map_or(0, |k| k.len())).collect();
+    let entry_sizes: Vec<usize> =
+        parts.iter().map(|p| DIR_HEAD_BYTES + p.key.as_ref().map_or(0, |k| k.len())).collect();
     let mut dir_pages: Vec<Vec<usize>> = vec![Vec::new()];
     let mut used = 0;
     for (i, &size) in entry_sizes.iter().enumerate() {
@@ -223,7 +238,9 @@ fn write_graphs(state: &mut BuildState) {
                     ..Default::default()
                 };
                 head.set_entry(p.graph.entry().map(|(e, l)| (places[i][e as usize], l)));
-                add_item(page, &encode_dir(&head, &p.key)).unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "directory layout does not fit its page"));
+                add_item(page, &encode_dir(&head, &p.key)).unwrap_or_else(|| {
+                    raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "directory layout does not fit its page")
+                });
             }
         });
     }
@@ -242,7 +259,10 @@ fn write_graphs(state: &mut BuildState) {
                     let tuple = encode_element(level, &p.heap[e as usize], p.graph.vector(e), m, &links);
                     let off = add_item(page, &tuple);
                     if off != Some(places[i][e as usize].offset) {
-                        raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "sutra_hnsw element layout does not match its page");
+                        raise(
+                            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                            "sutra_hnsw element layout does not match its page",
+                        );
                     }
                 }
             });

@@ -18,12 +18,13 @@ fn open_index(index: pg_sys::Oid, lock: u32) -> pg_sys::Relation {
     unsafe {
         let kind = pg_sys::get_rel_relkind(index) as u8;
         if kind == 0 {
-            raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("index with OID {} does not exist", index.to_u32()));
+            raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+                format!("index with OID {} does not exist", index.to_u32()),
+            );
         }
         let caller = crate::backend::caller::outer_user();
-        if !pg_sys::pg_class_ownercheck(index, caller)
-            && !crate::backend::caller::is_service(caller)
-        {
+        if !pg_sys::pg_class_ownercheck(index, caller) && !crate::backend::caller::is_service(caller) {
             crate::error::raise_hint(
                 PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
                 "permission denied to inspect an index",
@@ -88,7 +89,16 @@ CREATE FUNCTION hnsw_check(index regclass)
 ")]
 fn hnsw_check(
     index: pg_sys::Oid,
-) -> TableIterator<'static, (name!(partitions, i64), name!(elements, i64), name!(heap_rows, i64), name!(unreachable, i64), name!(problems, Vec<String>))> {
+) -> TableIterator<
+    'static,
+    (
+        name!(partitions, i64),
+        name!(elements, i64),
+        name!(heap_rows, i64),
+        name!(unreachable, i64),
+        name!(problems, Vec<String>),
+    ),
+> {
     let rel = open_index(index, pg_sys::AccessShareLock);
     // SAFETY: an open index; its table is opened with a SHARE lock to keep writers out while the
     // structure and the table are compared.
@@ -110,14 +120,19 @@ fn hnsw_check(
         }
         let top = stored.values().filter(|s| !s.deleted).map(|s| s.level).max();
         match p.head.entry() {
-            None if !live.is_empty() => problems.push(format!("partition {name}: no entry point for {} elements", live.len())),
+            None if !live.is_empty() => {
+                problems.push(format!("partition {name}: no entry point for {} elements", live.len()))
+            }
             None => {}
             Some((e, l)) => match stored.get(&e.pack()) {
-                None => problems.push(format!("partition {name}: entry point ({},{}) is not an element", e.block, e.offset)),
-                Some(s) if s.deleted => problems.push(format!("partition {name}: entry point ({},{}) is deleted", e.block, e.offset)),
-                Some(s) if s.level != l || Some(l) != top => {
-                    problems.push(format!("partition {name}: entry point level {l} but the top level is {}", top.unwrap_or(0)))
+                None => {
+                    problems.push(format!("partition {name}: entry point ({},{}) is not an element", e.block, e.offset))
                 }
+                Some(s) if s.deleted => {
+                    problems.push(format!("partition {name}: entry point ({},{}) is deleted", e.block, e.offset))
+                }
+                Some(s) if s.level != l || Some(l) != top => problems
+                    .push(format!("partition {name}: entry point level {l} but the top level is {}", top.unwrap_or(0))),
                 _ => {}
             },
         }
@@ -133,11 +148,25 @@ fn hnsw_check(
                         problems.push(format!("partition {name}: element {} links to itself", show(id)));
                     }
                     if !seen.insert(t.pack()) {
-                        problems.push(format!("partition {name}: element {} links twice to ({},{})", show(id), t.block, t.offset));
+                        problems.push(format!(
+                            "partition {name}: element {} links twice to ({},{})",
+                            show(id),
+                            t.block,
+                            t.offset
+                        ));
                     }
                     match stored.get(&t.pack()) {
-                        None => problems.push(format!("partition {name}: element {} links to ({},{}), not an element of the partition", show(id), t.block, t.offset)),
-                        Some(target) if target.level < l => problems.push(format!("partition {name}: element {} links on level {l} to an element of level {}", show(id), target.level)),
+                        None => problems.push(format!(
+                            "partition {name}: element {} links to ({},{}), not an element of the partition",
+                            show(id),
+                            t.block,
+                            t.offset
+                        )),
+                        Some(target) if target.level < l => problems.push(format!(
+                            "partition {name}: element {} links on level {l} to an element of level {}",
+                            show(id),
+                            target.level
+                        )),
                         _ => {}
                     }
                 }
@@ -160,7 +189,16 @@ fn hnsw_check(
             sec | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32,
         );
         let info = pg_sys::BuildIndexInfo(rel);
-        pg_sys::table_index_build_scan(heap, rel, info, true, false, Some(heap_callback), &mut scan as *mut HeapScan as *mut std::ffi::c_void, std::ptr::null_mut());
+        pg_sys::table_index_build_scan(
+            heap,
+            rel,
+            info,
+            true,
+            false,
+            Some(heap_callback),
+            &mut scan as *mut HeapScan as *mut std::ffi::c_void,
+            std::ptr::null_mut(),
+        );
         pg_sys::SetUserIdAndSecContext(user, sec);
     });
     let missing = scan.tids.iter().filter(|t| !indexed_heap.contains(t)).count();
@@ -206,7 +244,16 @@ CREATE FUNCTION hnsw_stats(index regclass)
 ")]
 fn hnsw_stats(
     index: pg_sys::Oid,
-) -> TableIterator<'static, (name!(partition, Option<String>), name!(elements, i64), name!(pages, i64), name!(levels, i32), name!(kind, String))> {
+) -> TableIterator<
+    'static,
+    (
+        name!(partition, Option<String>),
+        name!(elements, i64),
+        name!(pages, i64),
+        name!(levels, i32),
+        name!(kind, String),
+    ),
+> {
     let rel = open_index(index, pg_sys::AccessShareLock);
     let meta = read_meta(rel);
     let rows: Vec<_> = all_partitions(rel, &meta)

@@ -117,8 +117,10 @@ impl DiskGraph {
     /// `ids` scored by internal distance to `base`, nearest first; elements that can no longer
     /// be read are left out.
     pub fn scored(&mut self, base: &[f32], ids: &[Tid]) -> Vec<Scored<Tid>> {
-        let mut out: Vec<Scored<Tid>> =
-            ids.iter().filter_map(|&t| self.vector(t).map(|v| Scored { dist: self.space.distance(base, &v), id: t })).collect();
+        let mut out: Vec<Scored<Tid>> = ids
+            .iter()
+            .filter_map(|&t| self.vector(t).map(|v| Scored { dist: self.space.distance(base, &v), id: t }))
+            .collect();
         out.sort();
         out
     }
@@ -134,7 +136,13 @@ impl DiskGraph {
 
     /// Scores every element of a partition against `q` (the exact scan), skipping deleted ones
     /// and those in `skip`; reports each with its heap tid.
-    pub fn scan_partition(&mut self, p: &Partition, q: Option<&[f32]>, skip: &IdSet, out: &mut Vec<(Scored<Tid>, pg_sys::ItemPointerData)>) {
+    pub fn scan_partition(
+        &mut self,
+        p: &Partition,
+        q: Option<&[f32]>,
+        skip: &IdSet,
+        out: &mut Vec<(Scored<Tid>, pg_sys::ItemPointerData)>,
+    ) {
         let mut block = p.head.head_block;
         let mut pages = 0u32;
         // A chain longer than the relation would mean a cycle: stop instead of looping. The
@@ -156,7 +164,9 @@ impl DiskGraph {
                 if skip.contains(&id.pack()) {
                     continue;
                 }
-                let Some(v) = item(page, off).and_then(|bytes| ElementView::new(bytes, self.dims, self.m)) else { continue };
+                let Some(v) = item(page, off).and_then(|bytes| ElementView::new(bytes, self.dims, self.m)) else {
+                    continue;
+                };
                 if v.deleted() {
                     continue;
                 }

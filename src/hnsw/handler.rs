@@ -91,8 +91,14 @@ unsafe extern "C-unwind" fn amoptions(reloptions: pg_sys::Datum, validate: bool)
         },
     ];
     // SAFETY: build_reloptions parses into a palloc'd Options of the given size.
-    pg_sys::build_reloptions(reloptions, validate, RELOPT_KIND, std::mem::size_of::<Options>(), table.as_ptr(), table.len() as i32)
-        as *mut pg_sys::bytea
+    pg_sys::build_reloptions(
+        reloptions,
+        validate,
+        RELOPT_KIND,
+        std::mem::size_of::<Options>(),
+        table.as_ptr(),
+        table.len() as i32,
+    ) as *mut pg_sys::bytea
 }
 
 #[pg_guard]

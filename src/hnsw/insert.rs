@@ -8,9 +8,9 @@ use sutra_core::hnsw::{find_neighbors, random_level, select_neighbors, Rng, Scor
 
 use super::graph::DiskGraph;
 use super::pages::{
-    add_item, encode_element, init_page, item, item_mut, max_level_fitting, read_partition, set_next_block, write_slots,
-    DirHead, ElementView, Key, Locked, Meta, Partition, Tid, Wal, DIR_HEAD_BYTES, GRAPH_LOCK, KIND_ELEMENTS, LINK_BYTES,
-    NO_BLOCK,
+    add_item, encode_element, init_page, item, item_mut, max_level_fitting, read_partition, set_next_block,
+    write_slots, DirHead, ElementView, Key, Locked, Meta, Partition, Tid, Wal, DIR_HEAD_BYTES, GRAPH_LOCK,
+    KIND_ELEMENTS, LINK_BYTES, NO_BLOCK,
 };
 use crate::error::raise;
 
@@ -41,7 +41,8 @@ pub fn insert_vector(index: pg_sys::Relation, meta: &Meta, key: &Key, v: &[f32],
     let mut graph = DiskGraph::new(index, meta, true);
     let mut attempts = 0;
     let (id, links) = loop {
-        let part = read_partition(index, part.at).unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED, "sutra_hnsw partition entry is missing"));
+        let part = read_partition(index, part.at)
+            .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED, "sutra_hnsw partition entry is missing"));
         let entry = part.head.entry();
         let links: Vec<Vec<Scored<Tid>>> = match entry {
             None => Vec::new(),
@@ -64,7 +65,10 @@ pub fn insert_vector(index: pg_sys::Relation, meta: &Meta, key: &Key, v: &[f32],
             // Another backend gave the empty partition its first element meanwhile: search again
             // from it, so that this element is linked.
             None if attempts < 10 => attempts += 1,
-            None => raise(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, "could not insert into sutra_hnsw index under concurrent inserts"),
+            None => raise(
+                PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
+                "could not insert into sutra_hnsw index under concurrent inserts",
+            ),
         }
     };
     for (l, list) in links.iter().enumerate() {
@@ -79,7 +83,13 @@ pub fn insert_vector(index: pg_sys::Relation, meta: &Meta, key: &Key, v: &[f32],
 /// Appends an element tuple to the partition's last page (a new page when full) and makes it
 /// the entry point when it is the first or reaches a higher level. Returns `None` without
 /// writing when `expect_empty` and the partition got an entry point meanwhile.
-pub fn append_element(index: pg_sys::Relation, part: &Partition, tuple: &[u8], level: usize, expect_empty: bool) -> Option<Tid> {
+pub fn append_element(
+    index: pg_sys::Relation,
+    part: &Partition,
+    tuple: &[u8],
+    level: usize,
+    expect_empty: bool,
+) -> Option<Tid> {
     let dir = Locked::read(index, part.at.block, true);
     let mut wal = Wal::start(index);
     let dpage = wal.register(&dir, false);
@@ -158,13 +168,22 @@ pub fn read_links(index: pg_sys::Relation, meta: &Meta, at: Tid, level: usize) -
 
 /// Writes `links` as element `at`'s list on `level`, WAL-logged, unless the list is no longer
 /// `read.slots` (someone changed it since it was read) or the element is gone: then false.
-pub fn write_links(index: pg_sys::Relation, meta: &Meta, at: Tid, level: usize, read: &LinkList, links: &[Tid]) -> bool {
+pub fn write_links(
+    index: pg_sys::Relation,
+    meta: &Meta,
+    at: Tid,
+    level: usize,
+    read: &LinkList,
+    links: &[Tid],
+) -> bool {
     let (dims, m) = (meta.dims as usize, meta.m as usize);
     let b = Locked::read(index, at.block, true);
     let mut wal = Wal::start(index);
     let page = wal.register(&b, false);
     let Some(bytes) = item_mut(page, at.offset) else { return false };
-    if ElementView::new(bytes, dims, m).is_none_or(|e| e.level() < level || e.slot_bytes(level) != read.slots.as_slice()) {
+    if ElementView::new(bytes, dims, m)
+        .is_none_or(|e| e.level() < level || e.slot_bytes(level) != read.slots.as_slice())
+    {
         return false;
     }
     let start = super::pages::links_offset(dims, m, level);
@@ -177,7 +196,15 @@ pub fn write_links(index: pg_sys::Relation, meta: &Meta, at: Tid, level: usize, 
 /// list is pruned with the neighbour heuristic. A list that changed between reading and writing
 /// is read again; after a few tries the link is given up (the graph stays valid, only a little
 /// less connected).
-pub fn add_link(index: pg_sys::Relation, meta: &Meta, graph: &mut DiskGraph, at: Tid, level: usize, new: Tid, dist: f32) {
+pub fn add_link(
+    index: pg_sys::Relation,
+    meta: &Meta,
+    graph: &mut DiskGraph,
+    at: Tid,
+    level: usize,
+    new: Tid,
+    dist: f32,
+) {
     let cap = meta.slots(level);
     for _ in 0..3 {
         let Some(read) = read_links(index, meta, at, level) else { return };

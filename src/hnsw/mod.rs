@@ -33,7 +33,6 @@ use pages::{Key, KeyKind};
 /// Their links are still kept, so a partition that grows past it needs no rebuild.
 pub const FLAT_LIMIT: usize = 1000;
 
-
 pub fn init() {
     handler::init_reloptions();
 }
@@ -83,7 +82,8 @@ pub fn index_shape(index: pg_sys::Relation) -> IndexShape {
         let f = pg_sys::index_getprocinfo(index, natts as i16, 1);
         pg_sys::FunctionCall1Coll(f, pg_sys::InvalidOid, pg_sys::Datum::from(0usize)).value() as i32
     };
-    let metric = Metric::from_code(code as u8).unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "unknown sutra_hnsw distance"));
+    let metric = Metric::from_code(code as u8)
+        .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "unknown sutra_hnsw distance"));
     let key_kind = if natts == 2 {
         // SAFETY: attribute 0 of the descriptor.
         let typ = unsafe { (*attribute(desc, 0)).atttypid };
@@ -154,7 +154,11 @@ pub unsafe fn key_of(kind: KeyKind, datum: pg_sys::Datum) -> Vec<u8> {
 ///
 /// # Safety
 /// `values` and `isnull` hold one entry per index column of an index of `shape`.
-pub unsafe fn row_of<'a>(shape: &IndexShape, values: *mut pg_sys::Datum, isnull: *mut bool) -> Option<(Key, &'a [f32])> {
+pub unsafe fn row_of<'a>(
+    shape: &IndexShape,
+    values: *mut pg_sys::Datum,
+    isnull: *mut bool,
+) -> Option<(Key, &'a [f32])> {
     let vc = shape.vector_column;
     if *isnull.add(vc) {
         return None;
@@ -173,10 +177,7 @@ pub unsafe fn row_of<'a>(shape: &IndexShape, values: *mut pg_sys::Datum, isnull:
 /// metric cannot place (a zero vector under cosine), which is then not indexed.
 pub fn prepare_vector(shape: &IndexShape, v: &[f32]) -> Option<Vec<f32>> {
     if v.len() != shape.dims {
-        raise(
-            PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
-            format!("expected {} dimensions, not {}", shape.dims, v.len()),
-        );
+        raise(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, format!("expected {} dimensions, not {}", shape.dims, v.len()));
     }
     shape.metric.prepare(v)
 }

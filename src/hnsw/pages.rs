@@ -157,7 +157,9 @@ impl Meta {
     }
 
     pub fn space(&self) -> sutra_core::hnsw::Space {
-        sutra_core::hnsw::Space::new(sutra_core::hnsw::Metric::from_code(self.metric).unwrap_or(sutra_core::hnsw::Metric::L2))
+        sutra_core::hnsw::Space::new(
+            sutra_core::hnsw::Metric::from_code(self.metric).unwrap_or(sutra_core::hnsw::Metric::L2),
+        )
     }
 
     /// Link slots at `level`.
@@ -236,9 +238,8 @@ pub const DIR_HEAD_BYTES: usize = std::mem::size_of::<DirHead>();
 
 impl DirHead {
     pub fn entry(&self) -> Option<(Tid, usize)> {
-        (self.flags & DIR_HAS_ENTRY != 0).then(|| {
-            (Tid { block: self.entry_block, offset: self.entry_offset }, self.entry_level as usize)
-        })
+        (self.flags & DIR_HAS_ENTRY != 0)
+            .then(|| (Tid { block: self.entry_block, offset: self.entry_offset }, self.entry_level as usize))
     }
 
     pub fn set_entry(&mut self, e: Option<(Tid, usize)>) {
@@ -281,8 +282,17 @@ impl Locked {
         // SAFETY: index is an open relation; ReadBufferExtended raises an ERROR for a block past
         // the end, and the lock mode is one of the two buffer lock modes.
         unsafe {
-            let buf = pg_sys::ReadBufferExtended(index, fork, block, pg_sys::ReadBufferMode::RBM_NORMAL, std::ptr::null_mut());
-            pg_sys::LockBuffer(buf, if exclusive { pg_sys::BUFFER_LOCK_EXCLUSIVE } else { pg_sys::BUFFER_LOCK_SHARE } as i32);
+            let buf = pg_sys::ReadBufferExtended(
+                index,
+                fork,
+                block,
+                pg_sys::ReadBufferMode::RBM_NORMAL,
+                std::ptr::null_mut(),
+            );
+            pg_sys::LockBuffer(
+                buf,
+                if exclusive { pg_sys::BUFFER_LOCK_EXCLUSIVE } else { pg_sys::BUFFER_LOCK_SHARE } as i32,
+            );
             Locked { buf }
         }
     }
@@ -297,7 +307,13 @@ impl Locked {
             if !local {
                 pg_sys::LockRelationForExtension(index, pg_sys::ExclusiveLock as i32);
             }
-            let buf = pg_sys::ReadBufferExtended(index, fork, NO_BLOCK, pg_sys::ReadBufferMode::RBM_NORMAL, std::ptr::null_mut());
+            let buf = pg_sys::ReadBufferExtended(
+                index,
+                fork,
+                NO_BLOCK,
+                pg_sys::ReadBufferMode::RBM_NORMAL,
+                std::ptr::null_mut(),
+            );
             pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_EXCLUSIVE as i32);
             if !local {
                 pg_sys::UnlockRelationForExtension(index, pg_sys::ExclusiveLock as i32);
@@ -342,7 +358,13 @@ impl Wal {
     pub fn register(&mut self, b: &Locked, fresh: bool) -> pg_sys::Page {
         // SAFETY: at most 4 buffers per record (callers register at most 3); the buffer is
         // exclusively locked by the caller.
-        unsafe { pg_sys::GenericXLogRegisterBuffer(self.state, b.buf, if fresh { pg_sys::GENERIC_XLOG_FULL_IMAGE as i32 } else { 0 }) }
+        unsafe {
+            pg_sys::GenericXLogRegisterBuffer(
+                self.state,
+                b.buf,
+                if fresh { pg_sys::GENERIC_XLOG_FULL_IMAGE as i32 } else { 0 },
+            )
+        }
     }
 
     pub fn finish(mut self) {
@@ -577,7 +599,12 @@ pub fn all_partitions(index: pg_sys::Relation, meta: &Meta) -> Vec<Partition> {
 
 /// Walks directory entries from page `block`, item after `after`; `f` returns true to stop.
 /// Returns the last position seen (page, last offset).
-fn walk_directory(index: pg_sys::Relation, mut block: u32, mut after: u16, mut f: impl FnMut(Partition) -> bool) -> (u32, u16) {
+fn walk_directory(
+    index: pg_sys::Relation,
+    mut block: u32,
+    mut after: u16,
+    mut f: impl FnMut(Partition) -> bool,
+) -> (u32, u16) {
     let mut last = (block, after);
     while block != NO_BLOCK {
         let b = Locked::read(index, block, false);
@@ -668,7 +695,11 @@ pub fn find_or_create_partition(index: pg_sys::Relation, meta: &Meta, key: &Key)
     let p = match find_partition(index, &meta, key) {
         Some(p) => p,
         None => {
-            let at = append_dir_entry(index, &meta, &encode_dir(&DirHead { head_block: NO_BLOCK, tail_block: NO_BLOCK, ..Default::default() }, key));
+            let at = append_dir_entry(
+                index,
+                &meta,
+                &encode_dir(&DirHead { head_block: NO_BLOCK, tail_block: NO_BLOCK, ..Default::default() }, key),
+            );
             update_meta(index, |m| m.partitions += 1);
             read_partition(index, at).unwrap_or_else(|| {
                 raise(PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED, "sutra_hnsw partition vanished after it was created")
@@ -696,7 +727,8 @@ pub fn append_dir_entry(index: pg_sys::Relation, meta: &Meta, entry: &[u8]) -> T
     let fresh = Locked::extend(index, pg_sys::ForkNumber::MAIN_FORKNUM);
     let new_page = wal.register(&fresh, true);
     init_page(new_page, KIND_DIR);
-    let off = add_item(new_page, entry).unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "directory entry does not fit an empty page"));
+    let off = add_item(new_page, entry)
+        .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "directory entry does not fit an empty page"));
     set_next_block(page, fresh.block());
     let block = fresh.block();
     wal.finish();
@@ -766,7 +798,13 @@ impl<'a> ElementView<'a> {
 }
 
 /// Encodes an element tuple.
-pub fn encode_element(level: usize, heap: &pg_sys::ItemPointerData, v: &[f32], m: usize, links: &[Vec<Tid>]) -> Vec<u8> {
+pub fn encode_element(
+    level: usize,
+    heap: &pg_sys::ItemPointerData,
+    v: &[f32],
+    m: usize,
+    links: &[Vec<Tid>],
+) -> Vec<u8> {
     let dims = v.len();
     let mut out = vec![0u8; element_size(dims, m, level)];
     out[1] = level as u8;

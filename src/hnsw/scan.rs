@@ -76,7 +76,11 @@ fn state<'a>(scan: pg_sys::IndexScanDesc) -> &'a mut ScanState {
 }
 
 #[pgrx::pg_guard]
-pub unsafe extern "C-unwind" fn ambeginscan(index: pg_sys::Relation, nkeys: i32, norderbys: i32) -> pg_sys::IndexScanDesc {
+pub unsafe extern "C-unwind" fn ambeginscan(
+    index: pg_sys::Relation,
+    nkeys: i32,
+    norderbys: i32,
+) -> pg_sys::IndexScanDesc {
     let scan = pg_sys::RelationGetIndexScan(index, nkeys, norderbys);
     // The metapage has everything a scan needs (dimensions, metric, key kind); the index
     // cannot be rebuilt while the scan holds its lock, so it is read once.
@@ -102,7 +106,8 @@ pub unsafe extern "C-unwind" fn ambeginscan(index: pg_sys::Relation, nkeys: i32,
     pg_sys::MemoryContextRegisterResetCallback(pg_sys::CurrentMemoryContext, &mut (*h).cb);
     (*scan).opaque = h as *mut std::ffi::c_void;
     if norderbys > 0 {
-        (*scan).xs_orderbyvals = pg_sys::palloc0(std::mem::size_of::<pg_sys::Datum>() * norderbys as usize) as *mut pg_sys::Datum;
+        (*scan).xs_orderbyvals =
+            pg_sys::palloc0(std::mem::size_of::<pg_sys::Datum>() * norderbys as usize) as *mut pg_sys::Datum;
         (*scan).xs_orderbynulls = pg_sys::palloc0(norderbys as usize) as *mut bool;
     }
     scan

@@ -14,9 +14,8 @@ use sutra_core::hnsw::select_neighbors;
 use super::graph::{DiskGraph, IdMap, IdSet};
 use super::insert::{write_links, LinkList};
 use super::pages::{
-    all_partitions, item, item_mut, max_offset, next_block, page_kind, read_meta, update_partition,
-    ElementView, Locked, Meta, Partition, Tid, Wal, FLAG_DELETED, GRAPH_LOCK, KIND_ELEMENTS,
-    NO_BLOCK,
+    all_partitions, item, item_mut, max_offset, next_block, page_kind, read_meta, update_partition, ElementView,
+    Locked, Meta, Partition, Tid, Wal, FLAG_DELETED, GRAPH_LOCK, KIND_ELEMENTS, NO_BLOCK,
 };
 
 /// The pages of a partition's chain, in order, stopping at a cycle or a foreign page.
@@ -47,7 +46,9 @@ struct PartVacuum {
 fn stats_or_new(stats: *mut pg_sys::IndexBulkDeleteResult) -> *mut pg_sys::IndexBulkDeleteResult {
     if stats.is_null() {
         // SAFETY: a zeroed result struct in the current (VACUUM's) memory context.
-        unsafe { pg_sys::palloc0(std::mem::size_of::<pg_sys::IndexBulkDeleteResult>()) as *mut pg_sys::IndexBulkDeleteResult }
+        unsafe {
+            pg_sys::palloc0(std::mem::size_of::<pg_sys::IndexBulkDeleteResult>()) as *mut pg_sys::IndexBulkDeleteResult
+        }
     } else {
         stats
     }
@@ -209,7 +210,8 @@ fn repair_page(index: pg_sys::Relation, meta: &Meta, graph: &mut DiskGraph, bloc
         ids.sort();
         ids.dedup();
         let cands = graph.scored(&read.vector, &ids);
-        let kept: Vec<Tid> = select_neighbors(&cands, meta.slots(level), |a, b| graph.between(a, b)).iter().map(|s| s.id).collect();
+        let kept: Vec<Tid> =
+            select_neighbors(&cands, meta.slots(level), |a, b| graph.between(a, b)).iter().map(|s| s.id).collect();
         // Nobody else writes links while VACUUM holds the graph lock, so the list is unchanged.
         write_links(index, meta, me, level, &read, &kept);
     }
@@ -261,7 +263,10 @@ pub fn partition_elements(index: pg_sys::Relation, meta: &Meta, p: &Partition) -
                     v
                 })
                 .collect();
-            out.insert(Tid { block, offset: off }.pack(), StoredElement { level: e.level(), deleted: e.deleted(), heap: e.heap(), links });
+            out.insert(
+                Tid { block, offset: off }.pack(),
+                StoredElement { level: e.level(), deleted: e.deleted(), heap: e.heap(), links },
+            );
         }
     }
     out
@@ -302,7 +307,8 @@ fn connect_partition(index: pg_sys::Relation, meta: &Meta, graph: &mut DiskGraph
         for u in orphans {
             let Some(q) = graph.vector(u) else { continue };
             let found = sutra_core::hnsw::search(graph, &q, entry, level, meta.ef_construction as usize);
-            let candidates: Vec<Tid> = found.iter().filter(|s| s.id != u && !graph.is_deleted(s.id)).map(|s| s.id).collect();
+            let candidates: Vec<Tid> =
+                found.iter().filter(|s| s.id != u && !graph.is_deleted(s.id)).map(|s| s.id).collect();
             for r in candidates {
                 if super::insert::force_link(index, meta, graph, r, u) {
                     break;

@@ -14,10 +14,10 @@ use pgrx::{pg_sys, PgSqlErrorCode};
 use sutra_core::tenant_context::Scopes;
 use sutra_core::{api_key, jwt};
 
-use crate::backend::caller;
 use super::context::{issue, uuid_of};
-use crate::backend::now_unix;
 use super::failures;
+use crate::backend::caller;
+use crate::backend::now_unix;
 use crate::error::{raise, raise_detail, raise_hint};
 
 fn scopes_of(names: &[String]) -> Scopes {
@@ -221,10 +221,14 @@ fn find_tenant(tenant: &str) -> Option<(String, String)> {
         )?;
         match table.into_iter().next() {
             None => Ok(None),
-            Some(row) => Ok(Some((row.get::<String>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default()))),
+            Some(row) => {
+                Ok(Some((row.get::<String>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default())))
+            }
         }
     })
-    .unwrap_or_else(|e: pgrx::spi::Error| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not read tenants: {e}")))
+    .unwrap_or_else(|e: pgrx::spi::Error| {
+        raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not read tenants: {e}"))
+    })
 }
 
 fn jwt_secret() -> Vec<u8> {
@@ -271,10 +275,7 @@ fn authenticate_jwt(token: &str, local: default!(Option<bool>, "NULL"), session:
     };
     if status != "active" {
         failures::record(None, "token for a tenant not active");
-        raise(
-            PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
-            format!("tenant {tenant} is {status}"),
-        );
+        raise(PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, format!("tenant {tenant} is {status}"));
     }
     issue(&tenant, claims.scopes, Some(claims.expires), None, session);
     uuid_of(&tenant)
@@ -288,23 +289,18 @@ fn do_set_tenant(tenant: &str, session: bool, scopes: &[String]) -> pgrx::Uuid {
             "Only members of sutra_service may call sutra.set_tenant; tenants use sutra.authenticate.",
         );
     }
-    let wanted = Scopes::from_names(scopes.iter().map(String::as_str))
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| {
-            raise_detail(
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                "invalid scopes",
-                "Scopes are read, write and admin; give at least one.",
-            )
-        });
+    let wanted = Scopes::from_names(scopes.iter().map(String::as_str)).filter(|s| !s.is_empty()).unwrap_or_else(|| {
+        raise_detail(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "invalid scopes",
+            "Scopes are read, write and admin; give at least one.",
+        )
+    });
     let Some((id, status)) = find_tenant(tenant) else {
         raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("tenant \"{tenant}\" does not exist"))
     };
     if status != "active" {
-        raise(
-            PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
-            format!("tenant {id} is {status}"),
-        );
+        raise(PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, format!("tenant {id} is {status}"));
     }
     issue(&id, wanted, None, None, session);
     uuid_of(&id)

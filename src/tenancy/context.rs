@@ -47,9 +47,7 @@ unsafe fn check_failure(code: PgSqlErrorCode, message: &str, detail: &str) -> bo
     pg_sys::GUC_check_errcode(code as i32);
     pg_sys::GUC_check_errmsg_string = pg_sys::pstrdup(m.as_ptr());
     pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(d.as_ptr());
-    pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(
-        CString::new(NO_CONTEXT_HINT).unwrap_or_default().as_ptr(),
-    );
+    pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(CString::new(NO_CONTEXT_HINT).unwrap_or_default().as_ptr());
     false
 }
 
@@ -155,7 +153,8 @@ pub fn define_parameters() {
         pg_sys::DefineCustomStringVariable(
             c"sutra.tenant_id".as_ptr(),
             c"The tenant context of this session, as issued by sutra.".as_ptr(),
-            c"Set by sutra.authenticate, sutra.authenticate_jwt and sutra.set_tenant; any other value is refused.".as_ptr(),
+            c"Set by sutra.authenticate, sutra.authenticate_jwt and sutra.set_tenant; any other value is refused."
+                .as_ptr(),
             &raw mut TENANT_ID,
             c"".as_ptr(),
             pg_sys::GucContext::PGC_USERSET,
@@ -259,7 +258,9 @@ pub fn tenant_status(tenant: &str) -> Option<String> {
     });
     let status = match status {
         Ok(s) => s,
-        Err(e) => crate::error::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not read tenant status: {e}")),
+        Err(e) => {
+            crate::error::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not read tenant status: {e}"))
+        }
     };
     if let Some(s) = &status {
         STATUS.with(|c| c.borrow_mut().insert(tenant.to_string(), s.clone()));
@@ -420,7 +421,9 @@ pub fn peek_tenant() -> Option<pgrx::Uuid> {
         return None;
     }
     let now = now_unix();
-    if let Some(uuid) = VERIFIED.with(|c| c.borrow().as_ref().filter(|v| v.value == value && now < v.ctx.expires).map(|v| v.uuid)) {
+    if let Some(uuid) =
+        VERIFIED.with(|c| c.borrow().as_ref().filter(|v| v.value == value && now < v.ctx.expires).map(|v| v.uuid))
+    {
         return Some(uuid);
     }
     tenant_context::verify(value, &secret(), now).ok().map(|c| uuid_of(&c.tenant))

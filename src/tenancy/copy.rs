@@ -15,8 +15,8 @@ use std::ffi::{CStr, CString};
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 
-use crate::backend::caller::as_superuser;
 use super::context;
+use crate::backend::caller::as_superuser;
 use crate::error::{raise, raise_hint};
 use sutra_core::tenant_context::Scopes;
 
@@ -73,9 +73,16 @@ unsafe extern "C-unwind" fn process_utility(
     }
     match PREV_PROCESS_UTILITY {
         Some(prev) => prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
-        None => {
-            crate::fmgr::standard::process_utility(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc)
-        }
+        None => crate::fmgr::standard::process_utility(
+            pstmt,
+            query_string,
+            read_only_tree,
+            context,
+            params,
+            query_env,
+            dest,
+            qc,
+        ),
     }
 }
 

@@ -42,7 +42,13 @@ fn purge_rows(table: pg_sys::Oid, tenant_column: &str, tenant: pgrx::Uuid) -> i6
             // error, by transaction abort.
             unsafe {
                 // Read and write: what the DELETE and its policies need; never admin.
-                context::put(&tenant_text, Scopes::READ.union(Scopes::WRITE), Some(not_after), None, pg_sys::GucAction::GUC_ACTION_SAVE);
+                context::put(
+                    &tenant_text,
+                    Scopes::READ.union(Scopes::WRITE),
+                    Some(not_after),
+                    None,
+                    pg_sys::GucAction::GUC_ACTION_SAVE,
+                );
                 let mut user = pg_sys::InvalidOid;
                 let mut sec = 0;
                 pg_sys::GetUserIdAndSecContext(&mut user, &mut sec);

@@ -124,9 +124,16 @@ unsafe extern "C-unwind" fn forget_dropped_database(
     };
     match PREV_PROCESS_UTILITY {
         Some(prev) => prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
-        None => {
-            crate::fmgr::standard::process_utility(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc)
-        }
+        None => crate::fmgr::standard::process_utility(
+            pstmt,
+            query_string,
+            read_only_tree,
+            context,
+            params,
+            query_env,
+            dest,
+            qc,
+        ),
     }
     if dropped != pg_sys::InvalidOid && pg_sys::get_database_name(dropped).is_null() {
         take_pending(dropped.to_u32());

@@ -18,14 +18,13 @@ use sutra_core::gcra::Gcra;
 
 use super::limits;
 use super::shmem::{self, Counts, Metric, Slot};
-use crate::error::{raise_detail, raise_hint};
 use crate::backend::caller::in_parallel_worker;
 use crate::backend::{ms_ceil, now_ns};
+use crate::error::{raise_detail, raise_hint};
 use crate::tenancy::context;
 
 static mut PREV_START: pg_sys::ExecutorStart_hook_type = None;
 static mut PREV_END: pg_sys::ExecutorEnd_hook_type = None;
-
 
 thread_local! {
     /// Executor nesting depth: only depth 0 is a statement of the session.
@@ -113,7 +112,6 @@ pub fn init() {
     }
 }
 
-
 /// Counts one more in `counter`, unless that would pass `max`: then it counts a refusal in
 /// `refused` instead and returns the limit.
 fn take_one(counter: &AtomicI32, max: Option<i32>, refused: &AtomicU64) -> Option<i32> {
@@ -142,7 +140,10 @@ fn admit(tenant: pgrx::Uuid) {
             raise_detail(
                 PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
                 format!("rate limit exceeded for tenant {tenant}"),
-                format!("The limit is {rate} statements per second with bursts of {burst}; retry after {} ms.", ms_ceil(wait)),
+                format!(
+                    "The limit is {rate} statements per second with bursts of {burst}; retry after {} ms.",
+                    ms_ceil(wait)
+                ),
             );
         }
     }

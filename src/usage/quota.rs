@@ -19,10 +19,10 @@ use pgrx::{pg_sys, PgSqlErrorCode};
 
 use super::limits::{self, Limits};
 use super::shmem;
-use crate::error::raise_detail;
-use crate::fmgr::pg_function;
 use crate::backend::caller::as_superuser;
 use crate::backend::GenerationMap;
+use crate::error::raise_detail;
+use crate::fmgr::pg_function;
 
 /// What one (sub)transaction level added to one tenant's counts in one table.
 #[derive(Clone, Copy)]
@@ -174,9 +174,9 @@ pub fn ensure_tenant_known(tenant: &pgrx::Uuid) {
     };
     // Known totals: only tables whose counts are not known yet (registered since) are counted.
     let counts = if slot.quota.is_known() {
-        let unknown = tenant_tables().into_iter().filter(|(oid, _)| {
-            shmem::table_slot(db, oid.to_u32(), &key).map(|t| !t.quota.is_known()).unwrap_or(false)
-        });
+        let unknown = tenant_tables()
+            .into_iter()
+            .filter(|(oid, _)| shmem::table_slot(db, oid.to_u32(), &key).map(|t| !t.quota.is_known()).unwrap_or(false));
         count_from_tables(tenant, unknown)
     } else {
         count_from_tables(tenant, tenant_tables())
@@ -196,7 +196,6 @@ pub fn ensure_tenant_known(tenant: &pgrx::Uuid) {
         k.1.insert(key);
     });
 }
-
 
 fn exceeded(tenant: &pgrx::Uuid, what: &str, limit: i64, value: i64, unit: &str) -> ! {
     if let Some(s) = shmem::slot(shmem::my_db(), tenant.as_bytes()) {

@@ -9,26 +9,27 @@ use sutra_core::gcra::Gcra;
 use super::limits;
 use super::shmem::{self, Counts, Metric};
 
-
-
 /// `sutra._tenant_counters()`: every tenant of this database in shared memory, with its totals
 /// since server start and its current statement and connection counts.
 #[pg_extern(volatile, name = "_tenant_counters")]
-fn tenant_counters() -> TableIterator<'static, (
-    name!(tenant_id, pgrx::Uuid),
-    name!(statements, i64),
-    name!(rows_read, i64),
-    name!(rows_written, i64),
-    name!(vector_searches, i64),
-    name!(bytes_written, i64),
-    name!(connection_seconds, f64),
-    name!(rate_limited, i64),
-    name!(concurrency_refused, i64),
-    name!(connections_refused, i64),
-    name!(quota_refused, i64),
-    name!(active_statements, i32),
-    name!(connections, i32),
-)> {
+fn tenant_counters() -> TableIterator<
+    'static,
+    (
+        name!(tenant_id, pgrx::Uuid),
+        name!(statements, i64),
+        name!(rows_read, i64),
+        name!(rows_written, i64),
+        name!(vector_searches, i64),
+        name!(bytes_written, i64),
+        name!(connection_seconds, f64),
+        name!(rate_limited, i64),
+        name!(concurrency_refused, i64),
+        name!(connections_refused, i64),
+        name!(quota_refused, i64),
+        name!(active_statements, i32),
+        name!(connections, i32),
+    ),
+> {
     let db = shmem::my_db();
     let rows: Vec<_> = shmem::slots()
         .filter(|s| s.db() == db)
@@ -88,7 +89,16 @@ fn rate_limit_state(
         }
         None => (None, None, None),
     };
-    TableIterator::once((l.ops_per_second, burst, available, retry, active, l.concurrent_statements, connections, l.connections))
+    TableIterator::once((
+        l.ops_per_second,
+        burst,
+        available,
+        retry,
+        active,
+        l.concurrent_statements,
+        connections,
+        l.connections,
+    ))
 }
 
 /// `sutra._take_metering()`: the metering pending for this database, per tenant and metric, reset
@@ -111,7 +121,6 @@ pub fn give_back(db: u32, pending: &[([u8; 16], Counts)]) {
         }
     }
 }
-
 
 /// `sutra.shared_memory_per_tenant(tables)`: bytes of shared memory one tracked tenant takes
 /// with counts in `tables` tenant tables.

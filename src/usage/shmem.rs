@@ -182,7 +182,14 @@ impl Metric {
 
 impl Counters {
     fn fields(&self) -> [&AtomicU64; Metric::COUNT] {
-        [&self.statements, &self.rows_read, &self.rows_written, &self.vector_searches, &self.bytes_written, &self.connection_ms]
+        [
+            &self.statements,
+            &self.rows_read,
+            &self.rows_written,
+            &self.vector_searches,
+            &self.bytes_written,
+            &self.connection_ms,
+        ]
     }
 
     pub fn read(&self) -> Counts {
@@ -346,7 +353,9 @@ impl Keyed for TableSlot {
         &self.state
     }
     fn matches(&self, key: &Self::Key) -> bool {
-        self.db.load(Ordering::Relaxed) == key.0 && self.relid.load(Ordering::Relaxed) == key.1 && self.tenant() == key.2
+        self.db.load(Ordering::Relaxed) == key.0
+            && self.relid.load(Ordering::Relaxed) == key.1
+            && self.tenant() == key.2
     }
     fn write_key(&self, key: &Self::Key) {
         self.db.store(key.0, Ordering::Relaxed);

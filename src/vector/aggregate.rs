@@ -21,10 +21,7 @@ unsafe fn state(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> Vec<f64> {
 }
 
 fn mismatch(a: usize, b: usize) -> ! {
-    raise(
-        PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
-        format!("different vector dimensions {a} and {b}"),
-    )
+    raise(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, format!("different vector dimensions {a} and {b}"))
 }
 
 fn state_datum(s: Vec<f64>) -> pg_sys::Datum {

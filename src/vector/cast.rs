@@ -25,10 +25,7 @@ impl ElementType {
 }
 
 fn out_of_range() -> ! {
-    raise(
-        PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
-        "value out of range: overflow",
-    )
+    raise(PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE, "value out of range: overflow")
 }
 
 /// A `double precision` value as a vector element: a finite value beyond float4's range is an

@@ -15,7 +15,9 @@ use crate::fmgr::{arg_i32, palloc_cstring, pg_function};
 /// The binary form's errors, as PostgreSQL's receive functions word them.
 fn raise_decode_error(e: DecodeError) -> ! {
     match e {
-        DecodeError::Truncated => raise(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, "insufficient data left in message"),
+        DecodeError::Truncated => {
+            raise(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, "insufficient data left in message")
+        }
         DecodeError::Dimensions(d) => {
             check_dims(d.max(0) as usize);
             raise(PgSqlErrorCode::ERRCODE_INVALID_BINARY_REPRESENTATION, "invalid binary data for type vector")

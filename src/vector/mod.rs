@@ -99,12 +99,7 @@ impl NewVector {
 
     pub fn elements_mut(&mut self) -> &mut [f32] {
         // SAFETY: the allocation holds `dim` f32 after the 8-byte header, 4-byte aligned.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                (self.ptr as *mut u8).add(HEADER_BYTES) as *mut f32,
-                self.dim,
-            )
-        }
+        unsafe { std::slice::from_raw_parts_mut((self.ptr as *mut u8).add(HEADER_BYTES) as *mut f32, self.dim) }
     }
 
     pub fn into_datum(self) -> pg_sys::Datum {
@@ -115,10 +110,7 @@ impl NewVector {
 /// Refuses a dimension count outside `1..=16000`.
 pub fn check_dims(dim: usize) {
     if dim < 1 {
-        raise(
-            PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
-            "vector must have at least 1 dimension",
-        );
+        raise(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, "vector must have at least 1 dimension");
     }
     if dim > VECTOR_MAX_DIM {
         raise(
@@ -137,24 +129,15 @@ pub fn check_element(x: f32) {
 
 pub fn raise_element_error(e: ElementError) -> ! {
     match e {
-        ElementError::NaN => raise(
-            PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
-            "NaN not allowed in vector",
-        ),
-        ElementError::Infinite => raise(
-            PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
-            "infinite value not allowed in vector",
-        ),
+        ElementError::NaN => raise(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, "NaN not allowed in vector"),
+        ElementError::Infinite => raise(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, "infinite value not allowed in vector"),
     }
 }
 
 /// Refuses a vector whose dimensions differ from the column's `vector(n)` modifier.
 pub fn check_typmod(dim: usize, typmod: i32) {
     if typmod >= 0 && typmod as usize != dim {
-        raise(
-            PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
-            format!("expected {typmod} dimensions, not {dim}"),
-        );
+        raise(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, format!("expected {typmod} dimensions, not {dim}"));
     }
 }
 

@@ -81,10 +81,7 @@ unsafe fn elementwise(fcinfo: pg_sys::FunctionCallInfo, op: Op) -> pg_sys::Datum
             ArithError::Overflow => "overflow",
             ArithError::Underflow => "underflow",
         };
-        raise(
-            PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
-            format!("value out of range: {which}"),
-        );
+        raise(PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE, format!("value out of range: {which}"));
     }
     out.into_datum()
 }
