@@ -43,10 +43,22 @@ ensure_cargo_pgrx() {
     fi
 }
 
+# rustfmt and clippy, which the tests run to keep the code's form.
+ensure_rust_components() {
+    local missing=()
+    cargo fmt --version >/dev/null 2>&1 || missing+=(rustfmt)
+    cargo clippy --version >/dev/null 2>&1 || missing+=(clippy)
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing the Rust components ${missing[*]}"
+        rustup component add "${missing[@]}"
+    fi
+}
+
 # Everything a build needs: system packages, cargo-pgrx, pgrx's configuration.
 setup_toolchain() {
     ensure_packages
     ensure_cargo_pgrx
+    ensure_rust_components
 }
 
 # Builds and installs the extension into the system PostgreSQL (extra args: e.g. --release).

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test suite of sutra: Rust unit tests, #[pg_test] tests in a real PostgreSQL, SQL
-# regression tests with expected output, and client tests through real drivers. Sets up what is
-# missing first (see setup in lib.sh). Throwaway clusters live under target/ and are stopped on
-# exit. Ends with a line "N passed, N failed" counting individual tests.
+# Runs every test suite of sutra: the code's form (rustfmt, clippy), Rust unit tests, #[pg_test]
+# tests in a real PostgreSQL, SQL regression tests with expected output, and client tests through
+# real drivers. Sets up what is missing first (see setup in lib.sh). Throwaway clusters live under
+# target/ and are stopped on exit. Ends with a line "N passed, N failed" counting individual tests.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO"
@@ -37,6 +37,18 @@ run_suite() { # run_suite NAME COMMAND...: runs, logs, and records a failure of 
     SUITES_FAILED+=("$name")
     return 1
 }
+
+# 0. The code's form: rustfmt (rustfmt.toml) and clippy with every warning an error.
+lint_passed=0
+lint_failed=0
+for check in "fmt:cargo fmt --all --check" "clippy:cargo clippy --workspace --all-targets -- -D warnings"; do
+    if run_suite "${check%%:*}" ${check#*:}; then
+        lint_passed=$((lint_passed + 1))
+    else
+        lint_failed=$((lint_failed + 1))
+    fi
+done
+count lint "$lint_passed" "$lint_failed"
 
 # 1. Rust unit tests of the Postgres-free core.
 run_suite unit cargo test -p sutra-core || true

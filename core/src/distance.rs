@@ -10,17 +10,20 @@
 
 use std::sync::OnceLock;
 
+/// A reduction over two slices of equal length.
+pub type Reduction<T> = fn(&[f32], &[f32]) -> T;
+
 /// One implementation of the three reductions every distance is built from.
 #[derive(Debug)]
 pub struct Kernels {
     /// A short name for reports: `scalar`, `avx2`, `avx512`.
     pub name: &'static str,
     /// Sum of squared differences.
-    pub l2_squared: fn(&[f32], &[f32]) -> f32,
+    pub l2_squared: Reduction<f32>,
     /// Sum of products.
-    pub dot: fn(&[f32], &[f32]) -> f32,
+    pub dot: Reduction<f32>,
     /// `(dot(a, b), dot(a, a), dot(b, b))` in one pass.
-    pub cosine_parts: fn(&[f32], &[f32]) -> (f32, f32, f32),
+    pub cosine_parts: Reduction<(f32, f32, f32)>,
 }
 
 pub static SCALAR: Kernels =

@@ -459,7 +459,7 @@ impl MemGraph {
             let mut count = 0usize;
             loop {
                 count += 1;
-                if stop.load(Relaxed) || (count % 256 == 0 && check()) {
+                if stop.load(Relaxed) || (count.is_multiple_of(256) && check()) {
                     stop.store(true, Relaxed);
                     break;
                 }

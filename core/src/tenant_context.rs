@@ -81,7 +81,7 @@ impl Scopes {
         for c in s.chars() {
             let i = Self::LETTERS.iter().position(|&(l, _)| l == c)?;
             // In canonical order, each letter once: a value has one spelling only.
-            if i + 1 <= last {
+            if i < last {
                 return None;
             }
             last = i + 1;

@@ -239,7 +239,7 @@ pub const DIR_HEAD_BYTES: usize = std::mem::size_of::<DirHead>();
 impl DirHead {
     pub fn entry(&self) -> Option<(Tid, usize)> {
         (self.flags & DIR_HAS_ENTRY != 0)
-            .then(|| (Tid { block: self.entry_block, offset: self.entry_offset }, self.entry_level as usize))
+            .then_some((Tid { block: self.entry_block, offset: self.entry_offset }, self.entry_level as usize))
     }
 
     pub fn set_entry(&mut self, e: Option<(Tid, usize)>) {
@@ -776,7 +776,7 @@ impl<'a> ElementView<'a> {
     /// The vector; element tuples start MAXALIGNed and the vector at byte 8, so it is aligned.
     pub fn vector(&self) -> &'a [f32] {
         let p = self.bytes[ELEMENT_HEADER..].as_ptr();
-        if (p as usize) % 4 != 0 {
+        if !(p as usize).is_multiple_of(4) {
             return &[];
         }
         // SAFETY: aligned (checked), and `new` checked the length.

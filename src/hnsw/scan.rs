@@ -259,7 +259,7 @@ impl ScanState {
             }
         }
         self.reads += graph.reads;
-        batch.sort_by(|a, b| a.0.cmp(&b.0));
+        batch.sort_by_key(|a| a.0);
         let space = self.meta.space();
         for (s, heap) in batch {
             if self.emitted.insert(s.id.pack()) {

@@ -17,17 +17,12 @@ use pgrx::{pg_sys, PgSqlErrorCode};
 
 use super::context;
 use crate::backend::caller::as_superuser;
+use crate::backend::utility::Utility;
 use crate::error::{raise, raise_hint};
 use sutra_core::tenant_context::Scopes;
 
-static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
-
 pub fn init() {
-    // SAFETY: _PG_init runs once, single-threaded, in the postmaster; hooks are chained.
-    unsafe {
-        PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
-        pg_sys::ProcessUtility_hook = Some(process_utility);
-    }
+    crate::backend::utility::register(copy_from);
 }
 
 /// The COPY in progress in this backend: its table's name and the tenant its rows must carry.
@@ -40,50 +35,28 @@ thread_local! {
     static TARGET: RefCell<Option<CopyTarget>> = const { RefCell::new(None) };
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn process_utility(
-    pstmt: *mut pg_sys::PlannedStmt,
-    query_string: *const std::ffi::c_char,
-    read_only_tree: bool,
-    context: pg_sys::ProcessUtilityContext::Type,
-    params: pg_sys::ParamListInfo,
-    query_env: *mut pg_sys::QueryEnvironment,
-    dest: *mut pg_sys::DestReceiver,
-    qc: *mut pg_sys::QueryCompletion,
-) {
+/// Runs a `COPY ... FROM` into a tenant table under row level security itself; passes on any
+/// other utility statement.
+unsafe fn copy_from(call: &Utility, next: &dyn Fn()) {
     // A COPY that failed part way left its target behind.
     TARGET.with(|t| *t.borrow_mut() = None);
-    let stmt = (*pstmt).utilityStmt;
-    if !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_CopyStmt {
-        let copy = stmt as *mut pg_sys::CopyStmt;
+    if let Some(copy) = call.statement::<pg_sys::CopyStmt>(pg_sys::NodeTag::T_CopyStmt) {
         if (*copy).is_from && !(*copy).relation.is_null() {
             if let Some(column) = tenant_column_under_rls((*copy).relation) {
                 let processed = if has_before_insert_row_triggers((*copy).relation) {
-                    copy_through_insert(pstmt, copy, query_string, context, params, query_env, dest)
+                    copy_through_insert(call, copy)
                 } else {
-                    copy_into_tenant_table(copy, &column, query_string, query_env)
+                    copy_into_tenant_table(copy, &column, call.query_string, call.query_env)
                 };
-                if !qc.is_null() {
-                    (*qc).commandTag = pg_sys::CommandTag::CMDTAG_COPY;
-                    (*qc).nprocessed = processed;
+                if !call.qc.is_null() {
+                    (*call.qc).commandTag = pg_sys::CommandTag::CMDTAG_COPY;
+                    (*call.qc).nprocessed = processed;
                 }
                 return;
             }
         }
     }
-    match PREV_PROCESS_UTILITY {
-        Some(prev) => prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
-        None => crate::fmgr::standard::process_utility(
-            pstmt,
-            query_string,
-            read_only_tree,
-            context,
-            params,
-            query_env,
-            dest,
-            qc,
-        ),
-    }
+    next();
 }
 
 /// The tenant column of the COPY's table, when it is a tenant table and row level security
@@ -145,15 +118,7 @@ unsafe fn has_before_insert_row_triggers(relation: *mut pg_sys::RangeVar) -> boo
 /// COPY FROM into a tenant table with BEFORE INSERT row triggers, with exactly INSERT's
 /// semantics: the rows are copied into a temporary table of the COPY's columns, then inserted
 /// with INSERT ... SELECT, so triggers run first and the policies' WITH CHECK sees their result.
-unsafe fn copy_through_insert(
-    pstmt: *mut pg_sys::PlannedStmt,
-    copy: *mut pg_sys::CopyStmt,
-    query_string: *const std::ffi::c_char,
-    context: pg_sys::ProcessUtilityContext::Type,
-    params: pg_sys::ParamListInfo,
-    query_env: *mut pg_sys::QueryEnvironment,
-    dest: *mut pg_sys::DestReceiver,
-) -> u64 {
+unsafe fn copy_through_insert(call: &Utility, copy: *mut pg_sys::CopyStmt) -> u64 {
     context::require_scope(Scopes::WRITE, "write");
     let rel = pg_sys::table_openrv((*copy).relation, pg_sys::RowExclusiveLock as i32);
     let relid = (*rel).rd_id;
@@ -202,10 +167,19 @@ unsafe fn copy_through_insert(
     let name = CString::new(staging.as_str()).expect("no NUL");
     (*staged).relation = pg_sys::makeRangeVar(c"pg_temp".as_ptr() as *mut _, pg_sys::pstrdup(name.as_ptr()), -1);
     let planned = pg_sys::palloc0(std::mem::size_of::<pg_sys::PlannedStmt>()) as *mut pg_sys::PlannedStmt;
-    *planned = *pstmt;
+    *planned = *call.pstmt;
     (*planned).utilityStmt = staged as *mut pg_sys::Node;
     let mut qc = pg_sys::QueryCompletion::default();
-    pg_sys::standard_ProcessUtility(planned, query_string, false, context, params, query_env, dest, &mut qc);
+    pg_sys::standard_ProcessUtility(
+        planned,
+        call.query_string,
+        false,
+        call.context,
+        call.params,
+        call.query_env,
+        call.dest,
+        &mut qc,
+    );
 
     let inserted = Spi::connect_mut(|client| {
         client

@@ -22,6 +22,7 @@ use pgrx::{pg_sys, PgSqlErrorCode};
 
 use super::report::{give_back, take_pending};
 use super::shmem::{self, Counts, Metric};
+use crate::backend::utility::Utility;
 use crate::error::raise;
 
 const STATE_FILE: &str = "pg_stat/sutra_metering.stat";
@@ -32,9 +33,8 @@ pub fn init() {
     // chained.
     unsafe {
         pg_sys::RegisterXactCallback(Some(flush_xact_callback), std::ptr::null_mut());
-        PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
-        pg_sys::ProcessUtility_hook = Some(forget_dropped_database);
     }
+    crate::backend::utility::register(forget_dropped_database);
     BackgroundWorkerBuilder::new("sutra metering launcher")
         .set_type("sutra metering launcher")
         .set_library("sutra")
@@ -101,48 +101,25 @@ unsafe extern "C-unwind" fn save_pending(code: i32, _arg: pg_sys::Datum) {
     }
 }
 
-static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
-
 /// After `DROP DATABASE`, that database's pending metering has nowhere to go: it is dropped, so
 /// that the launcher does not try to connect to the database again and again.
-#[pg_guard]
-unsafe extern "C-unwind" fn forget_dropped_database(
-    pstmt: *mut pg_sys::PlannedStmt,
-    query_string: *const std::ffi::c_char,
-    read_only_tree: bool,
-    context: pg_sys::ProcessUtilityContext::Type,
-    params: pg_sys::ParamListInfo,
-    query_env: *mut pg_sys::QueryEnvironment,
-    dest: *mut pg_sys::DestReceiver,
-    qc: *mut pg_sys::QueryCompletion,
-) {
-    let stmt = (*pstmt).utilityStmt;
-    let dropped = if !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_DropdbStmt {
-        pg_sys::get_database_oid((*(stmt as *mut pg_sys::DropdbStmt)).dbname, true)
-    } else {
-        pg_sys::InvalidOid
+unsafe fn forget_dropped_database(call: &Utility, next: &dyn Fn()) {
+    let dropped = match call.statement::<pg_sys::DropdbStmt>(pg_sys::NodeTag::T_DropdbStmt) {
+        Some(stmt) => pg_sys::get_database_oid((*stmt).dbname, true),
+        None => pg_sys::InvalidOid,
     };
-    match PREV_PROCESS_UTILITY {
-        Some(prev) => prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
-        None => crate::fmgr::standard::process_utility(
-            pstmt,
-            query_string,
-            read_only_tree,
-            context,
-            params,
-            query_env,
-            dest,
-            qc,
-        ),
-    }
+    next();
     if dropped != pg_sys::InvalidOid && pg_sys::get_database_name(dropped).is_null() {
         take_pending(dropped.to_u32());
     }
 }
 
+/// A database and the counts taken from shared memory for each of its tenants.
+type Taken = (u32, Vec<([u8; 16], Counts)>);
+
 thread_local! {
     /// Counts taken by a flush in the current transaction, given back if it aborts.
-    static TAKEN: RefCell<Option<(u32, Vec<([u8; 16], Counts)>)>> = const { RefCell::new(None) };
+    static TAKEN: RefCell<Option<Taken>> = const { RefCell::new(None) };
 }
 
 #[pg_guard]

@@ -11,6 +11,8 @@ use super::shmem::{self, Counts, Metric};
 
 /// `sutra._tenant_counters()`: every tenant of this database in shared memory, with its totals
 /// since server start and its current statement and connection counts.
+// The row type is the SQL function's signature.
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, name = "_tenant_counters")]
 fn tenant_counters() -> TableIterator<
     'static,
@@ -56,6 +58,7 @@ fn tenant_counters() -> TableIterator<
 }
 
 /// `sutra._rate_limit_state(tenant)`: the tenant's limits and where its limiter stands now.
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, name = "_rate_limit_state")]
 fn rate_limit_state(
     tenant: pgrx::Uuid,
