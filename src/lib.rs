@@ -30,9 +30,10 @@ extension_sql_file!(
         check::hnsw_check,
     ]
 );
+// Tenancy, by topic, in install order: each file after the one it builds on.
 extension_sql_file!(
-    "../sql/tenancy.sql",
-    name = "tenancy",
+    "../sql/tenancy/registry.sql",
+    name = "tenancy_registry",
     requires = [
         "vector",
         context::current_tenant,
@@ -41,13 +42,18 @@ extension_sql_file!(
         context::invalidate_tenant_cache,
         caller::caller_name,
         caller::caller_is_service,
-        keys::mint_api_key,
-        keys::key_id_of,
-        keys::random_bytes_sql,
         purge::purge_rows,
-        failures::reset_auth_failures,
     ]
 );
+extension_sql_file!("../sql/tenancy/audit.sql", name = "tenancy_audit", requires = ["tenancy_registry"]);
+extension_sql_file!(
+    "../sql/tenancy/keys.sql",
+    name = "tenancy_keys",
+    requires =
+        ["tenancy_audit", keys::mint_api_key, keys::key_id_of, keys::random_bytes_sql, failures::reset_auth_failures,]
+);
+extension_sql_file!("../sql/tenancy/tables.sql", name = "tenancy_tables", requires = ["tenancy_keys"]);
+extension_sql_file!("../sql/tenancy/backups.sql", name = "tenancy_backups", requires = ["tenancy_tables"]);
 // Last: limits, usage and the reports, over everything above.
 extension_sql_file!("../sql/usage.sql", name = "usage", finalize);
 

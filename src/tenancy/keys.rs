@@ -1,5 +1,5 @@
 //! API key material: minting keys and the random bytes behind them. Storage, scopes and
-//! lifecycle are SQL (`sql/tenancy.sql`); verification is in [`super::auth`].
+//! lifecycle are SQL (`sql/tenancy/keys.sql`); verification is in [`super::auth`].
 
 use pgrx::prelude::*;
 use sutra_core::api_key;

@@ -1,6 +1,7 @@
 //! Tenancy: the tenant context, authentication, API keys and the helpers sutra's SQL calls.
 //!
-//! The tables, policies and lifecycle functions are SQL (`sql/tenancy.sql`); this module holds
+//! The tables, policies and lifecycle functions are SQL (`sql/tenancy/*.sql`, one file per topic);
+//! this module holds
 //! what needs Rust: signing and checking contexts, verifying keys and tokens, COPY into tenant
 //! tables and purges.
 
