@@ -285,6 +285,28 @@ pub fn find_neighbors<G: Graph>(
 }
 
 /// A random level with the paper's distribution, `floor(-ln(U) / ln(m))`, capped at `max`.
+/// Walks every element reachable from `entry` along links of any level, depth first: the one
+/// reachability routine behind the build's and VACUUM's repair of unreachable elements and
+/// `sutra.hnsw_check`. `visit(id)` marks an element reached and answers whether it was not
+/// before (and whether it counts: a deleted element can answer false); `links(id, out)` appends
+/// the elements `id` links to.
+pub fn reach<I: Copy>(entry: I, mut visit: impl FnMut(I) -> bool, mut links: impl FnMut(I, &mut Vec<I>)) {
+    if !visit(entry) {
+        return;
+    }
+    let mut stack = vec![entry];
+    let mut out = Vec::new();
+    while let Some(id) = stack.pop() {
+        out.clear();
+        links(id, &mut out);
+        for &x in &out {
+            if visit(x) {
+                stack.push(x);
+            }
+        }
+    }
+}
+
 pub fn random_level(rng: &mut Rng, m: usize, max: usize) -> usize {
     let ml = 1.0 / (m.max(2) as f64).ln();
     let u = rng.next_f64();
@@ -587,18 +609,11 @@ impl MemGraph {
         let Some((entry, _)) = self.entry() else { return Vec::new() };
         let n = self.linked.min(self.len());
         let mut reached = vec![false; self.len()];
-        reached[entry as usize] = true;
-        let mut stack = vec![entry];
-        while let Some(id) = stack.pop() {
-            for l in 0..=self.level(id) {
-                for x in self.links(id, l) {
-                    if !reached[x as usize] {
-                        reached[x as usize] = true;
-                        stack.push(x);
-                    }
-                }
-            }
-        }
+        reach(
+            entry,
+            |x| !std::mem::replace(&mut reached[x as usize], true),
+            |id, out| out.extend((0..=self.level(id)).flat_map(|l| self.links(id, l))),
+        );
         (0..n as u32).filter(|&i| !reached[i as usize]).collect()
     }
 
@@ -799,6 +814,29 @@ mod tests {
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), 20);
+    }
+
+    #[test]
+    fn reach_follows_links_once_and_skips_what_visit_refuses() {
+        // 0 -> 1 -> 2 -> 0 (a cycle), 2 -> 3 (refused: deleted), 3 -> 4, 5 alone.
+        let links: [&[usize]; 6] = [&[1], &[2], &[0, 3], &[4], &[], &[0]];
+        let mut reached = [false; 6];
+        let mut expanded = Vec::new();
+        reach(
+            0usize,
+            |x| x != 3 && !std::mem::replace(&mut reached[x], true),
+            |id, out| {
+                expanded.push(id);
+                out.extend_from_slice(links[id]);
+            },
+        );
+        assert_eq!(reached, [true, true, true, false, false, false]);
+        expanded.sort();
+        assert_eq!(expanded, [0, 1, 2], "each reached element is expanded once");
+        // An entry that visit refuses reaches nothing.
+        let mut none = false;
+        reach(3usize, |_| false, |_, _: &mut Vec<usize>| none = true);
+        assert!(!none);
     }
 
     #[test]

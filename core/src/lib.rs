@@ -1,13 +1,15 @@
 //! The parts of sutra that need no PostgreSQL: the vector text and binary forms, distance kernels,
-//! element-wise arithmetic, the signed tenant context, API keys and JWT, rate limits and tenant
-//! limits. Everything here is plain Rust with plain unit tests; the extension
-//! crate turns the error values into PostgreSQL errors.
+//! element-wise arithmetic, HNSW search and construction and the bytes of the index's items, the
+//! signed tenant context, API keys and JWT, rate limits and tenant limits. Everything here is
+//! plain Rust with plain unit tests; the extension crate turns the error values into PostgreSQL
+//! errors.
 
 pub mod api_key;
 pub mod arith;
 pub mod distance;
 pub mod gcra;
 pub mod hnsw;
+pub mod hnsw_tuple;
 pub mod jwt;
 pub mod limits;
 pub mod tenant_context;

@@ -5,7 +5,9 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use sutra_core::hnsw::{Graph, Scored, Space};
 
-use super::pages::{item, next_block, page_kind, ElementView, Locked, Meta, Partition, Tid, KIND_ELEMENTS, NO_BLOCK};
+use super::pages::{
+    item, next_block, page_kind, ElementData, ElementView, Locked, Meta, Partition, Tid, KIND_ELEMENTS, NO_BLOCK,
+};
 
 /// A hasher for element ids (packed block and offset): one multiplication, enough for keys
 /// that are not chosen by an adversary.

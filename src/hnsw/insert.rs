@@ -9,7 +9,7 @@ use sutra_core::hnsw::{find_neighbors, random_level, select_neighbors, Rng, Scor
 use super::graph::DiskGraph;
 use super::pages::{
     add_item, encode_element, init_page, item, item_mut, max_level_fitting, read_partition, set_next_block,
-    write_slots, DirHead, ElementView, Key, Locked, Meta, Partition, Tid, Wal, DIR_HEAD_BYTES, GRAPH_LOCK,
+    write_slots, DirHead, ElementData, ElementView, Key, Locked, Meta, Partition, Tid, Wal, DIR_HEAD_BYTES, GRAPH_LOCK,
     KIND_ELEMENTS, LINK_BYTES, NO_BLOCK,
 };
 use crate::error::raise;
@@ -98,8 +98,7 @@ pub fn append_element(
         drop(dir);
         raise(PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED, "sutra_hnsw partition entry is missing");
     };
-    // SAFETY: at least DIR_HEAD_BYTES bytes of a directory entry; plain data read unaligned.
-    let mut head: DirHead = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const DirHead) };
+    let mut head = DirHead::read(bytes).unwrap_or_default();
     if expect_empty && head.entry().is_some() {
         return None;
     }
@@ -135,8 +134,8 @@ pub fn append_element(
     if head.entry().is_none_or(|(_, el)| level > el) {
         head.set_entry(Some((id, level)));
     }
-    // SAFETY: the same entry bytes as above, in the registered page copy.
-    unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr() as *mut DirHead, head) };
+    // The same entry bytes as above, in the registered page copy.
+    head.write(bytes);
     wal.finish();
     drop(fresh_guard);
     drop(tail_guard);

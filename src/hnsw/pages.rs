@@ -9,9 +9,10 @@
 //!
 //! An element tuple is `flags u8, level u8, heap tid (6 bytes), vector (4 d bytes), links`:
 //! `2 m` link slots for level 0 and `m` for each level above, each slot a 6-byte element id
-//! (block u32, offset u16, little-endian; block `u32::MAX` when empty). Element tuples never move
-//! and never change size, only their flags and links change; VACUUM deletes them (the line
-//! pointer stays, so other elements keep their ids).
+//! (block u32, offset u16, little-endian; block `u32::MAX` when empty). The bytes of element
+//! tuples and directory entries are `sutra_core::hnsw_tuple`'s, unit-tested there. Element
+//! tuples never move and never change size, only their flags and links change; VACUUM deletes
+//! them (the line pointer stays, so other elements keep their ids).
 //!
 //! Every change goes through GenericXLog, so the index is crash-safe and replicates. Locking
 //! rules, which keep the index free of deadlocks: at most one element page is locked at a time,
@@ -26,9 +27,12 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use crate::error::{raise, raise_detail};
+pub use sutra_core::hnsw_tuple::{
+    decode_dir, element_size, encode_dir, links_offset, slot_count, write_slots, DirHead, ElementView, Key, Tid,
+    DIR_HEAD_BYTES, FLAG_DELETED, LINK_BYTES, NO_BLOCK,
+};
 
 pub const META_BLOCK: u32 = 0;
-pub const NO_BLOCK: u32 = u32::MAX;
 const MAGIC: u32 = 0x5354_4857;
 const VERSION: u32 = 1;
 const PAGE_ID: u16 = 0xFF8A;
@@ -47,9 +51,6 @@ const SPECIAL: usize = 8;
 const LINE_POINTER: usize = 4;
 /// Bytes of a page available to items and their line pointers.
 pub const PAGE_ROOM: usize = pg_sys::BLCKSZ as usize - PAGE_HEADER - SPECIAL;
-pub const ELEMENT_HEADER: usize = 8;
-pub const LINK_BYTES: usize = 6;
-pub const FLAG_DELETED: u8 = 1;
 
 pub fn maxalign(n: usize) -> usize {
     (n + 7) & !7
@@ -67,29 +68,6 @@ struct Opaque {
     next: u32,
     kind: u16,
     page_id: u16,
-}
-
-/// An element's place in the index: block and line pointer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Tid {
-    pub block: u32,
-    pub offset: u16,
-}
-
-impl Tid {
-    pub fn pack(self) -> u64 {
-        ((self.block as u64) << 16) | self.offset as u64
-    }
-
-    pub fn write(self, out: &mut [u8]) {
-        out[..4].copy_from_slice(&self.block.to_le_bytes());
-        out[4..6].copy_from_slice(&self.offset.to_le_bytes());
-    }
-
-    pub fn read(b: &[u8]) -> Option<Tid> {
-        let block = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        (block != NO_BLOCK).then(|| Tid { block, offset: u16::from_le_bytes([b[4], b[5]]) })
-    }
 }
 
 /// The kind of the partition key column.
@@ -182,19 +160,6 @@ impl Meta {
     }
 }
 
-/// Link slots of an element at `level`: `2 m` on level 0, `m` above.
-pub fn slot_count(m: usize, level: usize) -> usize {
-    if level == 0 {
-        2 * m
-    } else {
-        m
-    }
-}
-
-pub fn element_size(dims: usize, m: usize, level: usize) -> usize {
-    ELEMENT_HEADER + 4 * dims + LINK_BYTES * (2 * m + level * m)
-}
-
 /// The highest level whose element still fits on a page, or `None` when not even level 0 does.
 pub fn max_level_fitting(dims: usize, m: usize) -> Option<usize> {
     if item_room(element_size(dims, m, 0)) > PAGE_ROOM {
@@ -206,58 +171,6 @@ pub fn max_level_fitting(dims: usize, m: usize) -> Option<usize> {
     }
     Some(level)
 }
-
-/// Byte offset of the link slots of `level` in an element tuple.
-pub fn links_offset(dims: usize, m: usize, level: usize) -> usize {
-    let base = ELEMENT_HEADER + 4 * dims;
-    if level == 0 {
-        base
-    } else {
-        base + LINK_BYTES * (2 * m + (level - 1) * m)
-    }
-}
-
-/// The fixed head of a directory entry; the key's bytes follow it.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct DirHead {
-    pub entry_block: u32,
-    pub entry_offset: u16,
-    pub entry_level: u8,
-    pub flags: u8,
-    pub head_block: u32,
-    pub tail_block: u32,
-    pub count: u64,
-    pub key_len: u16,
-    pub _pad: [u8; 6],
-}
-
-pub const DIR_HAS_ENTRY: u8 = 1;
-pub const DIR_NULL_KEY: u8 = 2;
-pub const DIR_HEAD_BYTES: usize = std::mem::size_of::<DirHead>();
-
-impl DirHead {
-    pub fn entry(&self) -> Option<(Tid, usize)> {
-        (self.flags & DIR_HAS_ENTRY != 0)
-            .then_some((Tid { block: self.entry_block, offset: self.entry_offset }, self.entry_level as usize))
-    }
-
-    pub fn set_entry(&mut self, e: Option<(Tid, usize)>) {
-        match e {
-            Some((t, l)) => {
-                self.entry_block = t.block;
-                self.entry_offset = t.offset;
-                self.entry_level = l as u8;
-                self.flags |= DIR_HAS_ENTRY;
-            }
-            None => self.flags &= !DIR_HAS_ENTRY,
-        }
-    }
-}
-
-/// A partition key as stored: `None` for a NULL key; the empty key for an index without a key
-/// column.
-pub type Key = Option<Vec<u8>>;
 
 /// A directory entry read out of its page.
 #[derive(Clone, Debug)]
@@ -534,32 +447,6 @@ pub fn relation_name(index: pg_sys::Relation) -> String {
     unsafe { std::ffi::CStr::from_ptr((*(*index).rd_rel).relname.data.as_ptr()).to_string_lossy().into_owned() }
 }
 
-/// Encodes a directory entry.
-pub fn encode_dir(head: &DirHead, key: &Key) -> Vec<u8> {
-    let mut h = *head;
-    let bytes: &[u8] = key.as_deref().unwrap_or(&[]);
-    h.key_len = bytes.len() as u16;
-    if key.is_none() {
-        h.flags |= DIR_NULL_KEY;
-    }
-    let mut out = vec![0u8; DIR_HEAD_BYTES + bytes.len()];
-    // SAFETY: out holds DIR_HEAD_BYTES for the plain-data header.
-    unsafe { std::ptr::write_unaligned(out.as_mut_ptr() as *mut DirHead, h) };
-    out[DIR_HEAD_BYTES..].copy_from_slice(bytes);
-    out
-}
-
-/// Decodes a directory entry, or `None` when the bytes are not one.
-pub fn decode_dir(bytes: &[u8]) -> Option<(DirHead, Key)> {
-    if bytes.len() < DIR_HEAD_BYTES {
-        return None;
-    }
-    // SAFETY: at least DIR_HEAD_BYTES bytes; plain data read unaligned.
-    let h = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const DirHead) };
-    let key = bytes.get(DIR_HEAD_BYTES..DIR_HEAD_BYTES + h.key_len as usize)?;
-    Some((h, if h.flags & DIR_NULL_KEY != 0 { None } else { Some(key.to_vec()) }))
-}
-
 /// Reads the directory entry at `at`.
 pub fn read_partition(index: pg_sys::Relation, at: Tid) -> Option<Partition> {
     let b = Locked::read(index, at.block, false);
@@ -577,10 +464,9 @@ pub fn update_partition(index: pg_sys::Relation, at: Tid, f: impl FnOnce(&mut Di
     let page = wal.register(&b, false);
     if let Some(bytes) = item_mut(page, at.offset) {
         if bytes.len() >= DIR_HEAD_BYTES {
-            // SAFETY: at least DIR_HEAD_BYTES bytes of a directory entry; plain data.
-            let mut h = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const DirHead) };
+            let mut h = DirHead::read(bytes).unwrap_or_default();
             if f(&mut h) {
-                unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr() as *mut DirHead, h) };
+                h.write(bytes);
                 wal.finish();
             }
         }
@@ -738,66 +624,35 @@ pub fn append_dir_entry(index: pg_sys::Relation, meta: &Meta, entry: &[u8]) -> T
     Tid { block, offset: off }
 }
 
-/// Plain accessors over the bytes of an element tuple.
-pub struct ElementView<'a> {
-    pub bytes: &'a [u8],
-    pub dims: usize,
-    pub m: usize,
+/// What the extension reads of an element tuple beyond its bytes: the heap row as PostgreSQL's
+/// item pointer, and the vector in place.
+pub trait ElementData<'a> {
+    fn heap(&self) -> pg_sys::ItemPointerData;
+    fn vector(&self) -> &'a [f32];
 }
 
-impl<'a> ElementView<'a> {
-    /// A view, or `None` when the bytes are too short for the header and vector.
-    pub fn new(bytes: &'a [u8], dims: usize, m: usize) -> Option<Self> {
-        let v = ElementView { bytes, dims, m };
-        (bytes.len() >= ELEMENT_HEADER + 4 * dims && bytes.len() >= element_size(dims, m, v.level())).then_some(v)
-    }
-
-    pub fn flags(&self) -> u8 {
-        self.bytes[0]
-    }
-
-    pub fn deleted(&self) -> bool {
-        self.flags() & FLAG_DELETED != 0
-    }
-
-    pub fn level(&self) -> usize {
-        self.bytes[1] as usize
-    }
-
-    pub fn heap(&self) -> pg_sys::ItemPointerData {
-        let b = &self.bytes[2..8];
+impl<'a> ElementData<'a> for ElementView<'a> {
+    fn heap(&self) -> pg_sys::ItemPointerData {
+        let [hi, lo, posid] = self.heap_tid();
         let mut t = pg_sys::ItemPointerData::default();
-        t.ip_blkid.bi_hi = u16::from_le_bytes([b[0], b[1]]);
-        t.ip_blkid.bi_lo = u16::from_le_bytes([b[2], b[3]]);
-        t.ip_posid = u16::from_le_bytes([b[4], b[5]]);
+        t.ip_blkid.bi_hi = hi;
+        t.ip_blkid.bi_lo = lo;
+        t.ip_posid = posid;
         t
     }
 
     /// The vector; element tuples start MAXALIGNed and the vector at byte 8, so it is aligned.
-    pub fn vector(&self) -> &'a [f32] {
-        let p = self.bytes[ELEMENT_HEADER..].as_ptr();
-        if !(p as usize).is_multiple_of(4) {
+    fn vector(&self) -> &'a [f32] {
+        let bytes = self.vector_bytes();
+        if !(bytes.as_ptr() as usize).is_multiple_of(4) {
             return &[];
         }
-        // SAFETY: aligned (checked), and `new` checked the length.
-        unsafe { std::slice::from_raw_parts(p as *const f32, self.dims) }
-    }
-
-    /// The links at `level` (empty slots skipped).
-    pub fn links(&self, level: usize, out: &mut Vec<Tid>) {
-        if level <= self.level() {
-            out.extend(self.slot_bytes(level).chunks_exact(LINK_BYTES).filter_map(Tid::read));
-        }
-    }
-
-    /// The raw link slots at `level`.
-    pub fn slot_bytes(&self, level: usize) -> &'a [u8] {
-        let start = links_offset(self.dims, self.m, level);
-        &self.bytes[start..start + slot_count(self.m, level) * LINK_BYTES]
+        // SAFETY: aligned (checked), and `vector_bytes` holds exactly 4 dims bytes.
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, self.dims) }
     }
 }
 
-/// Encodes an element tuple.
+/// Encodes an element tuple of heap row `heap`.
 pub fn encode_element(
     level: usize,
     heap: &pg_sys::ItemPointerData,
@@ -805,29 +660,11 @@ pub fn encode_element(
     m: usize,
     links: &[Vec<Tid>],
 ) -> Vec<u8> {
-    let dims = v.len();
-    let mut out = vec![0u8; element_size(dims, m, level)];
-    out[1] = level as u8;
-    out[2..4].copy_from_slice(&heap.ip_blkid.bi_hi.to_le_bytes());
-    out[4..6].copy_from_slice(&heap.ip_blkid.bi_lo.to_le_bytes());
-    out[6..8].copy_from_slice(&heap.ip_posid.to_le_bytes());
-    for (i, x) in v.iter().enumerate() {
-        out[ELEMENT_HEADER + 4 * i..ELEMENT_HEADER + 4 * i + 4].copy_from_slice(&x.to_ne_bytes());
-    }
-    for l in 0..=level {
-        let start = links_offset(dims, m, l);
-        let list = links.get(l).map(|v| v.as_slice()).unwrap_or(&[]);
-        write_slots(&mut out[start..start + slot_count(m, l) * LINK_BYTES], list);
-    }
-    out
-}
-
-/// Writes `links` into the slot bytes `slots` (padding with empty slots).
-pub fn write_slots(slots: &mut [u8], links: &[Tid]) {
-    for (i, chunk) in slots.chunks_exact_mut(LINK_BYTES).enumerate() {
-        match links.get(i) {
-            Some(t) => t.write(chunk),
-            None => chunk.fill(0xFF),
-        }
-    }
+    sutra_core::hnsw_tuple::encode_element(
+        level,
+        [heap.ip_blkid.bi_hi, heap.ip_blkid.bi_lo, heap.ip_posid],
+        v,
+        m,
+        links,
+    )
 }

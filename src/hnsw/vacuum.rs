@@ -9,13 +9,13 @@
 //! and a partition whose graph search comes back short is read exactly (see `scan`).
 
 use pgrx::pg_sys;
-use sutra_core::hnsw::select_neighbors;
+use sutra_core::hnsw::{reach, select_neighbors};
 
 use super::graph::{DiskGraph, IdMap, IdSet};
 use super::insert::{write_links, LinkList};
 use super::pages::{
-    all_partitions, item, item_mut, max_offset, next_block, page_kind, read_meta, update_partition, ElementView,
-    Locked, Meta, Partition, Tid, Wal, FLAG_DELETED, GRAPH_LOCK, KIND_ELEMENTS, NO_BLOCK,
+    all_partitions, item, item_mut, max_offset, next_block, page_kind, read_meta, update_partition, ElementData,
+    ElementView, Locked, Meta, Partition, Tid, Wal, FLAG_DELETED, GRAPH_LOCK, KIND_ELEMENTS, NO_BLOCK,
 };
 
 /// The pages of a partition's chain, in order, stopping at a cycle or a foreign page.
@@ -278,15 +278,11 @@ pub fn unreached(p: &Partition, elements: &IdMap<StoredElement>) -> Vec<Tid> {
     let Some((entry, _)) = p.head.entry() else { return Vec::new() };
     let live = |id: &u64| elements.get(id).filter(|s| !s.deleted);
     let mut reached = IdSet::default();
-    reached.insert(entry.pack());
-    let mut stack = vec![entry.pack()];
-    while let Some(id) = stack.pop() {
-        for t in live(&id).iter().flat_map(|s| s.links.iter().flatten()) {
-            if live(&t.pack()).is_some() && reached.insert(t.pack()) {
-                stack.push(t.pack());
-            }
-        }
-    }
+    reach(
+        entry.pack(),
+        |id| live(&id).is_some() && reached.insert(id),
+        |id, out| out.extend(live(&id).iter().flat_map(|s| s.links.iter().flatten()).map(|t| t.pack())),
+    );
     let mut out: Vec<Tid> = elements
         .keys()
         .filter(|id| live(id).is_some() && !reached.contains(id))
