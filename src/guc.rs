@@ -33,9 +33,13 @@ pub static HNSW_EF_SEARCH: GucSetting<i32> = GucSetting::<i32>::new(40);
 pub static HNSW_MAX_SCAN_TUPLES: GucSetting<i32> = GucSetting::<i32>::new(20_000);
 
 /// Defines sutra's parameters and reserves the prefix. Called once from `_PG_init`, last.
-pub fn init() {
-    // The tenant context's two parameters have check and assign hooks, which live with the context.
-    crate::tenancy::context::define_parameters();
+/// `with_hooks` define the parameters whose check and assign hooks live with the module they
+/// guard (the tenant context's two, `tenancy::context::define_parameters`); they are defined
+/// first, in order.
+pub fn init(with_hooks: &[fn()]) {
+    for define in with_hooks {
+        define();
+    }
     GucRegistry::define_int_guc(
         c"sutra.context_lifetime",
         c"How long a tenant context issued by sutra stays valid.",

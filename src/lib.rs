@@ -75,7 +75,7 @@ pub extern "C-unwind" fn _PG_init() {
     usage::init();
     hnsw::init();
     // Last: reserving the prefix removes any sutra.* placeholder not defined above.
-    guc::init();
+    guc::init(&[tenancy::context::define_parameters]);
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -8,7 +8,7 @@
 
 use pgrx::pg_sys;
 
-use super::handler;
+use super::options;
 use super::FLAT_LIMIT;
 
 #[pgrx::pg_guard]
@@ -42,11 +42,11 @@ pub unsafe extern "C-unwind" fn amcostestimate(
     // m and dimensions from the index definition; the planner holds a lock on the index.
     let rel = pg_sys::RelationIdGetRelation((*info).indexoid);
     let (m, dims) = if rel.is_null() {
-        (handler::M_DEFAULT as f64, 128.0)
+        (options::M_DEFAULT as f64, 128.0)
     } else {
         let natts = (*(*rel).rd_index).indnatts as usize;
         let typmod = (*super::attribute((*rel).rd_att, natts - 1)).atttypmod.max(1);
-        let m = handler::raw_options(rel).0;
+        let m = options::raw_options(rel).0;
         pg_sys::RelationClose(rel);
         (m as f64, typmod as f64)
     };

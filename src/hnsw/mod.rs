@@ -17,6 +17,7 @@ pub mod cost;
 pub mod graph;
 pub mod handler;
 pub mod insert;
+pub mod options;
 pub mod pages;
 pub mod scan;
 pub mod vacuum;
@@ -34,7 +35,7 @@ use pages::{Key, KeyKind};
 pub const FLAT_LIMIT: usize = 1000;
 
 pub fn init() {
-    handler::init_reloptions();
+    options::init_reloptions();
 }
 
 /// What an index's definition says: its columns, metric and options.
@@ -110,7 +111,7 @@ pub fn index_shape(index: pg_sys::Relation) -> IndexShape {
             "Declare the column with its dimensions, for example vector(1536).",
         );
     }
-    let (m, ef_construction) = handler::options(index);
+    let (m, ef_construction) = options::options(index);
     if pages::max_level_fitting(typmod as usize, m).is_none() {
         let mut most = 1;
         while pages::max_level_fitting(most + 1, m).is_some() {

@@ -139,7 +139,7 @@ unsafe extern "C-unwind" fn flush_xact_callback(event: pg_sys::XactEvent::Type, 
 /// transaction. Returns the number of (tenant, metric) rows written.
 pub fn flush_current_db() -> i64 {
     let db = shmem::my_db();
-    super::hooks::push_local();
+    super::meter::push();
     let pending = take_pending(db);
     TAKEN.with(|t| {
         let mut t = t.borrow_mut();

@@ -17,7 +17,8 @@ use pgrx::{pg_sys, PgSqlErrorCode};
 use sutra_core::gcra::Gcra;
 
 use super::limits;
-use super::shmem::{self, Counts, Metric, Slot};
+use super::meter;
+use super::shmem::{self, Metric, Slot};
 use crate::backend::caller::in_parallel_worker;
 use crate::backend::{ms_ceil, now_ns};
 use crate::error::{raise_detail, raise_hint};
@@ -35,46 +36,6 @@ thread_local! {
     static ATTACHED: RefCell<Option<(&'static Slot, [u8; 16], Instant)>> = const { RefCell::new(None) };
     /// A connection counted by `reserve_connection` that the next attach takes over.
     static RESERVED: RefCell<Option<[u8; 16]>> = const { RefCell::new(None) };
-    /// Metering gathered in this backend and not yet added to shared memory: busy backends add
-    /// it at most every PUSH_INTERVAL, so concurrent sessions do not fight over one cache line.
-    static LOCAL: RefCell<Option<(&'static Slot, Counts, Instant)>> = const { RefCell::new(None) };
-}
-
-/// How long metering may wait in a backend before it is added to shared memory (it is added
-/// sooner when the session changes tenant, and at exit).
-const PUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// Adds to this backend's metering for `slot`.
-fn meter_local(slot: &'static Slot, metric: Metric, n: u64) {
-    LOCAL.with(|l| {
-        let mut l = l.borrow_mut();
-        if let Some((s, counts, since)) = l.as_mut() {
-            if std::ptr::eq(*s, slot) {
-                counts[metric.index()] += n;
-                if since.elapsed() >= PUSH_INTERVAL {
-                    for (m, c) in Metric::ALL.into_iter().zip(counts.iter_mut()) {
-                        s.meter(m, std::mem::take(c));
-                    }
-                    *since = Instant::now();
-                }
-                return;
-            }
-            for (m, c) in Metric::ALL.into_iter().zip(counts.iter()) {
-                s.meter(m, *c);
-            }
-        }
-        let mut counts: Counts = [0; Metric::COUNT];
-        counts[metric.index()] = n;
-        *l = Some((slot, counts, Instant::now()));
-    });
-    register_exit();
-}
-
-/// Meters bytes written for a tenant (from the quota trigger, which sees every row written).
-pub fn meter_bytes(slot: &'static Slot, bytes: u64) {
-    if crate::guc::METERING.get() {
-        meter_local(slot, Metric::BytesWritten, bytes);
-    }
 }
 
 /// Meters one vector index search for the tenant of the running statement (none outside a
@@ -84,20 +45,8 @@ pub fn meter_vector_search() {
         return;
     }
     if let Some(slot) = HOLD.with(|h| h.get()) {
-        meter_local(slot, Metric::VectorSearches, 1);
+        meter::add(slot, Metric::VectorSearches, 1);
     }
-}
-
-/// Adds this backend's metering to shared memory now (at exit, and before a flush reads it).
-pub fn push_local() {
-    LOCAL.with(|l| {
-        if let Some((s, counts, since)) = l.borrow_mut().as_mut() {
-            for (m, c) in Metric::ALL.into_iter().zip(counts.iter_mut()) {
-                s.meter(m, std::mem::take(c));
-            }
-            *since = Instant::now();
-        }
-    });
 }
 
 pub fn init() {
@@ -164,10 +113,10 @@ fn settle(rows: Option<(Metric, u64)>) {
         if !crate::guc::METERING.get() {
             return;
         }
-        meter_local(slot, Metric::Statements, 1);
+        meter::add(slot, Metric::Statements, 1);
         if let Some((metric, n)) = rows {
             if n > 0 {
-                meter_local(slot, metric, n);
+                meter::add(slot, metric, n);
             }
         }
         meter_connection_time();
@@ -228,7 +177,7 @@ fn meter_connection_time() {
         if let Some((slot, _, since)) = a.borrow_mut().as_mut() {
             let ms = since.elapsed().as_millis() as u64;
             if ms > 0 {
-                meter_local(slot, Metric::ConnectionTime, ms);
+                meter::add(slot, Metric::ConnectionTime, ms);
                 *since = Instant::now();
             }
         }
@@ -276,7 +225,7 @@ pub fn attach(tenant: Option<[u8; 16]>) {
         }
     });
     let Some(slot) = shmem::slot(shmem::my_db(), &key) else { return };
-    register_exit();
+    meter::register_exit();
     if !reserved {
         // A context arriving without sutra issuing it here (SET of a value from elsewhere, a
         // parallel worker, a transaction's end restoring the session's context).
@@ -290,21 +239,5 @@ pub fn detach() {
     meter_connection_time();
     if let Some((slot, _, _)) = ATTACHED.with(|a| a.borrow_mut().take()) {
         slot.connections.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// At backend exit.
-#[pg_guard]
-pub unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
-    detach();
-    push_local();
-}
-
-/// Registers the exit callback in a backend (once).
-pub fn register_exit() {
-    thread_local! { static DONE: Cell<bool> = const { Cell::new(false) }; }
-    if !DONE.with(|d| d.replace(true)) {
-        // SAFETY: registering a callback for this process's exit.
-        unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0)) };
     }
 }

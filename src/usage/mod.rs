@@ -6,6 +6,7 @@ pub mod count;
 pub mod flush;
 pub mod hooks;
 pub mod limits;
+pub mod meter;
 pub mod quota;
 pub mod report;
 pub mod shmem;
@@ -18,7 +19,8 @@ pub fn init() {
         before_issue: hooks::reserve_connection,
         before_bulk_write: quota::ensure_tenant_known,
     });
-    shmem::init();
+    meter::init(hooks::detach);
+    shmem::init(flush::on_startup);
     hooks::init();
     flush::init();
     quota::init();

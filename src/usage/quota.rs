@@ -239,7 +239,7 @@ fn apply(tenant: [u8; 16], relid: u32, rows: i64, bytes: i64, vectors: i64) {
     let (table_rows, _, _) = if in_table { table.quota.add(rows, bytes, vectors) } else { (0, 0, 0) };
     PENDING.with(|p| p.borrow_mut().push(Delta { level, tenant, relid, rows, bytes, vectors, in_total, in_table }));
     if bytes > 0 {
-        super::hooks::meter_bytes(slot, bytes as u64);
+        super::meter::bytes(slot, bytes as u64);
     }
     if rows <= 0 && bytes <= 0 && vectors <= 0 {
         return;

@@ -239,6 +239,8 @@ static mut TABLES: *mut TableSlot = std::ptr::null_mut();
 pub const TABLE_CAPACITY: usize = 65536;
 static mut PREV_REQUEST: pg_sys::shmem_request_hook_type = None;
 static mut PREV_STARTUP: pg_sys::shmem_startup_hook_type = None;
+/// What runs in the postmaster once the tables exist (reading back saved metering).
+static mut AFTER_STARTUP: Option<fn()> = None;
 
 fn size() -> usize {
     std::mem::size_of::<Slot>() * CAPACITY + std::mem::size_of::<TableSlot>() * TABLE_CAPACITY
@@ -249,9 +251,11 @@ pub fn slot_size() -> (usize, usize) {
     (std::mem::size_of::<Slot>(), std::mem::size_of::<TableSlot>())
 }
 
-pub fn init() {
+/// Reserves and sets up the tables; `after_startup` runs once they exist.
+pub fn init(after_startup: fn()) {
     // SAFETY: _PG_init, single-threaded in the postmaster; hooks are chained.
     unsafe {
+        AFTER_STARTUP = Some(after_startup);
         PREV_REQUEST = pg_sys::shmem_request_hook;
         pg_sys::shmem_request_hook = Some(request);
         PREV_STARTUP = pg_sys::shmem_startup_hook;
@@ -280,7 +284,9 @@ unsafe extern "C-unwind" fn startup() {
     }
     TABLE = p as *mut Slot;
     TABLES = (p as *mut u8).add(std::mem::size_of::<Slot>() * CAPACITY) as *mut TableSlot;
-    super::flush::on_startup();
+    if let Some(after) = AFTER_STARTUP {
+        after();
+    }
 }
 
 fn hash(db: u32, tenant: &[u8; 16]) -> usize {
