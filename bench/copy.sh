@@ -3,25 +3,20 @@
 # against the tenant context) vs plain COPY of the same rows into the same table without row
 # level security applying (a superuser bypasses it), in one run on a throwaway cluster.
 # 1,000,000 rows streamed from the client (psql \copy), best of 3 each.
-# Run: bench/copy.sh   (builds and installs the release build first)
+# Run: bench/copy.sh   (builds and installs the release build first; SUTRA_BENCH_INSTALLED=1 uses
+#   the sutra installed; SUTRA_BENCH_HOST/SUTRA_BENCH_PORT a running cluster: see bench_cluster in
+#   scripts/lib.sh)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 ROWS=${ROWS:-1000000}
-if [ -n "${SUTRA_BENCH_HOST:-}" ]; then
-    HOST=$SUTRA_BENCH_HOST PORT=$SUTRA_BENCH_PORT
-else
-    setup_toolchain
-    install_extension --release >/dev/null 2>&1
-    HOST="$(pg_workdir)/bench-copy-cluster" PORT=54655
-    trap 'cluster_stop "$HOST"' EXIT
-    cluster_start "$HOST" "$PORT" "max_wal_size = '4GB'" "checkpoint_timeout = '30min'"
-fi
+trap bench_stop EXIT
+bench_cluster bench-copy-cluster 54655 "max_wal_size = '4GB'" "checkpoint_timeout = '30min'"
 psql_as() { # psql_as ROLE ARGS...
     local role=$1
     shift
-    as_pg "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$HOST" -p "$PORT" -U "$role" -d bench_copy "$@"
+    client "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$HOST" -p "$PORT" -U "$role" -d bench_copy "$@"
 }
-as_pg "$PG_BIN/psql" -X -q -h "$HOST" -p "$PORT" -U postgres -d postgres \
+client "$PG_BIN/psql" -X -q -h "$HOST" -p "$PORT" -U postgres -d postgres \
     -c "DROP DATABASE IF EXISTS bench_copy" -c "CREATE DATABASE bench_copy"
 psql_as postgres -c "CREATE EXTENSION sutra" -c "
     DROP ROLE IF EXISTS bench_loader;
@@ -33,7 +28,7 @@ psql_as postgres -c "CREATE EXTENSION sutra" -c "
     GRANT SELECT, INSERT ON events TO bench_loader;" >/dev/null
 DATA=$(mktemp /tmp/sutra-bench-copy.XXXXXX)
 chmod 644 "$DATA"
-trap 'rm -f "$DATA"; [ -z "${SUTRA_BENCH_HOST:-}" ] && cluster_stop "$HOST"' EXIT
+trap 'rm -f "$DATA"; bench_stop' EXIT
 tenant=00000000-0000-0000-0000-000000000042
 awk -v n="$ROWS" -v t="$tenant" 'BEGIN { for (i = 1; i <= n; i++) printf "%d\t%s\t%d\tevent payload number %d\n", i, t, i % 17, i }' >"$DATA"
 

@@ -61,30 +61,17 @@ LOGS="$WORK/logs"
 mkdir "$LOGS"
 chmod 777 "$LOGS"  # pgbench writes its logs as the postgres OS user
 
-if [ -n "${SUTRA_BENCH_HOST:-}" ]; then
-    HOST=$SUTRA_BENCH_HOST
-    PORT=${SUTRA_BENCH_PORT:?SUTRA_BENCH_PORT must name the port of SUTRA_BENCH_HOST}
-    client() { "$@"; }
-    cleanup() {
+cleanup() {
+    if [ -n "${HOST:-}" ] && [ -z "${BENCH_THROWAWAY:-}" ]; then
         "$PG_BIN/psql" -X -q -h "$HOST" -p "$PORT" -U postgres -d postgres -c "SET client_min_messages = warning" \
             -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "DROP ROLE IF EXISTS $APP" >/dev/null 2>&1 || true
-        rm -rf "$WORK"
-    }
-else
-    if [ -z "${SUTRA_BENCH_INSTALLED:-}" ]; then
-        setup_toolchain
-        install_extension --release >/dev/null 2>&1
     fi
-    HOST="$(pg_workdir)/bench-hnsw-cluster"
-    PORT=54650
-    client() { as_pg "$@"; }
-    cleanup() { cluster_stop "$HOST"; rm -rf "$WORK"; }
-fi
+    bench_stop
+    rm -rf "$WORK"
+}
 trap cleanup EXIT
-if [ -z "${SUTRA_BENCH_HOST:-}" ]; then
-    # Room for both sides' tables and indexes, so that every search reads from shared buffers.
-    cluster_start "$HOST" "$PORT" "shared_buffers = 2GB" "maintenance_work_mem = 2GB" "max_wal_size = 4GB" "jit = off"
-fi
+# Room for both sides' tables and indexes, so that every search reads from shared buffers.
+bench_cluster bench-hnsw-cluster 54650 "shared_buffers = 2GB" "maintenance_work_mem = 2GB" "max_wal_size = 4GB" "jit = off"
 ensure_python_env
 
 psql_as() {

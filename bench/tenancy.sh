@@ -24,30 +24,17 @@ ROUNDS=3
 WORK=$(mktemp -d)
 chmod 755 "$WORK"
 
-if [ -n "${SUTRA_BENCH_HOST:-}" ]; then
-    HOST=$SUTRA_BENCH_HOST
-    PORT=${SUTRA_BENCH_PORT:?SUTRA_BENCH_PORT must name the port of SUTRA_BENCH_HOST}
-    client() { "$@"; }
-    cleanup() {
+cleanup() {
+    if [ -n "${HOST:-}" ] && [ -z "${BENCH_THROWAWAY:-}" ]; then
         "$PG_BIN/psql" -X -q -h "$HOST" -p "$PORT" -U postgres -d postgres -c "SET client_min_messages = warning" \
             -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "DROP ROLE IF EXISTS $APP" >/dev/null 2>&1 || true
-        rm -rf "$WORK"
-    }
-else
-    if [ -z "${SUTRA_BENCH_INSTALLED:-}" ]; then
-        setup_toolchain
-        install_extension --release >/dev/null 2>&1
     fi
-    HOST="$(pg_workdir)/bench-tenancy-cluster"
-    PORT=54645
-    client() { as_pg "$@"; }
-    cleanup() { cluster_stop "$HOST"; rm -rf "$WORK"; }
-fi
+    bench_stop
+    rm -rf "$WORK"
+}
 trap cleanup EXIT
-if [ -z "${SUTRA_BENCH_HOST:-}" ]; then
-    # Room for the whole table and its indexes, so that both sides read from shared buffers.
-    cluster_start "$HOST" "$PORT" "shared_buffers = 1GB"
-fi
+# Room for the whole table and its indexes, so that both sides read from shared buffers.
+bench_cluster bench-tenancy-cluster 54645 "shared_buffers = 1GB"
 
 psql_as() {
     local user=$1 db=$2

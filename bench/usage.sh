@@ -8,24 +8,19 @@
 # Runs alternate on/off (the order flips every round), 4 rounds of BENCH_SECONDS (default 8)
 # each, and report medians; the table is emptied (and the quota counts recounted) before each
 # insert run.
-# Run: bench/usage.sh    (SUTRA_BENCH_HOST/SUTRA_BENCH_PORT: use a running cluster instead)
+# Run: bench/usage.sh    (builds and installs the release build first; SUTRA_BENCH_INSTALLED=1
+#   uses the sutra installed; SUTRA_BENCH_HOST/SUTRA_BENCH_PORT a running cluster: see
+#   bench_cluster in scripts/lib.sh)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 SECS=${BENCH_SECONDS:-8}
-if [ -n "${SUTRA_BENCH_HOST:-}" ]; then
-    HOST=$SUTRA_BENCH_HOST PORT=$SUTRA_BENCH_PORT
-else
-    setup_toolchain
-    install_extension --release >/dev/null 2>&1
-    HOST="$(pg_workdir)/bench-usage-cluster" PORT=54665
-    trap 'cluster_stop "$HOST"' EXIT
-    cluster_start "$HOST" "$PORT" "max_connections = 100" "shared_buffers = '512MB'" "max_wal_size = '4GB'" \
-        "synchronous_commit = off"
-fi
-psql_db() { as_pg "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$HOST" -p "$PORT" -U postgres -d bench_usage "$@"; }
-as_pg "$PG_BIN/psql" -X -q -h "$HOST" -p "$PORT" -U postgres -d postgres -c "SET client_min_messages = warning" \
+trap bench_stop EXIT
+bench_cluster bench-usage-cluster 54665 "max_connections = 100" "shared_buffers = '512MB'" "max_wal_size = '4GB'" \
+    "synchronous_commit = off"
+psql_db() { client "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$HOST" -p "$PORT" -U postgres -d bench_usage "$@"; }
+client "$PG_BIN/psql" -X -q -h "$HOST" -p "$PORT" -U postgres -d postgres -c "SET client_min_messages = warning" \
     -c "DROP DATABASE IF EXISTS bench_usage WITH (FORCE)" -c "CREATE DATABASE bench_usage"
-as_pg "$PG_BIN/pgbench" -q -i -s 10 -h "$HOST" -p "$PORT" -U postgres bench_usage >/dev/null 2>&1
+client "$PG_BIN/pgbench" -q -i -s 10 -h "$HOST" -p "$PORT" -U postgres bench_usage >/dev/null 2>&1
 psql_db -c "CREATE EXTENSION sutra" -c "
     SELECT count(sutra.create_tenant('bench-' || i, plan => 'enterprise',
                                      id => ('00000000-0000-0000-0000-' || lpad(i::text, 12, '0'))::uuid))
@@ -37,7 +32,7 @@ psql_db -c "CREATE EXTENSION sutra" -c "
 context=$(psql_db -c "SELECT sutra.set_tenant('bench-1', session => true) IS NULL" -c "SHOW sutra.tenant_id" | tail -n1)
 WORK=$(mktemp -d)
 chmod 755 "$WORK"
-trap 'rm -rf "$WORK"; [ -z "${SUTRA_BENCH_HOST:-}" ] && cluster_stop "$HOST"' EXIT
+trap 'rm -rf "$WORK"; bench_stop' EXIT
 cat >"$WORK/many.sql" <<'SQL'
 \set t random(1, 100)
 INSERT INTO items (tenant_id, payload) VALUES (('00000000-0000-0000-0000-' || lpad(:t::text, 12, '0'))::uuid, 'an event payload of some length');
@@ -49,7 +44,7 @@ SQL
 tps() {
     local opts=$1
     shift
-    as_pg env PGOPTIONS="$opts" "$PG_BIN/pgbench" -n -c 16 -j 2 -T "$SECS" -h "$HOST" -p "$PORT" -U postgres "$@" bench_usage 2>/dev/null |
+    client env PGOPTIONS="$opts" "$PG_BIN/pgbench" -n -c 16 -j 2 -T "$SECS" -h "$HOST" -p "$PORT" -U postgres "$@" bench_usage 2>/dev/null |
         sed -nE 's/^tps = ([0-9.]+).*/\1/p'
 }
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (v[int((NR + 1) / 2)] + v[int(NR / 2) + 1]) / 2}'; }

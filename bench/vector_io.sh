@@ -1,15 +1,13 @@
 #!/usr/bin/env bash
 # Text input and output of sutra.vector against PostgreSQL's own real[] on the same data, in one
 # run on a throwaway cluster: 2,000 vectors of 1,536 dimensions, best of 5 timings each.
-# Run: bench/vector_io.sh   (builds and installs the release build first)
+# Run: bench/vector_io.sh   (builds and installs the release build first; SUTRA_BENCH_INSTALLED=1
+#   uses the sutra installed: see bench_cluster in scripts/lib.sh)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
-setup_toolchain
-install_extension --release >/dev/null 2>&1
-CLUSTER="$(pg_workdir)/bench-cluster"
-trap 'cluster_stop "$CLUSTER"' EXIT
-cluster_start "$CLUSTER" 54635
-psql_q() { as_pg "$PG_BIN/psql" -X -q -A -t -h "$CLUSTER" -p 54635 -U postgres -d postgres "$@"; }
+trap bench_stop EXIT
+bench_cluster bench-cluster 54635
+psql_q() { client "$PG_BIN/psql" -X -q -A -t -h "$HOST" -p "$PORT" -U postgres -d postgres "$@"; }
 psql_q -c "CREATE EXTENSION sutra" -c "
     CREATE TABLE data AS
     SELECT array_agg((random() * 2 - 1)::real) AS a FROM generate_series(0, 2000 * 1536 - 1) i

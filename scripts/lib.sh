@@ -123,6 +123,37 @@ cluster_stop() {
     return 1
 }
 
+# bench_cluster NAME PORT [CONF_LINE...]: the cluster a benchmark runs on. With SUTRA_BENCH_HOST
+# and SUTRA_BENCH_PORT set, that running cluster (sutra installed and preloaded): nothing is built
+# or started. Otherwise the release build is installed first (unless SUTRA_BENCH_INSTALLED=1:
+# the sutra already installed) and a throwaway cluster is started in target/NAME on PORT with the
+# CONF_LINEs; bench_stop stops it. Sets HOST, PORT, BENCH_THROWAWAY (1 for a throwaway cluster,
+# empty otherwise) and client, which runs a PostgreSQL client program as whoever can reach the
+# cluster's socket.
+bench_cluster() {
+    local name=$1 port=$2
+    shift 2
+    if [ -n "${SUTRA_BENCH_HOST:-}" ]; then
+        HOST=$SUTRA_BENCH_HOST
+        PORT=${SUTRA_BENCH_PORT:?SUTRA_BENCH_PORT must name the port of SUTRA_BENCH_HOST}
+        BENCH_THROWAWAY=
+        client() { "$@"; }
+        return
+    fi
+    if [ -z "${SUTRA_BENCH_INSTALLED:-}" ]; then
+        setup_toolchain
+        install_extension --release >/dev/null 2>&1
+    fi
+    HOST="$(pg_workdir)/$name"
+    PORT=$port
+    BENCH_THROWAWAY=1
+    client() { as_pg "$@"; }
+    cluster_start "$HOST" "$PORT" "$@"
+}
+
+# Stops the benchmark's throwaway cluster (a running cluster it was given is left alone).
+bench_stop() { if [ -n "${BENCH_THROWAWAY:-}" ]; then cluster_stop "$HOST"; fi; }
+
 # A Python virtualenv under target/ with the client libraries the client tests use.
 ensure_python_env() {
     local venv="$REPO/target/venv"
