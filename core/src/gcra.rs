@@ -27,12 +27,7 @@ impl Gcra {
     /// The decision for a request at `now` given the stored `tat`: `Ok(new tat)` to store, or
     /// `Err(nanoseconds to wait)`.
     pub fn check(&self, tat: i64, now: i64) -> Result<i64, i64> {
-        // A TAT further ahead than these parameters can ever produce was left by stricter ones:
-        // start from a full burst's worth used, so a raised limit applies at once.
-        let mut tat = tat.max(now);
-        if tat > now.saturating_add(self.tolerance).saturating_add(self.interval) {
-            tat = now.saturating_add(self.tolerance);
-        }
+        let tat = self.effective_tat(tat, now);
         let allowed_at = tat.saturating_sub(self.tolerance);
         if now < allowed_at {
             Err(allowed_at - now)
@@ -43,6 +38,30 @@ impl Gcra {
 }
 
 impl Gcra {
+    /// The stored `tat` as these parameters read it at `now`: never in the past, and a TAT further
+    /// ahead than these parameters can ever produce (left by stricter ones) counts as a full
+    /// burst's worth used, so a raised limit applies at once.
+    fn effective_tat(&self, tat: i64, now: i64) -> i64 {
+        let tat = tat.max(now);
+        if tat > now.saturating_add(self.tolerance).saturating_add(self.interval) {
+            now.saturating_add(self.tolerance)
+        } else {
+            tat
+        }
+    }
+
+    /// How many requests would pass one after another at `now`, given the stored `tat`: what
+    /// is left of the burst (`sutra.rate_limit_status()` reports it).
+    pub fn available(&self, tat: i64, now: i64) -> i64 {
+        let tat = self.effective_tat(tat, now);
+        let slack = now - (tat - self.tolerance);
+        if slack < 0 {
+            0
+        } else {
+            (slack / self.interval + 1).min(self.tolerance / self.interval + 1)
+        }
+    }
+
     /// Admits one request against a theoretical arrival time shared between threads or processes
     /// (a limiter in shared memory): decides with [`Gcra::check`] and stores the new time with a
     /// compare-and-swap, deciding again when another request took the limiter meanwhile. `Err`
@@ -131,6 +150,36 @@ mod tests {
         assert!(g.check(0, 0).is_ok());
         let g = Gcra::new(1e12, 1);
         assert!(g.check(i64::MAX - 1, i64::MAX).is_ok() || g.check(i64::MAX - 1, i64::MAX).is_err());
+    }
+
+    #[test]
+    fn available_is_how_many_would_pass_now() {
+        for (rate, burst) in [(10.0, 5), (1000.0, 1), (0.5, 3), (1e9, 100)] {
+            let g = Gcra::new(rate, burst);
+            let start = 1_000_000_000_000i64;
+            // At several moments of a run of requests, available must equal the number of
+            // requests that would pass one after another right then.
+            let mut tat = 0i64;
+            for step in 0..40i64 {
+                let now = start + step * g.interval / 3;
+                let mut t = tat;
+                let mut passing = 0;
+                while let Ok(next) = g.check(t, now) {
+                    t = next;
+                    passing += 1;
+                    assert!(passing <= burst as i64, "more than the burst would pass");
+                }
+                assert_eq!(g.available(tat, now), passing, "rate {rate} burst {burst} step {step}");
+                if let Ok(next) = g.check(tat, now) {
+                    tat = next;
+                }
+            }
+        }
+        // A TAT left by a stricter limit far ahead counts as the burst used up: one request passes
+        // now (the schedule's), as check says, not none and not the whole burst.
+        let g = Gcra::new(10.0, 5);
+        assert_eq!(g.available(i64::MAX / 2, 0), 1);
+        assert!(g.check(i64::MAX / 2, 0).is_ok());
     }
 
     #[test]

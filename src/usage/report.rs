@@ -84,9 +84,7 @@ fn rate_limit_state(
             let g = Gcra::new(rate, burst);
             let now = crate::backend::now_ns();
             let tat = slot.map(|s| s.tat.load(Ordering::Relaxed)).unwrap_or(0).max(now);
-            // Requests that would pass right now: how far now is past TAT - tolerance, in intervals.
-            let slack = now - (tat - g.tolerance);
-            let available = if slack < 0 { 0 } else { (slack / g.interval + 1).min(burst as i64) };
+            let available = g.available(tat, now);
             let retry = g.check(tat, now).err().map(crate::backend::ms_ceil).unwrap_or(0);
             (Some(burst as i64), Some(available), Some(retry))
         }
@@ -104,8 +102,9 @@ fn rate_limit_state(
     ))
 }
 
-/// `sutra._take_metering()`: the metering pending for this database, per tenant and metric, reset
-/// to zero (the flush writes it to `sutra.usage_rollups`; if that fails it is given back).
+/// The metering pending for database `db`, per tenant and metric, reset to zero: the flush
+/// ([`super::flush::flush_current_db`]) writes it to `sutra.usage_rollups` and gives it back
+/// ([`give_back`]) if its transaction aborts.
 pub fn take_pending(db: u32) -> Vec<([u8; 16], Counts)> {
     shmem::slots()
         .filter(|s| s.db() == db)
