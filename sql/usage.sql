@@ -468,7 +468,10 @@ BEGIN
                                                          x.r ->> 'tenant_id', x.r ->> 'slug', x.r ->> n.name),
                                                   '' ORDER BY x.r ->> 'slug') FROM rows x), ''),
                    '' ORDER BY n.ord)
-        FROM named n);
+        FROM named n)
+    || (SELECT string_agg(format(E'# HELP sutra_%s %s\n# TYPE sutra_%s %s\nsutra_%s %s\n',
+                                 s.name, s.help, s.name, s.kind, s.name, s.value), '')
+        FROM sutra._shared_tables() s);
 END $$;
 
 -- Tenants at or past the soft threshold of a limit.
@@ -520,6 +523,7 @@ REVOKE ALL ON FUNCTION metrics() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION metrics() TO sutra_service;
 -- What tenants_near_limits calls: a view runs functions with its reader's EXECUTE rights.
 GRANT EXECUTE ON FUNCTION _tenant_counters(), _quota_counts(uuid, boolean) TO sutra_service;
+REVOKE ALL ON FUNCTION _shared_tables() FROM PUBLIC;
 GRANT SELECT ON usage_events, usage_rollups, usage_events_stripe, usage_events_cloudevents, prices TO PUBLIC;
 GRANT INSERT, UPDATE, DELETE ON prices TO sutra_service;
 SELECT _own_rows_policies('usage_events', 'tenant_id', 'admin');

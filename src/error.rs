@@ -19,6 +19,16 @@ pub fn raise_hint(code: PgSqlErrorCode, message: impl Into<String>, hint: impl I
     report(code, message.into(), None, Some(hint.into()))
 }
 
+/// Raises an ERROR with a DETAIL and a HINT sentence.
+pub fn raise_detail_hint(
+    code: PgSqlErrorCode,
+    message: impl Into<String>,
+    detail: impl Into<String>,
+    hint: impl Into<String>,
+) -> ! {
+    report(code, message.into(), Some(detail.into()), Some(hint.into()))
+}
+
 #[track_caller]
 fn report(code: PgSqlErrorCode, message: String, detail: Option<String>, hint: Option<String>) -> ! {
     let mut e = ErrorReport::new(code, message, "sutra");

@@ -7,6 +7,8 @@
 //! | `sutra.context_lifetime` | seconds, 1 day | superusers | how long an issued context stays valid |
 //! | `sutra.jwt_secret` | text, empty | superusers, configuration file | the HS256 secret of `sutra.authenticate_jwt`; empty: JWT off |
 //! | `sutra.metering` | on | superusers | whether tenant statements are metered |
+//! | `sutra.max_tenants` | 32,768 | configuration file, at server start | tenants (per database) limited and metered at once in shared memory: 288 bytes each (about 9 MB at the default); an idle tenant's slot is reused for another, and when every slot belongs to a tenant active right now, statements of further tenants fail with 53400 ([`crate::usage::shmem`]) |
+//! | `sutra.max_tenant_table_counts` | 131,072 | configuration file, at server start | (tenant, tenant table) quota counts held at once: 72 bytes each (about 9 MB at the default); reused like tenant slots |
 //! | `sutra.usage_flush_interval` | seconds, 10 | configuration file | how often metering is written to `sutra.usage_rollups` |
 //! | `sutra.usage_event_max_age` | seconds, 35 days | superusers | how far back a tenant session may date a usage event |
 //! | `sutra.usage_event_max_future` | seconds, 1 day | superusers | how far ahead any caller may date a usage event |
@@ -26,6 +28,8 @@ use pgrx::pg_sys;
 pub static CONTEXT_LIFETIME: GucSetting<i32> = GucSetting::<i32>::new(86400);
 pub static JWT_SECRET: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 pub static METERING: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static MAX_TENANTS: GucSetting<i32> = GucSetting::<i32>::new(32_768);
+pub static MAX_TENANT_TABLE_COUNTS: GucSetting<i32> = GucSetting::<i32>::new(131_072);
 pub static USAGE_FLUSH_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(10);
 pub static USAGE_EVENT_MAX_AGE: GucSetting<i32> = GucSetting::<i32>::new(35 * 86400);
 pub static USAGE_EVENT_MAX_FUTURE: GucSetting<i32> = GucSetting::<i32>::new(86400);
@@ -64,6 +68,26 @@ pub fn init(with_hooks: &[fn()]) {
         c"Rate, concurrency and connection limits apply either way.",
         &METERING,
         GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"sutra.max_tenants",
+        c"Tenants (per database) limited and metered at once in shared memory.",
+        c"An idle tenant's slot is reused; when every slot belongs to a tenant active right now, further tenants' statements fail.",
+        &MAX_TENANTS,
+        16,
+        i32::MAX / 1024,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"sutra.max_tenant_table_counts",
+        c"Quota counts of (tenant, tenant table) held at once in shared memory.",
+        c"An unused count is dropped and counted again from the table when needed.",
+        &MAX_TENANT_TABLE_COUNTS,
+        16,
+        i32::MAX / 1024,
+        GucContext::Postmaster,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(

@@ -20,7 +20,8 @@ use pgrx::bgworkers::{
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 
-use super::report::{give_back, take_pending};
+use super::report::give_back;
+use super::shmem::take_pending;
 use super::shmem::{self, Counts, Metric};
 use crate::backend::utility::Utility;
 use crate::error::raise;
@@ -66,9 +67,7 @@ pub fn on_startup() {
             for (i, c) in counts.iter_mut().enumerate() {
                 *c = u64::from_le_bytes(rec[20 + 8 * i..28 + 8 * i].try_into().expect("8 bytes"));
             }
-            if let Some(slot) = shmem::slot(db, &tenant) {
-                slot.pending.give_back(counts);
-            }
+            shmem::give_back(db, &tenant, counts);
         }
     }
     let _ = std::fs::remove_file(STATE_FILE);
@@ -81,14 +80,11 @@ unsafe extern "C-unwind" fn save_pending(code: i32, _arg: pg_sys::Datum) {
         return;
     }
     let mut out = MAGIC.to_vec();
-    for s in shmem::slots() {
-        let counts = s.pending.read();
-        if counts.iter().any(|c| *c > 0) {
-            out.extend(s.db().to_le_bytes());
-            out.extend(s.tenant());
-            for c in counts {
-                out.extend(c.to_le_bytes());
-            }
+    for (db, tenant, counts) in shmem::all_pending_unlocked() {
+        out.extend(db.to_le_bytes());
+        out.extend(tenant);
+        for c in counts {
+            out.extend(c.to_le_bytes());
         }
     }
     if out.len() > MAGIC.len() {
@@ -281,11 +277,7 @@ pub extern "C-unwind" fn sutra_metering_launcher_main(_arg: pg_sys::Datum) {
             continue;
         }
         next = now + interval();
-        let mut dbs: Vec<u32> =
-            shmem::slots().filter(|s| s.pending.read().iter().any(|c| *c > 0)).map(|s| s.db()).collect();
-        dbs.sort_unstable();
-        dbs.dedup();
-        for db in dbs {
+        for db in shmem::databases_with_pending() {
             if !flush_database(db) {
                 return;
             }

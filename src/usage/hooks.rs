@@ -18,7 +18,7 @@ use sutra_core::gcra::Gcra;
 
 use super::limits;
 use super::meter;
-use super::shmem::{self, Metric, Slot};
+use super::shmem::{self, Metric, Pin, Slot};
 use crate::backend::caller::in_parallel_worker;
 use crate::backend::{ms_ceil, now_ns};
 use crate::error::{raise_detail, raise_hint};
@@ -27,15 +27,18 @@ use crate::tenancy::context;
 static mut PREV_START: pg_sys::ExecutorStart_hook_type = None;
 static mut PREV_END: pg_sys::ExecutorEnd_hook_type = None;
 
+/// The tenant's slot, the tenant, and since when its connection time is metered.
+type Attachment = (Pin<Slot>, [u8; 16], Instant);
+
 thread_local! {
     /// Executor nesting depth: only depth 0 is a statement of the session.
     static DEPTH: Cell<u32> = const { Cell::new(0) };
     /// The slot whose running-statement count the current statement holds.
-    static HOLD: Cell<Option<&'static Slot>> = const { Cell::new(None) };
+    static HOLD: RefCell<Option<Pin<Slot>>> = const { RefCell::new(None) };
     /// The tenant this session is attached to, and since when (connection time metered so far).
-    static ATTACHED: RefCell<Option<(&'static Slot, [u8; 16], Instant)>> = const { RefCell::new(None) };
+    static ATTACHED: RefCell<Option<Attachment>> = const { RefCell::new(None) };
     /// A connection counted by `reserve_connection` that the next attach takes over.
-    static RESERVED: RefCell<Option<[u8; 16]>> = const { RefCell::new(None) };
+    static RESERVED: RefCell<Option<(Pin<Slot>, [u8; 16])>> = const { RefCell::new(None) };
 }
 
 /// Meters one vector index search for the tenant of the running statement (none outside a
@@ -44,9 +47,11 @@ pub fn meter_vector_search() {
     if !crate::guc::METERING.get() {
         return;
     }
-    if let Some(slot) = HOLD.with(|h| h.get()) {
-        meter::add(slot, Metric::VectorSearches, 1);
-    }
+    HOLD.with(|h| {
+        if let Some(slot) = h.borrow().as_ref() {
+            meter::add(slot, Metric::VectorSearches, 1);
+        }
+    });
 }
 
 pub fn init() {
@@ -77,7 +82,7 @@ fn take_one(counter: &AtomicI32, max: Option<i32>, refused: &AtomicU64) -> Optio
 
 /// Charges the statement to the tenant's limiter and concurrency count; raises when over.
 fn admit(tenant: pgrx::Uuid) {
-    let Some(slot) = shmem::slot(shmem::my_db(), tenant.as_bytes()) else { return };
+    let slot = tenant_slot(tenant.as_bytes()).unwrap_or_else(|_| shmem::raise_full("tenant"));
     // Reading limits may run a query: that nested statement must not be charged.
     DEPTH.with(|d| d.set(d.get() + 1));
     let limits = limits::of(&tenant);
@@ -103,20 +108,29 @@ fn admit(tenant: pgrx::Uuid) {
             format!("The limit is {max} statements running at once; retry when one has finished."),
         );
     }
-    HOLD.with(|h| h.set(Some(slot)));
+    HOLD.with(|h| *h.borrow_mut() = Some(slot));
+}
+
+/// The tenant's slot, pinned: the attachment's when the session is attached to it (no lookup).
+fn tenant_slot(key: &[u8; 16]) -> Result<Pin<Slot>, shmem::Full> {
+    let attached = ATTACHED.with(|a| a.borrow().as_ref().filter(|(_, t, _)| t == key).map(|(p, _, _)| p.clone()));
+    match attached {
+        Some(pin) => Ok(pin),
+        None => shmem::slot(shmem::my_db(), key),
+    }
 }
 
 /// Ends the statement holding a running-statement count: lowers it and meters the statement.
 fn settle(rows: Option<(Metric, u64)>) {
-    if let Some(slot) = HOLD.with(|h| h.take()) {
+    if let Some(slot) = HOLD.with(|h| h.borrow_mut().take()) {
         slot.active.fetch_sub(1, Ordering::AcqRel);
         if !crate::guc::METERING.get() {
             return;
         }
-        meter::add(slot, Metric::Statements, 1);
+        meter::add(&slot, Metric::Statements, 1);
         if let Some((metric, n)) = rows {
             if n > 0 {
-                meter::add(slot, metric, n);
+                meter::add(&slot, metric, n);
             }
         }
         meter_connection_time();
@@ -163,10 +177,8 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
         DEPTH.with(|d| d.set(0));
         settle(None);
         // A connection reserved for a context that never took effect.
-        if let Some(tenant) = RESERVED.with(|r| r.borrow_mut().take()) {
-            if let Some(slot) = shmem::slot(shmem::my_db(), &tenant) {
-                slot.connections.fetch_sub(1, Ordering::AcqRel);
-            }
+        if let Some((slot, _)) = RESERVED.with(|r| r.borrow_mut().take()) {
+            slot.connections.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -191,7 +203,7 @@ pub fn reserve_connection(tenant: &pgrx::Uuid) {
     if ATTACHED.with(|a| a.borrow().as_ref().map(|(_, t, _)| *t) == Some(key)) {
         return;
     }
-    let Some(slot) = shmem::slot(shmem::my_db(), &key) else { return };
+    let slot = shmem::slot(shmem::my_db(), &key).unwrap_or_else(|_| shmem::raise_full("tenant"));
     if let Some(max) = take_one(&slot.connections, limits::of(tenant).connections, &slot.connections_refused) {
         raise_hint(
             PgSqlErrorCode::ERRCODE_TOO_MANY_CONNECTIONS,
@@ -199,10 +211,8 @@ pub fn reserve_connection(tenant: &pgrx::Uuid) {
             format!("The limit is {max} sessions holding the tenant's context at once."),
         );
     }
-    if let Some(previous) = RESERVED.with(|r| r.borrow_mut().replace(key)) {
-        if let Some(s) = shmem::slot(shmem::my_db(), &previous) {
-            s.connections.fetch_sub(1, Ordering::AcqRel);
-        }
+    if let Some((previous, _)) = RESERVED.with(|r| r.borrow_mut().replace((slot, key))) {
+        previous.connections.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -217,20 +227,26 @@ pub fn attach(tenant: Option<[u8; 16]>) {
     let Some(key) = tenant else { return };
     let reserved = RESERVED.with(|r| {
         let mut r = r.borrow_mut();
-        if *r == Some(key) {
-            r.take();
-            true
-        } else {
-            false
+        match r.take() {
+            Some((pin, t)) if t == key => Some(pin),
+            other => {
+                *r = other;
+                None
+            }
         }
     });
-    let Some(slot) = shmem::slot(shmem::my_db(), &key) else { return };
-    meter::register_exit();
-    if !reserved {
-        // A context arriving without sutra issuing it here (SET of a value from elsewhere, a
-        // parallel worker, a transaction's end restoring the session's context).
-        slot.connections.fetch_add(1, Ordering::AcqRel);
-    }
+    let slot = match reserved {
+        Some(pin) => pin,
+        None => {
+            // A context arriving without sutra issuing it here (SET of a value from elsewhere, a
+            // parallel worker, a transaction's end restoring the session's context). Without a
+            // slot (all in use right now) the session stays unattached: its statements fail.
+            let Ok(pin) = shmem::slot(shmem::my_db(), &key) else { return };
+            pin.connections.fetch_add(1, Ordering::AcqRel);
+            pin
+        }
+    };
+    meter::begin(slot.get());
     ATTACHED.with(|a| *a.borrow_mut() = Some((slot, key, Instant::now())));
 }
 
@@ -238,6 +254,8 @@ pub fn attach(tenant: Option<[u8; 16]>) {
 pub fn detach() {
     meter_connection_time();
     if let Some((slot, _, _)) = ATTACHED.with(|a| a.borrow_mut().take()) {
+        // Gathered metering goes to the slot before the pin that keeps it the tenant's goes.
+        meter::end();
         slot.connections.fetch_sub(1, Ordering::AcqRel);
     }
 }

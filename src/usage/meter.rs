@@ -1,6 +1,7 @@
-//! Metering in a backend: counts gather here per tenant and go to the tenant's shared-memory
-//! slot at most every 50 ms (busy sessions would otherwise fight over one cache line), when the
-//! session meters another tenant, before a flush, and at exit.
+//! Metering in a backend: counts for the tenant the session is attached to gather here and go to
+//! the tenant's shared-memory slot at most every 50 ms (busy sessions would otherwise fight over
+//! one cache line), when the session detaches, before a flush, and at exit. Counts for any other
+//! tenant (bytes a service role writes into a tenant's rows) go to its slot at once.
 
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
@@ -14,7 +15,8 @@ use super::shmem::{Counts, Metric, Slot};
 const PUSH_INTERVAL: Duration = Duration::from_millis(50);
 
 thread_local! {
-    /// Metering gathered in this backend and not yet added to shared memory.
+    /// Metering of the attached tenant not yet added to its slot. The slot is pinned by the
+    /// attachment ([`super::hooks`]), which ends this with [`end`] before it lets the pin go.
     static LOCAL: RefCell<Option<(&'static Slot, Counts, Instant)>> = const { RefCell::new(None) };
 }
 
@@ -28,12 +30,26 @@ pub fn init(before_exit: fn()) {
     unsafe { BEFORE_EXIT = Some(before_exit) };
 }
 
-/// Adds `n` of `metric` to this backend's metering for `slot`.
-pub fn add(slot: &'static Slot, metric: Metric, n: u64) {
-    LOCAL.with(|l| {
+/// Starts gathering metering for `slot`, the tenant the session just attached to. The caller
+/// holds a pin on `slot` until it calls [`end`].
+pub fn begin(slot: &'static Slot) {
+    end();
+    LOCAL.with(|l| *l.borrow_mut() = Some((slot, [0; Metric::COUNT], Instant::now())));
+    register_exit();
+}
+
+/// Adds what was gathered to the attached tenant's slot and stops gathering.
+pub fn end() {
+    push();
+    LOCAL.with(|l| l.borrow_mut().take());
+}
+
+/// Adds `n` of `metric` for the tenant of `slot` (which the caller holds pinned).
+pub fn add(slot: &Slot, metric: Metric, n: u64) {
+    let gathered = LOCAL.with(|l| {
         let mut l = l.borrow_mut();
-        if let Some((s, counts, since)) = l.as_mut() {
-            if std::ptr::eq(*s, slot) {
+        match l.as_mut() {
+            Some((s, counts, since)) if std::ptr::eq(*s, slot) => {
                 counts[metric.index()] += n;
                 if since.elapsed() >= PUSH_INTERVAL {
                     for (m, c) in Metric::ALL.into_iter().zip(counts.iter_mut()) {
@@ -41,21 +57,18 @@ pub fn add(slot: &'static Slot, metric: Metric, n: u64) {
                     }
                     *since = Instant::now();
                 }
-                return;
+                true
             }
-            for (m, c) in Metric::ALL.into_iter().zip(counts.iter()) {
-                s.meter(m, *c);
-            }
+            _ => false,
         }
-        let mut counts: Counts = [0; Metric::COUNT];
-        counts[metric.index()] = n;
-        *l = Some((slot, counts, Instant::now()));
     });
-    register_exit();
+    if !gathered {
+        slot.meter(metric, n);
+    }
 }
 
 /// Meters bytes written for a tenant (from the quota trigger, which sees every row written).
-pub fn bytes(slot: &'static Slot, bytes: u64) {
+pub fn bytes(slot: &Slot, bytes: u64) {
     if crate::guc::METERING.get() {
         add(slot, Metric::BytesWritten, bytes);
     }
@@ -79,7 +92,7 @@ unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
     if let Some(before) = BEFORE_EXIT {
         before();
     }
-    push();
+    end();
 }
 
 /// Registers the exit callback in a backend (once).

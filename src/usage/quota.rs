@@ -11,6 +11,7 @@
 //! tables on first use; `sutra.reconcile_usage(tenant)` recounts them.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::CStr;
 use std::sync::atomic::Ordering;
 
@@ -18,7 +19,7 @@ use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 
 use super::limits::{self, Limits};
-use super::shmem;
+use super::shmem::{self, Pin, Slot, TableSlot};
 use crate::backend::caller::as_superuser;
 use crate::backend::GenerationMap;
 use crate::error::raise_detail;
@@ -40,8 +41,48 @@ struct Delta {
 
 thread_local! {
     static PENDING: RefCell<Vec<Delta>> = const { RefCell::new(Vec::new()) };
-    /// Tenants whose counts, total and per table, are known (as of a status generation).
-    static ALL_KNOWN: RefCell<(u64, std::collections::HashSet<[u8; 16]>)> = RefCell::new((0, Default::default()));
+    /// The slots the transaction's deltas went to, pinned until it ends: an abort takes the
+    /// deltas back from the same counts, never from counts made again since.
+    static PINNED: RefCell<Pinned> = RefCell::new(Pinned::default());
+    /// Tenants whose counts, total and per table, are known (as of a status generation and of
+    /// how many shared slots were reused).
+    static ALL_KNOWN: RefCell<(Generation, std::collections::HashSet<[u8; 16]>)> =
+        RefCell::new(((0, 0), Default::default()));
+}
+
+/// A status generation and a count of reused shared slots: what per-backend knowledge of quota
+/// counts holds for.
+type Generation = (u64, u64);
+
+#[derive(Default)]
+struct Pinned {
+    tenants: HashMap<[u8; 16], Pin<Slot>>,
+    tables: HashMap<(u32, [u8; 16]), Pin<TableSlot>>,
+}
+
+/// The tenant's slot and its counts in `relid`, pinned for the rest of the transaction; raises
+/// 53400 when either table is full of tenants active right now.
+fn pinned(tenant: &[u8; 16], relid: u32) -> (&'static Slot, &'static TableSlot) {
+    let db = shmem::my_db();
+    PINNED.with(|p| {
+        let mut p = p.borrow_mut();
+        let slot = match p.tenants.get(tenant) {
+            Some(s) => s.get(),
+            None => {
+                let pin = shmem::slot(db, tenant).unwrap_or_else(|_| shmem::raise_full("tenant"));
+                p.tenants.entry(*tenant).or_insert(pin).get()
+            }
+        };
+        let table = match p.tables.get(&(relid, *tenant)) {
+            Some(t) => t.get(),
+            None => {
+                let pin =
+                    shmem::table_slot(db, relid, tenant).unwrap_or_else(|_| shmem::raise_full("tenant table counts"));
+                p.tables.entry((relid, *tenant)).or_insert(pin).get()
+            }
+        };
+        (slot, table)
+    })
 }
 
 pub fn init() {
@@ -52,16 +93,25 @@ pub fn init() {
     }
 }
 
+/// Takes deltas back from the counts they went to (pinned since).
 fn undo(deltas: &[Delta]) {
-    let db = shmem::my_db();
-    for d in deltas {
-        if let Some(s) = shmem::slot(db, &d.tenant).filter(|_| d.in_total) {
-            s.quota.add(-d.rows, -d.bytes, -d.vectors);
+    PINNED.with(|p| {
+        let p = p.borrow();
+        for d in deltas {
+            if let Some(s) = p.tenants.get(&d.tenant).filter(|_| d.in_total) {
+                s.quota.add(-d.rows, -d.bytes, -d.vectors);
+            }
+            if let Some(t) = p.tables.get(&(d.relid, d.tenant)).filter(|_| d.in_table) {
+                t.quota.add(-d.rows, -d.bytes, -d.vectors);
+            }
         }
-        if let Some(t) = shmem::table_slot(db, d.relid, &d.tenant).filter(|_| d.in_table) {
-            t.quota.add(-d.rows, -d.bytes, -d.vectors);
-        }
-    }
+    });
+}
+
+/// The transaction ended: its slots may be reused again.
+fn unpin_all() {
+    let released = PINNED.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    drop(released);
 }
 
 #[pg_guard]
@@ -70,11 +120,13 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
         pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
             let deltas = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
             undo(&deltas);
+            unpin_all();
         }
         pg_sys::XactEvent::XACT_EVENT_COMMIT
         | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT
         | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
             PENDING.with(|p| p.borrow_mut().clear());
+            unpin_all();
         }
         _ => {}
     }
@@ -107,9 +159,23 @@ unsafe extern "C-unwind" fn subxact_callback(
     }
 }
 
+/// Tenant tables and their tenant columns.
+type TenantTables = Vec<(pg_sys::Oid, String)>;
+
+thread_local! {
+    /// The registered tenant tables, as of a status generation (registrations change it).
+    static TENANT_TABLES: RefCell<Option<(u64, TenantTables)>> = const { RefCell::new(None) };
+}
+
 /// The registered tenant tables and their tenant columns.
-fn tenant_tables() -> Vec<(pg_sys::Oid, String)> {
-    crate::backend::caller::with_catalog_search_path(|| {
+fn tenant_tables() -> TenantTables {
+    let generation = crate::tenancy::context::status_generation();
+    if let Some(tables) =
+        TENANT_TABLES.with(|t| t.borrow().as_ref().filter(|(g, _)| *g == generation).map(|(_, v)| v.clone()))
+    {
+        return tables;
+    }
+    let tables = crate::backend::caller::with_catalog_search_path(|| {
         Spi::connect(|client| {
             let t = client.select("SELECT table_name::oid, tenant_column::text FROM sutra.tenant_tables", None, &[])?;
             let mut out = Vec::new();
@@ -121,7 +187,9 @@ fn tenant_tables() -> Vec<(pg_sys::Oid, String)> {
             Ok::<_, pgrx::spi::Error>(out)
         })
     })
-    .unwrap_or_default()
+    .unwrap_or_default();
+    TENANT_TABLES.with(|t| *t.borrow_mut() = Some((generation, tables.clone())));
+    tables
 }
 
 /// Counts of one tenant in the given tenant tables, read from the tables themselves
@@ -160,7 +228,7 @@ fn count_tenant_rows(
 /// server start the first statement of one of its sessions counts them from the tables, before
 /// it writes anything. Until then writes are not added (the recount sees them once committed).
 pub fn ensure_tenant_known(tenant: &pgrx::Uuid) {
-    let generation = crate::tenancy::context::status_generation();
+    let generation = (crate::tenancy::context::status_generation(), shmem::reused());
     let key = *tenant.as_bytes();
     if ALL_KNOWN.with(|k| {
         let k = k.borrow();
@@ -169,22 +237,19 @@ pub fn ensure_tenant_known(tenant: &pgrx::Uuid) {
         return;
     }
     let db = shmem::my_db();
-    let Some(slot) = shmem::slot(db, &key) else {
-        return;
-    };
-    // Known totals: only tables whose counts are not known yet (registered since) are counted.
+    let slot = shmem::slot(db, &key).unwrap_or_else(|_| shmem::raise_full("tenant"));
+    let table_slot =
+        |relid: u32| shmem::table_slot(db, relid, &key).unwrap_or_else(|_| shmem::raise_full("tenant table counts"));
+    // Known totals: only tables whose counts are not known yet (registered since, or dropped from
+    // shared memory) are counted.
     let counts = if slot.quota.is_known() {
-        let unknown = tenant_tables()
-            .into_iter()
-            .filter(|(oid, _)| shmem::table_slot(db, oid.to_u32(), &key).map(|t| !t.quota.is_known()).unwrap_or(false));
+        let unknown = tenant_tables().into_iter().filter(|(oid, _)| !table_slot(oid.to_u32()).quota.is_known());
         count_from_tables(tenant, unknown)
     } else {
         count_from_tables(tenant, tenant_tables())
     };
     for (relid, rows, bytes, vectors) in &counts {
-        if let Some(t) = shmem::table_slot(db, *relid, &key) {
-            t.quota.claim(*rows, *bytes, *vectors);
-        }
+        table_slot(*relid).quota.claim(*rows, *bytes, *vectors);
     }
     let (rows, bytes, vectors) = counts.iter().fold((0, 0, 0), |a, r| (a.0 + r.1, a.1 + r.2, a.2 + r.3));
     slot.quota.claim(rows, bytes, vectors);
@@ -198,7 +263,7 @@ pub fn ensure_tenant_known(tenant: &pgrx::Uuid) {
 }
 
 fn exceeded(tenant: &pgrx::Uuid, what: &str, limit: i64, value: i64, unit: &str) -> ! {
-    if let Some(s) = shmem::slot(shmem::my_db(), tenant.as_bytes()) {
+    if let Some(s) = shmem::find(shmem::my_db(), tenant.as_bytes()) {
         s.quota_refused.fetch_add(1, Ordering::Relaxed);
     }
     raise_detail(
@@ -226,11 +291,8 @@ fn crossed(tenant: &pgrx::Uuid, what: &str, limit: i64, before: i64, after: i64,
 
 /// Adds a row's worth (or takes it away) and enforces the quotas.
 fn apply(tenant: [u8; 16], relid: u32, rows: i64, bytes: i64, vectors: i64) {
-    let db = shmem::my_db();
     let uuid = pgrx::Uuid::from_bytes(tenant);
-    let (Some(slot), Some(table)) = (shmem::slot(db, &tenant), shmem::table_slot(db, relid, &tenant)) else {
-        return;
-    };
+    let (slot, table) = pinned(&tenant, relid);
     // SAFETY: reads the current nesting level of this backend's transaction.
     let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
     let (in_total, in_table) = (slot.quota.is_known(), table.quota.is_known());
@@ -391,12 +453,15 @@ pg_function! {
 #[pg_extern(volatile, name = "_quota_set")]
 fn quota_set(table: Option<pg_sys::Oid>, tenant: pgrx::Uuid, rows: i64, bytes: i64, vectors: i64) {
     let db = shmem::my_db();
-    let c = match table {
-        None => shmem::slot(db, tenant.as_bytes()).map(|s| &s.quota),
-        Some(t) => shmem::table_slot(db, t.to_u32(), tenant.as_bytes()).map(|s| &s.quota),
-    };
-    if let Some(c) = c {
-        c.set(rows, bytes, vectors);
+    match table {
+        None => shmem::slot(db, tenant.as_bytes())
+            .unwrap_or_else(|_| shmem::raise_full("tenant"))
+            .quota
+            .set(rows, bytes, vectors),
+        Some(t) => shmem::table_slot(db, t.to_u32(), tenant.as_bytes())
+            .unwrap_or_else(|_| shmem::raise_full("tenant table counts"))
+            .quota
+            .set(rows, bytes, vectors),
     }
 }
 
@@ -415,13 +480,15 @@ fn quota_counts(
     if count_if_unknown {
         ensure_tenant_known(&tenant);
     }
-    if let Some(s) = shmem::slot(db, tenant.as_bytes()).filter(|s| s.quota.is_known()) {
+    if let Some(s) = shmem::find(db, tenant.as_bytes()).filter(|s| s.quota.is_known()) {
         let (rows, bytes, vectors) = s.quota.read();
         out.push((None, rows, bytes, vectors));
     }
-    for t in shmem::table_slots().filter(|t| t.db() == db && t.tenant() == *tenant.as_bytes() && t.quota.is_known()) {
-        let (rows, bytes, vectors) = t.quota.read();
-        out.push((Some(pg_sys::Oid::from(t.relid())), rows, bytes, vectors));
-    }
+    shmem::for_each_table_slot(|t| {
+        if t.db() == db && t.tenant() == *tenant.as_bytes() && t.quota.is_known() {
+            let (rows, bytes, vectors) = t.quota.read();
+            out.push((Some(pg_sys::Oid::from(t.relid())), rows, bytes, vectors));
+        }
+    });
     TableIterator::new(out)
 }

@@ -33,11 +33,11 @@ fn tenant_counters() -> TableIterator<
     ),
 > {
     let db = shmem::my_db();
-    let rows: Vec<_> = shmem::slots()
-        .filter(|s| s.db() == db)
-        .map(|s| {
+    let mut rows = Vec::new();
+    shmem::for_each_slot(|s| {
+        if s.db() == db {
             let t = s.total.read();
-            (
+            rows.push((
                 pgrx::Uuid::from_bytes(s.tenant()),
                 t[Metric::Statements.index()] as i64,
                 t[Metric::RowsRead.index()] as i64,
@@ -51,9 +51,9 @@ fn tenant_counters() -> TableIterator<
                 s.quota_refused.load(Ordering::Relaxed) as i64,
                 s.active.load(Ordering::Relaxed),
                 s.connections.load(Ordering::Relaxed),
-            )
-        })
-        .collect();
+            ));
+        }
+    });
     TableIterator::new(rows)
 }
 
@@ -76,14 +76,14 @@ fn rate_limit_state(
     ),
 > {
     let l = limits::of(&tenant);
-    let slot = shmem::slot(shmem::my_db(), tenant.as_bytes());
-    let active = slot.map(|s| s.active.load(Ordering::Relaxed)).unwrap_or(0);
-    let connections = slot.map(|s| s.connections.load(Ordering::Relaxed)).unwrap_or(0);
+    let slot = shmem::find(shmem::my_db(), tenant.as_bytes());
+    let active = slot.as_ref().map(|s| s.active.load(Ordering::Relaxed)).unwrap_or(0);
+    let connections = slot.as_ref().map(|s| s.connections.load(Ordering::Relaxed)).unwrap_or(0);
     let (burst, available, retry) = match l.rate() {
         Some((rate, burst)) => {
             let g = Gcra::new(rate, burst);
             let now = crate::backend::now_ns();
-            let tat = slot.map(|s| s.tat.load(Ordering::Relaxed)).unwrap_or(0).max(now);
+            let tat = slot.as_ref().map(|s| s.tat.load(Ordering::Relaxed)).unwrap_or(0).max(now);
             let available = g.available(tat, now);
             let retry = g.check(tat, now).err().map(crate::backend::ms_ceil).unwrap_or(0);
             (Some(burst as i64), Some(available), Some(retry))
@@ -102,24 +102,32 @@ fn rate_limit_state(
     ))
 }
 
-/// The metering pending for database `db`, per tenant and metric, reset to zero: the flush
-/// ([`super::flush::flush_current_db`]) writes it to `sutra.usage_rollups` and gives it back
-/// ([`give_back`]) if its transaction aborts.
-pub fn take_pending(db: u32) -> Vec<([u8; 16], Counts)> {
-    shmem::slots()
-        .filter(|s| s.db() == db)
-        .filter_map(|s| {
-            let counts = s.pending.take();
-            counts.iter().any(|n| *n > 0).then(|| (s.tenant(), counts))
-        })
-        .collect()
+/// `sutra._shared_tables()`: the shared tables' sizes and use, as (name, kind, value, help)
+/// rows for `sutra.metrics()`.
+#[pg_extern(volatile, name = "_shared_tables")]
+fn shared_tables() -> TableIterator<
+    'static,
+    (name!(name, &'static str), name!(kind, &'static str), name!(value, i64), name!(help, &'static str)),
+> {
+    let [tenants, tenants_used, tables, tables_used, reused, refused] = shmem::occupancy();
+    TableIterator::new(vec![
+        ("tenant_slots", "gauge", tenants, "Tenant slots in shared memory (sutra.max_tenants)."),
+        ("tenant_slots_in_use", "gauge", tenants_used, "Tenant slots holding a tenant now."),
+        ("table_count_slots", "gauge", tables, "Tenant table count slots (sutra.max_tenant_table_counts)."),
+        ("table_count_slots_in_use", "gauge", tables_used, "Tenant table count slots holding counts now."),
+        ("slots_reused_total", "counter", reused, "Slots given to another tenant or table since server start."),
+        ("slots_refused_total", "counter", refused, "Statements refused because every candidate slot was in use."),
+    ])
 }
 
-/// Puts pending metering back after a failed flush.
+/// Puts pending metering back after a failed flush (see [`shmem::give_back`]).
 pub fn give_back(db: u32, pending: &[([u8; 16], Counts)]) {
     for (tenant, counts) in pending {
-        if let Some(s) = shmem::slot(db, tenant) {
-            s.pending.give_back(*counts);
+        if !shmem::give_back(db, tenant, *counts) {
+            pgrx::warning!(
+                "sutra: metering of tenant {} could not be kept for the next flush: shared memory is full",
+                pgrx::Uuid::from_bytes(*tenant)
+            );
         }
     }
 }

@@ -1,25 +1,38 @@
 //! The per-tenant state sutra keeps in shared memory: rate limiter, concurrency and connection
-//! counts, and metering counters not yet flushed to `sutra.usage_rollups`.
+//! counts, quota counts, and metering counters not yet flushed to `sutra.usage_rollups`.
 //!
-//! One fixed table of [`CAPACITY`] slots, keyed by (database, tenant), allocated at server start.
-//! A slot is claimed once, with a compare-and-swap, and never freed; everything in it is an atomic,
-//! so the hot paths (a rate-limit check, a counter update) take no lock. The state is not
-//! transactional and not crash-safe: it starts empty at every server start (and after a crash
-//! restart) and is rebuilt as tenants come back; metering loses at most what was not yet flushed.
+//! Two hash tables of fixed size, allocated at server start and sized by `sutra.max_tenants`
+//! (slots of (database, tenant)) and `sutra.max_tenant_table_counts` (slots of (database, tenant
+//! table, tenant)), plus an overflow list for the metering of tenants whose slot was reused.
+//! Lookups take the tables' lock shared; claiming a slot takes it exclusive. Everything in a slot
+//! is an atomic, so the hot paths (a rate-limit check, a counter update) take no lock once a
+//! backend holds its slot.
+//!
+//! **A slot is reused, never lost.** Whoever keeps a reference to a slot holds a [`Pin`] on it: a
+//! session attached to its tenant, a running statement, a transaction that wrote the tenant's
+//! rows. When a new tenant needs a slot and none is free near its hash, the least recently used
+//! slot that nobody pins and whose rate limiter is idle is given to it: its unflushed metering
+//! moves to the overflow list (the flush writes it as usual), its quota counts are dropped and
+//! counted again from the tables when the tenant comes back, its limiter carries no state. When
+//! every candidate is pinned (tenants active right now), the statement that needs a slot fails
+//! with 53400 naming the setting to raise: a tenant is never let through unlimited or unmetered.
+//!
+//! The state is not transactional and not crash-safe: it starts empty at every server start (and
+//! after a crash restart) and is rebuilt as tenants come back; metering loses at most what was not
+//! yet flushed.
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
 
-use pgrx::pg_sys;
+use pgrx::{pg_sys, PgSqlErrorCode};
 
-/// Slots in the table: tenants (per database) that can be tracked at once.
-pub const CAPACITY: usize = 16384;
-/// How far a lookup probes before it gives up (the table is then too full around that key).
+/// How many slots from a key's hash a lookup probes, and where a new tenant's slot is found.
 const MAX_PROBE: usize = 512;
 
 const EMPTY: u32 = 0;
-const CLAIMING: u32 = 1;
 const READY: u32 = 2;
+/// A freed slot: reusable, but a lookup probes past it.
+const FREED: u32 = 3;
 
 /// One tenant's state.
 #[repr(C)]
@@ -27,6 +40,10 @@ pub struct Slot {
     state: AtomicU32,
     db: AtomicU32,
     tenant: UnsafeCell<[u8; 16]>,
+    /// References held to the slot (see [`Pin`]); a pinned slot is never reused.
+    pins: AtomicU32,
+    /// When the slot was last looked up, seconds since the Unix epoch (least recently used first).
+    last_used: AtomicI64,
     /// GCRA theoretical arrival time, nanoseconds since the Unix epoch.
     pub tat: AtomicI64,
     /// Statements running now.
@@ -35,13 +52,25 @@ pub struct Slot {
     pub connections: AtomicI32,
     /// Metered since the last flush.
     pub pending: Counters,
-    /// Metered since server start (what `sutra.metrics()` reports).
+    /// Metered since the slot was claimed (what `sutra.metrics()` reports).
     pub total: Counters,
     pub rate_limited: AtomicU64,
     pub concurrency_refused: AtomicU64,
     pub connections_refused: AtomicU64,
     pub quota_refused: AtomicU64,
     /// Quota counts: committed rows plus those of transactions in flight (see `quota`).
+    pub quota: QuotaCounts,
+}
+
+/// One tenant's counts in one tenant table.
+#[repr(C)]
+pub struct TableSlot {
+    state: AtomicU32,
+    db: AtomicU32,
+    relid: AtomicU32,
+    tenant: UnsafeCell<[u8; 16]>,
+    pins: AtomicU32,
+    last_used: AtomicI64,
     pub quota: QuotaCounts,
 }
 
@@ -83,37 +112,19 @@ impl QuotaCounts {
         self.known.store(2, Ordering::Release);
     }
 
+    /// Forgets the counts: the next use counts them from the tables again.
+    pub fn forget(&self) {
+        self.known.store(0, Ordering::Release);
+        self.rows.store(0, Ordering::Relaxed);
+        self.bytes.store(0, Ordering::Relaxed);
+        self.vectors.store(0, Ordering::Relaxed);
+    }
+
     /// Sets counts never counted before; counts another process counted stay as they are.
     pub fn claim(&self, rows: i64, bytes: i64, vectors: i64) {
         if self.known.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             self.set(rows, bytes, vectors);
         }
-    }
-}
-
-/// One tenant's counts in one tenant table.
-#[repr(C)]
-pub struct TableSlot {
-    state: AtomicU32,
-    db: AtomicU32,
-    relid: AtomicU32,
-    tenant: UnsafeCell<[u8; 16]>,
-    pub quota: QuotaCounts,
-}
-
-// SAFETY: as for Slot.
-unsafe impl Sync for TableSlot {}
-
-impl TableSlot {
-    pub fn relid(&self) -> u32 {
-        self.relid.load(Ordering::Relaxed)
-    }
-    pub fn db(&self) -> u32 {
-        self.db.load(Ordering::Relaxed)
-    }
-    pub fn tenant(&self) -> [u8; 16] {
-        // SAFETY: only slots loaded as READY are handed out.
-        unsafe { *self.tenant.get() }
     }
 }
 
@@ -209,10 +220,11 @@ impl Counters {
     }
 }
 
-// SAFETY: every field is an atomic, except `tenant`, which is written only by the process that
-// claimed the slot, before it publishes the slot with a release store of READY, and read only after
-// an acquire load of READY.
+// SAFETY: every field is an atomic, except `tenant`, which is written only under the tables'
+// lock held exclusively, to a slot nobody pins, and read under the lock or through a pin.
 unsafe impl Sync for Slot {}
+// SAFETY: as for Slot.
+unsafe impl Sync for TableSlot {}
 
 impl Slot {
     pub fn db(&self) -> u32 {
@@ -220,7 +232,7 @@ impl Slot {
     }
 
     pub fn tenant(&self) -> [u8; 16] {
-        // SAFETY: see `impl Sync`: only slots loaded as READY are handed out.
+        // SAFETY: see `impl Sync`.
         unsafe { *self.tenant.get() }
     }
 
@@ -233,22 +245,173 @@ impl Slot {
     }
 }
 
+impl TableSlot {
+    pub fn relid(&self) -> u32 {
+        self.relid.load(Ordering::Relaxed)
+    }
+    pub fn db(&self) -> u32 {
+        self.db.load(Ordering::Relaxed)
+    }
+    pub fn tenant(&self) -> [u8; 16] {
+        // SAFETY: see `impl Sync for Slot`.
+        unsafe { *self.tenant.get() }
+    }
+}
+
+/// A slot of one of the shared tables.
+pub trait Keyed: Sync + 'static {
+    type Key: Copy;
+    fn state(&self) -> &AtomicU32;
+    fn pins(&self) -> &AtomicU32;
+    fn last_used(&self) -> &AtomicI64;
+    fn matches(&self, key: &Self::Key) -> bool;
+    /// Makes the slot `key`'s, with every count zero. Only under the exclusive lock, on a slot
+    /// nobody pins.
+    fn reset(&self, key: &Self::Key);
+}
+
+impl Keyed for Slot {
+    type Key = (u32, [u8; 16]);
+    fn state(&self) -> &AtomicU32 {
+        &self.state
+    }
+    fn pins(&self) -> &AtomicU32 {
+        &self.pins
+    }
+    fn last_used(&self) -> &AtomicI64 {
+        &self.last_used
+    }
+    fn matches(&self, key: &Self::Key) -> bool {
+        self.db.load(Ordering::Relaxed) == key.0 && self.tenant() == key.1
+    }
+    fn reset(&self, key: &Self::Key) {
+        self.db.store(key.0, Ordering::Relaxed);
+        // SAFETY: under the exclusive lock, on an unpinned slot: nobody reads `tenant` now.
+        unsafe { *self.tenant.get() = key.1 };
+        self.tat.store(0, Ordering::Relaxed);
+        self.active.store(0, Ordering::Relaxed);
+        self.connections.store(0, Ordering::Relaxed);
+        self.pending.take();
+        self.total.take();
+        for c in [&self.rate_limited, &self.concurrency_refused, &self.connections_refused, &self.quota_refused] {
+            c.store(0, Ordering::Relaxed);
+        }
+        self.quota.forget();
+    }
+}
+
+impl Keyed for TableSlot {
+    type Key = (u32, u32, [u8; 16]);
+    fn state(&self) -> &AtomicU32 {
+        &self.state
+    }
+    fn pins(&self) -> &AtomicU32 {
+        &self.pins
+    }
+    fn last_used(&self) -> &AtomicI64 {
+        &self.last_used
+    }
+    fn matches(&self, key: &Self::Key) -> bool {
+        self.db.load(Ordering::Relaxed) == key.0
+            && self.relid.load(Ordering::Relaxed) == key.1
+            && self.tenant() == key.2
+    }
+    fn reset(&self, key: &Self::Key) {
+        self.db.store(key.0, Ordering::Relaxed);
+        self.relid.store(key.1, Ordering::Relaxed);
+        // SAFETY: as in Slot::reset.
+        unsafe { *self.tenant.get() = key.2 };
+        self.quota.forget();
+    }
+}
+
+/// A reference to a slot that keeps it from being given to another key: taken by a lookup, given
+/// up when dropped.
+pub struct Pin<S: Keyed>(&'static S);
+
+impl<S: Keyed> Pin<S> {
+    /// Pins a slot found under the lock (or already pinned by the caller).
+    fn new(s: &'static S) -> Pin<S> {
+        s.pins().fetch_add(1, Ordering::AcqRel);
+        Pin(s)
+    }
+
+    /// The slot itself, for as long as the pin is held.
+    pub fn get(&self) -> &'static S {
+        self.0
+    }
+}
+
+impl<S: Keyed> Clone for Pin<S> {
+    fn clone(&self) -> Pin<S> {
+        // Already pinned: a second pin needs no lock.
+        Pin::new(self.0)
+    }
+}
+
+impl<S: Keyed> std::ops::Deref for Pin<S> {
+    type Target = S;
+    fn deref(&self) -> &S {
+        self.0
+    }
+}
+
+impl<S: Keyed> Drop for Pin<S> {
+    fn drop(&mut self) {
+        self.0.pins().fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Metering of tenants whose slot was given to another tenant, waiting for the flush.
+#[repr(C)]
+struct Spilled {
+    used: AtomicU32,
+    db: AtomicU32,
+    tenant: UnsafeCell<[u8; 16]>,
+    counts: Counters,
+}
+
+/// What the tables share: their sizes, and counters of their life.
+#[repr(C)]
+struct Header {
+    capacity: usize,
+    table_capacity: usize,
+    spill_capacity: usize,
+    /// Slots given to another key so far (per-backend caches of what a slot held check it).
+    reused: AtomicU64,
+    /// Statements refused because every candidate slot was pinned.
+    refused: AtomicU64,
+}
+
+static mut HEADER: *mut Header = std::ptr::null_mut();
 static mut TABLE: *mut Slot = std::ptr::null_mut();
 static mut TABLES: *mut TableSlot = std::ptr::null_mut();
-/// Slots of (tenant, table) counts.
-pub const TABLE_CAPACITY: usize = 65536;
+static mut SPILL: *mut Spilled = std::ptr::null_mut();
+static mut LOCK: *mut pg_sys::LWLock = std::ptr::null_mut();
 static mut PREV_REQUEST: pg_sys::shmem_request_hook_type = None;
 static mut PREV_STARTUP: pg_sys::shmem_startup_hook_type = None;
 /// What runs in the postmaster once the tables exist (reading back saved metering).
 static mut AFTER_STARTUP: Option<fn()> = None;
+const LOCK_TRANCHE: &std::ffi::CStr = c"sutra tenants";
+
+/// Sizes from the settings (fixed at server start).
+fn sizes() -> (usize, usize, usize) {
+    let capacity = crate::guc::MAX_TENANTS.get().max(16) as usize;
+    let table_capacity = crate::guc::MAX_TENANT_TABLE_COUNTS.get().max(16) as usize;
+    (capacity, table_capacity, capacity.max(1024))
+}
 
 fn size() -> usize {
-    std::mem::size_of::<Slot>() * CAPACITY + std::mem::size_of::<TableSlot>() * TABLE_CAPACITY
+    let (capacity, table_capacity, spill) = sizes();
+    std::mem::size_of::<Header>()
+        + std::mem::size_of::<Slot>() * capacity
+        + std::mem::size_of::<TableSlot>() * table_capacity
+        + std::mem::size_of::<Spilled>() * spill
 }
 
 /// Bytes of shared memory per tracked tenant, and per tenant and table.
 pub fn slot_size() -> (usize, usize) {
-    (std::mem::size_of::<Slot>(), std::mem::size_of::<TableSlot>())
+    (std::mem::size_of::<Slot>() + std::mem::size_of::<Spilled>(), std::mem::size_of::<TableSlot>())
 }
 
 /// Reserves and sets up the tables; `after_startup` runs once they exist.
@@ -269,6 +432,7 @@ unsafe extern "C-unwind" fn request() {
         prev();
     }
     pg_sys::RequestAddinShmemSpace(size());
+    pg_sys::RequestNamedLWLockTranche(LOCK_TRANCHE.as_ptr(), 1);
 }
 
 #[pgrx::pg_guard]
@@ -276,14 +440,25 @@ unsafe extern "C-unwind" fn startup() {
     if let Some(prev) = PREV_STARTUP {
         prev();
     }
+    let (capacity, table_capacity, spill) = sizes();
     let mut found = false;
-    let p = pg_sys::ShmemInitStruct(c"sutra tenants".as_ptr(), size(), &mut found);
+    let p = pg_sys::ShmemInitStruct(c"sutra tenants".as_ptr(), size(), &mut found) as *mut u8;
     if !found {
         // All zero is a table of empty slots: every field is an integer or an atomic.
-        std::ptr::write_bytes(p as *mut u8, 0, size());
+        std::ptr::write_bytes(p, 0, size());
+        let h = p as *mut Header;
+        (*h).capacity = capacity;
+        (*h).table_capacity = table_capacity;
+        (*h).spill_capacity = spill;
     }
-    TABLE = p as *mut Slot;
-    TABLES = (p as *mut u8).add(std::mem::size_of::<Slot>() * CAPACITY) as *mut TableSlot;
+    HEADER = p as *mut Header;
+    let mut at = p.add(std::mem::size_of::<Header>());
+    TABLE = at as *mut Slot;
+    at = at.add(std::mem::size_of::<Slot>() * capacity);
+    TABLES = at as *mut TableSlot;
+    at = at.add(std::mem::size_of::<TableSlot>() * table_capacity);
+    SPILL = at as *mut Spilled;
+    LOCK = &raw mut (*pg_sys::GetNamedLWLockTranche(LOCK_TRANCHE.as_ptr())).lock;
     if let Some(after) = AFTER_STARTUP {
         after();
     }
@@ -305,133 +480,325 @@ unsafe fn shared<S>(p: *mut S, n: usize) -> &'static [S] {
     }
 }
 
+fn header() -> Option<&'static Header> {
+    // SAFETY: HEADER is null or set once, by the startup hook, to the live header.
+    unsafe { HEADER.as_ref() }
+}
+
 fn tenant_table() -> &'static [Slot] {
-    // SAFETY: TABLE is null or set once, by the startup hook, to CAPACITY slots.
-    unsafe { shared(TABLE, CAPACITY) }
+    // SAFETY: TABLE is null or set once, by the startup hook, to `capacity` slots.
+    header().map_or(&[], |h| unsafe { shared(TABLE, h.capacity) })
 }
 
 fn count_table() -> &'static [TableSlot] {
-    // SAFETY: TABLES is null or set once, by the startup hook, to TABLE_CAPACITY slots.
-    unsafe { shared(TABLES, TABLE_CAPACITY) }
+    // SAFETY: TABLES is null or set once, by the startup hook, to `table_capacity` slots.
+    header().map_or(&[], |h| unsafe { shared(TABLES, h.table_capacity) })
 }
 
-fn in_use<S: Keyed>(table: &'static [S]) -> impl Iterator<Item = &'static S> {
-    table.iter().filter(|s| s.state().load(Ordering::Acquire) == READY)
+fn spill_list() -> &'static [Spilled] {
+    // SAFETY: SPILL is null or set once, by the startup hook, to `spill_capacity` entries.
+    header().map_or(&[], |h| unsafe { shared(SPILL, h.spill_capacity) })
 }
 
-/// All slots in use (for reports and the flush).
-pub fn slots() -> impl Iterator<Item = &'static Slot> {
-    in_use(tenant_table())
-}
-
-/// All (tenant, table) slots in use.
-pub fn table_slots() -> impl Iterator<Item = &'static TableSlot> {
-    in_use(count_table())
-}
-
-/// A slot of one of the shared tables: claimed once with a compare-and-swap, then read-only key.
-trait Keyed: Sync + 'static {
-    type Key;
-    fn state(&self) -> &AtomicU32;
-    fn matches(&self, key: &Self::Key) -> bool;
-    /// Writes the key; only the process that claimed the slot calls it, before publishing it.
-    fn write_key(&self, key: &Self::Key);
-}
-
-impl Keyed for Slot {
-    type Key = (u32, [u8; 16]);
-    fn state(&self) -> &AtomicU32 {
-        &self.state
-    }
-    fn matches(&self, key: &Self::Key) -> bool {
-        self.db.load(Ordering::Relaxed) == key.0 && self.tenant() == key.1
-    }
-    fn write_key(&self, key: &Self::Key) {
-        self.db.store(key.0, Ordering::Relaxed);
-        // SAFETY: the caller claimed the slot; nobody reads `tenant` before READY.
-        unsafe { *self.tenant.get() = key.1 };
+/// Runs `f` with the tables' lock held (shared or exclusive). `f` must not raise an error while
+/// it holds the lock (an error would release it at abort, but leave a half-made change).
+fn locked<T>(exclusive: bool, f: impl FnOnce() -> T) -> T {
+    let mode = if exclusive { pg_sys::LWLockMode::LW_EXCLUSIVE } else { pg_sys::LWLockMode::LW_SHARED };
+    // SAFETY: LOCK was set by the startup hook before any backend ran; LWLockAcquire and
+    // LWLockRelease pair up here, and an error in between releases every LWLock at abort.
+    unsafe {
+        pg_sys::LWLockAcquire(LOCK, mode);
+        let out = f();
+        pg_sys::LWLockRelease(LOCK);
+        out
     }
 }
 
-impl Keyed for TableSlot {
-    type Key = (u32, u32, [u8; 16]);
-    fn state(&self) -> &AtomicU32 {
-        &self.state
-    }
-    fn matches(&self, key: &Self::Key) -> bool {
-        self.db.load(Ordering::Relaxed) == key.0
-            && self.relid.load(Ordering::Relaxed) == key.1
-            && self.tenant() == key.2
-    }
-    fn write_key(&self, key: &Self::Key) {
-        self.db.store(key.0, Ordering::Relaxed);
-        self.relid.store(key.1, Ordering::Relaxed);
-        // SAFETY: the caller claimed the slot; nobody reads `tenant` before READY.
-        unsafe { *self.tenant.get() = key.2 };
-    }
-}
-
-/// Says once per process that a shared table is full: the tenants that do not fit are neither
-/// limited nor metered.
-fn full(which: &str) {
-    thread_local! { static SAID: std::cell::Cell<bool> = const { std::cell::Cell::new(false) }; }
-    if !SAID.with(|s| s.replace(true)) {
-        pgrx::warning!("sutra: the shared {which} table is full; limits and metering skip the tenants that do not fit");
-    }
-}
-
-/// Finds the slot of `key` by linear probing from `start`, claiming an empty one if the key is
-/// new; `None` if the table is too full around it.
-fn lookup<S: Keyed>(table: &'static [S], start: usize, key: &S::Key) -> Option<&'static S> {
-    for i in 0..MAX_PROBE {
+/// The slot of `key` in `table`, probing from `start`; the caller holds the lock.
+fn find_in<S: Keyed>(table: &'static [S], start: usize, key: &S::Key) -> Option<&'static S> {
+    for i in 0..MAX_PROBE.min(table.len()) {
         let s = &table[(start + i) % table.len()];
-        loop {
-            match s.state().load(Ordering::Acquire) {
-                READY => {
-                    if s.matches(key) {
-                        return Some(s);
-                    }
-                    break;
-                }
-                EMPTY => {
-                    if s.state().compare_exchange(EMPTY, CLAIMING, Ordering::Acquire, Ordering::Acquire).is_ok() {
-                        s.write_key(key);
-                        s.state().store(READY, Ordering::Release);
-                        return Some(s);
-                    }
-                }
-                // Another process is writing the key: it takes nanoseconds.
-                _ => std::hint::spin_loop(),
-            }
+        match s.state().load(Ordering::Acquire) {
+            EMPTY => return None,
+            READY if s.matches(key) => return Some(s),
+            _ => {}
         }
     }
     None
 }
 
-/// The slot of `tenant` in database `db`, claimed if new; `None` if the table is full.
-pub fn slot(db: u32, tenant: &[u8; 16]) -> Option<&'static Slot> {
+/// The table is full around a key: every candidate slot is in use right now.
+#[derive(Debug)]
+pub struct Full;
+
+/// The slot of `key`, pinned: found under the shared lock, or claimed under the exclusive lock
+/// (a free slot near the hash, else the least recently used one `evict` agrees to give up).
+fn pin_or_claim<S: Keyed>(
+    table: &'static [S],
+    start: usize,
+    key: &S::Key,
+    mut evict: impl FnMut(&'static S) -> bool,
+) -> Result<Pin<S>, Full> {
+    if table.is_empty() {
+        return Err(Full);
+    }
+    let now = crate::backend::now_unix();
+    let touch = |s: &'static S| {
+        if s.last_used().load(Ordering::Relaxed) != now {
+            s.last_used().store(now, Ordering::Relaxed);
+        }
+        Pin::new(s)
+    };
+    if let Some(pin) = locked(false, || find_in(table, start, key).map(touch)) {
+        return Ok(pin);
+    }
+    locked(true, || {
+        let mut free = None;
+        for i in 0..MAX_PROBE.min(table.len()) {
+            let s = &table[(start + i) % table.len()];
+            match s.state().load(Ordering::Acquire) {
+                READY if s.matches(key) => return Ok(touch(s)),
+                READY => {}
+                state => {
+                    free = free.or(Some(s));
+                    if state == EMPTY {
+                        break;
+                    }
+                }
+            }
+        }
+        let s = match free {
+            Some(s) => s,
+            None => {
+                // Least recently used first; `evict` says whether a slot can go (and saves what
+                // must outlive it).
+                let mut candidates: Vec<&'static S> = (0..MAX_PROBE.min(table.len()))
+                    .map(|i| &table[(start + i) % table.len()])
+                    .filter(|s| s.state().load(Ordering::Acquire) == READY && s.pins().load(Ordering::Acquire) == 0)
+                    .collect();
+                candidates.sort_by_key(|s| s.last_used().load(Ordering::Relaxed));
+                let Some(s) = candidates.into_iter().find(|s| evict(s)) else {
+                    if let Some(h) = header() {
+                        h.refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Err(Full);
+                };
+                if let Some(h) = header() {
+                    h.reused.fetch_add(1, Ordering::AcqRel);
+                }
+                s.state().store(FREED, Ordering::Release);
+                s
+            }
+        };
+        s.reset(key);
+        s.state().store(READY, Ordering::Release);
+        Ok(touch(s))
+    })
+}
+
+/// The slot of `tenant` in database `db`, pinned; claimed if new (an idle tenant's slot is
+/// reused when none is free). `Err(Full)` when every candidate slot is in use right now.
+pub fn slot(db: u32, tenant: &[u8; 16]) -> Result<Pin<Slot>, Full> {
+    let now = crate::backend::now_ns();
+    pin_or_claim(tenant_table(), hash(db, tenant), &(db, *tenant), |s| {
+        // A limiter whose schedule has passed carries no state; unflushed metering moves to the
+        // overflow list (or the slot stays when that is full).
+        s.tat.load(Ordering::Acquire) <= now
+            && s.active.load(Ordering::Acquire) == 0
+            && s.connections.load(Ordering::Acquire) == 0
+            && spill_add(s.db(), &s.tenant(), s.pending.read())
+            && {
+                s.pending.take();
+                true
+            }
+    })
+}
+
+/// The counts of `tenant` in table `relid` of database `db`, pinned; claimed if new. A slot is
+/// reused only when its tenant's own slot is not pinned (a session of that tenant checked its
+/// counts before its statement and counts on them being kept).
+pub fn table_slot(db: u32, relid: u32, tenant: &[u8; 16]) -> Result<Pin<TableSlot>, Full> {
+    pin_or_claim(count_table(), hash(db ^ relid.rotate_left(16), tenant), &(db, relid, *tenant), |t| {
+        let owner = (t.db(), t.tenant());
+        find_in(tenant_table(), hash(owner.0, &owner.1), &owner).is_none_or(|s| s.pins.load(Ordering::Acquire) == 0)
+    })
+}
+
+/// The slot of `tenant` if it has one now (nothing is claimed), pinned.
+pub fn find(db: u32, tenant: &[u8; 16]) -> Option<Pin<Slot>> {
     let table = tenant_table();
     if table.is_empty() {
         return None;
     }
-    let found = lookup(table, hash(db, tenant), &(db, *tenant));
-    if found.is_none() {
-        full("tenant");
-    }
-    found
+    locked(false, || find_in(table, hash(db, tenant), &(db, *tenant)).map(Pin::new))
 }
 
-/// The counts of `tenant` in table `relid` of database `db`, claimed if new.
-pub fn table_slot(db: u32, relid: u32, tenant: &[u8; 16]) -> Option<&'static TableSlot> {
-    let table = count_table();
-    if table.is_empty() {
-        return None;
+/// How many slots were given to another key so far: a per-backend cache of what slots held
+/// (quota counts known) holds while this does not change.
+pub fn reused() -> u64 {
+    header().map_or(0, |h| h.reused.load(Ordering::Acquire))
+}
+
+/// The tables' sizes, slots in use, slots reused and statements refused, for `sutra.metrics()`.
+pub fn occupancy() -> [i64; 6] {
+    let Some(h) = header() else { return [0; 6] };
+    let (tenants, tables) = locked(false, || {
+        (
+            tenant_table().iter().filter(|s| s.state.load(Ordering::Acquire) == READY).count(),
+            count_table().iter().filter(|s| s.state.load(Ordering::Acquire) == READY).count(),
+        )
+    });
+    [
+        h.capacity as i64,
+        tenants as i64,
+        h.table_capacity as i64,
+        tables as i64,
+        h.reused.load(Ordering::Relaxed) as i64,
+        h.refused.load(Ordering::Relaxed) as i64,
+    ]
+}
+
+/// Calls `f` on every slot in use, under the shared lock (`f` must not raise an error).
+pub fn for_each_slot(mut f: impl FnMut(&Slot)) {
+    if tenant_table().is_empty() {
+        return;
     }
-    let found = lookup(table, hash(db ^ relid.rotate_left(16), tenant), &(db, relid, *tenant));
-    if found.is_none() {
-        full("tenant table counts");
+    locked(false, || {
+        for s in tenant_table().iter().filter(|s| s.state.load(Ordering::Acquire) == READY) {
+            f(s)
+        }
+    })
+}
+
+/// Calls `f` on every (tenant, table) slot in use, under the shared lock (`f` must not raise).
+pub fn for_each_table_slot(mut f: impl FnMut(&TableSlot)) {
+    if count_table().is_empty() {
+        return;
     }
-    found
+    locked(false, || {
+        for s in count_table().iter().filter(|s| s.state.load(Ordering::Acquire) == READY) {
+            f(s)
+        }
+    })
+}
+
+/// Adds counts to the overflow list (merged with the tenant's entry); false when it is full.
+/// The caller holds the lock exclusively, or is the postmaster before any backend runs.
+fn spill_add(db: u32, tenant: &[u8; 16], counts: Counts) -> bool {
+    if counts.iter().all(|c| *c == 0) {
+        return true;
+    }
+    let list = spill_list();
+    let mut free = None;
+    for e in list {
+        if e.used.load(Ordering::Acquire) == 0 {
+            free = free.or(Some(e));
+        // SAFETY: a used entry's tenant is written before `used` is set, under the lock.
+        } else if e.db.load(Ordering::Relaxed) == db && unsafe { *e.tenant.get() } == *tenant {
+            e.counts.give_back(counts);
+            return true;
+        }
+    }
+    let Some(e) = free else { return false };
+    e.db.store(db, Ordering::Relaxed);
+    // SAFETY: an unused entry, written under the exclusive lock.
+    unsafe { *e.tenant.get() = *tenant };
+    e.counts.take();
+    e.counts.give_back(counts);
+    e.used.store(1, Ordering::Release);
+    true
+}
+
+/// Puts counts back into pending metering (a flush that failed, or what the last shutdown saved):
+/// into the tenant's slot if it has one, else into the overflow list. Returns false when both
+/// were full and the counts are lost.
+pub fn give_back(db: u32, tenant: &[u8; 16], counts: Counts) -> bool {
+    if tenant_table().is_empty() {
+        return false;
+    }
+    // SAFETY: a plain global of the process.
+    if !unsafe { pg_sys::IsUnderPostmaster } {
+        // The postmaster at start, alone: no lock to take.
+        return spill_add(db, tenant, counts);
+    }
+    locked(true, || match find_in(tenant_table(), hash(db, tenant), &(db, *tenant)) {
+        Some(s) => {
+            s.pending.give_back(counts);
+            true
+        }
+        None => spill_add(db, tenant, counts),
+    })
+}
+
+/// Takes the pending metering of database `db` (slots and overflow list), leaving zero.
+pub fn take_pending(db: u32) -> Vec<([u8; 16], Counts)> {
+    let mut out = Vec::new();
+    if tenant_table().is_empty() {
+        return out;
+    }
+    locked(true, || {
+        for s in tenant_table().iter().filter(|s| s.state.load(Ordering::Acquire) == READY && s.db() == db) {
+            let counts = s.pending.take();
+            if counts.iter().any(|n| *n > 0) {
+                out.push((s.tenant(), counts));
+            }
+        }
+        for e in
+            spill_list().iter().filter(|e| e.used.load(Ordering::Acquire) == 1 && e.db.load(Ordering::Relaxed) == db)
+        {
+            // SAFETY: a used entry, under the exclusive lock.
+            out.push((unsafe { *e.tenant.get() }, e.counts.take()));
+            e.used.store(0, Ordering::Release);
+        }
+    });
+    out
+}
+
+/// Every (database, tenant, counts) of pending metering, without the lock: for the postmaster's
+/// save at exit, when no other process runs.
+pub fn all_pending_unlocked() -> Vec<(u32, [u8; 16], Counts)> {
+    let mut out = Vec::new();
+    for s in tenant_table().iter().filter(|s| s.state.load(Ordering::Acquire) == READY) {
+        let counts = s.pending.read();
+        if counts.iter().any(|n| *n > 0) {
+            out.push((s.db(), s.tenant(), counts));
+        }
+    }
+    for e in spill_list().iter().filter(|e| e.used.load(Ordering::Acquire) == 1) {
+        // SAFETY: no other process runs (see above).
+        out.push((e.db.load(Ordering::Relaxed), unsafe { *e.tenant.get() }, e.counts.read()));
+    }
+    out
+}
+
+/// The databases with pending metering. Reads only atomics, without the lock: a database seen
+/// by mistake only costs a flush worker that finds nothing.
+pub fn databases_with_pending() -> Vec<u32> {
+    let mut dbs: Vec<u32> = tenant_table()
+        .iter()
+        .filter(|s| s.state.load(Ordering::Acquire) == READY && s.pending.read().iter().any(|c| *c > 0))
+        .map(|s| s.db())
+        .chain(
+            spill_list().iter().filter(|e| e.used.load(Ordering::Acquire) == 1).map(|e| e.db.load(Ordering::Relaxed)),
+        )
+        .collect();
+    dbs.sort_unstable();
+    dbs.dedup();
+    dbs
+}
+
+/// The error of a statement that needs a slot when every candidate is in use right now.
+pub fn raise_full(which: &str) -> ! {
+    let (setting, size) = match which {
+        "tenant table counts" => ("sutra.max_tenant_table_counts", header().map_or(0, |h| h.table_capacity)),
+        _ => ("sutra.max_tenants", header().map_or(0, |h| h.capacity)),
+    };
+    crate::error::raise_detail_hint(
+        PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+        format!("sutra's shared {which} table is full"),
+        format!("All {size} slots that could hold this tenant belong to tenants active right now."),
+        format!("Raise {setting} and restart the server."),
+    )
 }
 
 /// The current database's oid.
@@ -439,6 +806,3 @@ pub fn my_db() -> u32 {
     // SAFETY: a plain backend global, set at connection.
     unsafe { pg_sys::MyDatabaseId.to_u32() }
 }
-
-#[allow(dead_code)]
-const _: () = assert!(std::mem::size_of::<Slot>() <= 1024, "a tenant's shared state stays under 1 KiB");
