@@ -316,7 +316,83 @@ CREATE TABLE usage_rollups (
     quantity numeric NOT NULL,
     PRIMARY KEY (tenant_id, metric, minute)
 );
-COMMENT ON TABLE usage_rollups IS 'metered usage per tenant, metric and minute (hours, days and months: sutra.usage_summary)';
+COMMENT ON TABLE usage_rollups IS 'metered usage per tenant, metric and minute; older rows hold an hour or a day (sutra.compact_usage)';
+-- Compaction reads by time.
+CREATE INDEX ON usage_rollups (minute);
+
+-- How far compaction has got: rows before hours_until are whole hours, before days_until whole
+-- days, and nothing is left before retained_from. One row.
+CREATE TABLE usage_compaction (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    hours_until timestamptz NOT NULL DEFAULT '-infinity',
+    days_until timestamptz NOT NULL DEFAULT '-infinity',
+    retained_from timestamptz NOT NULL DEFAULT '-infinity',
+    last_run timestamptz
+);
+INSERT INTO usage_compaction DEFAULT VALUES;
+COMMENT ON TABLE usage_compaction IS 'how far sutra.compact_usage has compacted sutra.usage_rollups';
+
+-- Compacts metered usage: minute rows older than sutra.usage_minutes_kept become one row per hour
+-- (at the hour's first minute), hour rows older than sutra.usage_hours_kept one row per day (at
+-- the day's first minute, UTC), and rows older than sutra.usage_retention (when set) are deleted.
+-- Sums over hours, days and months, and so usage_summary and invoice, are the same before and
+-- after. Each run works on the rows since the previous run's bounds only. The metering worker
+-- runs it at most once an hour per database; returns the rows removed.
+CREATE FUNCTION compact_usage() RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c sutra.usage_compaction;
+    hour_cut timestamptz := date_trunc('hour', now() - current_setting('sutra.usage_minutes_kept')::interval, 'UTC');
+    day_cut timestamptz := date_trunc('day', now() - current_setting('sutra.usage_hours_kept')::interval, 'UTC');
+    retention interval := current_setting('sutra.usage_retention')::interval;
+    removed bigint := 0;
+    n bigint;
+BEGIN
+    PERFORM sutra._require_service('compact usage');
+    -- One compaction at a time; a second caller waits, then finds the work done.
+    SELECT * INTO c FROM sutra.usage_compaction FOR UPDATE;
+    IF hour_cut > c.hours_until THEN
+        WITH gone AS (
+            DELETE FROM sutra.usage_rollups r
+            WHERE r.minute >= c.hours_until AND r.minute < hour_cut
+              AND r.minute <> date_trunc('hour', r.minute, 'UTC')
+            RETURNING r.tenant_id, r.metric, date_trunc('hour', r.minute, 'UTC') AS at, r.quantity
+        ), kept AS (
+            INSERT INTO sutra.usage_rollups AS r (tenant_id, metric, minute, quantity)
+            SELECT g.tenant_id, g.metric, g.at, sum(g.quantity) FROM gone g GROUP BY 1, 2, 3
+            ON CONFLICT (tenant_id, metric, minute) DO UPDATE SET quantity = r.quantity + EXCLUDED.quantity
+            RETURNING (xmax = 0) AS added
+        )
+        SELECT (SELECT count(*) FROM gone) - (SELECT count(*) FILTER (WHERE added) FROM kept) INTO n;
+        removed := removed + n;
+        c.hours_until := hour_cut;
+    END IF;
+    IF day_cut > c.days_until THEN
+        WITH gone AS (
+            DELETE FROM sutra.usage_rollups r
+            WHERE r.minute >= c.days_until AND r.minute < day_cut
+              AND r.minute <> date_trunc('day', r.minute, 'UTC')
+            RETURNING r.tenant_id, r.metric, date_trunc('day', r.minute, 'UTC') AS at, r.quantity
+        ), kept AS (
+            INSERT INTO sutra.usage_rollups AS r (tenant_id, metric, minute, quantity)
+            SELECT g.tenant_id, g.metric, g.at, sum(g.quantity) FROM gone g GROUP BY 1, 2, 3
+            ON CONFLICT (tenant_id, metric, minute) DO UPDATE SET quantity = r.quantity + EXCLUDED.quantity
+            RETURNING (xmax = 0) AS added
+        )
+        SELECT (SELECT count(*) FROM gone) - (SELECT count(*) FILTER (WHERE added) FROM kept) INTO n;
+        removed := removed + n;
+        c.days_until := day_cut;
+    END IF;
+    IF retention > interval '0' AND date_trunc('day', now() - retention, 'UTC') > c.retained_from THEN
+        c.retained_from := date_trunc('day', now() - retention, 'UTC');
+        DELETE FROM sutra.usage_rollups r WHERE r.minute < c.retained_from;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        removed := removed + n;
+    END IF;
+    UPDATE sutra.usage_compaction SET hours_until = c.hours_until, days_until = c.days_until,
+                                      retained_from = c.retained_from, last_run = now();
+    RETURN removed;
+END $$;
 
 -- Prices: per metric (a metered metric or an application event type), for a plan or all plans.
 CREATE TABLE prices (
@@ -520,6 +596,10 @@ REVOKE ALL ON FUNCTION _quota_set(oid, uuid, bigint, bigint, bigint) FROM PUBLIC
 REVOKE ALL ON FUNCTION _quota_counts(uuid, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _rate_limit_state(uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION metrics() FROM PUBLIC;
+REVOKE ALL ON FUNCTION compact_usage() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION compact_usage() TO sutra_service;
+REVOKE ALL ON usage_compaction FROM PUBLIC;
+GRANT SELECT ON usage_compaction TO sutra_service;
 GRANT EXECUTE ON FUNCTION metrics() TO sutra_service;
 -- What tenants_near_limits calls: a view runs functions with its reader's EXECUTE rights.
 GRANT EXECUTE ON FUNCTION _tenant_counters(), _quota_counts(uuid, boolean) TO sutra_service;

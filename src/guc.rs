@@ -10,6 +10,9 @@
 //! | `sutra.max_tenants` | 32,768 | configuration file, at server start | tenants (per database) limited and metered at once in shared memory: 288 bytes each (about 9 MB at the default); an idle tenant's slot is reused for another, and when every slot belongs to a tenant active right now, statements of further tenants fail with 53400 ([`crate::usage::shmem`]) |
 //! | `sutra.max_tenant_table_counts` | 131,072 | configuration file, at server start | (tenant, tenant table) quota counts held at once: 72 bytes each (about 9 MB at the default); reused like tenant slots |
 //! | `sutra.usage_flush_interval` | seconds, 10 | configuration file | how often metering is written to `sutra.usage_rollups` |
+//! | `sutra.usage_minutes_kept` | seconds, 1 day | superusers (the worker: configuration file) | minute rows of `sutra.usage_rollups` older than this become hour rows (`sutra.compact_usage`, run by the metering worker hourly) |
+//! | `sutra.usage_hours_kept` | seconds, 31 days | superusers (the worker: configuration file) | hour rows older than this become day rows |
+//! | `sutra.usage_retention` | seconds, 0 | superusers (the worker: configuration file) | metered usage older than this is deleted; 0 keeps it for good |
 //! | `sutra.usage_event_max_age` | seconds, 35 days | superusers | how far back a tenant session may date a usage event |
 //! | `sutra.usage_event_max_future` | seconds, 1 day | superusers | how far ahead any caller may date a usage event |
 //! | `sutra.hnsw_ef_search` | 40 | anyone | candidate list size of `sutra_hnsw` scans |
@@ -31,6 +34,9 @@ pub static METERING: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static MAX_TENANTS: GucSetting<i32> = GucSetting::<i32>::new(32_768);
 pub static MAX_TENANT_TABLE_COUNTS: GucSetting<i32> = GucSetting::<i32>::new(131_072);
 pub static USAGE_FLUSH_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(10);
+pub static USAGE_MINUTES_KEPT: GucSetting<i32> = GucSetting::<i32>::new(86400);
+pub static USAGE_HOURS_KEPT: GucSetting<i32> = GucSetting::<i32>::new(31 * 86400);
+pub static USAGE_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static USAGE_EVENT_MAX_AGE: GucSetting<i32> = GucSetting::<i32>::new(35 * 86400);
 pub static USAGE_EVENT_MAX_FUTURE: GucSetting<i32> = GucSetting::<i32>::new(86400);
 pub static HNSW_EF_SEARCH: GucSetting<i32> = GucSetting::<i32>::new(40);
@@ -98,6 +104,36 @@ pub fn init(with_hooks: &[fn()]) {
         1,
         3600,
         GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"sutra.usage_minutes_kept",
+        c"How long metered usage is kept per minute before it is compacted to hours.",
+        c"sutra.compact_usage, which the metering worker runs hourly, sums older minutes into hours.",
+        &USAGE_MINUTES_KEPT,
+        3600,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"sutra.usage_hours_kept",
+        c"How long metered usage is kept per hour before it is compacted to days.",
+        c"Days are UTC days.",
+        &USAGE_HOURS_KEPT,
+        86400,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"sutra.usage_retention",
+        c"How long metered usage is kept at all; 0 keeps it for good.",
+        c"Older rows of sutra.usage_rollups are deleted by sutra.compact_usage.",
+        &USAGE_RETENTION,
+        0,
+        i32::MAX,
+        GucContext::Suset,
         GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(

@@ -116,6 +116,8 @@ def test_every_tenant_stays_limited_and_metered_while_slots_are_reused(cluster):
         wrong = [r for r in rows if r[1:] != (4, 3, 1)]
         assert not wrong, f"{len(wrong)} tenants metered wrongly, e.g. {wrong[:5]}"
         assert admin.execute("SELECT count(*) FROM items").fetchone()[0] == 3 * TENANTS
+        # The metering worker also compacts the rollups (at most hourly): it has run here.
+        assert admin.execute("SELECT last_run IS NOT NULL FROM sutra.usage_compaction").fetchone()[0]
 
 
 def test_a_full_table_of_active_tenants_fails_closed(cluster):
