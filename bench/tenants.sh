@@ -16,7 +16,8 @@
 #      are reused all along;
 # then, once, 1,000 of those tenants pushed past their limits (quota at their row count, a rate
 # of one statement in 1,000 s): every one must be refused a row (53100) and a second statement
-# (53400). Prints shared memory per tenant slot and the slot tables' counters.
+# (53400). Prints shared memory per tenant slot and the slot tables' counters, and how long
+# metrics(), tenants_near_limits, usage_summary and invoice take at the last size (goal < 1 s).
 # Run: bench/tenants.sh   (builds and installs the release build first; about 10 minutes)
 # SUTRA_BENCH_INSTALLED=1 uses the sutra installed; SUTRA_BENCH_HOST/SUTRA_BENCH_PORT a running
 # cluster (see bench_cluster in scripts/lib.sh; the database bench_tenants and the role
@@ -168,10 +169,29 @@ quota_refused=$(grep -c 'quota exceeded for tenant' <<<"$errors" || true)
 rate_refused=$(grep -c 'rate limit exceeded for tenant' <<<"$errors" || true)
 slots=$(sql -c "SELECT string_agg(name || ' ' || value, ', ') FROM sutra._shared_tables()")
 
+# --- Reports at the last size, with the tenants of the runs above in shared memory --------------
+sql -c "SELECT sutra.flush_usage()" >/dev/null
+in_shm=$(sql -c "SELECT count(*) FROM sutra._tenant_counters()")
+metrics_bytes=$(sql -c "SELECT length(sutra.metrics())")
+report_line() { # report_line NAME SQL
+    local ms
+    ms=$(best_ms "$2")
+    printf '    %-58s %8.1f ms (goal < 1000 ms, %s)\n' "$1" "$ms" "$(verdict "$ms" 1000 "<")"
+}
+REPORTS=(
+    "$(report_line "metrics() (top 100 tenants, $metrics_bytes bytes)" "SELECT length(sutra.metrics())")"
+    "$(report_line "metrics(recent => true)" "SELECT length(sutra.metrics(recent => true))")"
+    "$(report_line "tenants_near_limits" "SELECT count(*) FROM sutra.tenants_near_limits")"
+    "$(report_line "usage_summary (a tenant, a month by day)" "SELECT count(*) FROM sutra.usage_summary($(uuid_of 42), now() - interval '1 month', now() + interval '1 day', 'day')")"
+    "$(report_line "invoice (a tenant, this month)" "SELECT count(*) FROM sutra.invoice($(uuid_of 42), now()::date)")"
+)
+
 echo "shared memory per tenant slot: $per_slot bytes (a tenant and its counts in one table)"
 printf '%s\n' "${REPORT[@]}"
 printf '1,000 tenants pushed past their limits: %d of 1000 refused a row over quota (53100), %d of 1000 refused a statement over rate (53400)\n' \
     "$quota_refused" "$rate_refused"
 echo "shared tables: $slots"
+echo "reports at $have tenants, $in_shm of them in shared memory, server-side, best of 3:"
+printf '%s\n' "${REPORTS[@]}"
 echo "reproduce: bench/tenants.sh"
 [ "$quota_refused" = 1000 ] && [ "$rate_refused" = 1000 ]

@@ -512,15 +512,23 @@ RETURNS TABLE (ops_per_second double precision, burst bigint, available bigint, 
                connections_limit integer)
 LANGUAGE sql AS $$ SELECT * FROM sutra.rate_limit_status(tenant::text) $$;
 
--- Per-tenant counters in the Prometheus text format, for postgres_exporter or any scraper.
-CREATE FUNCTION metrics() RETURNS text
+-- Counters in the Prometheus text format, for postgres_exporter or any scraper, of a size that
+-- does not grow with the tenant count: every tenant's metering and refusals since server start
+-- (sutra_*_total, no labels), the shared tables' size and use, and per-tenant series
+-- (sutra_tenant_*) for the `top` tenants by statements among those in shared memory, plus, with
+-- `recent`, every tenant active since the last flush.
+CREATE FUNCTION metrics(top integer DEFAULT 100, recent boolean DEFAULT false) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM sutra._require_service('read metrics');
     RETURN (
-        WITH rows AS (
+        WITH counters AS (
+            SELECT c.*, row_number() OVER (ORDER BY c.statements DESC, c.tenant_id) AS rank
+            FROM sutra._tenant_counters() c
+        ), rows AS (
             SELECT to_jsonb(c) || jsonb_build_object('slug', coalesce(t.slug, '')) AS r
-            FROM sutra._tenant_counters() c LEFT JOIN sutra.tenants t ON t.id = c.tenant_id
+            FROM counters c LEFT JOIN sutra.tenants t ON t.id = c.tenant_id
+            WHERE c.rank <= top OR (metrics.recent AND c.recent)
         ), defs (ord, name, kind, help) AS (VALUES
             (1, 'statements', 'counter', 'Statements run by tenant sessions.'),
             (2, 'rows_read', 'counter', 'Rows returned to tenant sessions.'),
@@ -535,13 +543,20 @@ BEGIN
             (11, 'active_statements', 'gauge', 'Statements running now.'),
             (12, 'connections', 'gauge', 'Sessions holding the tenant''s context now.')
         ), named AS (
-            SELECT d.*, 'sutra_tenant_' || d.name || CASE WHEN d.kind = 'counter' THEN '_total' ELSE '' END AS metric
-            FROM defs d
+            SELECT d.*, CASE WHEN d.kind = 'counter' THEN '_total' ELSE '' END AS suffix FROM defs d
         )
         SELECT string_agg(
-                   format(E'# HELP %s %s\n# TYPE %s %s\n', n.metric, n.help, n.metric, n.kind)
-                   || coalesce((SELECT string_agg(format(E'%s{tenant_id="%s",tenant="%s"} %s\n', n.metric,
-                                                         x.r ->> 'tenant_id', x.r ->> 'slug', x.r ->> n.name),
+                   -- Every tenant together (counters only), then the selected tenants.
+                   CASE WHEN n.kind = 'counter' THEN
+                       format(E'# HELP sutra_%s%s %s (all tenants, since server start)\n# TYPE sutra_%s%s counter\nsutra_%s%s %s\n',
+                              n.name, n.suffix, n.help, n.name, n.suffix, n.name, n.suffix,
+                              (SELECT s.value FROM sutra._server_counters() s WHERE s.metric = n.name))
+                   ELSE '' END
+                   || format(E'# HELP sutra_tenant_%s%s %s\n# TYPE sutra_tenant_%s%s %s\n',
+                             n.name, n.suffix, n.help, n.name, n.suffix, n.kind)
+                   || coalesce((SELECT string_agg(format(E'sutra_tenant_%s%s{tenant_id="%s",tenant="%s"} %s\n',
+                                                         n.name, n.suffix, x.r ->> 'tenant_id', x.r ->> 'slug',
+                                                         x.r ->> n.name),
                                                   '' ORDER BY x.r ->> 'slug') FROM rows x), ''),
                    '' ORDER BY n.ord)
         FROM named n)
@@ -550,10 +565,22 @@ BEGIN
         FROM sutra._shared_tables() s);
 END $$;
 
--- Tenants at or past the soft threshold of a limit.
+-- Tenants at or past the soft threshold of a limit. Only tenants that can be near one are looked
+-- at: those in shared memory (live counts and quota counts are there) and those on a plan or with
+-- an override with monthly caps (both found by index), so its cost follows the active tenants,
+-- not the tenant count.
 CREATE VIEW tenants_near_limits AS
-    WITH caps AS (
-        SELECT t.id, t.slug, sutra._limits(t.id) AS l FROM sutra.tenants t WHERE t.status = 'active'
+    WITH live_counts AS (
+        SELECT * FROM sutra._tenant_counters()
+    ), candidates AS (
+        SELECT n.tenant_id AS id FROM live_counts n
+        UNION
+        SELECT t.id FROM sutra.tenants t WHERE t.plan IN (SELECT p.name FROM sutra.plans p WHERE p.limits ? 'monthly')
+        UNION
+        SELECT t.id FROM sutra.tenants t WHERE t.quota_overrides ? 'monthly'
+    ), caps AS (
+        SELECT t.id, t.slug, sutra._limits(t.id) AS l
+        FROM candidates c JOIN sutra.tenants t ON t.id = c.id WHERE t.status = 'active'
     ), monthly AS (
         SELECT c.id, c.slug, 'monthly.' || k AS limit_name, v::numeric AS limit_value,
                coalesce((c.l ->> 'soft_threshold')::numeric, 0.8) AS threshold,
@@ -566,7 +593,7 @@ CREATE VIEW tenants_near_limits AS
     ), live AS (
         SELECT c.id, c.slug, x.limit_name, x.limit_value, coalesce((c.l ->> 'soft_threshold')::numeric, 0.8) AS threshold,
                x.used
-        FROM caps c JOIN sutra._tenant_counters() n ON n.tenant_id = c.id
+        FROM caps c JOIN live_counts n ON n.tenant_id = c.id
         CROSS JOIN LATERAL (VALUES ('connections', (c.l ->> 'connections')::numeric, n.connections::numeric),
                                    ('concurrent_statements', (c.l ->> 'concurrent_statements')::numeric, n.active_statements::numeric))
                    x(limit_name, limit_value, used)
@@ -595,15 +622,16 @@ REVOKE ALL ON FUNCTION _tenant_counters() FROM PUBLIC;
 REVOKE ALL ON FUNCTION _quota_set(oid, uuid, bigint, bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _quota_counts(uuid, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _rate_limit_state(uuid) FROM PUBLIC;
-REVOKE ALL ON FUNCTION metrics() FROM PUBLIC;
+REVOKE ALL ON FUNCTION metrics(integer, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION compact_usage() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION compact_usage() TO sutra_service;
 REVOKE ALL ON usage_compaction FROM PUBLIC;
 GRANT SELECT ON usage_compaction TO sutra_service;
-GRANT EXECUTE ON FUNCTION metrics() TO sutra_service;
+GRANT EXECUTE ON FUNCTION metrics(integer, boolean) TO sutra_service;
 -- What tenants_near_limits calls: a view runs functions with its reader's EXECUTE rights.
 GRANT EXECUTE ON FUNCTION _tenant_counters(), _quota_counts(uuid, boolean) TO sutra_service;
 REVOKE ALL ON FUNCTION _shared_tables() FROM PUBLIC;
+REVOKE ALL ON FUNCTION _server_counters() FROM PUBLIC;
 GRANT SELECT ON usage_events, usage_rollups, usage_events_stripe, usage_events_cloudevents, prices TO PUBLIC;
 GRANT INSERT, UPDATE, DELETE ON prices TO sutra_service;
 SELECT _own_rows_policies('usage_events', 'tenant_id', 'admin');

@@ -177,7 +177,7 @@ def test_metering_reaches_the_rollups(tenant):
                 if got.get("statements", 0) >= 3 or time.monotonic() > deadline:
                     break
                 time.sleep(0.1)
-            text = c.execute("SELECT sutra.metrics()").fetchone()[0]
+            text = c.execute("SELECT sutra.metrics(top => 1000000)").fetchone()[0]
     finally:
         with superuser() as c:
             c.execute("DROP TABLE lim_items")
@@ -224,3 +224,22 @@ def test_quota_holds_under_16_concurrent_writers(tenant):
     assert rows == limit
     assert counted == limit
     assert set(refused) == {"53100"} and len(refused) == 16 * 60 - limit
+
+
+def test_metrics_stay_bounded_whatever_the_tenant_count(tenant):
+    """metrics(top => 1) has one tenant's series (the busiest), the server-wide totals and the
+    shared tables' use; the server-wide totals are at least the sum over every tenant."""
+    tid, session = tenant({})
+    with session() as s:
+        s.execute("SELECT 1")
+    with superuser() as c:
+        top_one = c.execute("SELECT sutra.metrics(top => 1)").fetchone()[0]
+        every = c.execute("SELECT sutra.metrics(top => 1000000)").fetchone()[0]
+    series = lambda text: [l for l in text.splitlines() if l.startswith("sutra_tenant_statements_total{")]
+    value = lambda line: float(line.rsplit(" ", 1)[1])
+    assert len(series(top_one)) == 1
+    assert len(series(every)) >= 2
+    assert value(series(top_one)[0]) == max(value(l) for l in series(every))
+    total = next(l for l in top_one.splitlines() if l.startswith("sutra_statements_total "))
+    assert value(total) >= sum(value(l) for l in series(every))
+    assert any(l.startswith("sutra_tenant_slots ") for l in top_one.splitlines())

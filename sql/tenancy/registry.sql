@@ -97,6 +97,10 @@ INSERT INTO tenants (id, slug, name, plan)
 -- once): a change of status or plan invalidates those caches.
 CREATE TRIGGER tenant_changed AFTER UPDATE OR DELETE ON tenants
     FOR EACH STATEMENT EXECUTE FUNCTION _tenants_changed();
+-- Reports find the tenants of a plan, and those with monthly caps of their own, without reading
+-- every tenant (sutra.tenants_near_limits).
+CREATE INDEX ON tenants (plan);
+CREATE INDEX tenants_with_monthly_caps ON tenants (id) WHERE quota_overrides ? 'monthly';
 
 -- Privileges and row level security ------------------------------------------------------------
 

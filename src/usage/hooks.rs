@@ -9,7 +9,7 @@
 //! then and at each statement. Parallel workers and nested statements are not charged again.
 
 use std::cell::{Cell, RefCell};
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Instant;
 
 use pgrx::prelude::*;
@@ -18,7 +18,7 @@ use sutra_core::gcra::Gcra;
 
 use super::limits;
 use super::meter;
-use super::shmem::{self, Metric, Pin, Slot};
+use super::shmem::{self, Metric, Pin, Refusal, Slot};
 use crate::backend::caller::in_parallel_worker;
 use crate::backend::{ms_ceil, now_ns};
 use crate::error::{raise_detail, raise_hint};
@@ -66,14 +66,14 @@ pub fn init() {
     }
 }
 
-/// Counts one more in `counter`, unless that would pass `max`: then it counts a refusal in
-/// `refused` instead and returns the limit.
-fn take_one(counter: &AtomicI32, max: Option<i32>, refused: &AtomicU64) -> Option<i32> {
+/// Counts one more in `counter` of `slot`, unless that would pass `max`: then it counts a
+/// refusal (`why`) instead and returns the limit.
+fn take_one(slot: &Slot, counter: &AtomicI32, max: Option<i32>, why: Refusal) -> Option<i32> {
     let now = counter.fetch_add(1, Ordering::AcqRel) + 1;
     match max {
         Some(max) if now > max => {
             counter.fetch_sub(1, Ordering::AcqRel);
-            refused.fetch_add(1, Ordering::Relaxed);
+            slot.refuse(why);
             Some(max)
         }
         _ => None,
@@ -90,7 +90,7 @@ fn admit(tenant: pgrx::Uuid) {
     DEPTH.with(|d| d.set(d.get() - 1));
     if let Some((rate, burst)) = limits.rate() {
         if let Err(wait) = Gcra::new(rate, burst).take(&slot.tat, now_ns()) {
-            slot.rate_limited.fetch_add(1, Ordering::Relaxed);
+            slot.refuse(Refusal::Rate);
             raise_detail(
                 PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
                 format!("rate limit exceeded for tenant {tenant}"),
@@ -101,7 +101,7 @@ fn admit(tenant: pgrx::Uuid) {
             );
         }
     }
-    if let Some(max) = take_one(&slot.active, limits.concurrent_statements, &slot.concurrency_refused) {
+    if let Some(max) = take_one(&slot, &slot.active, limits.concurrent_statements, Refusal::Concurrency) {
         raise_hint(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES,
             format!("too many concurrent statements for tenant {tenant}"),
@@ -204,7 +204,7 @@ pub fn reserve_connection(tenant: &pgrx::Uuid) {
         return;
     }
     let slot = shmem::slot(shmem::my_db(), &key).unwrap_or_else(|_| shmem::raise_full("tenant"));
-    if let Some(max) = take_one(&slot.connections, limits::of(tenant).connections, &slot.connections_refused) {
+    if let Some(max) = take_one(&slot, &slot.connections, limits::of(tenant).connections, Refusal::Connections) {
         raise_hint(
             PgSqlErrorCode::ERRCODE_TOO_MANY_CONNECTIONS,
             format!("too many connections for tenant {tenant}"),

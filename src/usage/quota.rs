@@ -13,7 +13,6 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::CStr;
-use std::sync::atomic::Ordering;
 
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
@@ -264,7 +263,7 @@ pub fn ensure_tenant_known(tenant: &pgrx::Uuid) {
 
 fn exceeded(tenant: &pgrx::Uuid, what: &str, limit: i64, value: i64, unit: &str) -> ! {
     if let Some(s) = shmem::find(shmem::my_db(), tenant.as_bytes()) {
-        s.quota_refused.fetch_add(1, Ordering::Relaxed);
+        s.refuse(shmem::Refusal::Quota);
     }
     raise_detail(
         PgSqlErrorCode::ERRCODE_DISK_FULL,

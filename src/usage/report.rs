@@ -10,7 +10,8 @@ use super::limits;
 use super::shmem::{self, Counts, Metric};
 
 /// `sutra._tenant_counters()`: every tenant of this database in shared memory, with its totals
-/// since server start and its current statement and connection counts.
+/// since its slot was claimed, its current statement and connection counts, and whether it was
+/// active since the last flush (`recent`).
 // The row type is the SQL function's signature.
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, name = "_tenant_counters")]
@@ -30,6 +31,7 @@ fn tenant_counters() -> TableIterator<
         name!(quota_refused, i64),
         name!(active_statements, i32),
         name!(connections, i32),
+        name!(recent, bool),
     ),
 > {
     let db = shmem::my_db();
@@ -51,6 +53,9 @@ fn tenant_counters() -> TableIterator<
                 s.quota_refused.load(Ordering::Relaxed) as i64,
                 s.active.load(Ordering::Relaxed),
                 s.connections.load(Ordering::Relaxed),
+                s.active.load(Ordering::Relaxed) > 0
+                    || s.connections.load(Ordering::Relaxed) > 0
+                    || s.pending.read().iter().any(|n| *n > 0),
             ));
         }
     });
@@ -100,6 +105,21 @@ fn rate_limit_state(
         connections,
         l.connections,
     ))
+}
+
+/// `sutra._server_counters()`: every tenant's metering and refusals since server start, as
+/// (metric, value) rows for `sutra.metrics()`.
+#[pg_extern(volatile, name = "_server_counters")]
+fn server_counters() -> TableIterator<'static, (name!(metric, &'static str), name!(value, f64))> {
+    let (counts, refusals) = shmem::server_totals();
+    let mut rows: Vec<(&'static str, f64)> =
+        Metric::ALL.into_iter().map(|m| (m.name(), m.quantity(counts[m.index()]))).collect();
+    for (name, n) in
+        ["rate_limited", "concurrency_refused", "connections_refused", "quota_refused"].into_iter().zip(refusals)
+    {
+        rows.push((name, n as f64));
+    }
+    TableIterator::new(rows)
 }
 
 /// `sutra._shared_tables()`: the shared tables' sizes and use, as (name, kind, value, help)

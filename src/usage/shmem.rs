@@ -236,11 +236,28 @@ impl Slot {
         unsafe { *self.tenant.get() }
     }
 
-    /// Adds to a metered quantity (pending and total).
+    /// Adds to a metered quantity (pending, the slot's total and the server's).
     pub fn meter(&self, metric: Metric, n: u64) {
         if n > 0 {
             self.pending.fields()[metric.index()].fetch_add(n, Ordering::Relaxed);
             self.total.fields()[metric.index()].fetch_add(n, Ordering::Relaxed);
+            if let Some(h) = header() {
+                h.totals.fields()[metric.index()].fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Counts a refusal of the tenant (in the slot and for the server).
+    pub fn refuse(&self, why: Refusal) {
+        let counter = match why {
+            Refusal::Rate => &self.rate_limited,
+            Refusal::Concurrency => &self.concurrency_refused,
+            Refusal::Connections => &self.connections_refused,
+            Refusal::Quota => &self.quota_refused,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(h) = header() {
+            h.refusals[why as usize].fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -381,6 +398,23 @@ struct Header {
     reused: AtomicU64,
     /// Statements refused because every candidate slot was pinned.
     refused: AtomicU64,
+    /// Every tenant's metering since server start, whatever slot it was counted in.
+    totals: Counters,
+    /// Every tenant's refusals since server start, by [`Refusal`].
+    refusals: [AtomicU64; Refusal::COUNT],
+}
+
+/// Why a tenant's statement or context was refused.
+#[derive(Clone, Copy)]
+pub enum Refusal {
+    Rate,
+    Concurrency,
+    Connections,
+    Quota,
+}
+
+impl Refusal {
+    pub const COUNT: usize = 4;
 }
 
 static mut HEADER: *mut Header = std::ptr::null_mut();
@@ -656,6 +690,14 @@ pub fn occupancy() -> [i64; 6] {
         h.reused.load(Ordering::Relaxed) as i64,
         h.refused.load(Ordering::Relaxed) as i64,
     ]
+}
+
+/// Every tenant's metering and refusals since server start (monotonic: slot reuse loses nothing).
+pub fn server_totals() -> (Counts, [u64; Refusal::COUNT]) {
+    match header() {
+        Some(h) => (h.totals.read(), std::array::from_fn(|i| h.refusals[i].load(Ordering::Relaxed))),
+        None => ([0; Metric::COUNT], [0; Refusal::COUNT]),
+    }
 }
 
 /// Calls `f` on every slot in use, under the shared lock (`f` must not raise an error).
