@@ -11,7 +11,7 @@
 #   3. statements per second of 100,000 distinct tenants taking turns (pgbench, 2 clients, a
 #      random tenant per transaction: set_tenant, an INSERT and a count of the tenant's rows) with
 #      the tenants on a plan with row quotas, a rate limit and concurrency limits (none reached)
-#      against the same tenants on a plan without limits, alternating, 3 rounds of BENCH_SECONDS
+#      against the same tenants on a plan without limits, alternating, 5 rounds of BENCH_SECONDS
 #      (default 10) each, medians (goal >= 0.95); with 100,000 tenants over 32,768 slots, slots
 #      are reused all along;
 # then, once, 1,000 of those tenants pushed past their limits (quota at their row count, a rate
@@ -136,7 +136,7 @@ for n in "${SIZES[@]}"; do
     [ "$n" -ge "$ACTIVE" ] || continue
     on=()
     off=()
-    for round in 1 2 3; do
+    for round in 1 2 3 4 5; do
         for mode in limited unlimited; do
             sql -c "UPDATE sutra.tenants SET plan = '$mode' WHERE id <= $(uuid_of $ACTIVE) AND plan <> '$mode'" >/dev/null
             out=$(pgbench_app -c 2 -j 2 -T "$SECS" -f "$WORK/turn.sql")

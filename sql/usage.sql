@@ -565,47 +565,57 @@ BEGIN
         FROM sutra._shared_tables() s);
 END $$;
 
+-- A tenant's limit `key` from its plan's limits and its overrides (an override key replaces the
+-- plan's, null and 0 mean unlimited): the per-key form of _limits, cheap enough for every tenant in
+-- shared memory.
+CREATE FUNCTION _limit_value(plan jsonb, overrides jsonb, key text) RETURNS numeric
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT nullif((CASE WHEN overrides ? key THEN overrides ->> key ELSE plan ->> key END)::numeric, 0)
+$$;
+
 -- Tenants at or past the soft threshold of a limit. Only tenants that can be near one are looked
--- at: those in shared memory (live counts and quota counts are there) and those on a plan or with
--- an override with monthly caps (both found by index), so its cost follows the active tenants,
--- not the tenant count.
+-- at: those in shared memory (live counts and quota counts are there, read in one pass each) and
+-- those on a plan, or with an override, that has monthly caps (both found by index), so its cost
+-- follows the active tenants, not the tenant count.
 CREATE VIEW tenants_near_limits AS
     WITH live_counts AS (
         SELECT * FROM sutra._tenant_counters()
-    ), candidates AS (
-        SELECT n.tenant_id AS id FROM live_counts n
-        UNION
+    ), quota_totals AS (
+        SELECT * FROM sutra._quota_totals()
+    ), with_monthly AS (
         SELECT t.id FROM sutra.tenants t WHERE t.plan IN (SELECT p.name FROM sutra.plans p WHERE p.limits ? 'monthly')
         UNION
         SELECT t.id FROM sutra.tenants t WHERE t.quota_overrides ? 'monthly'
     ), caps AS (
-        SELECT t.id, t.slug, sutra._limits(t.id) AS l
-        FROM candidates c JOIN sutra.tenants t ON t.id = c.id WHERE t.status = 'active'
+        SELECT t.id, t.slug, p.limits AS pl, t.quota_overrides AS ov,
+               coalesce(sutra._limit_value(p.limits, t.quota_overrides, 'soft_threshold'), 0.8) AS threshold
+        FROM (SELECT n.tenant_id AS id FROM live_counts n UNION SELECT w.id FROM with_monthly w) c
+        JOIN sutra.tenants t ON t.id = c.id JOIN sutra.plans p ON p.name = t.plan
+        WHERE t.status = 'active'
     ), monthly AS (
-        SELECT c.id, c.slug, 'monthly.' || k AS limit_name, v::numeric AS limit_value,
-               coalesce((c.l ->> 'soft_threshold')::numeric, 0.8) AS threshold,
+        SELECT c.id, c.slug, 'monthly.' || k AS limit_name, v::numeric AS limit_value, c.threshold,
                coalesce((SELECT sum(r.quantity) FROM sutra.usage_rollups r
                          WHERE r.tenant_id = c.id AND r.metric = k AND r.minute >= date_trunc('month', now(), 'UTC')), 0)
              + coalesce((SELECT sum(e.quantity) FROM sutra.usage_events e
                          WHERE e.tenant_id = c.id AND e.event_type = k AND e.occurred_at >= date_trunc('month', now(), 'UTC')), 0)
                AS used
-        FROM caps c, jsonb_each_text(coalesce(c.l -> 'monthly', '{}')) m(k, v)
+        FROM caps c JOIN with_monthly w ON w.id = c.id,
+             jsonb_each_text(coalesce(sutra._limits(c.id) -> 'monthly', '{}')) m(k, v)
     ), live AS (
-        SELECT c.id, c.slug, x.limit_name, x.limit_value, coalesce((c.l ->> 'soft_threshold')::numeric, 0.8) AS threshold,
-               x.used
+        SELECT c.id, c.slug, x.limit_name, x.limit_value, c.threshold, x.used
         FROM caps c JOIN live_counts n ON n.tenant_id = c.id
-        CROSS JOIN LATERAL (VALUES ('connections', (c.l ->> 'connections')::numeric, n.connections::numeric),
-                                   ('concurrent_statements', (c.l ->> 'concurrent_statements')::numeric, n.active_statements::numeric))
+        CROSS JOIN LATERAL (VALUES ('connections', sutra._limit_value(c.pl, c.ov, 'connections'), n.connections::numeric),
+                                   ('concurrent_statements', sutra._limit_value(c.pl, c.ov, 'concurrent_statements'),
+                                    n.active_statements::numeric))
                    x(limit_name, limit_value, used)
         WHERE x.limit_value IS NOT NULL
     )
     , quotas AS (
-        SELECT c.id, c.slug, x.limit_name, x.limit_value, coalesce((c.l ->> 'soft_threshold')::numeric, 0.8) AS threshold,
-               x.used
-        FROM caps c JOIN sutra._quota_counts(c.id, false) q ON q.table_name IS NULL
-        CROSS JOIN LATERAL (VALUES ('rows_total', (c.l ->> 'rows_total')::numeric, q.rows::numeric),
-                                   ('storage_bytes', (c.l ->> 'storage_bytes')::numeric, q.bytes::numeric),
-                                   ('vectors', (c.l ->> 'vectors')::numeric, q.vectors::numeric))
+        SELECT c.id, c.slug, x.limit_name, x.limit_value, c.threshold, x.used
+        FROM caps c JOIN quota_totals q ON q.tenant_id = c.id
+        CROSS JOIN LATERAL (VALUES ('rows_total', sutra._limit_value(c.pl, c.ov, 'rows_total'), q.rows::numeric),
+                                   ('storage_bytes', sutra._limit_value(c.pl, c.ov, 'storage_bytes'), q.bytes::numeric),
+                                   ('vectors', sutra._limit_value(c.pl, c.ov, 'vectors'), q.vectors::numeric))
                    x(limit_name, limit_value, used)
         WHERE x.limit_value IS NOT NULL
     )
@@ -629,7 +639,8 @@ REVOKE ALL ON usage_compaction FROM PUBLIC;
 GRANT SELECT ON usage_compaction TO sutra_service;
 GRANT EXECUTE ON FUNCTION metrics(integer, boolean) TO sutra_service;
 -- What tenants_near_limits calls: a view runs functions with its reader's EXECUTE rights.
-GRANT EXECUTE ON FUNCTION _tenant_counters(), _quota_counts(uuid, boolean) TO sutra_service;
+REVOKE ALL ON FUNCTION _quota_totals() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION _tenant_counters(), _quota_counts(uuid, boolean), _quota_totals() TO sutra_service;
 REVOKE ALL ON FUNCTION _shared_tables() FROM PUBLIC;
 REVOKE ALL ON FUNCTION _server_counters() FROM PUBLIC;
 GRANT SELECT ON usage_events, usage_rollups, usage_events_stripe, usage_events_cloudevents, prices TO PUBLIC;

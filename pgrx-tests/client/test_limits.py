@@ -243,3 +243,32 @@ def test_metrics_stay_bounded_whatever_the_tenant_count(tenant):
     total = next(l for l in top_one.splitlines() if l.startswith("sutra_statements_total "))
     assert value(total) >= sum(value(l) for l in series(every))
     assert any(l.startswith("sutra_tenant_slots ") for l in top_one.splitlines())
+
+
+def test_tenants_near_limits_lists_exactly_the_tenants_near_a_limit():
+    """A tenant at 9 of 10 rows and one at 9 of 10 monthly tokens are listed; one at 9 of 100
+    rows, one whose limit of 0.0 means unlimited, and one whose override lifts the plan's limit
+    are not."""
+    suffix = uuid.uuid4().hex[:8]
+    made = {}
+    with superuser() as c:
+        c.execute("CREATE TABLE near_items (id int, tenant_id uuid NOT NULL)")
+        c.execute("SELECT sutra.enable_tenancy('near_items')")
+        try:
+            for name, overrides in [("rows", {"rows_total": 10}), ("far", {"rows_total": 100}),
+                                    ("zero", {"rows_total": 0.0}), ("lifted", {"rows_total": None}),
+                                    ("tokens", {"monthly": {"tokens": 10}})]:
+                made[name] = c.execute(
+                    "SELECT sutra.create_tenant(%s, plan => 'free', quota_overrides => %s)",
+                    (f"near-{name}-{suffix}", psycopg.types.json.Jsonb(overrides))).fetchone()[0]
+            for name in ["rows", "far", "zero", "lifted"]:
+                c.execute("INSERT INTO near_items SELECT g, %s FROM generate_series(1, 9) g", (made[name],))
+                c.execute("SELECT sutra.reconcile_usage(%s::uuid)", (made[name],))
+            c.execute("SELECT sutra.record_usage('tokens', 9, tenant => %s::text)", (made["tokens"],))
+            listed = c.execute("SELECT tenant_id, limit_name, limit_value::int, used::int FROM sutra.tenants_near_limits "
+                               "WHERE tenant_id = ANY(%s)", (list(made.values()),)).fetchall()
+        finally:
+            c.execute("DROP TABLE near_items")
+            for t in made.values():
+                c.execute("SELECT sutra.drop_tenant(%s::uuid, purge => true)", (t,))
+    assert sorted(listed) == sorted([(made["rows"], "rows_total", 10, 9), (made["tokens"], "monthly.tokens", 10, 9)])

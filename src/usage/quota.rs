@@ -464,6 +464,22 @@ fn quota_set(table: Option<pg_sys::Oid>, tenant: pgrx::Uuid, rows: i64, bytes: i
     }
 }
 
+/// `sutra._quota_totals()`: the known quota totals of every tenant of this database in shared
+/// memory, in one pass (for `sutra.tenants_near_limits`).
+#[pg_extern(volatile, name = "_quota_totals")]
+fn quota_totals(
+) -> TableIterator<'static, (name!(tenant_id, pgrx::Uuid), name!(rows, i64), name!(bytes, i64), name!(vectors, i64))> {
+    let db = shmem::my_db();
+    let mut out = Vec::new();
+    shmem::for_each_slot(|s| {
+        if s.db() == db && s.quota.is_known() {
+            let (rows, bytes, vectors) = s.quota.read();
+            out.push((pgrx::Uuid::from_bytes(s.tenant()), rows, bytes, vectors));
+        }
+    });
+    TableIterator::new(out)
+}
+
 /// `sutra._quota_counts(tenant)`: the tenant's counts as sutra holds them, in total (table null)
 /// and per table.
 #[pg_extern(volatile, name = "_quota_counts")]
