@@ -13,6 +13,7 @@
 //! | `sutra.usage_minutes_kept` | seconds, 1 day | superusers (the worker: configuration file) | minute rows of `sutra.usage_rollups` older than this become hour rows (`sutra.compact_usage`, run by the metering worker hourly) |
 //! | `sutra.usage_hours_kept` | seconds, 31 days | superusers (the worker: configuration file) | hour rows older than this become day rows |
 //! | `sutra.usage_retention` | seconds, 0 | superusers (the worker: configuration file) | metered usage older than this is deleted; 0 keeps it for good |
+//! | `sutra.audit_retention` | seconds, 0 | superusers (the worker: configuration file) | rows of `sutra.audit_log` older than this are deleted (`sutra.trim_audit_log`, run by the metering worker hourly); 0 keeps them for good |
 //! | `sutra.usage_event_max_age` | seconds, 35 days | superusers | how far back a tenant session may date a usage event |
 //! | `sutra.usage_event_max_future` | seconds, 1 day | superusers | how far ahead any caller may date a usage event |
 //! | `sutra.hnsw_ef_search` | 40 | anyone | candidate list size of `sutra_hnsw` scans |
@@ -37,6 +38,7 @@ pub static USAGE_FLUSH_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(10);
 pub static USAGE_MINUTES_KEPT: GucSetting<i32> = GucSetting::<i32>::new(86400);
 pub static USAGE_HOURS_KEPT: GucSetting<i32> = GucSetting::<i32>::new(31 * 86400);
 pub static USAGE_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static AUDIT_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static USAGE_EVENT_MAX_AGE: GucSetting<i32> = GucSetting::<i32>::new(35 * 86400);
 pub static USAGE_EVENT_MAX_FUTURE: GucSetting<i32> = GucSetting::<i32>::new(86400);
 pub static HNSW_EF_SEARCH: GucSetting<i32> = GucSetting::<i32>::new(40);
@@ -131,6 +133,16 @@ pub fn init(with_hooks: &[fn()]) {
         c"How long metered usage is kept at all; 0 keeps it for good.",
         c"Older rows of sutra.usage_rollups are deleted by sutra.compact_usage.",
         &USAGE_RETENTION,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"sutra.audit_retention",
+        c"How long rows of sutra.audit_log are kept; 0 keeps them for good.",
+        c"sutra.trim_audit_log, which the metering worker runs hourly, deletes older rows.",
+        &AUDIT_RETENTION,
         0,
         i32::MAX,
         GucContext::Suset,

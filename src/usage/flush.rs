@@ -308,7 +308,7 @@ pub extern "C-unwind" fn sutra_metering_flush_main(arg: pg_sys::Datum) {
         })
     });
     // Then, in a transaction of its own (a failure leaves the flush done), the compaction of
-    // older rollups, at most once an hour per database.
+    // older rollups and the audit log's retention, at most once an hour per database.
     BackgroundWorker::transaction(|| {
         crate::backend::caller::with_catalog_search_path(|| {
             let query = |sql: &str| Spi::get_one::<bool>(sql).ok().flatten().unwrap_or(false);
@@ -318,7 +318,7 @@ pub extern "C-unwind" fn sutra_metering_flush_main(arg: pg_sys::Datum) {
                                     WHERE last_run IS NULL OR last_run < now() - interval '1 hour')",
                 );
             if due {
-                let _ = Spi::run("SELECT sutra.compact_usage()");
+                let _ = Spi::run("SELECT sutra.compact_usage(), sutra.trim_audit_log()");
             }
         })
     });

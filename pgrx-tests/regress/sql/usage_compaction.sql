@@ -1,6 +1,6 @@
 -- Compaction of metered usage: minute rows older than sutra.usage_minutes_kept (1 day) become hour
 -- rows, older than sutra.usage_hours_kept (31 days) day rows; usage_summary and invoice give the
--- same totals before and after. Rolled back at the end.
+-- same totals before and after. Then the audit log's retention. Rolled back at the end.
 BEGIN;
 SELECT count(*) FROM (
     SELECT sutra.create_tenant('compact-a', id => '00000000-0000-0000-0000-00000000c0a1'),
@@ -49,4 +49,12 @@ SELECT sutra.compact_usage() AS removed_again;
 SET LOCAL sutra.usage_retention = '10d';
 SELECT sutra.compact_usage() >= 8 AS removed_old;
 SELECT count(*) AS rows_kept FROM sutra.usage_rollups WHERE tenant_id IN (SELECT id FROM c_tenants);
+-- The audit log's retention: off by default; with 30 days, rows older go and the trim is audited.
+INSERT INTO sutra.audit_log (at, tenant_id, action, actor, session_role)
+SELECT now() - interval '40 days', '00000000-0000-0000-0000-00000000c0a1', 'old.action', 'x', 'x' FROM generate_series(1, 5);
+SELECT sutra.trim_audit_log() AS trimmed_by_default;
+SET LOCAL sutra.audit_retention = '30d';
+SELECT sutra.trim_audit_log() >= 5 AS trimmed;
+SELECT count(*) AS old_left FROM sutra.audit_log WHERE at < now() - interval '30 days';
+SELECT action, details ->> 'retention' AS retention FROM sutra.audit_log WHERE action = 'audit.trim';
 ROLLBACK;
