@@ -518,7 +518,7 @@ LANGUAGE sql AS $$ SELECT * FROM sutra.rate_limit_status(tenant::text) $$;
 -- (sutra_tenant_*) for the `top` tenants by statements among those in shared memory, plus, with
 -- `recent`, every tenant active since the last flush.
 CREATE FUNCTION metrics(top integer DEFAULT 100, recent boolean DEFAULT false) RETURNS text
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET jit = off SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM sutra._require_service('read metrics');
     RETURN (
@@ -577,7 +577,11 @@ $$;
 -- at: those in shared memory (live counts and quota counts are there, read in one pass each) and
 -- those on a plan, or with an override, that has monthly caps (both found by index), so its cost
 -- follows the active tenants, not the tenant count.
-CREATE VIEW tenants_near_limits AS
+-- A function, so that it runs without JIT: the planner's estimates for the set-returning functions
+-- make JIT compile for longer than the query runs.
+CREATE FUNCTION _tenants_near_limits()
+RETURNS TABLE (tenant_id uuid, slug text, limit_name text, limit_value numeric, used numeric, ratio numeric)
+LANGUAGE sql VOLATILE SET jit = off SET search_path = pg_catalog, pg_temp AS $$
     WITH live_counts AS (
         SELECT * FROM sutra._tenant_counters()
     ), quota_totals AS (
@@ -622,11 +626,15 @@ CREATE VIEW tenants_near_limits AS
     SELECT id AS tenant_id, slug, limit_name, limit_value, used, round(used / limit_value, 4) AS ratio
     FROM (SELECT * FROM monthly UNION ALL SELECT * FROM live UNION ALL SELECT * FROM quotas) a
     WHERE used >= threshold * limit_value;
+$$;
+CREATE VIEW tenants_near_limits AS SELECT * FROM sutra._tenants_near_limits();
 
 -- Privileges and row level security ----------------------------------------------------------
 
 REVOKE ALL ON usage_events, usage_event_keys, usage_rollups, prices FROM PUBLIC;
 REVOKE ALL ON tenants_near_limits FROM PUBLIC;
+REVOKE ALL ON FUNCTION _tenants_near_limits() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION _tenants_near_limits() TO sutra_service;
 GRANT SELECT ON tenants_near_limits TO sutra_service;
 REVOKE ALL ON FUNCTION _tenant_counters() FROM PUBLIC;
 REVOKE ALL ON FUNCTION _quota_set(oid, uuid, bigint, bigint, bigint) FROM PUBLIC;

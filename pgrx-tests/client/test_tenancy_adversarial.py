@@ -962,6 +962,9 @@ def test_suspended_tenant_loses_access_at_once(env):
     try:
         expect_error(a_sess, "28000", "is suspended", "SELECT count(*) FROM docs")
         expect_error(a_sess, "28000", "is suspended", "INSERT INTO docs (k, code, body) VALUES ('n', 'N', 'n')")
+        # The session that authenticated with the key before (its backend keeps the key's row) is
+        # refused too when it authenticates again.
+        expect_error(a_sess, "28000", "is suspended", "SELECT sutra.authenticate(%s, session => true)", (env.keys["a"],))
         fresh = env.app_conn()
         expect_error(fresh, "28000", "is suspended", "SELECT sutra.authenticate(%s, session => true)", (env.keys["a"],))
         expect_error(fresh, "28000", "is suspended", "SELECT sutra.authenticate_jwt(%s, session => true)", (token,))

@@ -55,6 +55,16 @@ impl<K: std::hash::Hash + Eq, V: Clone> GenerationMap<K, V> {
         (self.generation == generation).then(|| self.entries.get(key).cloned()).flatten()
     }
 
+    /// Entries held (of any generation).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Forgets every entry.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
     /// Remembers `value` for `key` as of `generation`, forgetting older generations' entries.
     pub fn insert(&mut self, generation: u64, key: K, value: V) {
         if self.generation != generation {

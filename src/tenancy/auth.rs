@@ -17,7 +17,7 @@ use sutra_core::{api_key, jwt};
 use super::context::{issue, uuid_of};
 use super::failures;
 use crate::backend::caller;
-use crate::backend::now_unix;
+use crate::backend::{now_unix, GenerationMap};
 use crate::error::{raise, raise_detail, raise_hint};
 
 fn scopes_of(names: &[String]) -> Scopes {
@@ -25,6 +25,7 @@ fn scopes_of(names: &[String]) -> Scopes {
 }
 
 /// What the key lookup returns.
+#[derive(Clone)]
 struct KeyRow {
     tenant: String,
     hash: Vec<u8>,
@@ -38,6 +39,42 @@ struct KeyRow {
 
 thread_local! {
     static KEY_LOOKUP: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+    /// Key rows read in this backend, with when they were read (seconds), as of the status
+    /// generation: revoking a key, moving its expiry, deleting it and any change of its tenant
+    /// move the generation on, so a cached row never outlives what it says.
+    static KEY_CACHE: RefCell<GenerationMap<String, (KeyRow, i64)>> = RefCell::new(GenerationMap::new());
+}
+
+/// How long a cached key row serves before it is read again (which also tells whether its
+/// `last_used_at` is due: at most one write per key per minute, across backends).
+const KEY_CACHE_SECONDS: i64 = 60;
+/// Most key rows a backend keeps (the cache starts over past it).
+const KEY_CACHE_ENTRIES: usize = 10_000;
+
+/// The key's row: from this backend's cache when read less than a minute ago, else from the
+/// table (and cached, when it is active).
+fn key_row(key_id: &str) -> Option<KeyRow> {
+    let generation = super::context::status_generation();
+    let now = now_unix();
+    let cached = KEY_CACHE.with(|c| c.borrow().get(generation, &key_id.to_string()));
+    if let Some((mut row, read_at)) = cached {
+        if now - read_at < KEY_CACHE_SECONDS {
+            row.expired = row.expires.is_some_and(|e| e <= now);
+            row.stale = false;
+            return Some(row);
+        }
+    }
+    let row = lookup_key(key_id)?;
+    if !row.revoked && !row.expired && row.status == "active" {
+        KEY_CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.len() >= KEY_CACHE_ENTRIES {
+                c.clear();
+            }
+            c.insert(generation, key_id.to_string(), (row.clone(), now));
+        });
+    }
+    Some(row)
 }
 
 /// The key's row and its tenant's status; `last_used_at` counts as stale (to be written again)
@@ -175,7 +212,7 @@ fn authenticate(api_key: &str, local: default!(Option<bool>, "NULL"), session: d
         auth_failed(api_key::key_id_of(api_key), "malformed key");
     };
     let pepper = pepper();
-    let Some(row) = lookup_key(presented.key_id) else {
+    let Some(row) = key_row(presented.key_id) else {
         // Spend the time a real check takes, so timing does not tell unknown ids apart.
         let _ = api_key::verify(&pepper, &presented, &[0u8; 32]);
         auth_failed(Some(presented.key_id), "unknown key id");
