@@ -61,15 +61,7 @@ LOGS="$WORK/logs"
 mkdir "$LOGS"
 chmod 777 "$LOGS"  # pgbench writes its logs as the postgres OS user
 
-cleanup() {
-    if [ -n "${HOST:-}" ] && [ -z "${BENCH_THROWAWAY:-}" ]; then
-        "$PG_BIN/psql" -X -q -h "$HOST" -p "$PORT" -U postgres -d postgres -c "SET client_min_messages = warning" \
-            -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "DROP ROLE IF EXISTS $APP" >/dev/null 2>&1 || true
-    fi
-    bench_stop
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_cleanup_at_exit "$DB" "$APP" "$WORK"
 # Room for both sides' tables and indexes, so that every search reads from shared buffers.
 bench_cluster bench-hnsw-cluster 54650 "shared_buffers = 2GB" "maintenance_work_mem = 2GB" "max_wal_size = 4GB" "jit = off"
 ensure_python_env

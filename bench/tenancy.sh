@@ -24,15 +24,7 @@ ROUNDS=3
 WORK=$(mktemp -d)
 chmod 755 "$WORK"
 
-cleanup() {
-    if [ -n "${HOST:-}" ] && [ -z "${BENCH_THROWAWAY:-}" ]; then
-        "$PG_BIN/psql" -X -q -h "$HOST" -p "$PORT" -U postgres -d postgres -c "SET client_min_messages = warning" \
-            -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "DROP ROLE IF EXISTS $APP" >/dev/null 2>&1 || true
-    fi
-    bench_stop
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_cleanup_at_exit "$DB" "$APP" "$WORK"
 # Room for the whole table and its indexes, so that both sides read from shared buffers.
 bench_cluster bench-tenancy-cluster 54645 "shared_buffers = 1GB"
 

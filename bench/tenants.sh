@@ -33,15 +33,7 @@ ACTIVE=100000
 WORK=$(mktemp -d)
 chmod 755 "$WORK"
 
-cleanup() {
-    if [ -n "${HOST:-}" ] && [ -z "${BENCH_THROWAWAY:-}" ]; then
-        "$PG_BIN/psql" -X -q -h "$HOST" -p "$PORT" -U postgres -d postgres -c "SET client_min_messages = warning" \
-            -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "DROP ROLE IF EXISTS $APP" >/dev/null 2>&1 || true
-    fi
-    bench_stop
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_cleanup_at_exit "$DB" "$APP" "$WORK"
 bench_cluster bench-tenants-cluster 54670 "shared_buffers = 1GB" "max_wal_size = 8GB" "checkpoint_timeout = 30min" \
     "synchronous_commit = off"
 

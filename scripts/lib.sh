@@ -154,6 +154,22 @@ bench_cluster() {
 # Stops the benchmark's throwaway cluster (a running cluster it was given is left alone).
 bench_stop() { if [ -n "${BENCH_THROWAWAY:-}" ]; then cluster_stop "$HOST"; fi; }
 
+# bench_cleanup_at_exit DB ROLE DIR: at exit, drops the benchmark's database and role from a
+# running cluster it was given (a throwaway one is stopped instead) and removes the directory DIR.
+bench_cleanup_at_exit() {
+    BENCH_CLEANUP=("$@")
+    trap bench_cleanup EXIT
+}
+bench_cleanup() {
+    local db=${BENCH_CLEANUP[0]} role=${BENCH_CLEANUP[1]} dir=${BENCH_CLEANUP[2]}
+    if [ -n "${HOST:-}" ] && [ -z "${BENCH_THROWAWAY:-}" ]; then
+        "$PG_BIN/psql" -X -q -h "$HOST" -p "$PORT" -U postgres -d postgres -c "SET client_min_messages = warning" \
+            -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "DROP ROLE IF EXISTS $role" >/dev/null 2>&1 || true
+    fi
+    bench_stop
+    rm -rf "$dir"
+}
+
 # A Python virtualenv under target/ with the client libraries the client tests use.
 ensure_python_env() {
     local venv="$REPO/target/venv"

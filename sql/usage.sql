@@ -332,6 +332,24 @@ CREATE TABLE usage_compaction (
 INSERT INTO usage_compaction DEFAULT VALUES;
 COMMENT ON TABLE usage_compaction IS 'how far sutra.compact_usage has compacted sutra.usage_rollups';
 
+-- Sums the rollups in [from_ts, to_ts) into one row per `unit` (hour or day, UTC), at the unit's
+-- first minute; returns how many rows fewer there are.
+CREATE FUNCTION _compact_rollups(from_ts timestamptz, to_ts timestamptz, unit text) RETURNS bigint
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    WITH gone AS (
+        DELETE FROM sutra.usage_rollups r
+        WHERE r.minute >= from_ts AND r.minute < to_ts AND r.minute <> date_trunc(unit, r.minute, 'UTC')
+        RETURNING r.tenant_id, r.metric, date_trunc(unit, r.minute, 'UTC') AS at, r.quantity
+    ), kept AS (
+        INSERT INTO sutra.usage_rollups AS r (tenant_id, metric, minute, quantity)
+        SELECT g.tenant_id, g.metric, g.at, sum(g.quantity) FROM gone g GROUP BY 1, 2, 3
+        ON CONFLICT (tenant_id, metric, minute) DO UPDATE SET quantity = r.quantity + EXCLUDED.quantity
+        RETURNING (xmax = 0) AS added
+    )
+    SELECT (SELECT count(*) FROM gone) - (SELECT count(*) FILTER (WHERE added) FROM kept);
+$$;
+REVOKE ALL ON FUNCTION _compact_rollups(timestamptz, timestamptz, text) FROM PUBLIC;
+
 -- Compacts metered usage: minute rows older than sutra.usage_minutes_kept become one row per hour
 -- (at the hour's first minute), hour rows older than sutra.usage_hours_kept one row per day (at
 -- the day's first minute, UTC), and rows older than sutra.usage_retention (when set) are deleted.
@@ -352,35 +370,11 @@ BEGIN
     -- One compaction at a time; a second caller waits, then finds the work done.
     SELECT * INTO c FROM sutra.usage_compaction FOR UPDATE;
     IF hour_cut > c.hours_until THEN
-        WITH gone AS (
-            DELETE FROM sutra.usage_rollups r
-            WHERE r.minute >= c.hours_until AND r.minute < hour_cut
-              AND r.minute <> date_trunc('hour', r.minute, 'UTC')
-            RETURNING r.tenant_id, r.metric, date_trunc('hour', r.minute, 'UTC') AS at, r.quantity
-        ), kept AS (
-            INSERT INTO sutra.usage_rollups AS r (tenant_id, metric, minute, quantity)
-            SELECT g.tenant_id, g.metric, g.at, sum(g.quantity) FROM gone g GROUP BY 1, 2, 3
-            ON CONFLICT (tenant_id, metric, minute) DO UPDATE SET quantity = r.quantity + EXCLUDED.quantity
-            RETURNING (xmax = 0) AS added
-        )
-        SELECT (SELECT count(*) FROM gone) - (SELECT count(*) FILTER (WHERE added) FROM kept) INTO n;
-        removed := removed + n;
+        removed := removed + sutra._compact_rollups(c.hours_until, hour_cut, 'hour');
         c.hours_until := hour_cut;
     END IF;
     IF day_cut > c.days_until THEN
-        WITH gone AS (
-            DELETE FROM sutra.usage_rollups r
-            WHERE r.minute >= c.days_until AND r.minute < day_cut
-              AND r.minute <> date_trunc('day', r.minute, 'UTC')
-            RETURNING r.tenant_id, r.metric, date_trunc('day', r.minute, 'UTC') AS at, r.quantity
-        ), kept AS (
-            INSERT INTO sutra.usage_rollups AS r (tenant_id, metric, minute, quantity)
-            SELECT g.tenant_id, g.metric, g.at, sum(g.quantity) FROM gone g GROUP BY 1, 2, 3
-            ON CONFLICT (tenant_id, metric, minute) DO UPDATE SET quantity = r.quantity + EXCLUDED.quantity
-            RETURNING (xmax = 0) AS added
-        )
-        SELECT (SELECT count(*) FROM gone) - (SELECT count(*) FILTER (WHERE added) FROM kept) INTO n;
-        removed := removed + n;
+        removed := removed + sutra._compact_rollups(c.days_until, day_cut, 'day');
         c.days_until := day_cut;
     END IF;
     IF retention > interval '0' AND date_trunc('day', now() - retention, 'UTC') > c.retained_from THEN
