@@ -134,6 +134,34 @@ pub unsafe fn attribute(desc: pg_sys::TupleDesc, i: usize) -> *const pg_sys::For
     (*desc).attrs.as_ptr().add(i)
 }
 
+/// The partition key a scan condition `key = value` asks for, where `value` is of type `subtype`
+/// (the right-hand type of the operator of the key's operator family; `InvalidOid` for the
+/// column's own type): converted to the column's type, or `None` when no value of the column's
+/// type can equal it (an int8 beyond the int4 range against an int4 column).
+///
+/// # Safety
+/// `datum` is a non-null value of type `subtype` (or of the column's type).
+pub unsafe fn key_of_value(kind: KeyKind, datum: pg_sys::Datum, subtype: pg_sys::Oid) -> Option<Vec<u8>> {
+    let wide = |d: pg_sys::Datum| -> i64 {
+        match subtype {
+            pg_sys::INT2OID => d.value() as i16 as i64,
+            pg_sys::INT4OID => d.value() as i32 as i64,
+            _ => d.value() as i64,
+        }
+    };
+    match (kind, subtype) {
+        (KeyKind::Int4, pg_sys::INT2OID | pg_sys::INT8OID) => {
+            i32::try_from(wide(datum)).ok().map(|v| v.to_le_bytes().to_vec())
+        }
+        (KeyKind::Int8, pg_sys::INT2OID | pg_sys::INT4OID) => Some(wide(datum).to_le_bytes().to_vec()),
+        (KeyKind::Text, pg_sys::NAMEOID) => {
+            // A name is a fixed NUL-padded field.
+            Some(std::ffi::CStr::from_ptr(datum.cast_mut_ptr::<std::ffi::c_char>()).to_bytes().to_vec())
+        }
+        _ => Some(key_of(kind, datum)),
+    }
+}
+
 /// The partition key of a datum of the key column.
 ///
 /// # Safety

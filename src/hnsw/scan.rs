@@ -16,7 +16,7 @@ use sutra_core::hnsw::{search, Scored};
 
 use super::graph::{DiskGraph, IdSet};
 use super::pages::{all_partitions, find_partition, read_meta, Key, KeyKind, Meta, Partition, Tid};
-use super::{key_of, FLAT_LIMIT};
+use super::{key_of_value, FLAT_LIMIT};
 use crate::error::raise;
 
 enum Filter {
@@ -141,7 +141,14 @@ pub unsafe extern "C-unwind" fn amrescan(
             st.filter = Filter::Nothing;
             break;
         }
-        let key = Some(key_of(key_kind, k.sk_argument));
+        // A value of another type of the key's family (an int2 or int8 against an int4 key, a
+        // name against text) is converted to the column's type; one no key can equal matches
+        // nothing.
+        let Some(bytes) = key_of_value(key_kind, k.sk_argument, k.sk_subtype) else {
+            st.filter = Filter::Nothing;
+            break;
+        };
+        let key = Some(bytes);
         st.filter = match &st.filter {
             Filter::One(existing) if *existing != key => Filter::Nothing,
             Filter::Nothing => Filter::Nothing,
