@@ -5,7 +5,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 PG_BIN=$(dirname "$PG_CONFIG")
 PGRX_VERSION=$(sed -nE 's/^pgrx = "=?([0-9.]+)"/\1/p' "$REPO/Cargo.toml" | head -n1)
-APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang pkg-config sudo)
+APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang pkg-config sudo pgbouncer)
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 
