@@ -5,8 +5,9 @@
 #   scripts/tenant-export.sh [-d DBNAME] TENANT FILE
 #
 # TENANT is a uuid or slug. Connection parameters come from the libpq environment (PGHOST, PGPORT,
-# PGUSER, PGDATABASE) or -d; the user must be a superuser. Writes FILE (pg_dump custom format) and
-# FILE.checksum (sutra.tenant_checksum of the tenant at export time, for tenant-import.sh).
+# PGUSER, PGDATABASE) or -d; the user must be a superuser. Writes FILE (pg_dump custom format),
+# FILE.checksum (sutra.tenant_checksum of the tenant at export time) and FILE.tables (the tenant
+# tables and their tenant columns, which the target must have registered), for tenant-import.sh.
 #
 # How: the superuser issues the tenant's context with sutra.set_tenant, and pg_dump connects with
 # that context in PGOPTIONS, switches with --role to sutra_export (a role that may read all data
@@ -47,4 +48,5 @@ PGOPTIONS="${PGOPTIONS:-} -c sutra.tenant_id=$context" "$BIN/pg_dump" "${DB_ARGS
     --role=sutra_export --enable-row-security --data-only --format=custom --file="$FILE" \
     -t sutra.tenants -t sutra.api_key_store "${tables[@]}"
 printf '%s %s\n' "$tenant_id" "$checksum" >"$FILE.checksum"
+psql_q -c "SELECT table_name::text || ' ' || tenant_column FROM sutra.tenant_tables ORDER BY 1" >"$FILE.tables"
 echo "exported tenant $tenant_id (checksum $checksum) to $FILE"

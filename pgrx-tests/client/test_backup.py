@@ -129,3 +129,25 @@ def test_one_tenant_moves_alone(databases, tmp_path):
         run(REPO / "scripts/tenant-import.sh", "-d", one, dump)
     with db(one) as c:
         assert checksum(c, a) == sum_a
+
+
+def test_import_into_a_database_without_the_registrations_says_what_to_run(databases, tmp_path):
+    """A target made from a schema-only dump has the table but not sutra's registration: the
+    import stops before loading anything and names the enable_tenancy call to run."""
+    src, _, one = databases
+    with db(src) as c:
+        a, _, _, _ = fill_source(c)
+    with db(one) as c:
+        c.execute("CREATE TABLE docs (id int, body text, tenant_id uuid)")
+    dump = tmp_path / "alpha.dump"
+    run(REPO / "scripts/tenant-export.sh", "-d", src, "alpha", dump)
+    with pytest.raises(subprocess.CalledProcessError) as e:
+        run(REPO / "scripts/tenant-import.sh", "-d", one, dump)
+    assert "SELECT sutra.enable_tenancy('docs', 'tenant_id');" in e.value.stderr
+    with db(one) as c:
+        assert c.execute("SELECT count(*) FROM docs").fetchone()[0] == 0
+        assert c.execute("SELECT count(*) FROM sutra.tenants WHERE id = %s", (a,)).fetchone()[0] == 0
+        c.execute("SELECT sutra.enable_tenancy('docs', 'tenant_id')")
+    run(REPO / "scripts/tenant-import.sh", "-d", one, dump)
+    with db(one) as c:
+        assert c.execute("SELECT count(*) FROM docs").fetchone()[0] == 50
