@@ -81,3 +81,31 @@ def init_cluster(base, name, port, conf=""):
         f.write(f"port = {port}\nlisten_addresses = ''\nunix_socket_directories = '{base}'\n"
                 f"shared_preload_libraries = 'sutra'\n{conf}")
     return pg_ctl(data)
+
+
+# A tenant table for driver and pool tests.
+
+def make_tenant_table(table, role, tenants, columns):
+    """As a superuser: `tenants` ({slug: uuid}), the tenant table `table` with `columns` (plus
+    sutra's tenant column), and an application role `role` (NOBYPASSRLS, in sutra_service) that
+    may read and insert. Returns a function that drops all of it."""
+    with superuser() as c:
+        c.execute(f"DROP TABLE IF EXISTS {table}")
+        c.execute(f"DROP ROLE IF EXISTS {role}")
+        c.execute(f"CREATE ROLE {role} LOGIN NOBYPASSRLS IN ROLE sutra_service")
+        for slug, tid in tenants.items():
+            c.execute("SELECT sutra.create_tenant(%s, id => %s::uuid)", (slug, tid))
+        c.execute(f"CREATE TABLE {table} ({columns})")
+        c.execute("SELECT sutra.enable_tenancy(%s)", (table,))
+        c.execute(f"GRANT SELECT, INSERT ON {table} TO {role}")
+        c.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}")
+
+    def drop():
+        with superuser() as c:
+            c.execute(f"DROP TABLE {table}")
+            for tid in tenants.values():
+                c.execute("SELECT sutra.drop_tenant(%s::uuid, purge => true)", (tid,))
+            c.execute(f"DROP OWNED BY {role}")
+            c.execute(f"DROP ROLE {role}")
+
+    return drop

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from pgvector.asyncpg import register_vector
 
-from conftest import superuser
+from conftest import make_tenant_table, superuser
 
 TENANTS = {"apg-a": "00000000-0000-0000-0000-00000000a6a1", "apg-b": "00000000-0000-0000-0000-00000000a6b1"}
 HIDDEN = "00000000-0000-0000-0000-00000000a6c1"
@@ -21,28 +21,17 @@ QUERY = [0.5, 0.5, 0.5]
 
 @pytest.fixture(scope="module")
 def setup():
+    drop = make_tenant_table("apg_docs", "apg_app", {**TENANTS, "apg-c": HIDDEN},
+                             "id serial PRIMARY KEY, embedding sutra.vector(3)")
     with superuser() as c:
-        c.execute("DROP TABLE IF EXISTS apg_docs")
-        c.execute("DROP ROLE IF EXISTS apg_app")
-        c.execute("CREATE ROLE apg_app LOGIN NOBYPASSRLS IN ROLE sutra_service")
-        for slug, tid in [*TENANTS.items(), ("apg-c", HIDDEN)]:
-            c.execute("SELECT sutra.create_tenant(%s, id => %s::uuid)", (slug, tid))
-        c.execute("CREATE TABLE apg_docs (id serial PRIMARY KEY, embedding sutra.vector(3))")
-        c.execute("SELECT sutra.enable_tenancy('apg_docs')")
         c.execute("CREATE INDEX ON apg_docs USING sutra_hnsw (tenant_id, embedding)")
-        c.execute("GRANT SELECT, INSERT ON apg_docs TO apg_app")
-        c.execute("GRANT USAGE ON SEQUENCE apg_docs_id_seq TO apg_app")
         c.execute("INSERT INTO apg_docs (tenant_id, embedding) SELECT %s, '[0.5,0.5,0.5]' FROM generate_series(1, 20)",
                   (HIDDEN,))
         for tid in TENANTS.values():
             c.execute("INSERT INTO apg_docs (tenant_id, embedding) SELECT %s, '[-1,-1,-1]' FROM generate_series(1, 5)",
                       (tid,))
     yield
-    with superuser() as c:
-        c.execute("DROP TABLE apg_docs")
-        for tid in [*TENANTS.values(), HIDDEN]:
-            c.execute("SELECT sutra.drop_tenant(%s::uuid, purge => true)", (tid,))
-        c.execute("DROP ROLE apg_app")
+    drop()
 
 
 async def run():

@@ -16,7 +16,7 @@ import time
 import psycopg
 import pytest
 
-from conftest import superuser, throwaway_dir
+from conftest import make_tenant_table, superuser, throwaway_dir
 
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 PORT = 54731
@@ -79,24 +79,13 @@ def through_bouncer(base):
 
 @pytest.fixture(scope="module")
 def setup():
+    drop = make_tenant_table("bouncer_docs", "bouncer_app", {**TENANTS, "bouncer-c": HIDDEN},
+                             "id serial PRIMARY KEY, body text")
     with superuser() as c:
-        c.execute("DROP TABLE IF EXISTS bouncer_docs")
-        c.execute("DROP ROLE IF EXISTS bouncer_app")
-        c.execute("CREATE ROLE bouncer_app LOGIN NOBYPASSRLS IN ROLE sutra_service")
-        for slug, tid in [*TENANTS.items(), ("bouncer-c", HIDDEN)]:
-            c.execute("SELECT sutra.create_tenant(%s, id => %s::uuid)", (slug, tid))
-        c.execute("CREATE TABLE bouncer_docs (id serial PRIMARY KEY, body text)")
-        c.execute("SELECT sutra.enable_tenancy('bouncer_docs')")
-        c.execute("GRANT SELECT, INSERT ON bouncer_docs TO bouncer_app")
-        c.execute("GRANT USAGE ON SEQUENCE bouncer_docs_id_seq TO bouncer_app")
         for tid in [*TENANTS.values(), HIDDEN]:
             c.execute("INSERT INTO bouncer_docs (tenant_id, body) VALUES (%s, 'match')", (tid,))
     yield
-    with superuser() as c:
-        c.execute("DROP TABLE bouncer_docs")
-        for tid in [*TENANTS.values(), HIDDEN]:
-            c.execute("SELECT sutra.drop_tenant(%s::uuid, purge => true)", (tid,))
-        c.execute("DROP ROLE bouncer_app")
+    drop()
 
 
 def test_per_transaction_contexts_never_cross_clients(setup):
