@@ -101,3 +101,56 @@ def test_orm_sees_and_writes_only_its_tenant(setup):
     with connect("SUTRA_TEST_HOST", "SUTRA_TEST_PORT", dbname="sutra_client") as c:
         rows = c.execute("SELECT body, tenant_id FROM orm_notes ORDER BY id").fetchall()
     assert rows == [("hidden row of b", b), ("first!", a), ("second!", a), ("b's own", b)]
+
+
+def test_create_all_with_pgvector_and_a_sutra_hnsw_index(setup):
+    """SQLAlchemy 2 with pgvector.sqlalchemy: `create_all` makes the table and its `sutra_hnsw`
+    index (in SQLAlchemy's order: table, then indexes), an `after_create` hook makes it a tenant
+    table, and per-transaction sessions search their own tenant's rows only. enable_tenancy adds
+    its tenant btree although the vector index already leads with the tenant column."""
+    from pgvector.sqlalchemy import VECTOR
+
+    role, (a, b), (key_a, key_b) = setup
+
+    class VBase(DeclarativeBase):
+        pass
+
+    class Doc(VBase):
+        __tablename__ = "orm_docs"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        body: Mapped[str]
+        tenant_id: Mapped[uuid.UUID] = mapped_column(server_default=sa.text("sutra.current_tenant()"))
+        embedding = mapped_column(VECTOR(3))
+        __table_args__ = (sa.Index("orm_docs_embedding", "tenant_id", "embedding", postgresql_using="sutra_hnsw"),)
+
+    event.listen(Doc.__table__, "after_create", sa.DDL("SELECT sutra.enable_tenancy('orm_docs')"))
+    options = {"options": "-c search_path=public,sutra"}
+    admin_url = sa.engine.URL.create("postgresql+psycopg", username="postgres", host=os.environ["SUTRA_TEST_HOST"],
+                                     port=int(os.environ["SUTRA_TEST_PORT"]), database="sutra_client")
+    admin = sa.create_engine(admin_url, connect_args=options)
+    try:
+        VBase.metadata.create_all(admin)
+        with admin.begin() as c:
+            c.execute(sa.text(f"GRANT SELECT, INSERT ON orm_docs TO {role}"))
+            c.execute(sa.text(f"GRANT USAGE ON SEQUENCE orm_docs_id_seq TO {role}"))
+            c.execute(sa.text("INSERT INTO orm_docs (body, tenant_id, embedding) VALUES ('hidden', :b, '[0.5,0.5,0.5]')"),
+                      {"b": b})
+            indexes = dict(c.execute(sa.text("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'orm_docs'")).all())
+        assert "USING sutra_hnsw (tenant_id, embedding)" in indexes["orm_docs_embedding"]
+        assert any("USING btree (tenant_id" in d for d in indexes.values()), indexes
+        url = sa.engine.URL.create("postgresql+psycopg", username=role, host=os.environ["SUTRA_TEST_HOST"],
+                                   port=int(os.environ["SUTRA_TEST_PORT"]), database="sutra_client")
+        engine = sa.create_engine(url, pool_size=1, max_overflow=0, connect_args=options)
+        try:
+            with tenant_session(engine, key_a) as s:
+                s.add_all([Doc(body=f"a{i}", embedding=[-1, -1, i]) for i in range(3)])
+                s.commit()
+            with tenant_session(engine, key_a) as s:
+                found = s.scalars(sa.select(Doc).order_by(Doc.embedding.l2_distance([0.5, 0.5, 0.5])).limit(5)).all()
+                assert sorted(d.body for d in found) == ["a0", "a1", "a2"]
+                assert {d.tenant_id for d in found} == {a}
+        finally:
+            engine.dispose()
+    finally:
+        VBase.metadata.drop_all(admin)
+        admin.dispose()
