@@ -35,6 +35,11 @@ use sutra_core::vector_binary;
 use sutra_core::vector_text;
 use sutra_core::VECTOR_MAX_DIM;
 
+// The independent readings of the formats, shared with the property tests.
+#[path = "../../core/tests/reference/mod.rs"]
+mod reference;
+use reference::{bits, hex, reference_binary, reference_key_id, reference_uuid, reference_vector};
+
 const DEFAULT_N: u64 = 1_000_000;
 const DEFAULT_SEED: u64 = 0x5eed_f022;
 /// The clock of every check, in Unix seconds.
@@ -186,10 +191,6 @@ fn mutated(rng: &mut Rng, s: &str) -> String {
     let mut b = s.as_bytes().to_vec();
     mutate(rng, &mut b);
     text(b)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn random_uuid(rng: &mut Rng) -> String {
@@ -873,22 +874,6 @@ fn fuzz_jwt(n: u64, rng: &mut Rng) -> Row {
 
 // --- Tenant contexts ------------------------------------------------------------------------------
 
-/// The uuid text form, read independently: groups of 8, 4, 4, 4 and 12 lower-case hex digits
-/// that print back the same.
-fn reference_uuid(s: &str) -> bool {
-    let groups: Vec<&str> = s.split('-').collect();
-    groups.len() == 5
-        && groups
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(g, n)| g.len() == n && u64::from_str_radix(g, 16).is_ok_and(|v| format!("{v:0n$x}") == *g))
-}
-
-/// A key id, read independently: 16 hex digits that print back the same.
-fn reference_key_id(s: &str) -> bool {
-    s.len() == 16 && u64::from_str_radix(s, 16).is_ok_and(|v| format!("{v:016x}") == s)
-}
-
 /// A tenant context, read independently: its tag is the base64url HMAC of the rest under
 /// `secret`, and each field is in its one spelling.
 fn reference_context(value: &str, secret: &[u8], now: i64) -> Option<Context> {
@@ -1102,39 +1087,6 @@ fn fuzz_scope_names(n: u64, rng: &mut Rng) -> Row {
 
 // --- Vector text ------------------------------------------------------------------------------------
 
-fn is_pg_space(c: char) -> bool {
-    matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c')
-}
-
-/// `[+-]? (digits [. digits?] | . digits) ([eE] [+-]? digits)?`
-fn is_decimal(t: &str) -> bool {
-    let t = t.strip_prefix(['+', '-']).unwrap_or(t);
-    let (mantissa, exp) = match t.find(['e', 'E']) {
-        Some(i) => (&t[..i], Some(&t[i + 1..])),
-        None => (t, None),
-    };
-    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    let exp_ok = exp.is_none_or(|e| {
-        let e = e.strip_prefix(['+', '-']).unwrap_or(e);
-        !e.is_empty() && digits(e)
-    });
-    digits(int) && digits(frac) && !(int.is_empty() && frac.is_empty()) && exp_ok
-}
-
-/// The vector text form, read independently: the bits of the vector it holds, or `None`.
-fn reference_vector(text: &str) -> Option<Vec<u32>> {
-    let inner = text.trim_matches(is_pg_space).strip_prefix('[')?.strip_suffix(']')?;
-    let v = inner
-        .split(',')
-        .map(|piece| {
-            let t = piece.trim_matches(is_pg_space);
-            is_decimal(t).then(|| t.parse::<f32>().ok()).flatten().filter(|x| x.is_finite()).map(f32::to_bits)
-        })
-        .collect::<Option<Vec<u32>>>()?;
-    (v.len() <= VECTOR_MAX_DIM).then_some(v)
-}
-
 fn random_finite(rng: &mut Rng) -> f32 {
     match rng.below(3) {
         0 => rng.range(-1000, 1000) as f32 / 8.0,
@@ -1235,9 +1187,8 @@ fn fuzz_vector_text(n: u64, rng: &mut Rng) -> Row {
                 rng.string_of(b" \t\n\r", 0, 3)
             ),
         };
-        let got =
-            guarded(|| vector_text::parse(&input).ok().map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>()));
-        let outcome = judge(&input, got, reference_vector(&input));
+        let got = guarded(|| vector_text::parse(&input).ok().map(|v| bits(&v)));
+        let outcome = judge(&input, got, reference_vector(&input).map(|v| bits(&v)));
         if let Outcome::Accepted = outcome {
             // What is accepted reads back from its own rendering.
             let v = vector_text::parse(&input).unwrap();
@@ -1252,17 +1203,6 @@ fn fuzz_vector_text(n: u64, rng: &mut Rng) -> Row {
 }
 
 // --- Vector binary ------------------------------------------------------------------------------------
-
-/// The binary form, read independently: the bits of the vector it holds, or `None`.
-fn reference_binary(b: &[u8]) -> Option<Vec<u32>> {
-    let dim = i16::from_be_bytes(b.get(..2)?.try_into().ok()?);
-    let unused = i16::from_be_bytes(b.get(2..4)?.try_into().ok()?);
-    if dim < 1 || dim as usize > VECTOR_MAX_DIM || unused != 0 || b.len() != 4 + 4 * dim as usize {
-        return None;
-    }
-    let v: Vec<u32> = b[4..].chunks(4).map(|c| u32::from_be_bytes(c.try_into().unwrap())).collect();
-    v.iter().all(|&x| f32::from_bits(x).is_finite()).then_some(v)
-}
 
 fn fuzz_vector_binary(n: u64, rng: &mut Rng) -> Row {
     fuzz("vector_binary::decode", n, rng, |rng| {
@@ -1302,9 +1242,8 @@ fn fuzz_vector_binary(n: u64, rng: &mut Rng) -> Row {
                 vector_binary::encode(&v)
             }
         };
-        let got =
-            guarded(|| vector_binary::decode(&input).ok().map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>()));
-        let outcome = judge(&input, got, reference_binary(&input));
+        let got = guarded(|| vector_binary::decode(&input).ok().map(|v| bits(&v)));
+        let outcome = judge(&input, got, reference_binary(&input).map(|v| bits(&v)));
         if let Outcome::Accepted = outcome {
             // What is accepted writes back byte for byte.
             let v = vector_binary::decode(&input).unwrap();

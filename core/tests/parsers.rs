@@ -14,6 +14,9 @@ use sutra_core::vector_binary::{self, DecodeError};
 use sutra_core::vector_text::{self, ParseError};
 use sutra_core::VECTOR_MAX_DIM;
 
+mod reference;
+use reference::{bits, hex, reference_binary, reference_key_id, reference_uuid, reference_vector};
+
 const CASES: u32 = 256;
 
 /// `cases` cases per property; a failure is reported with its minimal input, not saved to a file.
@@ -72,10 +75,6 @@ fn apply_bytes(b: &[u8], c: &Change) -> Vec<u8> {
 /// A changed string; bytes that are no longer UTF-8 are replaced, as a session's input is text.
 fn apply(s: &str, c: &Change) -> String {
     String::from_utf8_lossy(&apply_bytes(s.as_bytes(), c)).into_owned()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn uuid(bytes: [u8; 16]) -> String {
@@ -376,21 +375,6 @@ fn check_one_spelling(value: &str) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// The uuid text form, written independently: five groups of 8, 4, 4, 4 and 12 lower-case hex
-/// digits that print back the same.
-fn reference_uuid(s: &str) -> bool {
-    let groups: Vec<&str> = s.split('-').collect();
-    groups.len() == 5
-        && groups
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(g, n)| g.len() == n && u64::from_str_radix(g, 16).is_ok_and(|v| format!("{v:0n$x}") == *g))
-}
-
-fn reference_key_id(s: &str) -> bool {
-    s.len() == 16 && u64::from_str_radix(s, 16).is_ok_and(|v| format!("{v:016x}") == s)
-}
-
 /// Context payload fields, valid and not.
 fn payload_parts() -> impl Strategy<Value = String> {
     let version = prop_oneof![Just("v1".to_string()), "v[0-9]", "V1", ""];
@@ -461,44 +445,6 @@ proptest! {
 }
 
 // --- Vector text --------------------------------------------------------------------------------
-
-fn is_pg_space(c: char) -> bool {
-    matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c')
-}
-
-/// `[+-]? (digits [. digits?] | . digits) ([eE] [+-]? digits)?`
-fn is_decimal(t: &str) -> bool {
-    let t = t.strip_prefix(['+', '-']).unwrap_or(t);
-    let (mantissa, exp) = match t.find(['e', 'E']) {
-        Some(i) => (&t[..i], Some(&t[i + 1..])),
-        None => (t, None),
-    };
-    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    let mantissa_ok = digits(int) && digits(frac) && !(int.is_empty() && frac.is_empty());
-    let exp_ok = exp.is_none_or(|e| {
-        let e = e.strip_prefix(['+', '-']).unwrap_or(e);
-        !e.is_empty() && digits(e)
-    });
-    mantissa_ok && exp_ok
-}
-
-/// The vector text form, written independently: the vector it reads, or `None`.
-fn reference_vector(text: &str) -> Option<Vec<f32>> {
-    let inner = text.trim_matches(is_pg_space).strip_prefix('[')?.strip_suffix(']')?;
-    let v = inner
-        .split(',')
-        .map(|piece| {
-            let t = piece.trim_matches(is_pg_space);
-            is_decimal(t).then(|| t.parse::<f32>().ok()).flatten().filter(|x| x.is_finite())
-        })
-        .collect::<Option<Vec<f32>>>()?;
-    (v.len() <= VECTOR_MAX_DIM).then_some(v)
-}
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
 
 /// What the parser says agrees with the reference, and what it accepts reads back from its own
 /// rendering.
@@ -586,17 +532,6 @@ proptest! {
 }
 
 // --- Vector binary ------------------------------------------------------------------------------
-
-/// The binary form, written independently: the vector it holds, or `None`.
-fn reference_binary(b: &[u8]) -> Option<Vec<f32>> {
-    let dim = i16::from_be_bytes(b.get(..2)?.try_into().ok()?);
-    let unused = i16::from_be_bytes(b.get(2..4)?.try_into().ok()?);
-    if !(1..=VECTOR_MAX_DIM as i64).contains(&(dim as i64)) || unused != 0 || b.len() != 4 + 4 * dim as usize {
-        return None;
-    }
-    let v: Vec<f32> = b[4..].chunks(4).map(|c| f32::from_be_bytes(c.try_into().unwrap())).collect();
-    v.iter().all(|x| x.is_finite()).then_some(v)
-}
 
 fn check_binary(b: &[u8]) -> Result<(), TestCaseError> {
     let got = vector_binary::decode(b);
