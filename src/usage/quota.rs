@@ -18,7 +18,7 @@ use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 
 use super::limits::{self, Limits};
-use super::shmem::{self, Pin, Slot, TableSlot};
+use super::shmem::{self, Keyed, Pin, Slot, TableSlot};
 use crate::backend::caller::as_superuser;
 use crate::backend::GenerationMap;
 use crate::error::raise_detail;

@@ -7,7 +7,7 @@ use pgrx::prelude::*;
 use sutra_core::gcra::Gcra;
 
 use super::limits;
-use super::shmem::{self, Counts, Metric};
+use super::shmem::{self, Counts, Keyed, Metric};
 
 /// `sutra._tenant_counters()`: every tenant of this database in shared memory, with its totals
 /// since its slot was claimed, its current statement and connection counts, and whether it was

@@ -34,16 +34,51 @@ const READY: u32 = 2;
 /// A freed slot: reusable, but a lookup probes past it.
 const FREED: u32 = 3;
 
-/// One tenant's state.
+/// What a slot of either table starts with: its state, who holds it, and its key: database, table
+/// (0 in tenant slots) and tenant.
 #[repr(C)]
-pub struct Slot {
+pub struct SlotHead {
     state: AtomicU32,
     db: AtomicU32,
-    tenant: UnsafeCell<[u8; 16]>,
+    relid: AtomicU32,
     /// References held to the slot (see [`Pin`]); a pinned slot is never reused.
     pins: AtomicU32,
     /// When the slot was last looked up, seconds since the Unix epoch (least recently used first).
     last_used: AtomicI64,
+    tenant: UnsafeCell<[u8; 16]>,
+}
+
+impl SlotHead {
+    fn is_ready(&self) -> bool {
+        self.state.load(Ordering::Acquire) == READY
+    }
+
+    fn db(&self) -> u32 {
+        self.db.load(Ordering::Relaxed)
+    }
+
+    fn tenant(&self) -> [u8; 16] {
+        // SAFETY: see `impl Sync for Slot`.
+        unsafe { *self.tenant.get() }
+    }
+
+    fn is(&self, db: u32, relid: u32, tenant: &[u8; 16]) -> bool {
+        self.db() == db && self.relid.load(Ordering::Relaxed) == relid && self.tenant() == *tenant
+    }
+
+    /// Writes the key. Only under the exclusive lock, on a slot nobody pins.
+    fn set_key(&self, db: u32, relid: u32, tenant: &[u8; 16]) {
+        self.db.store(db, Ordering::Relaxed);
+        self.relid.store(relid, Ordering::Relaxed);
+        // SAFETY: under the exclusive lock, on an unpinned slot: nobody reads `tenant` now.
+        unsafe { *self.tenant.get() = *tenant };
+    }
+}
+
+/// One tenant's state.
+#[repr(C)]
+pub struct Slot {
+    head: SlotHead,
     /// GCRA theoretical arrival time, nanoseconds since the Unix epoch.
     pub tat: AtomicI64,
     /// Statements running now.
@@ -65,12 +100,7 @@ pub struct Slot {
 /// One tenant's counts in one tenant table.
 #[repr(C)]
 pub struct TableSlot {
-    state: AtomicU32,
-    db: AtomicU32,
-    relid: AtomicU32,
-    tenant: UnsafeCell<[u8; 16]>,
-    pins: AtomicU32,
-    last_used: AtomicI64,
+    head: SlotHead,
     pub quota: QuotaCounts,
 }
 
@@ -227,15 +257,6 @@ unsafe impl Sync for Slot {}
 unsafe impl Sync for TableSlot {}
 
 impl Slot {
-    pub fn db(&self) -> u32 {
-        self.db.load(Ordering::Relaxed)
-    }
-
-    pub fn tenant(&self) -> [u8; 16] {
-        // SAFETY: see `impl Sync`.
-        unsafe { *self.tenant.get() }
-    }
-
     /// Adds to a metered quantity (pending, the slot's total and the server's).
     pub fn meter(&self, metric: Metric, n: u64) {
         if n > 0 {
@@ -264,47 +285,40 @@ impl Slot {
 
 impl TableSlot {
     pub fn relid(&self) -> u32 {
-        self.relid.load(Ordering::Relaxed)
-    }
-    pub fn db(&self) -> u32 {
-        self.db.load(Ordering::Relaxed)
-    }
-    pub fn tenant(&self) -> [u8; 16] {
-        // SAFETY: see `impl Sync for Slot`.
-        unsafe { *self.tenant.get() }
+        self.head.relid.load(Ordering::Relaxed)
     }
 }
 
 /// A slot of one of the shared tables.
 pub trait Keyed: Sync + 'static {
     type Key: Copy;
-    fn state(&self) -> &AtomicU32;
-    fn pins(&self) -> &AtomicU32;
-    fn last_used(&self) -> &AtomicI64;
+    fn head(&self) -> &SlotHead;
     fn matches(&self, key: &Self::Key) -> bool;
     /// Makes the slot `key`'s, with every count zero. Only under the exclusive lock, on a slot
     /// nobody pins.
     fn reset(&self, key: &Self::Key);
+
+    /// The database of the slot's key.
+    fn db(&self) -> u32 {
+        self.head().db()
+    }
+
+    /// The tenant of the slot's key.
+    fn tenant(&self) -> [u8; 16] {
+        self.head().tenant()
+    }
 }
 
 impl Keyed for Slot {
     type Key = (u32, [u8; 16]);
-    fn state(&self) -> &AtomicU32 {
-        &self.state
-    }
-    fn pins(&self) -> &AtomicU32 {
-        &self.pins
-    }
-    fn last_used(&self) -> &AtomicI64 {
-        &self.last_used
+    fn head(&self) -> &SlotHead {
+        &self.head
     }
     fn matches(&self, key: &Self::Key) -> bool {
-        self.db.load(Ordering::Relaxed) == key.0 && self.tenant() == key.1
+        self.head.is(key.0, 0, &key.1)
     }
     fn reset(&self, key: &Self::Key) {
-        self.db.store(key.0, Ordering::Relaxed);
-        // SAFETY: under the exclusive lock, on an unpinned slot: nobody reads `tenant` now.
-        unsafe { *self.tenant.get() = key.1 };
+        self.head.set_key(key.0, 0, &key.1);
         self.tat.store(0, Ordering::Relaxed);
         self.active.store(0, Ordering::Relaxed);
         self.connections.store(0, Ordering::Relaxed);
@@ -319,25 +333,14 @@ impl Keyed for Slot {
 
 impl Keyed for TableSlot {
     type Key = (u32, u32, [u8; 16]);
-    fn state(&self) -> &AtomicU32 {
-        &self.state
-    }
-    fn pins(&self) -> &AtomicU32 {
-        &self.pins
-    }
-    fn last_used(&self) -> &AtomicI64 {
-        &self.last_used
+    fn head(&self) -> &SlotHead {
+        &self.head
     }
     fn matches(&self, key: &Self::Key) -> bool {
-        self.db.load(Ordering::Relaxed) == key.0
-            && self.relid.load(Ordering::Relaxed) == key.1
-            && self.tenant() == key.2
+        self.head.is(key.0, key.1, &key.2)
     }
     fn reset(&self, key: &Self::Key) {
-        self.db.store(key.0, Ordering::Relaxed);
-        self.relid.store(key.1, Ordering::Relaxed);
-        // SAFETY: as in Slot::reset.
-        unsafe { *self.tenant.get() = key.2 };
+        self.head.set_key(key.0, key.1, &key.2);
         self.quota.forget();
     }
 }
@@ -349,7 +352,7 @@ pub struct Pin<S: Keyed>(&'static S);
 impl<S: Keyed> Pin<S> {
     /// Pins a slot found under the lock (or already pinned by the caller).
     fn new(s: &'static S) -> Pin<S> {
-        s.pins().fetch_add(1, Ordering::AcqRel);
+        s.head().pins.fetch_add(1, Ordering::AcqRel);
         Pin(s)
     }
 
@@ -375,7 +378,7 @@ impl<S: Keyed> std::ops::Deref for Pin<S> {
 
 impl<S: Keyed> Drop for Pin<S> {
     fn drop(&mut self) {
-        self.0.pins().fetch_sub(1, Ordering::AcqRel);
+        self.0.head().pins.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -552,13 +555,18 @@ fn locked<T>(exclusive: bool, f: impl FnOnce() -> T) -> T {
 fn find_in<S: Keyed>(table: &'static [S], start: usize, key: &S::Key) -> Option<&'static S> {
     for i in 0..MAX_PROBE.min(table.len()) {
         let s = &table[(start + i) % table.len()];
-        match s.state().load(Ordering::Acquire) {
+        match s.head().state.load(Ordering::Acquire) {
             EMPTY => return None,
             READY if s.matches(key) => return Some(s),
             _ => {}
         }
     }
     None
+}
+
+/// The slots of `table` that hold a key.
+fn in_use<S: Keyed>(table: &'static [S]) -> impl Iterator<Item = &'static S> {
+    table.iter().filter(|s| s.head().is_ready())
 }
 
 /// The table is full around a key: every candidate slot is in use right now.
@@ -578,8 +586,8 @@ fn pin_or_claim<S: Keyed>(
     }
     let now = crate::backend::now_unix();
     let touch = |s: &'static S| {
-        if s.last_used().load(Ordering::Relaxed) != now {
-            s.last_used().store(now, Ordering::Relaxed);
+        if s.head().last_used.load(Ordering::Relaxed) != now {
+            s.head().last_used.store(now, Ordering::Relaxed);
         }
         Pin::new(s)
     };
@@ -590,7 +598,7 @@ fn pin_or_claim<S: Keyed>(
         let mut free = None;
         for i in 0..MAX_PROBE.min(table.len()) {
             let s = &table[(start + i) % table.len()];
-            match s.state().load(Ordering::Acquire) {
+            match s.head().state.load(Ordering::Acquire) {
                 READY if s.matches(key) => return Ok(touch(s)),
                 READY => {}
                 state => {
@@ -608,9 +616,11 @@ fn pin_or_claim<S: Keyed>(
                 // must outlive it).
                 let mut candidates: Vec<&'static S> = (0..MAX_PROBE.min(table.len()))
                     .map(|i| &table[(start + i) % table.len()])
-                    .filter(|s| s.state().load(Ordering::Acquire) == READY && s.pins().load(Ordering::Acquire) == 0)
+                    .filter(|s| {
+                        s.head().state.load(Ordering::Acquire) == READY && s.head().pins.load(Ordering::Acquire) == 0
+                    })
                     .collect();
-                candidates.sort_by_key(|s| s.last_used().load(Ordering::Relaxed));
+                candidates.sort_by_key(|s| s.head().last_used.load(Ordering::Relaxed));
                 let Some(s) = candidates.into_iter().find(|s| evict(s)) else {
                     if let Some(h) = header() {
                         h.refused.fetch_add(1, Ordering::Relaxed);
@@ -620,12 +630,12 @@ fn pin_or_claim<S: Keyed>(
                 if let Some(h) = header() {
                     h.reused.fetch_add(1, Ordering::AcqRel);
                 }
-                s.state().store(FREED, Ordering::Release);
+                s.head().state.store(FREED, Ordering::Release);
                 s
             }
         };
         s.reset(key);
-        s.state().store(READY, Ordering::Release);
+        s.head().state.store(READY, Ordering::Release);
         Ok(touch(s))
     })
 }
@@ -654,7 +664,8 @@ pub fn slot(db: u32, tenant: &[u8; 16]) -> Result<Pin<Slot>, Full> {
 pub fn table_slot(db: u32, relid: u32, tenant: &[u8; 16]) -> Result<Pin<TableSlot>, Full> {
     pin_or_claim(count_table(), hash(db ^ relid.rotate_left(16), tenant), &(db, relid, *tenant), |t| {
         let owner = (t.db(), t.tenant());
-        find_in(tenant_table(), hash(owner.0, &owner.1), &owner).is_none_or(|s| s.pins.load(Ordering::Acquire) == 0)
+        find_in(tenant_table(), hash(owner.0, &owner.1), &owner)
+            .is_none_or(|s| s.head.pins.load(Ordering::Acquire) == 0)
     })
 }
 
@@ -676,12 +687,7 @@ pub fn reused() -> u64 {
 /// The tables' sizes, slots in use, slots reused and statements refused, for `sutra.metrics()`.
 pub fn occupancy() -> [i64; 6] {
     let Some(h) = header() else { return [0; 6] };
-    let (tenants, tables) = locked(false, || {
-        (
-            tenant_table().iter().filter(|s| s.state.load(Ordering::Acquire) == READY).count(),
-            count_table().iter().filter(|s| s.state.load(Ordering::Acquire) == READY).count(),
-        )
-    });
+    let (tenants, tables) = locked(false, || (in_use(tenant_table()).count(), in_use(count_table()).count()));
     [
         h.capacity as i64,
         tenants as i64,
@@ -706,7 +712,7 @@ pub fn for_each_slot(mut f: impl FnMut(&Slot)) {
         return;
     }
     locked(false, || {
-        for s in tenant_table().iter().filter(|s| s.state.load(Ordering::Acquire) == READY) {
+        for s in in_use(tenant_table()) {
             f(s)
         }
     })
@@ -718,10 +724,15 @@ pub fn for_each_table_slot(mut f: impl FnMut(&TableSlot)) {
         return;
     }
     locked(false, || {
-        for s in count_table().iter().filter(|s| s.state.load(Ordering::Acquire) == READY) {
+        for s in in_use(count_table()) {
             f(s)
         }
     })
+}
+
+/// The entries of the overflow list that hold counts.
+fn spilled() -> impl Iterator<Item = &'static Spilled> {
+    spill_list().iter().filter(|e| e.used.load(Ordering::Acquire) == 1)
 }
 
 /// Adds counts to the overflow list (merged with the tenant's entry); false when it is full.
@@ -779,15 +790,13 @@ pub fn take_pending(db: u32) -> Vec<([u8; 16], Counts)> {
         return out;
     }
     locked(true, || {
-        for s in tenant_table().iter().filter(|s| s.state.load(Ordering::Acquire) == READY && s.db() == db) {
+        for s in in_use(tenant_table()).filter(|s| s.db() == db) {
             let counts = s.pending.take();
             if counts.iter().any(|n| *n > 0) {
                 out.push((s.tenant(), counts));
             }
         }
-        for e in
-            spill_list().iter().filter(|e| e.used.load(Ordering::Acquire) == 1 && e.db.load(Ordering::Relaxed) == db)
-        {
+        for e in spilled().filter(|e| e.db.load(Ordering::Relaxed) == db) {
             // SAFETY: a used entry, under the exclusive lock.
             out.push((unsafe { *e.tenant.get() }, e.counts.take()));
             e.used.store(0, Ordering::Release);
@@ -800,13 +809,13 @@ pub fn take_pending(db: u32) -> Vec<([u8; 16], Counts)> {
 /// save at exit, when no other process runs.
 pub fn all_pending_unlocked() -> Vec<(u32, [u8; 16], Counts)> {
     let mut out = Vec::new();
-    for s in tenant_table().iter().filter(|s| s.state.load(Ordering::Acquire) == READY) {
+    for s in in_use(tenant_table()) {
         let counts = s.pending.read();
         if counts.iter().any(|n| *n > 0) {
             out.push((s.db(), s.tenant(), counts));
         }
     }
-    for e in spill_list().iter().filter(|e| e.used.load(Ordering::Acquire) == 1) {
+    for e in spilled() {
         // SAFETY: no other process runs (see above).
         out.push((e.db.load(Ordering::Relaxed), unsafe { *e.tenant.get() }, e.counts.read()));
     }
@@ -816,13 +825,10 @@ pub fn all_pending_unlocked() -> Vec<(u32, [u8; 16], Counts)> {
 /// The databases with pending metering. Reads only atomics, without the lock: a database seen
 /// by mistake only costs a flush worker that finds nothing.
 pub fn databases_with_pending() -> Vec<u32> {
-    let mut dbs: Vec<u32> = tenant_table()
-        .iter()
-        .filter(|s| s.state.load(Ordering::Acquire) == READY && s.pending.read().iter().any(|c| *c > 0))
+    let mut dbs: Vec<u32> = in_use(tenant_table())
+        .filter(|s| s.pending.read().iter().any(|c| *c > 0))
         .map(|s| s.db())
-        .chain(
-            spill_list().iter().filter(|e| e.used.load(Ordering::Acquire) == 1).map(|e| e.db.load(Ordering::Relaxed)),
-        )
+        .chain(spilled().map(|e| e.db.load(Ordering::Relaxed)))
         .collect();
     dbs.sort_unstable();
     dbs.dedup();
