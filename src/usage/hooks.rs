@@ -86,7 +86,7 @@ fn admit(tenant: pgrx::Uuid) {
     // Reading limits may run a query: that nested statement must not be charged.
     DEPTH.with(|d| d.set(d.get() + 1));
     let limits = limits::of(&tenant);
-    super::quota::ensure_tenant_known(&tenant);
+    super::quota::ensure_known_in(&tenant, &slot);
     DEPTH.with(|d| d.set(d.get() - 1));
     if let Some((rate, burst)) = limits.rate() {
         if let Err(wait) = Gcra::new(rate, burst).take(&slot.tat, now_ns()) {

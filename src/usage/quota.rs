@@ -227,16 +227,21 @@ fn count_tenant_rows(
 /// server start the first statement of one of its sessions counts them from the tables, before
 /// it writes anything. Until then writes are not added (the recount sees them once committed).
 pub fn ensure_tenant_known(tenant: &pgrx::Uuid) {
-    let generation = (crate::tenancy::context::status_generation(), shmem::reused());
-    let key = *tenant.as_bytes();
-    if ALL_KNOWN.with(|k| {
-        let k = k.borrow();
-        k.0 == generation && k.1.contains(&key)
-    }) {
+    if !known(tenant) {
+        let slot = shmem::slot(shmem::my_db(), tenant.as_bytes()).unwrap_or_else(|_| shmem::raise_full("tenant"));
+        ensure_known_in(tenant, &slot);
+    }
+}
+
+/// [`ensure_tenant_known`] for a caller that holds the tenant's slot already (the executor hook's
+/// statement).
+pub fn ensure_known_in(tenant: &pgrx::Uuid, slot: &Slot) {
+    if known(tenant) {
         return;
     }
+    let generation = (crate::tenancy::context::status_generation(), shmem::reused());
+    let key = *tenant.as_bytes();
     let db = shmem::my_db();
-    let slot = shmem::slot(db, &key).unwrap_or_else(|_| shmem::raise_full("tenant"));
     let table_slot =
         |relid: u32| shmem::table_slot(db, relid, &key).unwrap_or_else(|_| shmem::raise_full("tenant table counts"));
     // Known totals: only tables whose counts are not known yet (registered since, or dropped from
@@ -261,10 +266,18 @@ pub fn ensure_tenant_known(tenant: &pgrx::Uuid) {
     });
 }
 
-fn exceeded(tenant: &pgrx::Uuid, what: &str, limit: i64, value: i64, unit: &str) -> ! {
-    if let Some(s) = shmem::find(shmem::my_db(), tenant.as_bytes()) {
-        s.refuse(shmem::Refusal::Quota);
-    }
+/// Whether this backend knows the tenant's counts to be known, as of the current status
+/// generation and slot reuses.
+fn known(tenant: &pgrx::Uuid) -> bool {
+    let generation = (crate::tenancy::context::status_generation(), shmem::reused());
+    ALL_KNOWN.with(|k| {
+        let k = k.borrow();
+        k.0 == generation && k.1.contains(tenant.as_bytes())
+    })
+}
+
+fn exceeded(slot: &Slot, tenant: &pgrx::Uuid, what: &str, limit: i64, value: i64, unit: &str) -> ! {
+    slot.refuse(shmem::Refusal::Quota);
     raise_detail(
         PgSqlErrorCode::ERRCODE_DISK_FULL,
         format!("quota exceeded for tenant {tenant}: {what} is limited to {limit}"),
@@ -315,7 +328,7 @@ fn apply(tenant: [u8; 16], relid: u32, rows: i64, bytes: i64, vectors: i64) {
     for (what, counted, limit, before, after, delta, unit) in checks {
         if let (true, Some(limit)) = (counted, limit) {
             if delta > 0 && after > limit {
-                exceeded(&uuid, what, limit, after, unit);
+                exceeded(slot, &uuid, what, limit, after, unit);
             }
             if delta > 0 {
                 crossed(&uuid, what, limit, before, after, l.soft_threshold);
