@@ -40,6 +40,8 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 
 /// A per-backend map whose entries hold for one generation of a cache invalidation counter (such
 /// as the tenant context's status generation): the first use under a newer generation empties it.
+/// It holds at most [`GenerationMap::MAX_ENTRIES`] entries (it starts over past that), so a
+/// backend that meets a great many tenants or keys does not grow with them.
 pub struct GenerationMap<K, V> {
     generation: u64,
     entries: std::collections::HashMap<K, V>,
@@ -55,19 +57,12 @@ impl<K: std::hash::Hash + Eq, V: Clone> GenerationMap<K, V> {
         (self.generation == generation).then(|| self.entries.get(key).cloned()).flatten()
     }
 
-    /// Entries held (of any generation).
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
+    pub const MAX_ENTRIES: usize = 10_000;
 
-    /// Forgets every entry.
-    pub fn clear(&mut self) {
-        self.entries.clear();
-    }
-
-    /// Remembers `value` for `key` as of `generation`, forgetting older generations' entries.
+    /// Remembers `value` for `key` as of `generation`, forgetting older generations' entries
+    /// (and all entries when the map is full).
     pub fn insert(&mut self, generation: u64, key: K, value: V) {
-        if self.generation != generation {
+        if self.generation != generation || self.entries.len() >= Self::MAX_ENTRIES {
             self.generation = generation;
             self.entries.clear();
         }

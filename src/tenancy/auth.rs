@@ -48,8 +48,6 @@ thread_local! {
 /// How long a cached key row serves before it is read again (which also tells whether its
 /// `last_used_at` is due: at most one write per key per minute, across backends).
 const KEY_CACHE_SECONDS: i64 = 60;
-/// Most key rows a backend keeps (the cache starts over past it).
-const KEY_CACHE_ENTRIES: usize = 10_000;
 
 /// The key's row: from this backend's cache when read less than a minute ago, else from the
 /// table (and cached, when it is active).
@@ -66,13 +64,7 @@ fn key_row(key_id: &str) -> Option<KeyRow> {
     }
     let row = lookup_key(key_id)?;
     if !row.revoked && !row.expired && row.status == "active" {
-        KEY_CACHE.with(|c| {
-            let mut c = c.borrow_mut();
-            if c.len() >= KEY_CACHE_ENTRIES {
-                c.clear();
-            }
-            c.insert(generation, key_id.to_string(), (row.clone(), now));
-        });
+        KEY_CACHE.with(|c| c.borrow_mut().insert(generation, key_id.to_string(), (row.clone(), now)));
     }
     Some(row)
 }
