@@ -292,34 +292,31 @@ pub extern "C-unwind" fn sutra_metering_flush_main(arg: pg_sys::Datum) {
     let db = arg.value() as u32;
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);
+    let yes = |sql: &str| Spi::get_one::<bool>(sql).ok().flatten().unwrap_or(false);
     // With the catalog's functions and operators, whatever search_path the database sets.
-    BackgroundWorker::transaction(|| {
+    let installed = BackgroundWorker::transaction(|| {
         crate::backend::caller::with_catalog_search_path(|| {
-            let installed = Spi::get_one::<bool>("SELECT to_regclass('sutra.usage_rollups') IS NOT NULL")
-                .ok()
-                .flatten()
-                .unwrap_or(false);
+            let installed = yes("SELECT to_regclass('sutra.usage_rollups') IS NOT NULL");
             if installed {
                 flush_current_db();
             } else {
                 // No sutra here any more: nothing to meter into.
                 take_pending(db);
             }
+            installed
         })
     });
     // Then, in a transaction of its own (a failure leaves the flush done), the compaction of
     // older rollups and the audit log's retention, at most once an hour per database.
-    BackgroundWorker::transaction(|| {
-        crate::backend::caller::with_catalog_search_path(|| {
-            let query = |sql: &str| Spi::get_one::<bool>(sql).ok().flatten().unwrap_or(false);
-            let due = query("SELECT to_regclass('sutra.usage_compaction') IS NOT NULL")
-                && query(
-                    "SELECT EXISTS (SELECT 1 FROM sutra.usage_compaction
-                                    WHERE last_run IS NULL OR last_run < now() - interval '1 hour')",
-                );
-            if due {
-                let _ = Spi::run("SELECT sutra.compact_usage(), sutra.trim_audit_log()");
-            }
-        })
-    });
+    if installed {
+        BackgroundWorker::transaction(|| {
+            crate::backend::caller::with_catalog_search_path(|| {
+                let due = yes("SELECT EXISTS (SELECT 1 FROM sutra.usage_compaction
+                                              WHERE last_run IS NULL OR last_run < now() - interval '1 hour')");
+                if due {
+                    let _ = Spi::run("SELECT sutra.compact_usage(), sutra.trim_audit_log()");
+                }
+            })
+        });
+    }
 }
