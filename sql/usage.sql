@@ -537,14 +537,15 @@ BEGIN
             (11, 'active_statements', 'gauge', 'Statements running now.'),
             (12, 'connections', 'gauge', 'Sessions holding the tenant''s context now.')
         ), named AS (
-            SELECT d.*, CASE WHEN d.kind = 'counter' THEN '_total' ELSE '' END AS suffix FROM defs d
+            SELECT d.*, CASE WHEN d.kind = 'counter' THEN '_total' ELSE '' END AS suffix, s.value AS server_value
+            FROM defs d LEFT JOIN sutra._server_counters() s ON s.metric = d.name
         )
         SELECT string_agg(
                    -- Every tenant together (counters only), then the selected tenants.
                    CASE WHEN n.kind = 'counter' THEN
                        format(E'# HELP sutra_%s%s %s (all tenants, since server start)\n# TYPE sutra_%s%s counter\nsutra_%s%s %s\n',
                               n.name, n.suffix, n.help, n.name, n.suffix, n.name, n.suffix,
-                              (SELECT s.value FROM sutra._server_counters() s WHERE s.metric = n.name))
+                              n.server_value)
                    ELSE '' END
                    || format(E'# HELP sutra_tenant_%s%s %s\n# TYPE sutra_tenant_%s%s %s\n',
                              n.name, n.suffix, n.help, n.name, n.suffix, n.kind)
