@@ -41,9 +41,6 @@ pgbench_as() {
     shift 2
     client "$PG_BIN/pgbench" -n -c 1 -r --random-seed="$seed" -h "$HOST" -p "$PORT" -U "$user" "$@" "$DB" 2>&1
 }
-# stmt_ms OUTPUT MARKER: pgbench's mean latency in ms of the statement whose text has MARKER.
-stmt_ms() { awk -v m="$2" 'index($0, m) && $1 ~ /^[0-9.]+$/ {print $1; exit}' <<<"$1"; }
-median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a / b}'; }
 verdict() { awk -v v="$1" -v bar="$2" 'BEGIN {print (v <= bar) ? "meets the bar" : "MISSES the bar"}'; }
 

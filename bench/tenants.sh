@@ -45,8 +45,6 @@ psql_as() {
 sql() { psql_as postgres "$@"; }
 sql_app() { psql_as "$APP" "$@"; }
 pgbench_app() { client "$PG_BIN/pgbench" -n -r -h "$HOST" -p "$PORT" -U "$APP" "$@" "$DB" 2>&1; }
-stmt_ms() { awk -v m="$2" 'index($0, m) && $1 ~ /^[0-9.]+$/ {print $1; exit}' <<<"$1"; }
-median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a / b}'; }
 verdict() { awk -v v="$1" -v bar="$2" -v op="$3" 'BEGIN {ok = (op == "<") ? v < bar : v >= bar; print ok ? "meets the goal" : "MISSES the goal"}'; }
 best_ms() { # best_ms SQL: the best of 3 server-side timings of SQL as the app role, in ms
@@ -148,7 +146,8 @@ for n in "${SIZES[@]}"; do
 done
 
 # --- 1,000 of the active tenants pushed past their limits: every one refused ---------------------
-sql -c "CREATE TABLE bench_sample AS SELECT $(uuid_of "1 + i * 97") AS id FROM generate_series(0, 999) i" \
+sample=$((have < ACTIVE ? have : ACTIVE)) # spread over the tenants that took turns (or all there are)
+sql -c "CREATE TABLE bench_sample AS SELECT $(uuid_of "1 + (i * ($sample - 1)) / 999") AS id FROM generate_series(0, 999) i" \
     -c "INSERT INTO items (tenant_id, body) SELECT id, 'seed' FROM bench_sample" \
     -c "UPDATE sutra.tenants t SET quota_overrides = jsonb_build_object(
             'rows_total', (SELECT count(*) FROM items i WHERE i.tenant_id = t.id),

@@ -170,6 +170,12 @@ bench_cleanup() {
     rm -rf "$dir"
 }
 
+# stmt_ms OUTPUT MARKER: pgbench's (-r) mean latency in ms of the statement whose text has MARKER.
+stmt_ms() { awk -v m="$2" 'index($0, m) && $1 ~ /^[0-9.]+$/ {print $1; exit}' <<<"$1"; }
+
+# The median of the numbers on standard input, one per line.
+median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+
 # A Python virtualenv under target/ with the client libraries the client tests use.
 ensure_python_env() {
     local venv="$REPO/target/venv"
