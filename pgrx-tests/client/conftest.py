@@ -4,6 +4,7 @@ SUTRA_TEST_HOST / SUTRA_TEST_PORT: a cluster with sutra preloaded and installed 
 sutra_client. SUTRA_NOPRELOAD_HOST / SUTRA_NOPRELOAD_PORT: a cluster without the preload.
 """
 
+import contextlib
 import os
 import subprocess
 import tempfile
@@ -81,6 +82,21 @@ def init_cluster(base, name, port, conf=""):
         f.write(f"port = {port}\nlisten_addresses = ''\nunix_socket_directories = '{base}'\n"
                 f"shared_preload_libraries = 'sutra'\n{conf}")
     return pg_ctl(data)
+
+
+@contextlib.contextmanager
+def own_cluster(prefix, port, conf="", start=True):
+    """A throwaway cluster of the test's own (sutra preloaded, `conf` appended), started unless
+    `start` is false; yields (base directory, its pg_ctl); stopped at once and removed after."""
+    base = throwaway_dir(prefix)
+    ctl = init_cluster(base, "data", port, conf)
+    try:
+        if start:
+            ctl("start")
+        yield base, ctl
+    finally:
+        ctl("-m", "immediate", "stop", check=False)
+        subprocess.run(["rm", "-rf", base])
 
 
 # A tenant table for driver and pool tests.

@@ -8,30 +8,27 @@ import subprocess
 import psycopg
 import pytest
 
-from conftest import BIN, init_cluster, throwaway_dir
+from conftest import BIN, own_cluster
 
 PORT = 54721
 
 
 @pytest.fixture(scope="module")
 def server():
-    base = throwaway_dir("sutra-errors-")
-    ctl = init_cluster(base, "data", PORT, "fsync = off\n")
-    env = dict(os.environ, RUST_BACKTRACE="1")
-    data = os.path.join(base, "data")
-    start = [f"{BIN}/pg_ctl", "-D", data, "-l", data + ".log", "-w", "start"]
-    if os.geteuid() == 0:
-        start = ["runuser", "-u", "postgres", "--", "env", "RUST_BACKTRACE=1"] + start
-    subprocess.run(start, env=env, check=True, capture_output=True)
-    with psycopg.connect(host=base, port=PORT, user="postgres", dbname="postgres", autocommit=True) as c:
-        c.execute("CREATE EXTENSION sutra")
-        c.execute("SELECT sutra.create_tenant('errs')")
-        c.execute("CREATE TABLE t (id int PRIMARY KEY)")
-        c.execute("SELECT sutra.enable_tenancy('t')")
-        c.execute("CREATE ROLE errs_app LOGIN IN ROLE sutra_service")
-    yield base
-    ctl("-m", "immediate", "stop", check=False)
-    subprocess.run(["rm", "-rf", base])
+    with own_cluster("sutra-errors-", PORT, "fsync = off\n", start=False) as (base, _):
+        env = dict(os.environ, RUST_BACKTRACE="1")
+        data = os.path.join(base, "data")
+        start = [f"{BIN}/pg_ctl", "-D", data, "-l", data + ".log", "-w", "start"]
+        if os.geteuid() == 0:
+            start = ["runuser", "-u", "postgres", "--", "env", "RUST_BACKTRACE=1"] + start
+        subprocess.run(start, env=env, check=True, capture_output=True)
+        with psycopg.connect(host=base, port=PORT, user="postgres", dbname="postgres", autocommit=True) as c:
+            c.execute("CREATE EXTENSION sutra")
+            c.execute("SELECT sutra.create_tenant('errs')")
+            c.execute("CREATE TABLE t (id int PRIMARY KEY)")
+            c.execute("SELECT sutra.enable_tenancy('t')")
+            c.execute("CREATE ROLE errs_app LOGIN IN ROLE sutra_service")
+        yield base
 
 
 @pytest.mark.parametrize("user,statements,sqlstate", [

@@ -4,25 +4,20 @@ memory) the counters start again from what was flushed, and the limits still wor
 
 import os
 import signal
-import subprocess
 import time
 
 import psycopg
 import pytest
 
-from conftest import init_cluster, throwaway_dir
+from conftest import own_cluster
 
 PORT = 54717
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    base = throwaway_dir("sutra-restart-")
-    ctl = init_cluster(base, "data", PORT, "fsync = off\nsutra.usage_flush_interval = 3600\n")
-    ctl("start")
-    yield base, ctl
-    ctl("-m", "immediate", "stop", check=False)
-    subprocess.run(["rm", "-rf", base])
+    with own_cluster("sutra-restart-", PORT, "fsync = off\nsutra.usage_flush_interval = 3600\n") as (base, ctl):
+        yield base, ctl
 
 
 def connect(base, user="postgres", **kw):

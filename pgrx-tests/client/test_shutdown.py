@@ -6,14 +6,13 @@ metering counted before the stop is still written after the next start."""
 
 import os
 import random
-import subprocess
 import threading
 import time
 
 import psycopg
 import pytest
 
-from conftest import init_cluster, throwaway_dir
+from conftest import own_cluster
 
 PORT = 54719
 DATABASES = [f"shut_{i}" for i in range(8)]
@@ -23,22 +22,18 @@ STOP_TIMEOUT = 10
 
 @pytest.fixture(scope="module")
 def cluster():
-    base = throwaway_dir("sutra-shutdown-")
-    ctl = init_cluster(base, "data", PORT, "fsync = off\nsutra.usage_flush_interval = 1\n"
-                                           "max_worker_processes = 16\n")
-    ctl("start")
-    with connect(base, "postgres") as c:
+    conf = "fsync = off\nsutra.usage_flush_interval = 1\nmax_worker_processes = 16\n"
+    with own_cluster("sutra-shutdown-", PORT, conf) as (base, ctl):
+        with connect(base, "postgres") as c:
+            for db in DATABASES:
+                c.execute(f"CREATE DATABASE {db}")
         for db in DATABASES:
-            c.execute(f"CREATE DATABASE {db}")
-    for db in DATABASES:
-        with connect(base, db) as c:
-            c.execute("CREATE EXTENSION sutra")
-            c.execute("SELECT sutra.create_tenant('shut')")
-            c.execute("CREATE TABLE items (id serial PRIMARY KEY, body text)")
-            c.execute("SELECT sutra.enable_tenancy('items')")
-    yield base, ctl
-    ctl("-m", "immediate", "stop", check=False)
-    subprocess.run(["rm", "-rf", base])
+            with connect(base, db) as c:
+                c.execute("CREATE EXTENSION sutra")
+                c.execute("SELECT sutra.create_tenant('shut')")
+                c.execute("CREATE TABLE items (id serial PRIMARY KEY, body text)")
+                c.execute("SELECT sutra.enable_tenancy('items')")
+        yield base, ctl
 
 
 def connect(base, dbname, **kw):

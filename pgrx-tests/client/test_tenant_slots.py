@@ -4,13 +4,12 @@ slots are reused over and over, and every tenant's row quota and rate limit stil
 metering adds up exactly. When every slot belongs to a tenant active right now, a further
 tenant's statement fails with 53400 naming the setting to raise: never unlimited."""
 
-import subprocess
 import time
 
 import psycopg
 import pytest
 
-from conftest import init_cluster, throwaway_dir
+from conftest import own_cluster
 
 PORT = 54721
 SLOTS = 64
@@ -23,11 +22,14 @@ TURN_SECONDS = 0.01
 
 @pytest.fixture(scope="module")
 def cluster():
-    base = throwaway_dir("sutra-slots-")
-    ctl = init_cluster(base, "data", PORT, f"fsync = off\nsutra.max_tenants = {SLOTS}\n"
-                                           f"sutra.max_tenant_table_counts = {SLOTS}\n"
-                                           "sutra.usage_flush_interval = 1\nmax_connections = 120\n")
-    ctl("start")
+    conf = (f"fsync = off\nsutra.max_tenants = {SLOTS}\nsutra.max_tenant_table_counts = {SLOTS}\n"
+            "sutra.usage_flush_interval = 1\nmax_connections = 120\n")
+    with own_cluster("sutra-slots-", PORT, conf) as (base, _):
+        setup(base)
+        yield base
+
+
+def setup(base):
     with connect(base, "postgres") as c:
         c.execute("CREATE DATABASE slots")
     with connect(base) as c:
@@ -42,9 +44,6 @@ def cluster():
         c.execute("CREATE ROLE app LOGIN NOBYPASSRLS IN ROLE sutra_service")
         c.execute("GRANT SELECT, INSERT ON items TO app")
         c.execute("GRANT USAGE ON SEQUENCE items_id_seq TO app")
-    yield base
-    ctl("-m", "immediate", "stop", check=False)
-    subprocess.run(["rm", "-rf", base])
 
 
 def connect(base, dbname="slots", user="postgres", **kw):
