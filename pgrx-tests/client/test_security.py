@@ -354,3 +354,18 @@ def test_quota_trigger_on_a_column_that_is_not_uuid_is_refused(env):
 def test_service_reads_tenants_near_limits(env):
     svc = env.connect(env.svc)
     svc.execute("SELECT count(*) FROM sutra.tenants_near_limits").fetchone()
+
+
+def test_maintenance_and_report_functions_are_for_the_service_only(env):
+    """The compaction of usage, the audit log's trim and the functions behind the reports are
+    EXECUTE-revoked from PUBLIC: an application role cannot delete usage or audit rows, nor read
+    every tenant's counters, through them; a sutra_service member can."""
+    app = env.connect(env.app)
+    for call in ["SELECT sutra.compact_usage()", "SELECT sutra.trim_audit_log()",
+                 "SELECT count(*) FROM sutra._tenants_near_limits()", "SELECT count(*) FROM sutra._quota_totals()",
+                 "SELECT count(*) FROM sutra._server_counters()", "SELECT count(*) FROM sutra._shared_tables()",
+                 "SELECT sutra._compact_rollups(now() - interval '1 day', now(), 'hour')"]:
+        expect_error(app, "42501", "permission denied", call)
+    svc = env.connect(env.svc)
+    assert svc.execute("SELECT sutra.trim_audit_log()").fetchone()[0] == 0  # retention off by default
+    svc.execute("SELECT sutra.compact_usage()")
