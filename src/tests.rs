@@ -119,6 +119,21 @@ mod tests {
         Spi::run("SELECT set_config('sutra.no_such_parameter', 'planted', false)").unwrap();
     }
 
+    /// An index whose metapage has another page format version (written by a sutra of another
+    /// format) is not read as if it were this one: the error names the index, and its DETAIL says
+    /// that REINDEX rebuilds it.
+    #[pg_test(error = "index \"old_format_idx\" is not a valid sutra_hnsw index")]
+    fn an_index_of_another_format_version_is_refused() {
+        Spi::run("CREATE TABLE old_format (id int, embedding sutra.vector(2))").unwrap();
+        Spi::run("INSERT INTO old_format SELECT i, ARRAY[i, 1]::real[]::sutra.vector FROM generate_series(1, 10) i")
+            .unwrap();
+        Spi::run("CREATE INDEX old_format_idx ON old_format USING sutra_hnsw (embedding sutra.vector_l2_ops)").unwrap();
+        let index = Spi::get_one::<pg_sys::Oid>("SELECT 'old_format_idx'::regclass::oid").unwrap().unwrap();
+        crate::hnsw::pages::set_format_version(index, crate::hnsw::pages::FORMAT_VERSION + 1);
+        Spi::run("SET enable_seqscan = off").unwrap();
+        Spi::run("SELECT id FROM old_format ORDER BY embedding OPERATOR(sutra.<->) '[0,0]' LIMIT 1").unwrap();
+    }
+
     /// sutra.tenant_id exists, and takes no value sutra did not sign.
     #[pg_test(error = "invalid tenant context")]
     fn forged_tenant_context_is_refused() {

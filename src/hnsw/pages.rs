@@ -442,6 +442,23 @@ pub fn update_meta(index: pg_sys::Relation, f: impl FnOnce(&mut Meta)) {
     wal.finish();
 }
 
+/// For tests: writes another format version into an index's metapage, as a sutra with another
+/// page format would have left it.
+#[cfg(any(test, feature = "pg_test"))]
+pub fn set_format_version(index: pg_sys::Oid, version: u32) {
+    // SAFETY: index_open raises an ERROR for a relation that is not an index; the lock is held
+    // until index_close.
+    unsafe {
+        let rel = pg_sys::index_open(index, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+        update_meta(rel, |m| m.version = version);
+        pg_sys::index_close(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+    }
+}
+
+/// The page format version this build reads and writes.
+#[cfg(any(test, feature = "pg_test"))]
+pub const FORMAT_VERSION: u32 = VERSION;
+
 pub fn relation_name(index: pg_sys::Relation) -> String {
     // SAFETY: an open relation's name is a NUL-terminated NameData.
     unsafe { std::ffi::CStr::from_ptr((*(*index).rd_rel).relname.data.as_ptr()).to_string_lossy().into_owned() }
