@@ -69,6 +69,55 @@ install_extension() {
     (cd "$REPO" && cargo pgrx install --pg-config "$PG_CONFIG" "${sudo_flag[@]}" "$@")
 }
 
+# The releases an upgrade starts from: version and the commit of its git tag (v<version>). The
+# commit is named too, so that a clone without tags still finds it.
+UPGRADE_FROM=(0.1.0:69b948283c1a9ae7ed32142e07ed44ac00304823)
+
+# release_tree VERSION COMMIT DIR: PostgreSQL with sutra VERSION, built from COMMIT, in DIR: a
+# copy of the system's server programs, libraries and share directory (PostgreSQL finds its
+# libraries and extensions relative to its programs) with that release's library, control file
+# and install script in place of the current ones. Prints the tree's bin directory. Starting a
+# data directory with it, then with $PG_BIN, is what swapping the library of a server does.
+release_tree() {
+    local version=$1 commit=$2 dir=$3
+    if ! git -C "$REPO" rev-parse -q --verify "$commit^{commit}" >/dev/null; then
+        echo "error: sutra $version (commit $commit, tag v$version) is not in this clone's history;" \
+            "an upgrade test needs a full clone (git fetch --unshallow --tags)" >&2
+        return 1
+    fi
+    local bindir pkglibdir sharedir
+    bindir=$("$PG_CONFIG" --bindir)
+    pkglibdir=$("$PG_CONFIG" --pkglibdir)
+    sharedir=$("$PG_CONFIG" --sharedir)
+    if [ ! -f "$dir/.complete" ]; then
+        log "building sutra $version from $commit into $dir"
+        rm -rf "$dir"
+        mkdir -p "$dir/src"
+        git -C "$REPO" archive "$commit" | tar -x -C "$dir/src"
+        # The release's own install script and library, built against the same server headers
+        # and in the same target directory, so that dependencies are not built twice. The library
+        # and the schema generator have the same file names in every version: removed before and
+        # after, so that neither build takes the other's for its own.
+        local outputs=("$REPO"/target/debug/{,deps/}libsutra.so "$REPO"/target/debug/pgrx_embed_sutra)
+        rm -f "${outputs[@]}"
+        (cd "$dir/src" && CARGO_TARGET_DIR="$REPO/target" cargo pgrx package --debug \
+            --pg-config "$PG_CONFIG" --out-dir "$dir/pkg" >"$dir/build.log" 2>&1) || {
+            tail -n 30 "$dir/build.log" >&2
+            return 1
+        }
+        rm -f "${outputs[@]}"
+        for d in "$bindir" "$pkglibdir" "$sharedir"; do
+            mkdir -p "$dir/root$(dirname "$d")"
+            cp -a "$d" "$dir/root$d"
+        done
+        rm -rf "$dir/root$pkglibdir/bitcode" "$dir/root$pkglibdir"/sutra.so "$dir/root$sharedir"/extension/sutra[.-]*
+        cp -a "$dir/pkg/." "$dir/root/"
+        rm -rf "$dir/src" "$dir/pkg"
+        touch "$dir/.complete"
+    fi
+    printf '%s\n' "$dir/root$bindir"
+}
+
 # Where throwaway clusters keep their data: target/ under the repository, or, when the postgres OS
 # user cannot reach it (a clone inside a private home directory), a directory under /tmp.
 pg_workdir() {

@@ -90,7 +90,16 @@ f=$(grep -cE '\.\.\. FAILED' "$RESULTS/regress.log" || true)
 [ -f "$RESULTS/regress/regression.diffs" ] && cat "$RESULTS/regress/regression.diffs" >&2
 count regress "$p" "$f"
 
-# 4. Client tests through real drivers.
+# 4. Client tests through real drivers. test_upgrade.py starts a cluster with the previous release
+# (built from its git tag, once; kept beside the throwaway clusters) and upgrades it to this build.
+release=${UPGRADE_FROM[0]}
+if from_bin=$(release_tree "${release%%:*}" "${release#*:}" "$PGWORK/upgrade/sutra-${release%%:*}"); then
+    export SUTRA_UPGRADE_FROM_BIN="$from_bin" SUTRA_UPGRADE_FROM_VERSION="${release%%:*}"
+else
+    SUTRA_UPGRADE_FROM_BIN=
+    SUTRA_UPGRADE_FROM_VERSION=
+    SUITES_FAILED+=("building sutra ${release%%:*} for the upgrade test")
+fi
 as_pg "$PG_BIN/psql" -X -q -h "$CLUSTER" -p "$PORT" -U postgres -d postgres \
     -c "CREATE DATABASE sutra_client" -c "\\c sutra_client" -c "CREATE EXTENSION sutra" >/dev/null
 export SUTRA_TEST_HOST="$CLUSTER" SUTRA_TEST_PORT="$PORT"

@@ -68,9 +68,10 @@ def throwaway_dir(prefix):
     return base
 
 
-def pg_ctl(data):
-    """pg_ctl for the cluster in `data`, logging to `data`.log."""
-    return lambda *a, check=True: as_postgres(f"{BIN}/pg_ctl", "-D", data, "-l", data + ".log", "-w", *a, check=check)
+def pg_ctl(data, bin=BIN):
+    """pg_ctl for the cluster in `data`, logging to `data`.log; `bin`: the directory of the server
+    programs (another one starts the cluster with another build of sutra)."""
+    return lambda *a, check=True: as_postgres(f"{bin}/pg_ctl", "-D", data, "-l", data + ".log", "-w", *a, check=check)
 
 
 def init_cluster(base, name, port, conf=""):

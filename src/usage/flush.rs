@@ -307,12 +307,19 @@ pub extern "C-unwind" fn sutra_metering_flush_main(arg: pg_sys::Datum) {
         })
     });
     // Then, in a transaction of its own (a failure leaves the flush done), the compaction of
-    // older rollups and the audit log's retention, at most once an hour per database.
+    // older rollups and the audit log's retention, at most once an hour per database; not while
+    // the database's sutra is of another version than this library (between a library upgrade
+    // and its ALTER EXTENSION sutra UPDATE), whose catalog may lack what they use.
     if installed {
         BackgroundWorker::transaction(|| {
             crate::backend::caller::with_catalog_search_path(|| {
-                let due = yes("SELECT EXISTS (SELECT 1 FROM sutra.usage_compaction
-                                              WHERE last_run IS NULL OR last_run < now() - interval '1 hour')");
+                let current = yes(&format!(
+                    "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'sutra' AND extversion = '{}')",
+                    env!("CARGO_PKG_VERSION")
+                ));
+                let due = current
+                    && yes("SELECT EXISTS (SELECT 1 FROM sutra.usage_compaction
+                                           WHERE last_run IS NULL OR last_run < now() - interval '1 hour')");
                 if due {
                     let _ = Spi::run("SELECT sutra.compact_usage(), sutra.trim_audit_log()");
                 }

@@ -1,0 +1,943 @@
+-- sutra 0.1.0 to 0.2.0: ALTER EXTENSION sutra UPDATE, after the 0.2.0 library is installed and
+-- the server restarted (README, "Upgrading"). pgrx-tests/client/test_upgrade.py checks that an
+-- upgraded catalog equals a fresh 0.2.0 install and that 0.1.0's data and indexes keep working.
+\echo Use "ALTER EXTENSION sutra UPDATE TO '0.2.0'" to load this file. \quit
+
+-- Functions whose signature changed (a new argument, another return type) or that are gone, and
+-- the view that reads one of them (made again below).
+DROP VIEW tenants_near_limits;
+DROP FUNCTION _count_tenant_rows(uuid, regclass);
+DROP FUNCTION _quota_forget_rows(oid, uuid, bigint, bigint, bigint);
+DROP FUNCTION _register_tenant_table(regclass, name, boolean);
+DROP FUNCTION _tenant_counters();
+DROP FUNCTION _usage_events_partition(timestamptz);
+DROP FUNCTION _vector_count_expr(regclass);
+DROP FUNCTION authenticate(text, boolean);
+DROP FUNCTION authenticate_jwt(text, boolean);
+DROP FUNCTION metrics();
+DROP FUNCTION set_tenant(text, boolean, text[]);
+DROP FUNCTION set_tenant(uuid, boolean, text[]);
+
+-- sutra_hnsw's integer keys: the operator classes int4_ops and int8_ops move from a family each
+-- into one family, integer_ops, which also holds the cross-type equalities, so that a key sent as
+-- int2, int4 or int8 is an index condition. No command moves an operator class to another family,
+-- and dropping one would drop every index built with it, so the catalog rows move: the classes,
+-- their operators and the dependencies on the old families, which are then empty and dropped.
+-- Sessions that were open during the update see the change once they reconnect.
+CREATE OPERATOR FAMILY integer_ops USING sutra_hnsw;
+DO $$
+DECLARE
+    am oid := (SELECT a.oid FROM pg_catalog.pg_am a WHERE a.amname = 'sutra_hnsw');
+    family oid := (SELECT f.oid FROM pg_catalog.pg_opfamily f
+                   WHERE f.opfname = 'integer_ops' AND f.opfmethod = am AND f.opfnamespace = 'sutra'::regnamespace);
+    old oid[] := ARRAY(SELECT f.oid FROM pg_catalog.pg_opfamily f
+                       WHERE f.opfname IN ('int4_ops', 'int8_ops') AND f.opfmethod = am
+                         AND f.opfnamespace = 'sutra'::regnamespace);
+BEGIN
+    UPDATE pg_catalog.pg_opclass SET opcfamily = family WHERE opcfamily = ANY (old);
+    UPDATE pg_catalog.pg_amop SET amopfamily = family WHERE amopfamily = ANY (old);
+    UPDATE pg_catalog.pg_amproc SET amprocfamily = family WHERE amprocfamily = ANY (old);
+    UPDATE pg_catalog.pg_depend SET refobjid = family
+    WHERE refclassid = 'pg_catalog.pg_opfamily'::regclass AND refobjid = ANY (old);
+END $$;
+DROP OPERATOR FAMILY int4_ops USING sutra_hnsw;
+DROP OPERATOR FAMILY int8_ops USING sutra_hnsw;
+ALTER OPERATOR FAMILY integer_ops USING sutra_hnsw ADD
+    OPERATOR 1 pg_catalog.= (integer, smallint),
+    OPERATOR 1 pg_catalog.= (integer, bigint),
+    OPERATOR 1 pg_catalog.= (bigint, smallint),
+    OPERATOR 1 pg_catalog.= (bigint, integer);
+ALTER OPERATOR FAMILY text_ops USING sutra_hnsw ADD
+    OPERATOR 1 pg_catalog.= (text, name);
+
+-- New tables.
+CREATE TABLE usage_cap_locks (
+    tenant_id uuid PRIMARY KEY,
+    checked_at timestamptz NOT NULL
+);
+REVOKE ALL ON usage_cap_locks FROM PUBLIC;
+COMMENT ON TABLE usage_cap_locks IS 'one row per tenant, locked while record_usage checks a monthly cap';
+CREATE TABLE usage_compaction (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    hours_until timestamptz NOT NULL DEFAULT '-infinity',
+    days_until timestamptz NOT NULL DEFAULT '-infinity',
+    retained_from timestamptz NOT NULL DEFAULT '-infinity',
+    last_run timestamptz
+);
+INSERT INTO usage_compaction DEFAULT VALUES;
+COMMENT ON TABLE usage_compaction IS 'how far sutra.compact_usage has compacted sutra.usage_rollups';
+GRANT SELECT ON usage_compaction TO sutra_service;
+
+-- Functions, as a fresh 0.2.0 install defines them.
+CREATE OR REPLACE FUNCTION sutra._api_key_row(key_id text)
+ RETURNS sutra.api_key_store
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    k sutra.api_key_store;
+BEGIN
+    SELECT * INTO k FROM sutra.api_key_store s WHERE s.key_id = _api_key_row.key_id FOR UPDATE;
+    -- Another tenant's key is reported exactly as a key that does not exist.
+    IF k.key_id IS NULL OR NOT (sutra._caller_is_service() OR k.tenant_id = sutra._context_tenant()) THEN
+        RAISE EXCEPTION 'API key "%" does not exist', key_id USING ERRCODE = '42704';
+    END IF;
+    PERFORM sutra._require_key_admin(k.tenant_id);
+    RETURN k;
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION sutra._compact_rollups(from_ts timestamp with time zone, to_ts timestamp with time zone, unit text)
+ RETURNS bigint
+ LANGUAGE sql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    WITH gone AS (
+        DELETE FROM sutra.usage_rollups r
+        WHERE r.minute >= from_ts AND r.minute < to_ts AND r.minute <> date_trunc(unit, r.minute, 'UTC')
+        RETURNING r.tenant_id, r.metric, date_trunc(unit, r.minute, 'UTC') AS at, r.quantity
+    ), kept AS (
+        INSERT INTO sutra.usage_rollups AS r (tenant_id, metric, minute, quantity)
+        SELECT g.tenant_id, g.metric, g.at, sum(g.quantity) FROM gone g GROUP BY 1, 2, 3
+        ON CONFLICT (tenant_id, metric, minute) DO UPDATE SET quantity = r.quantity + EXCLUDED.quantity
+        RETURNING (xmax = 0) AS added
+    )
+    SELECT (SELECT count(*) FROM gone) - (SELECT count(*) FILTER (WHERE added) FROM kept);
+$function$
+;
+
+CREATE OR REPLACE FUNCTION sutra._count_tenant_rows(tenant uuid, "table" oid DEFAULT NULL::oid)
+ RETURNS TABLE(table_name oid, rows bigint, bytes bigint, vectors bigint)
+ LANGUAGE c
+AS 'MODULE_PATHNAME', $function$count_tenant_rows_wrapper$function$
+;
+
+CREATE OR REPLACE FUNCTION sutra._has_tenant_btree(tbl regclass, col smallint)
+ RETURNS boolean
+ LANGUAGE sql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                   WHERE i.indrelid = tbl AND i.indkey[0] = col AND i.indisvalid AND i.indpred IS NULL
+                     AND ic.relam = (SELECT a.oid FROM pg_am a WHERE a.amname = 'btree'));
+$function$
+;
+
+CREATE OR REPLACE FUNCTION sutra._limit_value(plan jsonb, overrides jsonb, key text)
+ RETURNS numeric
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+AS $function$
+    SELECT nullif((CASE WHEN overrides ? key THEN overrides ->> key ELSE plan ->> key END)::numeric, 0)
+$function$
+;
+
+CREATE OR REPLACE FUNCTION sutra._may_register(tbl regclass, tenant_column name)
+ RETURNS boolean
+ LANGUAGE sql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    SELECT coalesce((
+        SELECT c.relkind IN ('r', 'p') AND c.relpersistence IN ('p', 'u')
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'sutra', 'pg_toast')
+               AND pg_has_role(current_user, c.relowner, 'USAGE')
+               AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = tenant_column
+                           AND NOT a.attisdropped AND a.atttypid = 'uuid'::regtype)
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.oid = tbl), false);
+$function$
+;
+
+CREATE OR REPLACE FUNCTION sutra._owns(tbl regclass)
+ RETURNS boolean
+ LANGUAGE sql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    SELECT coalesce((SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_class c WHERE c.oid = tbl), false);
+$function$
+;
+
+CREATE OR REPLACE FUNCTION sutra._purge_tenant(tenant uuid)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    t record;
+    n bigint;
+    removed jsonb := '{}';
+BEGIN
+    FOR t IN SELECT table_name, tenant_column FROM sutra.tenant_tables
+             WHERE table_name IN (SELECT c.oid FROM pg_class c) ORDER BY table_name::text LOOP
+        n := sutra._purge_rows(t.table_name::oid, t.tenant_column, tenant);
+        removed := removed || jsonb_build_object(t.table_name::text, n);
+    END LOOP;
+    DELETE FROM sutra.api_key_store k WHERE k.tenant_id = tenant;
+    -- Usage (sql/usage.sql) goes with the tenant.
+    DELETE FROM sutra.usage_events e WHERE e.tenant_id = tenant;
+    DELETE FROM sutra.usage_event_keys e WHERE e.tenant_id = tenant;
+    DELETE FROM sutra.usage_rollups r WHERE r.tenant_id = tenant;
+    DELETE FROM sutra.usage_cap_locks c WHERE c.tenant_id = tenant;
+    DELETE FROM sutra.tenants x WHERE x.id = tenant;
+    RETURN removed;
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION sutra._quota_totals()
+ RETURNS TABLE(tenant_id uuid, rows bigint, bytes bigint, vectors bigint)
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$quota_totals_wrapper$function$
+;
+
+CREATE OR REPLACE FUNCTION sutra._quota_truncate()
+ RETURNS trigger
+ LANGUAGE c
+AS 'MODULE_PATHNAME', $function$sutra_quota_truncate$function$
+;
+
+CREATE OR REPLACE FUNCTION sutra._server_counters()
+ RETURNS TABLE(metric text, value double precision)
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$server_counters_wrapper$function$
+;
+
+CREATE OR REPLACE FUNCTION sutra._shared_tables()
+ RETURNS TABLE(name text, kind text, value bigint, help text)
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$shared_tables_wrapper$function$
+;
+
+CREATE OR REPLACE FUNCTION sutra._tenant_counters()
+ RETURNS TABLE(tenant_id uuid, statements bigint, rows_read bigint, rows_written bigint, vector_searches bigint, bytes_written bigint, connection_seconds double precision, rate_limited bigint, concurrency_refused bigint, connections_refused bigint, quota_refused bigint, active_statements integer, connections integer, recent boolean)
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$tenant_counters_wrapper$function$
+;
+
+CREATE OR REPLACE FUNCTION sutra._tenant_row(tenant text, lock boolean DEFAULT false)
+ RETURNS sutra.tenants
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    r sutra.tenants;
+BEGIN
+    IF tenant ~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$' THEN
+        IF lock THEN
+            SELECT * INTO r FROM sutra.tenants t WHERE t.id = tenant::uuid FOR UPDATE;
+        ELSE
+            SELECT * INTO r FROM sutra.tenants t WHERE t.id = tenant::uuid;
+        END IF;
+    ELSIF lock THEN
+        SELECT * INTO r FROM sutra.tenants t WHERE t.slug = tenant FOR UPDATE;
+    ELSE
+        SELECT * INTO r FROM sutra.tenants t WHERE t.slug = tenant;
+    END IF;
+    -- A tenant session sees its own tenant only: another tenant is reported exactly as one that
+    -- does not exist, so that the error tells nothing about other tenants.
+    IF r.id IS NULL OR NOT (sutra._caller_is_service() OR r.id = sutra._context_tenant()) THEN
+        RAISE EXCEPTION 'tenant "%" does not exist', tenant USING ERRCODE = '42704',
+            HINT = 'Name a tenant by its uuid or its slug.';
+    END IF;
+    RETURN r;
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION sutra._tenant_table_audit()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+    -- Every backend's cache of which tables are registered (the quota triggers consult it).
+    PERFORM sutra._invalidate_tenant_cache();
+    IF current_setting('row_security') = 'off' THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        PERFORM sutra._audit('tenancy.disable', NULL, jsonb_build_object('table', OLD.table_name::text));
+    ELSE
+        PERFORM sutra._audit('tenancy.enable', NULL,
+            jsonb_build_object('table', NEW.table_name::text, 'tenant_column', NEW.tenant_column));
+    END IF;
+    RETURN NULL;
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION sutra._tenants_near_limits()
+ RETURNS TABLE(tenant_id uuid, slug text, limit_name text, limit_value numeric, used numeric, ratio numeric)
+ LANGUAGE sql
+ SET jit TO 'off'
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    WITH live_counts AS (
+        SELECT * FROM sutra._tenant_counters()
+    ), quota_totals AS (
+        SELECT * FROM sutra._quota_totals()
+    ), with_monthly AS (
+        SELECT t.id FROM sutra.tenants t WHERE t.plan IN (SELECT p.name FROM sutra.plans p WHERE p.limits ? 'monthly')
+        UNION
+        SELECT t.id FROM sutra.tenants t WHERE t.quota_overrides ? 'monthly'
+    ), caps AS (
+        SELECT t.id, t.slug, p.limits AS pl, t.quota_overrides AS ov,
+               coalesce(sutra._limit_value(p.limits, t.quota_overrides, 'soft_threshold'), 0.8) AS threshold
+        FROM (SELECT n.tenant_id AS id FROM live_counts n UNION SELECT w.id FROM with_monthly w) c
+        JOIN sutra.tenants t ON t.id = c.id JOIN sutra.plans p ON p.name = t.plan
+        WHERE t.status = 'active'
+    ), monthly AS (
+        SELECT c.id, c.slug, 'monthly.' || k AS limit_name, v::numeric AS limit_value, c.threshold,
+               coalesce((SELECT sum(r.quantity) FROM sutra.usage_rollups r
+                         WHERE r.tenant_id = c.id AND r.metric = k AND r.minute >= date_trunc('month', now(), 'UTC')), 0)
+             + coalesce((SELECT sum(e.quantity) FROM sutra.usage_events e
+                         WHERE e.tenant_id = c.id AND e.event_type = k AND e.occurred_at >= date_trunc('month', now(), 'UTC')), 0)
+               AS used
+        FROM caps c JOIN with_monthly w ON w.id = c.id,
+             jsonb_each_text(coalesce(sutra._limits(c.id) -> 'monthly', '{}')) m(k, v)
+    ), live AS (
+        SELECT c.id, c.slug, x.limit_name, x.limit_value, c.threshold, x.used
+        FROM caps c JOIN live_counts n ON n.tenant_id = c.id
+        CROSS JOIN LATERAL (VALUES ('connections', sutra._limit_value(c.pl, c.ov, 'connections'), n.connections::numeric),
+                                   ('concurrent_statements', sutra._limit_value(c.pl, c.ov, 'concurrent_statements'),
+                                    n.active_statements::numeric))
+                   x(limit_name, limit_value, used)
+        WHERE x.limit_value IS NOT NULL
+    )
+    , quotas AS (
+        SELECT c.id, c.slug, x.limit_name, x.limit_value, c.threshold, x.used
+        FROM caps c JOIN quota_totals q ON q.tenant_id = c.id
+        CROSS JOIN LATERAL (VALUES ('rows_total', sutra._limit_value(c.pl, c.ov, 'rows_total'), q.rows::numeric),
+                                   ('storage_bytes', sutra._limit_value(c.pl, c.ov, 'storage_bytes'), q.bytes::numeric),
+                                   ('vectors', sutra._limit_value(c.pl, c.ov, 'vectors'), q.vectors::numeric))
+                   x(limit_name, limit_value, used)
+        WHERE x.limit_value IS NOT NULL
+    )
+    SELECT id AS tenant_id, slug, limit_name, limit_value, used, round(used / limit_value, 4) AS ratio
+    FROM (SELECT * FROM monthly UNION ALL SELECT * FROM live UNION ALL SELECT * FROM quotas) a
+    WHERE used >= threshold * limit_value;
+$function$
+;
+
+CREATE OR REPLACE FUNCTION sutra._usage_events_partition(ts timestamp with time zone, wait boolean DEFAULT true)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    lo timestamptz := date_trunc('month', ts, 'UTC');
+    name text := 'usage_events_' || to_char(lo AT TIME ZONE 'UTC', 'YYYYMM');
+BEGIN
+    IF to_regclass('sutra.' || name) IS NOT NULL THEN
+        RETURN;
+    END IF;
+    -- Makers of partitions take turns on SHARE UPDATE EXCLUSIVE on sutra.usage_events, a lock
+    -- only sutra's own code can take: the mode conflicts with itself but not with the ACCESS
+    -- SHARE and ROW EXCLUSIVE locks of reads and inserts, so events are read and recorded
+    -- meanwhile; and LOCK TABLE in this mode needs UPDATE, DELETE or TRUNCATE on the table, which
+    -- no role but its owner has (PUBLIC may only SELECT it). An advisory lock would not do: any
+    -- role can take any advisory lock, and hold it. It is also the lock ATTACH PARTITION takes on
+    -- the partitioned table, where CREATE TABLE ... PARTITION OF takes ACCESS EXCLUSIVE, which a
+    -- session that merely keeps a read of usage_events open in its transaction would hold up
+    -- (and every reader and writer would then queue behind it). ATTACH would also lock a default
+    -- partition exclusively: there is none.
+    IF wait THEN
+        LOCK TABLE sutra.usage_events IN SHARE UPDATE EXCLUSIVE MODE;
+    ELSE
+        BEGIN
+            LOCK TABLE sutra.usage_events IN SHARE UPDATE EXCLUSIVE MODE NOWAIT;
+        EXCEPTION WHEN lock_not_available THEN
+            RETURN;
+        END;
+    END IF;
+    IF to_regclass('sutra.' || name) IS NOT NULL THEN
+        RETURN;  -- made by the transaction that held the lock before
+    END IF;
+    EXECUTE format('CREATE TABLE sutra.%I (LIKE sutra.usage_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', name);
+    -- Each partition has its own index (no partitioned index: a dump of the month partitions,
+    -- which are not part of the extension, restores them with their indexes).
+    EXECUTE format('CREATE INDEX ON sutra.%I (tenant_id, occurred_at)', name);
+    EXECUTE format('ALTER TABLE sutra.usage_events ATTACH PARTITION sutra.%I FOR VALUES FROM (%L) TO (%L)', name,
+                   to_char(lo AT TIME ZONE 'UTC', 'YYYY-MM-DD') || ' 00:00:00+00',
+                   to_char((lo + interval '1 month') AT TIME ZONE 'UTC', 'YYYY-MM-DD') || ' 00:00:00+00');
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION sutra.authenticate(api_key text, local boolean DEFAULT NULL::boolean, session boolean DEFAULT false)
+ RETURNS uuid
+ LANGUAGE c
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS 'MODULE_PATHNAME', $function$authenticate_wrapper$function$
+;
+
+CREATE OR REPLACE FUNCTION sutra.authenticate_jwt(token text, local boolean DEFAULT NULL::boolean, session boolean DEFAULT false)
+ RETURNS uuid
+ LANGUAGE c
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS 'MODULE_PATHNAME', $function$authenticate_jwt_wrapper$function$
+;
+
+CREATE OR REPLACE FUNCTION sutra.check_tenancy(tbl regclass)
+ RETURNS TABLE(severity text, object text, problem text)
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    col name := (SELECT t.tenant_column FROM sutra.tenant_tables t WHERE t.table_name = tbl);
+    col_num int2;
+    owner oid := (SELECT c.relowner FROM pg_class c WHERE c.oid = tbl);
+    r record;
+BEGIN
+    IF col IS NULL THEN
+        RETURN QUERY SELECT 'error', tbl::text, 'not a tenant table: run sutra.enable_tenancy on it';
+        RETURN;
+    END IF;
+    SELECT a.attnum INTO col_num FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = col;
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = col
+                   AND NOT a.attisdropped AND a.atttypid = 'uuid'::regtype) THEN
+        RETURN QUERY SELECT 'error', format('column %I', col),
+            'the tenant column is not of type uuid: quotas do not count this table';
+    END IF;
+    IF NOT (SELECT c.relrowsecurity AND c.relforcerowsecurity FROM pg_class c WHERE c.oid = tbl) THEN
+        RETURN QUERY SELECT 'error', tbl::text, 'row level security is not enabled and forced';
+    END IF;
+    IF (SELECT count(*) FROM pg_policy p WHERE p.polrelid = tbl AND p.polname LIKE 'sutra_tenant_%') < 4 THEN
+        RETURN QUERY SELECT 'error', tbl::text, 'a sutra_tenant_* policy is missing';
+    END IF;
+    IF NOT sutra._has_tenant_btree(tbl, col_num) THEN
+        RETURN QUERY SELECT 'warning', tbl::text,
+            format('no btree index led by %I: every query under row level security reads the whole table', col);
+    END IF;
+    FOR r IN SELECT p.relid AS part FROM pg_partition_tree(tbl) p JOIN pg_class c ON c.oid = p.relid
+             WHERE p.relid <> tbl AND NOT (c.relrowsecurity AND c.relforcerowsecurity
+                   AND (SELECT count(*) FROM pg_policy x WHERE x.polrelid = c.oid
+                        AND x.polname LIKE 'sutra_tenant_%') = 4) LOOP
+        RETURN QUERY SELECT 'error', format('partition %s', r.part),
+            'partition without forced row level security and sutra''s policies: read directly, it shows every tenant';
+    END LOOP;
+    FOR r IN SELECT p.polname FROM pg_policy p
+             WHERE p.polrelid = tbl AND p.polname NOT LIKE 'sutra_tenant_%' AND p.polpermissive LOOP
+        RETURN QUERY SELECT 'warning', format('policy %I', r.polname),
+            'a permissive policy besides sutra''s widens what a tenant sees';
+    END LOOP;
+    -- Unique indexes (primary keys and unique constraints included) not led by the tenant column:
+    -- a tenant learns that another tenant's value exists from the unique violation.
+    FOR r IN SELECT i.indexrelid::regclass AS idx FROM pg_index i
+             WHERE i.indrelid = tbl AND i.indisunique AND i.indkey[0] <> col_num LOOP
+        RETURN QUERY SELECT 'warning', format('index %s', r.idx),
+            format('unique index not led by %I: its violations reveal other tenants'' values', col);
+    END LOOP;
+    FOR r IN SELECT c.conname, c.conrelid::regclass AS src, c.confrelid::regclass AS dst
+             FROM pg_constraint c
+             WHERE c.contype = 'f' AND (c.conrelid = tbl OR c.confrelid = tbl)
+               AND ((c.conrelid = tbl AND c.conkey[1] <> col_num)
+                    OR (c.confrelid = tbl AND c.confkey[1] <> col_num)) LOOP
+        RETURN QUERY SELECT 'warning', format('foreign key %I on %s', r.conname, r.src),
+            format('foreign key not led by %I: rows can reference or reveal another tenant''s rows', col);
+    END LOOP;
+    FOR r IN SELECT DISTINCT v.oid::regclass AS view FROM pg_depend d
+             JOIN pg_rewrite w ON w.oid = d.objid
+             JOIN pg_class v ON v.oid = w.ev_class
+             WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = tbl AND v.oid <> tbl
+               AND v.relkind IN ('v', 'm')
+               AND (v.relkind = 'm' OR NOT coalesce('security_invoker=true' = ANY (v.reloptions)
+                                                   OR 'security_invoker=on' = ANY (v.reloptions), false)) LOOP
+        RETURN QUERY SELECT 'warning', format('view %s', r.view),
+            'view without security_invoker reads the table with its owner''s rights';
+    END LOOP;
+    FOR r IN SELECT p.oid::regprocedure AS fn FROM pg_proc p
+             WHERE p.prosecdef
+               AND p.pronamespace <> 'sutra'::regnamespace
+               AND p.prosrc ~* ('\m' || regexp_replace((SELECT c.relname FROM pg_class c WHERE c.oid = tbl),
+                                                      '([^a-zA-Z0-9_])', '\\\1', 'g') || '\M') LOOP
+        RETURN QUERY SELECT 'warning', format('function %s', r.fn),
+            'SECURITY DEFINER function that mentions the table runs with its owner''s rights';
+    END LOOP;
+    IF (SELECT a.rolbypassrls OR a.rolsuper FROM pg_roles a WHERE a.oid = owner) THEN
+        RETURN QUERY SELECT 'warning', format('role %I', (SELECT a.rolname FROM pg_roles a WHERE a.oid = owner)),
+            'the table''s owner bypasses row level security';
+    END IF;
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION sutra.compact_usage()
+ RETURNS bigint
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    c sutra.usage_compaction;
+    hour_cut timestamptz := date_trunc('hour', now() - current_setting('sutra.usage_minutes_kept')::interval, 'UTC');
+    day_cut timestamptz := date_trunc('day', now() - current_setting('sutra.usage_hours_kept')::interval, 'UTC');
+    retention interval := current_setting('sutra.usage_retention')::interval;
+    removed bigint := 0;
+    n bigint;
+BEGIN
+    PERFORM sutra._require_service('compact usage');
+    -- One compaction at a time; a second caller waits, then finds the work done.
+    SELECT * INTO c FROM sutra.usage_compaction FOR UPDATE;
+    IF hour_cut > c.hours_until THEN
+        removed := removed + sutra._compact_rollups(c.hours_until, hour_cut, 'hour');
+        c.hours_until := hour_cut;
+    END IF;
+    IF day_cut > c.days_until THEN
+        removed := removed + sutra._compact_rollups(c.days_until, day_cut, 'day');
+        c.days_until := day_cut;
+    END IF;
+    IF retention > interval '0' AND date_trunc('day', now() - retention, 'UTC') > c.retained_from THEN
+        c.retained_from := date_trunc('day', now() - retention, 'UTC');
+        DELETE FROM sutra.usage_rollups r WHERE r.minute < c.retained_from;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        removed := removed + n;
+    END IF;
+    UPDATE sutra.usage_compaction SET hours_until = c.hours_until, days_until = c.days_until,
+                                      retained_from = c.retained_from, last_run = now();
+    RETURN removed;
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION sutra.disable_tenancy(tbl regclass)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    col name := (SELECT t.tenant_column FROM sutra.tenant_tables t WHERE t.table_name = tbl);
+    part regclass;
+BEGIN
+    IF col IS NULL THEN
+        RAISE EXCEPTION 'table % is not a tenant table', tbl USING ERRCODE = '42809',
+            HINT = 'Tenant tables are listed in sutra.tenant_tables.';
+    END IF;
+    FOR part IN SELECT m FROM sutra._table_and_partitions(tbl) m LOOP
+        PERFORM sutra._drop_tenant_policies(part);
+        EXECUTE format('ALTER TABLE %s NO FORCE ROW LEVEL SECURITY', part);
+        EXECUTE format('ALTER TABLE %s DISABLE ROW LEVEL SECURITY', part);
+    END LOOP;
+    EXECUTE format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT', tbl, col);
+    IF EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = tbl AND g.tgname = 'sutra_quota_row') THEN
+        EXECUTE format('DROP TRIGGER sutra_quota_row ON %s', tbl);
+        EXECUTE format('DROP TRIGGER sutra_quota_truncate ON %s', tbl);
+    END IF;
+    DELETE FROM sutra.tenant_tables t WHERE t.table_name = tbl;
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION sutra.enable_tenancy(tbl regclass, tenant_column name DEFAULT 'tenant_id'::name)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    col_type regtype;
+    col_num int2;
+    indexed boolean;
+    short_name text := (SELECT c.relname FROM pg_class c WHERE c.oid = tbl);
+BEGIN
+    IF (SELECT c.relkind FROM pg_class c WHERE c.oid = tbl) NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '"%" is not a table', tbl USING ERRCODE = '42809',
+            DETAIL = 'Only ordinary and partitioned tables can be tenant tables.';
+    END IF;
+    IF (SELECT c.relpersistence FROM pg_class c WHERE c.oid = tbl) = 't' THEN
+        RAISE EXCEPTION 'temporary table % cannot be a tenant table', tbl USING ERRCODE = '42809',
+            DETAIL = 'A temporary table belongs to one session.';
+    END IF;
+    IF tbl::oid IN (SELECT d.objid FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
+                    WHERE e.extname = 'sutra' AND d.classid = 'pg_class'::regclass) THEN
+        RAISE EXCEPTION 'table % belongs to sutra', tbl USING ERRCODE = '42809';
+    END IF;
+    SELECT a.atttypid, a.attnum INTO col_type, col_num FROM pg_attribute a
+    WHERE a.attrelid = tbl AND a.attname = tenant_column AND NOT a.attisdropped;
+    IF col_type IS NULL THEN
+        EXECUTE format('ALTER TABLE %s ADD COLUMN %I uuid NOT NULL DEFAULT %L::uuid',
+                       tbl, tenant_column, '00000000-0000-0000-0000-000000000000');
+    ELSIF col_type <> 'uuid'::regtype THEN
+        RAISE EXCEPTION 'column "%" of % is of type %, not uuid', tenant_column, tbl, col_type
+            USING ERRCODE = '42804';
+    ELSE
+        EXECUTE format('UPDATE %s SET %I = %L WHERE %I IS NULL', tbl, tenant_column,
+                       '00000000-0000-0000-0000-000000000000', tenant_column);
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', tbl, tenant_column);
+    END IF;
+    EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT sutra.current_tenant()', tbl, tenant_column);
+    -- The table and each of its partitions: a partition read or written directly applies its
+    -- own policies, not its parent's.
+    PERFORM sutra._apply_tenant_policies(m, tenant_column) FROM sutra._table_and_partitions(tbl) m;
+    SELECT a.attnum INTO col_num FROM pg_attribute a
+    WHERE a.attrelid = tbl AND a.attname = tenant_column;
+    -- A btree led by the tenant column serves every query under the policies; another index led by
+    -- it (a sutra_hnsw index, say) serves vector searches only.
+    indexed := sutra._has_tenant_btree(tbl, col_num);
+    IF NOT indexed THEN
+        EXECUTE format('CREATE INDEX %I ON %s (%I)',
+                       left(short_name || '_' || tenant_column, 53) || '_sutra_idx', tbl, tenant_column);
+    END IF;
+    -- Quota accounting (sql/usage.sql): AFTER ROW, so that COPY keeps its batched inserts.
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = tbl AND g.tgname = 'sutra_quota_row') THEN
+        EXECUTE format('CREATE TRIGGER sutra_quota_row AFTER INSERT OR UPDATE OR DELETE ON %s '
+                       'FOR EACH ROW EXECUTE FUNCTION sutra._quota_row(%L)', tbl, tenant_column);
+        EXECUTE format('CREATE TRIGGER sutra_quota_truncate BEFORE TRUNCATE ON %s '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION sutra._quota_truncate(%L)', tbl, tenant_column);
+    END IF;
+    INSERT INTO sutra.tenant_tables AS t (table_name, tenant_column) VALUES (tbl, tenant_column)
+    ON CONFLICT (table_name) DO UPDATE SET tenant_column = EXCLUDED.tenant_column;
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION sutra.metrics(top integer DEFAULT 100, recent boolean DEFAULT false)
+ RETURNS text
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET jit TO 'off'
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+    PERFORM sutra._require_service('read metrics');
+    RETURN (
+        WITH counters AS (
+            SELECT c.*, row_number() OVER (ORDER BY c.statements DESC, c.tenant_id) AS rank
+            FROM sutra._tenant_counters() c
+        ), rows AS (
+            SELECT to_jsonb(c) || jsonb_build_object('slug', coalesce(t.slug, '')) AS r
+            FROM counters c LEFT JOIN sutra.tenants t ON t.id = c.tenant_id
+            WHERE c.rank <= top OR (metrics.recent AND c.recent)
+        ), defs (ord, name, kind, help) AS (VALUES
+            (1, 'statements', 'counter', 'Statements run by tenant sessions.'),
+            (2, 'rows_read', 'counter', 'Rows returned to tenant sessions.'),
+            (3, 'rows_written', 'counter', 'Rows inserted, updated or deleted by tenant sessions.'),
+            (4, 'vector_searches', 'counter', 'Vector index searches of tenant sessions.'),
+            (5, 'bytes_written', 'counter', 'Bytes written by tenant sessions.'),
+            (6, 'connection_seconds', 'counter', 'Seconds sessions held the tenant''s context.'),
+            (7, 'rate_limited', 'counter', 'Statements refused by the rate limit.'),
+            (8, 'concurrency_refused', 'counter', 'Statements refused by the concurrent statement limit.'),
+            (9, 'connections_refused', 'counter', 'Contexts refused by the connection limit.'),
+            (10, 'quota_refused', 'counter', 'Statements refused by a quota.'),
+            (11, 'active_statements', 'gauge', 'Statements running now.'),
+            (12, 'connections', 'gauge', 'Sessions holding the tenant''s context now.')
+        ), named AS (
+            SELECT d.*, CASE WHEN d.kind = 'counter' THEN '_total' ELSE '' END AS suffix, s.value AS server_value
+            FROM defs d LEFT JOIN sutra._server_counters() s ON s.metric = d.name
+        )
+        SELECT string_agg(
+                   -- Every tenant together (counters only), then the selected tenants.
+                   CASE WHEN n.kind = 'counter' THEN
+                       format(E'# HELP sutra_%s%s %s (all tenants, since server start)\n# TYPE sutra_%s%s counter\nsutra_%s%s %s\n',
+                              n.name, n.suffix, n.help, n.name, n.suffix, n.name, n.suffix,
+                              n.server_value)
+                   ELSE '' END
+                   || format(E'# HELP sutra_tenant_%s%s %s\n# TYPE sutra_tenant_%s%s %s\n',
+                             n.name, n.suffix, n.help, n.name, n.suffix, n.kind)
+                   || coalesce((SELECT string_agg(format(E'sutra_tenant_%s%s{tenant_id="%s",tenant="%s"} %s\n',
+                                                         n.name, n.suffix, x.r ->> 'tenant_id', x.r ->> 'slug',
+                                                         x.r ->> n.name),
+                                                  '' ORDER BY x.r ->> 'slug') FROM rows x), ''),
+                   '' ORDER BY n.ord)
+        FROM named n)
+    || (SELECT string_agg(format(E'# HELP sutra_%s %s\n# TYPE sutra_%s %s\nsutra_%s %s\n',
+                                 s.name, s.help, s.name, s.kind, s.name, s.value), '')
+        FROM sutra._shared_tables() s);
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION sutra.reconcile_usage(tenant text)
+ RETURNS TABLE(table_name regclass, rows bigint, bytes bigint, vectors bigint)
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    t uuid := (sutra._tenant_row(tenant)).id;
+BEGIN
+    PERFORM sutra._require_service('reconcile usage');
+    CREATE TEMP TABLE sutra_recount ON COMMIT DROP AS
+        SELECT c.table_name::regclass AS table_name, c.rows, c.bytes, c.vectors FROM sutra._count_tenant_rows(t) c;
+    PERFORM sutra._quota_set(c.table_name::oid, t, c.rows, c.bytes, c.vectors) FROM sutra_recount c;
+    PERFORM sutra._quota_set(NULL, t, coalesce(sum(c.rows), 0)::bigint, coalesce(sum(c.bytes), 0)::bigint,
+                             coalesce(sum(c.vectors), 0)::bigint) FROM sutra_recount c;
+    PERFORM sutra._audit('quota.reconcile', t, coalesce((SELECT jsonb_object_agg(c.table_name::text, c.rows) FROM sutra_recount c), '{}'));
+    RETURN QUERY SELECT * FROM sutra_recount c ORDER BY 1;
+    DROP TABLE sutra_recount;
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION sutra.reconcile_usage(tenant uuid)
+ RETURNS TABLE(table_name regclass, rows bigint, bytes bigint, vectors bigint)
+ LANGUAGE sql
+AS $function$ SELECT * FROM sutra.reconcile_usage(tenant::text) $function$
+;
+
+CREATE OR REPLACE FUNCTION sutra.record_usage(event_type text, quantity numeric DEFAULT 1, properties jsonb DEFAULT '{}'::jsonb, idempotency_key text DEFAULT NULL::text, occurred_at timestamp with time zone DEFAULT NULL::timestamp with time zone, tenant text DEFAULT NULL::text)
+ RETURNS boolean
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    t uuid;
+    id uuid := gen_random_uuid();
+    at timestamptz := coalesce(occurred_at, now());
+    clock timestamptz := clock_timestamp();
+    max_age interval := current_setting('sutra.usage_event_max_age')::interval;
+    max_future interval := current_setting('sutra.usage_event_max_future')::interval;
+    cap numeric;
+    used numeric;
+BEGIN
+    IF tenant IS NOT NULL THEN
+        PERFORM sutra._require_service('record usage for a tenant');
+        t := (sutra._tenant_row(tenant)).id;
+    ELSE
+        t := sutra.current_tenant('write');
+    END IF;
+    IF event_type IS NULL OR event_type !~ '^[A-Za-z0-9_.:-]{1,100}$' THEN
+        RAISE EXCEPTION 'invalid event type "%"',
+            left(event_type, 100) || CASE WHEN length(event_type) > 100 THEN '...' ELSE '' END
+            USING ERRCODE = '22023',
+            DETAIL = 'An event type is 1 to 100 characters: letters, digits, and _ . : or -.';
+    END IF;
+    -- NaN sorts above every number, and Infinity above 10^15: neither is in range.
+    IF quantity IS NULL OR NOT quantity BETWEEN 0 AND 1e15 THEN
+        RAISE EXCEPTION 'invalid quantity %', coalesce('"' || left(quantity::text, 40) || '"', 'NULL')
+            USING ERRCODE = '22023', DETAIL = 'A quantity is a finite number from 0 to 10^15.';
+    END IF;
+    IF length(idempotency_key) NOT BETWEEN 1 AND 255 THEN
+        RAISE EXCEPTION 'invalid idempotency key' USING ERRCODE = '22023',
+            DETAIL = format('An idempotency key is 1 to 255 characters; this one has %s.', length(idempotency_key));
+    END IF;
+    properties := coalesce(properties, '{}');
+    IF jsonb_typeof(properties) <> 'object' THEN
+        RAISE EXCEPTION 'event properties must be a JSON object' USING ERRCODE = '22023',
+            DETAIL = format('The properties given are a JSON %s.', jsonb_typeof(properties));
+    END IF;
+    IF pg_column_size(properties) > 8192 THEN
+        RAISE EXCEPTION 'event properties are too large' USING ERRCODE = '22023',
+            DETAIL = format('Properties take at most 8192 bytes as jsonb; these take %s.', pg_column_size(properties));
+    END IF;
+    -- An event without a time happens now (at the start of the transaction): always in the window.
+    IF occurred_at IS NOT NULL THEN
+        IF sutra._caller_is_service() THEN
+            IF NOT at BETWEEN '2000-01-01 00:00:00+00' AND clock + max_future THEN
+                RAISE EXCEPTION 'occurred_at must be from 2000-01-01 to % after the current time',
+                    current_setting('sutra.usage_event_max_future')
+                    USING ERRCODE = '22008',
+                    DETAIL = 'Superusers and members of sutra_service date events from 2000-01-01 00:00 UTC to sutra.usage_event_max_future ahead.';
+            END IF;
+        ELSIF NOT at BETWEEN greatest(clock - max_age, '2000-01-01 00:00:00+00') AND clock + max_future THEN
+            RAISE EXCEPTION 'occurred_at must be from % before to % after the current time',
+                current_setting('sutra.usage_event_max_age'), current_setting('sutra.usage_event_max_future')
+                USING ERRCODE = '22008',
+                DETAIL = 'A tenant session dates events within sutra.usage_event_max_age back and sutra.usage_event_max_future ahead; superusers and members of sutra_service may backfill to 2000-01-01.';
+        END IF;
+    END IF;
+    cap := (sutra._limits(t) -> 'monthly' ->> event_type)::numeric;
+    IF cap IS NOT NULL THEN
+        -- One cap check at a time per tenant, until this transaction ends (see usage_cap_locks).
+        INSERT INTO sutra.usage_cap_locks VALUES (t, clock)
+        ON CONFLICT (tenant_id) DO UPDATE SET checked_at = excluded.checked_at;
+    END IF;
+    IF idempotency_key IS NOT NULL THEN
+        INSERT INTO sutra.usage_event_keys VALUES (t, idempotency_key, id) ON CONFLICT DO NOTHING;
+        IF NOT FOUND THEN
+            RETURN false;
+        END IF;
+    END IF;
+    IF cap IS NOT NULL THEN
+        used := coalesce((SELECT sum(e.quantity) FROM sutra.usage_events e
+                          WHERE e.tenant_id = t AND e.event_type = record_usage.event_type
+                            AND e.occurred_at >= date_trunc('month', at, 'UTC')
+                            AND e.occurred_at < date_trunc('month', at, 'UTC') + interval '1 month'), 0);
+        IF used + quantity > cap THEN
+            RAISE EXCEPTION 'monthly cap of % exceeded for tenant %', event_type, t USING ERRCODE = '53100',
+                DETAIL = format('The cap is %s a month; %s used, %s more requested.', cap, used, quantity);
+        END IF;
+    END IF;
+    PERFORM sutra._usage_events_partition(at);
+    INSERT INTO sutra.usage_events (tenant_id, event_type, quantity, properties, idempotency_key, occurred_at, event_id)
+    VALUES (t, event_type, quantity, properties, idempotency_key, at, id);
+    -- Next month's partition is made ahead, unless another transaction is making a partition, so
+    -- that the first events of a month seldom wait for one (nor for a transaction that made it
+    -- and has not ended).
+    PERFORM sutra._usage_events_partition(date_trunc('month', clock, 'UTC') + interval '1 month', false);
+    RETURN true;
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION sutra.set_tenant(tenant text, local boolean DEFAULT NULL::boolean, scopes text[] DEFAULT '{read,write,admin}'::text[], session boolean DEFAULT false)
+ RETURNS uuid
+ LANGUAGE c
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS 'MODULE_PATHNAME', $function$set_tenant_wrapper$function$
+;
+
+CREATE OR REPLACE FUNCTION sutra.set_tenant(tenant uuid, local boolean DEFAULT NULL::boolean, scopes text[] DEFAULT '{read,write,admin}'::text[], session boolean DEFAULT false)
+ RETURNS uuid
+ LANGUAGE c
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS 'MODULE_PATHNAME', $function$set_tenant_uuid_wrapper$function$
+;
+
+CREATE OR REPLACE FUNCTION sutra.tenant_checksum(tenant text)
+ RETURNS text
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    t record;
+    -- Read as the caller: a tenant session sees its own row of sutra.tenants only, superusers
+    -- and sutra_service every row.
+    id uuid := (SELECT x.id FROM sutra.tenants x
+                WHERE CASE WHEN tenant ~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$'
+                           THEN x.id = tenant::uuid ELSE x.slug = tenant END);
+    part text;
+    parts text := '';
+BEGIN
+    IF id IS NULL THEN
+        RAISE EXCEPTION 'tenant "%" does not exist', tenant USING ERRCODE = '42704',
+            HINT = 'Name a tenant by its uuid or its slug.';
+    END IF;
+    -- Tables only (a registered table turned into a view is skipped), by a uuid tenant column.
+    FOR t IN SELECT x.table_name, x.tenant_column FROM sutra.tenant_tables x
+             WHERE x.table_name IN (SELECT c.oid FROM pg_class c WHERE c.relkind IN ('r', 'p'))
+               AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = x.table_name
+                           AND a.attname = x.tenant_column AND a.atttypid = 'uuid'::regtype)
+             ORDER BY x.table_name::text LOOP
+        EXECUTE format('SELECT count(*) || '':'' || coalesce(md5(string_agg(h, '''' ORDER BY h)), '''') '
+                       'FROM (SELECT md5(x::text) AS h FROM %s x WHERE %I = $1) s',
+                       t.table_name, t.tenant_column)
+            INTO part USING id;
+        parts := parts || t.table_name::text || '=' || part || ';';
+    END LOOP;
+    RETURN md5(parts);
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION sutra.tenant_checksum(tenant uuid)
+ RETURNS text
+ LANGUAGE sql
+ STABLE
+AS $function$
+    SELECT sutra.tenant_checksum(tenant::text);
+$function$
+;
+
+CREATE OR REPLACE FUNCTION sutra.trim_audit_log()
+ RETURNS bigint
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    retention interval := current_setting('sutra.audit_retention')::interval;
+    n bigint;
+BEGIN
+    PERFORM sutra._require_service('trim the audit log');
+    IF retention <= interval '0' THEN
+        RETURN 0;
+    END IF;
+    DELETE FROM sutra.audit_log a WHERE a.at < now() - retention;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM sutra._audit('audit.trim', NULL, jsonb_build_object('deleted', n, 'retention', retention::text));
+    END IF;
+    RETURN n;
+END $function$
+;
+
+-- Usage events: quantities and idempotency keys within range (record_usage refused others since
+-- 0.2.0), and no default partition: its events move to their month's partition.
+DO $$
+DECLARE
+    bad bigint := (SELECT count(*) FROM sutra.usage_events
+                   WHERE NOT quantity BETWEEN 0 AND 1e15 OR length(idempotency_key) NOT BETWEEN 1 AND 255);
+BEGIN
+    IF bad > 0 THEN
+        RAISE EXCEPTION 'sutra.usage_events has % events out of range', bad USING ERRCODE = '23514',
+            DETAIL = 'sutra 0.2.0 takes quantities from 0 to 10^15 and idempotency keys of 1 to 255 characters.',
+            HINT = 'Correct or delete those events, then run ALTER EXTENSION sutra UPDATE again.';
+    END IF;
+END $$;
+ALTER TABLE usage_events DROP CONSTRAINT usage_events_quantity_check,
+    ADD CONSTRAINT usage_events_quantity_check CHECK (quantity BETWEEN 0 AND 1e15),
+    ADD CONSTRAINT usage_events_idempotency_key_check CHECK (length(idempotency_key) BETWEEN 1 AND 255);
+ALTER TABLE usage_events DETACH PARTITION usage_events_default;
+DO $$
+DECLARE
+    month timestamptz;
+    part regclass;
+BEGIN
+    FOR month IN SELECT DISTINCT date_trunc('month', d.occurred_at, 'UTC') FROM sutra.usage_events_default d LOOP
+        PERFORM sutra._usage_events_partition(month);
+        -- A month partition is the application's data, not part of the extension (as those that
+        -- record_usage makes).
+        part := ('sutra.usage_events_' || to_char(month AT TIME ZONE 'UTC', 'YYYYMM'))::regclass;
+        IF EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                   WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = part AND d.deptype = 'e') THEN
+            EXECUTE format('ALTER EXTENSION sutra DROP TABLE %s', part);
+        END IF;
+    END LOOP;
+    INSERT INTO sutra.usage_events SELECT * FROM sutra.usage_events_default;
+END $$;
+DROP TABLE usage_events_default;
+
+-- Tenant tables are registered by their owners, under row level security; each registration and
+-- its end is audited.
+ALTER TABLE tenant_tables ENABLE ROW LEVEL SECURITY;
+CREATE POLICY everyone_reads ON tenant_tables FOR SELECT USING (true);
+CREATE POLICY owner_registers ON tenant_tables FOR INSERT
+    WITH CHECK (sutra._may_register(table_name, tenant_column));
+CREATE POLICY owner_changes ON tenant_tables FOR UPDATE USING (sutra._owns(table_name))
+    WITH CHECK (sutra._may_register(table_name, tenant_column));
+CREATE POLICY owner_unregisters ON tenant_tables FOR DELETE USING (sutra._owns(table_name));
+GRANT INSERT, UPDATE (tenant_column), DELETE ON tenant_tables TO PUBLIC;
+CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON tenant_tables
+    FOR EACH ROW EXECUTE FUNCTION _tenant_table_audit();
+
+CREATE VIEW tenants_near_limits AS SELECT * FROM sutra._tenants_near_limits();
+GRANT SELECT ON tenants_near_limits TO sutra_service;
+
+-- Indexes for the reports, retention and compaction.
+CREATE INDEX ON audit_log (at);
+CREATE INDEX ON tenants (plan);
+CREATE INDEX tenants_with_monthly_caps ON tenants (id) WHERE quota_overrides ? 'monthly';
+CREATE INDEX ON usage_rollups (minute);
+COMMENT ON TABLE audit_log IS 'who did what to which tenant, when, from where; append-only, kept for sutra.audit_retention';
+COMMENT ON TABLE usage_rollups IS 'metered usage per tenant, metric and minute; older rows hold an hour or a day (sutra.compact_usage)';
+
+-- Privileges.
+REVOKE ALL ON FUNCTION _check_plan(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION _compact_rollups(timestamptz, timestamptz, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION _count_tenant_rows(uuid, oid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION _limits(uuid) TO sutra_service;
+GRANT EXECUTE ON FUNCTION _quota_counts(uuid, boolean) TO sutra_service;
+REVOKE ALL ON FUNCTION _quota_totals() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION _quota_totals() TO sutra_service;
+REVOKE ALL ON FUNCTION _server_counters() FROM PUBLIC;
+REVOKE ALL ON FUNCTION _shared_tables() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION _tenant_counters() TO sutra_service;
+REVOKE ALL ON FUNCTION _tenant_table_audit() FROM PUBLIC;
+REVOKE ALL ON FUNCTION _tenants_near_limits() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION _tenants_near_limits() TO sutra_service;
+REVOKE ALL ON FUNCTION _usage_events_partition(timestamptz, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION compact_usage() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION compact_usage() TO sutra_service;
+REVOKE ALL ON FUNCTION metrics(integer, boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION metrics(integer, boolean) TO sutra_service;
+REVOKE ALL ON FUNCTION trim_audit_log() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION trim_audit_log() TO sutra_service;
+GRANT INSERT, UPDATE, DELETE ON prices TO sutra_service;
+REVOKE ALL ON FUNCTION _tenant_counters() FROM PUBLIC;
