@@ -120,6 +120,13 @@ for dir in "$CLUSTER" "$PLAIN"; do
     cluster_stop "$dir" || SUITES_FAILED+=("stop of $(basename "$dir")")
 done
 
+# 5. The Debian package: built, installed with apt, the SQL tour on a fresh cluster (package-test.sh).
+if run_suite package bash scripts/package-test.sh && tail -n 1 "$RESULTS/package.log" | grep -qx 'package: ok'; then
+    count package 1 0
+else
+    count package 0 1
+fi
+
 if [ ${#SUITES_FAILED[@]} -gt 0 ]; then
     echo "failed suites: ${SUITES_FAILED[*]}" >&2
     # A suite that failed without a failing test (a build error, a crash) still fails the run.
