@@ -3,7 +3,7 @@
 # packaged the same way), installed with apt into the system's PostgreSQL, and the SQL tour
 # (scripts/demo.sql) run on a fresh throwaway cluster. Then the package is removed and the
 # development build installed again, so the machine ends as it began. Needs root or sudo.
-# scripts/test.sh runs it; its last line is "package: ok" when everything passed.
+# scripts/test.sh runs it; it prints "package: ok" when everything passed.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO"

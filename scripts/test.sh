@@ -121,7 +121,7 @@ for dir in "$CLUSTER" "$PLAIN"; do
 done
 
 # 5. The Debian package: built, installed with apt, the SQL tour on a fresh cluster (package-test.sh).
-if run_suite package bash scripts/package-test.sh && tail -n 1 "$RESULTS/package.log" | grep -qx 'package: ok'; then
+if run_suite package bash scripts/package-test.sh && grep -qx 'package: ok' "$RESULTS/package.log"; then
     count package 1 0
 else
     count package 0 1
