@@ -4,7 +4,8 @@
 #   1. metering on vs off: pgbench select-only, 16 clients, every session in a tenant's context;
 #   2. quota triggers on vs off: single-row INSERTs, 16 clients, over 100 tenants and all on one
 #      tenant (the same table with the sutra_quota_row trigger disabled is the baseline);
-#   3. shared memory per tenant.
+#   3. shared memory per tenant;
+#   4. record_usage with a monthly cap vs without, one client, at about 0 and 1,000,000 events.
 # Runs alternate on/off (the order flips every round), 4 rounds of BENCH_SECONDS (default 8)
 # each, and report medians; the table is emptied (and the quota counts recounted) before each
 # insert run.
@@ -91,4 +92,35 @@ psql_db -c "SELECT 'quota counts after the last run: ' || (SELECT sum(used) FROM
     || ' counted, ' || (SELECT count(*) FROM items) || ' rows in the table'"
 psql_db -c "SELECT format('shared memory per tenant: %s bytes, %s with counts in 10 tenant tables (bar < 1024)',
     sutra.shared_memory_per_tenant(0), sutra.shared_memory_per_tenant(10))"
+
+# 4. A monthly cap's cost: record_usage for a tenant with a cap vs the same call for one without,
+#    one client, alternating, at (almost) no events this month and at 1,000,000 of the type.
+psql_db -c "SELECT sutra.create_tenant('capped', plan => 'enterprise',
+                                       quota_overrides => '{\"monthly\": {\"tokens\": 1e15}}') IS NOT NULL,
+                   sutra.create_tenant('uncapped', plan => 'enterprise') IS NOT NULL" >/dev/null
+for t in capped uncapped; do echo "SELECT sutra.record_usage('tokens', 1, tenant => '$t');" >"$WORK/$t.sql"; done
+latency() { # latency SCRIPT: average ms per call of one client
+    client "$PG_BIN/pgbench" -n -c 1 -T "$SECS" -f "$WORK/$1.sql" -h "$HOST" -p "$PORT" -U postgres bench_usage 2>/dev/null |
+        sed -nE 's/^latency average = ([0-9.]+) ms$/\1/p'
+}
+cap_cost() { # cap_cost EVENTS: prints capped vs uncapped latency
+    local capped=() uncapped=()
+    for round in 1 2 3 4; do
+        if [ $((round % 2)) = 1 ]; then capped+=("$(latency capped)"); uncapped+=("$(latency uncapped)")
+        else uncapped+=("$(latency uncapped)"); capped+=("$(latency capped)"); fi
+    done
+    awk -v n="$1" -v c="$(median "${capped[@]}")" -v u="$(median "${uncapped[@]}")" 'BEGIN {
+        printf "record_usage at %s events this month: capped %.3f ms vs uncapped %.3f ms, ratio %.3f (bar <= 1.1)\n", n, c, u, c / u }'
+    echo "    (runs: capped ${capped[*]}; uncapped ${uncapped[*]})"
+}
+cap_cost "about 0"
+psql_db -c "INSERT INTO sutra.usage_events (tenant_id, event_type, quantity, occurred_at)
+            SELECT t.id, 'tokens', 1, date_trunc('month', now(), 'UTC') + (i % 100000) * interval '1 second'
+            FROM sutra.tenants t, generate_series(1, 1000000) i WHERE t.slug IN ('capped', 'uncapped')" \
+    -c "DELETE FROM sutra.usage_totals" -c "ANALYZE sutra.usage_events" >/dev/null
+# The first capped call sums the month from the events, once.
+first=$(client "$PG_BIN/psql" -X -q -A -t -h "$HOST" -p "$PORT" -U postgres -d bench_usage \
+    -c "\\timing on" -c "SELECT sutra.record_usage('tokens', 1, tenant => 'capped')" | sed -nE 's/^Time: ([0-9.]+) ms.*/\1/p')
+echo "first capped call after 1,000,000 events (sums the month once): $first ms"
+cap_cost "1,000,000"
 echo "reproduce: bench/usage.sh"

@@ -51,12 +51,16 @@ ALTER OPERATOR FAMILY text_ops USING sutra_hnsw ADD
     OPERATOR 1 pg_catalog.= (text, name);
 
 -- New tables.
-CREATE TABLE usage_cap_locks (
-    tenant_id uuid PRIMARY KEY,
-    checked_at timestamptz NOT NULL
-);
-REVOKE ALL ON usage_cap_locks FROM PUBLIC;
-COMMENT ON TABLE usage_cap_locks IS 'one row per tenant, locked while record_usage checks a monthly cap';
+CREATE TABLE usage_totals (
+    tenant_id uuid NOT NULL,
+    key text NOT NULL,
+    period text NOT NULL CHECK (period IN ('day', 'month')),
+    period_start timestamptz NOT NULL,
+    quantity numeric NOT NULL,
+    PRIMARY KEY (tenant_id, key, period, period_start)
+) WITH (fillfactor = 70);
+REVOKE ALL ON usage_totals FROM PUBLIC;
+COMMENT ON TABLE usage_totals IS 'running totals of events per tenant, event type (or $cost) and day or month, behind usage caps';
 CREATE TABLE usage_compaction (
     one boolean PRIMARY KEY DEFAULT true CHECK (one),
     hours_until timestamptz NOT NULL DEFAULT '-infinity',
@@ -66,7 +70,7 @@ CREATE TABLE usage_compaction (
 );
 INSERT INTO usage_compaction DEFAULT VALUES;
 COMMENT ON TABLE usage_compaction IS 'how far sutra.compact_usage has compacted sutra.usage_rollups';
-GRANT SELECT ON usage_compaction TO sutra_service;
+GRANT SELECT ON usage_compaction, usage_totals TO sutra_service;
 
 -- Functions, as a fresh 0.2.0 install defines them.
 CREATE OR REPLACE FUNCTION sutra._api_key_row(key_id text)
@@ -85,8 +89,134 @@ BEGIN
     END IF;
     PERFORM sutra._require_key_admin(k.tenant_id);
     RETURN k;
-END $function$
-;
+END $function$;
+
+CREATE OR REPLACE FUNCTION sutra._cap_value(spec jsonb)
+ RETURNS numeric
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+AS $function$
+    SELECT nullif(CASE jsonb_typeof(spec) WHEN 'number' THEN spec::text::numeric
+                                          WHEN 'object' THEN CASE WHEN jsonb_typeof(spec -> 'cap') = 'number'
+                                                                  THEN (spec ->> 'cap')::numeric END END, 0)
+$function$;
+
+CREATE OR REPLACE FUNCTION sutra._charge_caps(tenant uuid, event_type text, quantity numeric, at timestamp with time zone)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    l jsonb := sutra._limits(tenant);
+    monthly jsonb := l -> 'monthly' -> event_type;
+    daily jsonb := l -> 'daily' -> event_type;
+    monthly_cost jsonb := l -> 'monthly_cost';
+    daily_cost jsonb := l -> 'daily_cost';
+    threshold numeric;
+    tenant_plan text;
+    month timestamptz := date_trunc('month', at, 'UTC');
+    day timestamptz := date_trunc('day', at, 'UTC');
+    m record;
+    t record;
+    unit_price numeric;
+    included numeric;
+    cost numeric;
+    -- The caps met: what (for messages), name, cap, total before and after.
+    checks jsonb := '[]';
+    refuse boolean;
+    c jsonb;
+BEGIN
+    IF monthly IS NULL AND daily IS NULL AND monthly_cost IS NULL AND daily_cost IS NULL THEN
+        RETURN;
+    END IF;
+    threshold := CASE WHEN jsonb_typeof(l -> 'soft_threshold') = 'number'
+                           AND (l ->> 'soft_threshold')::numeric > 0 AND (l ->> 'soft_threshold')::numeric <= 1
+                      THEN (l ->> 'soft_threshold')::numeric ELSE 0.8 END;
+    tenant_plan := (SELECT x.plan FROM sutra.tenants x WHERE x.id = tenant);
+    IF monthly_cost IS NOT NULL OR daily_cost IS NOT NULL THEN
+        SELECT p.unit_price, p.included INTO unit_price, included FROM sutra.prices p
+        WHERE p.metric = event_type AND (p.plan = tenant_plan OR p.plan IS NULL)
+        ORDER BY p.plan NULLS LAST LIMIT 1;
+    END IF;
+    -- The month's total of the type: for its monthly cap, and for the cost of a priced type (its
+    -- included quantity is the month's). An unpriced type costs nothing and counts for no cost cap.
+    IF monthly IS NOT NULL OR unit_price IS NOT NULL THEN
+        m := sutra._usage_total_add(tenant, event_type, 'month', month, tenant_plan, quantity);
+        IF monthly IS NOT NULL THEN
+            checks := checks || jsonb_build_array(jsonb_build_array(
+                format('monthly cap of %s', event_type), 'monthly.' || event_type, monthly, m.before, m.after));
+        END IF;
+    END IF;
+    IF daily IS NOT NULL THEN
+        t := sutra._usage_total_add(tenant, event_type, 'day', day, tenant_plan, quantity);
+        checks := checks || jsonb_build_array(jsonb_build_array(
+            format('daily cap of %s', event_type), 'daily.' || event_type, daily, t.before, t.after));
+    END IF;
+    IF unit_price IS NOT NULL THEN
+        -- What this event adds to the month's bill.
+        cost := unit_price * (greatest(m.after - included, 0) - greatest(m.before - included, 0));
+        IF monthly_cost IS NOT NULL THEN
+            t := sutra._usage_total_add(tenant, '$cost', 'month', month, tenant_plan, cost);
+            checks := checks || jsonb_build_array(jsonb_build_array(
+                'monthly cost cap', 'monthly_cost', monthly_cost, t.before, t.after));
+        END IF;
+        IF daily_cost IS NOT NULL THEN
+            t := sutra._usage_total_add(tenant, '$cost', 'day', day, tenant_plan, cost);
+            checks := checks || jsonb_build_array(jsonb_build_array(
+                'daily cost cap', 'daily_cost', daily_cost, t.before, t.after));
+        END IF;
+    END IF;
+    FOREACH refuse IN ARRAY ARRAY[true, false] LOOP
+        FOR c IN SELECT jsonb_array_elements(checks) LOOP
+            PERFORM sutra._check_cap(tenant, c ->> 0, c ->> 1, c -> 2, threshold, (c ->> 3)::numeric,
+                                     (c ->> 4)::numeric, refuse);
+        END LOOP;
+    END LOOP;
+END $function$;
+
+CREATE OR REPLACE FUNCTION sutra._check_cap(tenant uuid, what text, name text, spec jsonb, threshold numeric, before numeric, after numeric, refuse boolean)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    cap numeric;
+    soft boolean := false;
+    action text;
+BEGIN
+    IF jsonb_typeof(spec) = 'number' THEN
+        cap := spec::text::numeric;
+    ELSIF jsonb_typeof(spec) = 'object' AND jsonb_typeof(spec -> 'cap') = 'number'
+          AND coalesce(jsonb_typeof(spec -> 'soft'), 'boolean') = 'boolean' THEN
+        cap := (spec ->> 'cap')::numeric;
+        soft := coalesce((spec ->> 'soft')::boolean, false);
+    ELSE
+        RAISE EXCEPTION 'invalid usage cap % for tenant %', name, tenant USING ERRCODE = '22023',
+            DETAIL = format('The limits give %s.', left(spec::text, 200)),
+            HINT = 'A cap is a number, or an object such as {"cap": 1000, "soft": true}.';
+    END IF;
+    IF cap <= 0 THEN
+        RETURN;  -- unlimited, as a cap of 0 or null
+    END IF;
+    IF refuse THEN
+        IF after > cap AND NOT soft THEN
+            RAISE EXCEPTION '% exceeded for tenant %', what, tenant USING ERRCODE = '53100',
+                DETAIL = format('The cap is %s; %s used, %s more requested.', cap, trim_scale(before),
+                                trim_scale(after - before)),
+                HINT = 'Raise the cap in the plan''s limits or the tenant''s quota_overrides, or wait for the next period.';
+        END IF;
+        RETURN;
+    END IF;
+    FOREACH action IN ARRAY ARRAY['usage.soft_limit', 'usage.soft_cap_exceeded'] LOOP
+        CONTINUE WHEN action = 'usage.soft_limit' AND NOT (before < cap * threshold AND after >= cap * threshold);
+        CONTINUE WHEN action = 'usage.soft_cap_exceeded' AND NOT (soft AND before <= cap AND after > cap);
+        RAISE WARNING 'tenant % has used % of its % cap of %', tenant, after, name, cap;
+        PERFORM sutra._audit(action, tenant, jsonb_build_object(
+            'limit', name, 'value', after, 'limit_value', cap, 'threshold', threshold, 'soft', soft));
+        PERFORM pg_notify('sutra_limits', jsonb_build_object(
+            'tenant', tenant, 'limit', name, 'value', after, 'limit_value', cap, 'event', action)::text);
+    END LOOP;
+END $function$;
 
 CREATE OR REPLACE FUNCTION sutra._compact_rollups(from_ts timestamp with time zone, to_ts timestamp with time zone, unit text)
  RETURNS bigint
@@ -104,14 +234,12 @@ AS $function$
         RETURNING (xmax = 0) AS added
     )
     SELECT (SELECT count(*) FROM gone) - (SELECT count(*) FILTER (WHERE added) FROM kept);
-$function$
-;
+$function$;
 
 CREATE OR REPLACE FUNCTION sutra._count_tenant_rows(tenant uuid, "table" oid DEFAULT NULL::oid)
  RETURNS TABLE(table_name oid, rows bigint, bytes bigint, vectors bigint)
  LANGUAGE c
-AS 'MODULE_PATHNAME', $function$count_tenant_rows_wrapper$function$
-;
+AS 'MODULE_PATHNAME', $function$count_tenant_rows_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION sutra._has_tenant_btree(tbl regclass, col smallint)
  RETURNS boolean
@@ -122,8 +250,7 @@ AS $function$
     SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
                    WHERE i.indrelid = tbl AND i.indkey[0] = col AND i.indisvalid AND i.indpred IS NULL
                      AND ic.relam = (SELECT a.oid FROM pg_am a WHERE a.amname = 'btree'));
-$function$
-;
+$function$;
 
 CREATE OR REPLACE FUNCTION sutra._limit_value(plan jsonb, overrides jsonb, key text)
  RETURNS numeric
@@ -131,8 +258,34 @@ CREATE OR REPLACE FUNCTION sutra._limit_value(plan jsonb, overrides jsonb, key t
  IMMUTABLE PARALLEL SAFE
 AS $function$
     SELECT nullif((CASE WHEN overrides ? key THEN overrides ->> key ELSE plan ->> key END)::numeric, 0)
-$function$
-;
+$function$;
+
+CREATE OR REPLACE FUNCTION sutra._limits(tenant uuid)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    WITH t AS (
+        SELECT p.limits AS plan, x.quota_overrides AS over
+        FROM sutra.tenants x JOIN sutra.plans p ON p.name = x.plan WHERE x.id = tenant
+    ), merged AS (
+        SELECT (t.plan - '{monthly,daily}'::text[]) || (t.over - '{monthly,daily}'::text[]) AS flat,
+               coalesce(t.plan -> 'monthly', '{}') || coalesce(t.over -> 'monthly', '{}') AS monthly,
+               coalesce(t.plan -> 'daily', '{}') || coalesce(t.over -> 'daily', '{}') AS daily
+        FROM t
+    )
+    SELECT coalesce((SELECT jsonb_object_agg(k, v) FROM jsonb_each(m.flat) e(k, v)
+                     WHERE v <> 'null' AND v <> '0'), '{}')
+           || coalesce((SELECT jsonb_object_agg(p.name, p.caps) FROM (
+                  SELECT 'monthly' AS name, (SELECT jsonb_object_agg(k, v) FROM jsonb_each(m.monthly) e(k, v)
+                                             WHERE v <> 'null' AND v <> '0') AS caps
+                  UNION ALL
+                  SELECT 'daily', (SELECT jsonb_object_agg(k, v) FROM jsonb_each(m.daily) e(k, v)
+                                   WHERE v <> 'null' AND v <> '0')) p
+                  WHERE p.caps IS NOT NULL), '{}')
+    FROM merged m;
+$function$;
 
 CREATE OR REPLACE FUNCTION sutra._may_register(tbl regclass, tenant_column name)
  RETURNS boolean
@@ -148,8 +301,7 @@ AS $function$
                            AND NOT a.attisdropped AND a.atttypid = 'uuid'::regtype)
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE c.oid = tbl), false);
-$function$
-;
+$function$;
 
 CREATE OR REPLACE FUNCTION sutra._owns(tbl regclass)
  RETURNS boolean
@@ -158,8 +310,7 @@ CREATE OR REPLACE FUNCTION sutra._owns(tbl regclass)
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
     SELECT coalesce((SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_class c WHERE c.oid = tbl), false);
-$function$
-;
+$function$;
 
 CREATE OR REPLACE FUNCTION sutra._purge_tenant(tenant uuid)
  RETURNS jsonb
@@ -182,45 +333,39 @@ BEGIN
     DELETE FROM sutra.usage_events e WHERE e.tenant_id = tenant;
     DELETE FROM sutra.usage_event_keys e WHERE e.tenant_id = tenant;
     DELETE FROM sutra.usage_rollups r WHERE r.tenant_id = tenant;
-    DELETE FROM sutra.usage_cap_locks c WHERE c.tenant_id = tenant;
+    DELETE FROM sutra.usage_totals u WHERE u.tenant_id = tenant;
     DELETE FROM sutra.tenants x WHERE x.id = tenant;
     RETURN removed;
-END $function$
-;
+END $function$;
 
 CREATE OR REPLACE FUNCTION sutra._quota_totals()
  RETURNS TABLE(tenant_id uuid, rows bigint, bytes bigint, vectors bigint)
  LANGUAGE c
  STRICT
-AS 'MODULE_PATHNAME', $function$quota_totals_wrapper$function$
-;
+AS 'MODULE_PATHNAME', $function$quota_totals_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION sutra._quota_truncate()
  RETURNS trigger
  LANGUAGE c
-AS 'MODULE_PATHNAME', $function$sutra_quota_truncate$function$
-;
+AS 'MODULE_PATHNAME', $function$sutra_quota_truncate$function$;
 
 CREATE OR REPLACE FUNCTION sutra._server_counters()
  RETURNS TABLE(metric text, value double precision)
  LANGUAGE c
  STRICT
-AS 'MODULE_PATHNAME', $function$server_counters_wrapper$function$
-;
+AS 'MODULE_PATHNAME', $function$server_counters_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION sutra._shared_tables()
  RETURNS TABLE(name text, kind text, value bigint, help text)
  LANGUAGE c
  STRICT
-AS 'MODULE_PATHNAME', $function$shared_tables_wrapper$function$
-;
+AS 'MODULE_PATHNAME', $function$shared_tables_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION sutra._tenant_counters()
  RETURNS TABLE(tenant_id uuid, statements bigint, rows_read bigint, rows_written bigint, vector_searches bigint, bytes_written bigint, connection_seconds double precision, rate_limited bigint, concurrency_refused bigint, connections_refused bigint, quota_refused bigint, active_statements integer, connections integer, recent boolean)
  LANGUAGE c
  STRICT
-AS 'MODULE_PATHNAME', $function$tenant_counters_wrapper$function$
-;
+AS 'MODULE_PATHNAME', $function$tenant_counters_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION sutra._tenant_row(tenant text, lock boolean DEFAULT false)
  RETURNS sutra.tenants
@@ -249,8 +394,7 @@ BEGIN
             HINT = 'Name a tenant by its uuid or its slug.';
     END IF;
     RETURN r;
-END $function$
-;
+END $function$;
 
 CREATE OR REPLACE FUNCTION sutra._tenant_table_audit()
  RETURNS trigger
@@ -271,8 +415,7 @@ BEGIN
             jsonb_build_object('table', NEW.table_name::text, 'tenant_column', NEW.tenant_column));
     END IF;
     RETURN NULL;
-END $function$
-;
+END $function$;
 
 CREATE OR REPLACE FUNCTION sutra._tenants_near_limits()
  RETURNS TABLE(tenant_id uuid, slug text, limit_name text, limit_value numeric, used numeric, ratio numeric)
@@ -284,25 +427,40 @@ AS $function$
         SELECT * FROM sutra._tenant_counters()
     ), quota_totals AS (
         SELECT * FROM sutra._quota_totals()
-    ), with_monthly AS (
-        SELECT t.id FROM sutra.tenants t WHERE t.plan IN (SELECT p.name FROM sutra.plans p WHERE p.limits ? 'monthly')
+    ), with_caps AS (
+        SELECT t.id FROM sutra.tenants t
+        WHERE t.plan IN (SELECT p.name FROM sutra.plans p WHERE p.limits ?| '{monthly,daily,monthly_cost,daily_cost}')
         UNION
-        SELECT t.id FROM sutra.tenants t WHERE t.quota_overrides ? 'monthly'
+        SELECT t.id FROM sutra.tenants t WHERE t.quota_overrides ?| '{monthly,daily,monthly_cost,daily_cost}'
     ), caps AS (
         SELECT t.id, t.slug, p.limits AS pl, t.quota_overrides AS ov,
                coalesce(sutra._limit_value(p.limits, t.quota_overrides, 'soft_threshold'), 0.8) AS threshold
-        FROM (SELECT n.tenant_id AS id FROM live_counts n UNION SELECT w.id FROM with_monthly w) c
+        FROM (SELECT n.tenant_id AS id FROM live_counts n UNION SELECT w.id FROM with_caps w) c
         JOIN sutra.tenants t ON t.id = c.id JOIN sutra.plans p ON p.name = t.plan
         WHERE t.status = 'active'
+    ), capped AS (
+        SELECT c.*, sutra._limits(c.id) AS l FROM caps c JOIN with_caps w ON w.id = c.id
     ), monthly AS (
-        SELECT c.id, c.slug, 'monthly.' || k AS limit_name, v::numeric AS limit_value, c.threshold,
+        -- Monthly caps also cover metered metrics, read from the rollups.
+        SELECT c.id, c.slug, 'monthly.' || k AS limit_name, sutra._cap_value(v) AS limit_value, c.threshold,
                coalesce((SELECT sum(r.quantity) FROM sutra.usage_rollups r
                          WHERE r.tenant_id = c.id AND r.metric = k AND r.minute >= date_trunc('month', now(), 'UTC')), 0)
              + coalesce((SELECT sum(e.quantity) FROM sutra.usage_events e
                          WHERE e.tenant_id = c.id AND e.event_type = k AND e.occurred_at >= date_trunc('month', now(), 'UTC')), 0)
                AS used
-        FROM caps c JOIN with_monthly w ON w.id = c.id,
-             jsonb_each_text(coalesce(sutra._limits(c.id) -> 'monthly', '{}')) m(k, v)
+        FROM capped c, jsonb_each(coalesce(c.l -> 'monthly', '{}')) m(k, v)
+    ), running AS (
+        -- Daily and cost caps, as their running totals (sutra.usage_totals) have them.
+        SELECT c.id, c.slug, x.limit_name, sutra._cap_value(x.spec) AS limit_value, c.threshold,
+               coalesce((SELECT u.quantity FROM sutra.usage_totals u
+                         WHERE u.tenant_id = c.id AND u.key = x.key AND u.period = x.period
+                           AND u.period_start = date_trunc(x.period, now(), 'UTC')), 0) AS used
+        FROM capped c
+        CROSS JOIN LATERAL (
+            SELECT 'daily.' || d.k, d.k, 'day', d.v FROM jsonb_each(coalesce(c.l -> 'daily', '{}')) d(k, v)
+            UNION ALL SELECT 'monthly_cost', '$cost', 'month', c.l -> 'monthly_cost' WHERE c.l ? 'monthly_cost'
+            UNION ALL SELECT 'daily_cost', '$cost', 'day', c.l -> 'daily_cost' WHERE c.l ? 'daily_cost'
+        ) x(limit_name, key, period, spec)
     ), live AS (
         SELECT c.id, c.slug, x.limit_name, x.limit_value, c.threshold, x.used
         FROM caps c JOIN live_counts n ON n.tenant_id = c.id
@@ -322,10 +480,10 @@ AS $function$
         WHERE x.limit_value IS NOT NULL
     )
     SELECT id AS tenant_id, slug, limit_name, limit_value, used, round(used / limit_value, 4) AS ratio
-    FROM (SELECT * FROM monthly UNION ALL SELECT * FROM live UNION ALL SELECT * FROM quotas) a
+    FROM (SELECT * FROM monthly UNION ALL SELECT * FROM running UNION ALL SELECT * FROM live
+          UNION ALL SELECT * FROM quotas) a
     WHERE used >= threshold * limit_value;
-$function$
-;
+$function$;
 
 CREATE OR REPLACE FUNCTION sutra._usage_events_partition(ts timestamp with time zone, wait boolean DEFAULT true)
  RETURNS void
@@ -369,24 +527,86 @@ BEGIN
     EXECUTE format('ALTER TABLE sutra.usage_events ATTACH PARTITION sutra.%I FOR VALUES FROM (%L) TO (%L)', name,
                    to_char(lo AT TIME ZONE 'UTC', 'YYYY-MM-DD') || ' 00:00:00+00',
                    to_char((lo + interval '1 month') AT TIME ZONE 'UTC', 'YYYY-MM-DD') || ' 00:00:00+00');
-END $function$
-;
+END $function$;
+
+CREATE OR REPLACE FUNCTION sutra._usage_total_add(tenant uuid, key text, period text, start timestamp with time zone, plan text, amount numeric, OUT before numeric, OUT after numeric)
+ RETURNS record
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+    FOR i IN 1 .. 2 LOOP
+        UPDATE sutra.usage_totals u SET quantity = u.quantity + amount
+        WHERE u.tenant_id = tenant AND u.key = _usage_total_add.key AND u.period = _usage_total_add.period
+          AND u.period_start = start
+        RETURNING u.quantity INTO after;
+        IF FOUND THEN
+            before := after - amount;
+            RETURN;
+        END IF;
+        -- Made once: a concurrent maker's row wins (this one waits for it), and is then updated.
+        INSERT INTO sutra.usage_totals
+        VALUES (tenant, key, period, start, sutra._usage_total_from_events(tenant, key, period, start, plan))
+        ON CONFLICT DO NOTHING;
+    END LOOP;
+    RAISE EXCEPTION 'could not make the usage total of % for tenant %', key, tenant USING ERRCODE = 'XX000';
+END $function$;
+
+CREATE OR REPLACE FUNCTION sutra._usage_total_from_events(tenant uuid, key text, period text, start timestamp with time zone, plan text)
+ RETURNS numeric
+ LANGUAGE sql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    SELECT CASE WHEN key <> '$cost' THEN
+        (SELECT coalesce(sum(e.quantity), 0) FROM sutra.usage_events e
+         WHERE e.tenant_id = tenant AND e.event_type = key
+           AND e.occurred_at >= start AND e.occurred_at < start + ('1 ' || period)::interval)
+    ELSE
+        (SELECT coalesce(sum(pr.unit_price * (greatest(u.upto - pr.included, 0) - greatest(u.before - pr.included, 0))), 0)
+         FROM (SELECT e.event_type AS metric,
+                      coalesce(sum(e.quantity) FILTER (WHERE e.occurred_at < start), 0) AS before,
+                      sum(e.quantity) AS upto
+               FROM sutra.usage_events e
+               WHERE e.tenant_id = tenant AND e.occurred_at >= date_trunc('month', start, 'UTC')
+                 AND e.occurred_at < start + ('1 ' || period)::interval
+               GROUP BY 1) u
+         CROSS JOIN LATERAL (SELECT p.unit_price, p.included FROM sutra.prices p
+                             WHERE p.metric = u.metric AND (p.plan = _usage_total_from_events.plan OR p.plan IS NULL)
+                             ORDER BY p.plan NULLS LAST LIMIT 1) pr)
+    END;
+$function$;
+
+CREATE OR REPLACE FUNCTION sutra._usage_totals_reset()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+    IF TG_TABLE_NAME = 'tenants' THEN
+        DELETE FROM sutra.usage_totals u WHERE u.tenant_id = OLD.id;
+    ELSIF TG_TABLE_NAME = 'plans' THEN
+        DELETE FROM sutra.usage_totals u WHERE u.tenant_id IN (SELECT x.id FROM sutra.tenants x WHERE x.plan = OLD.name);
+    ELSE
+        DELETE FROM sutra.usage_totals u WHERE u.key = '$cost';
+    END IF;
+    RETURN NULL;
+END $function$;
 
 CREATE OR REPLACE FUNCTION sutra.authenticate(api_key text, local boolean DEFAULT NULL::boolean, session boolean DEFAULT false)
  RETURNS uuid
  LANGUAGE c
  SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pg_temp'
-AS 'MODULE_PATHNAME', $function$authenticate_wrapper$function$
-;
+AS 'MODULE_PATHNAME', $function$authenticate_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION sutra.authenticate_jwt(token text, local boolean DEFAULT NULL::boolean, session boolean DEFAULT false)
  RETURNS uuid
  LANGUAGE c
  SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pg_temp'
-AS 'MODULE_PATHNAME', $function$authenticate_jwt_wrapper$function$
-;
+AS 'MODULE_PATHNAME', $function$authenticate_jwt_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION sutra.check_tenancy(tbl regclass)
  RETURNS TABLE(severity text, object text, problem text)
@@ -469,8 +689,7 @@ BEGIN
         RETURN QUERY SELECT 'warning', format('role %I', (SELECT a.rolname FROM pg_roles a WHERE a.oid = owner)),
             'the table''s owner bypasses row level security';
     END IF;
-END $function$
-;
+END $function$;
 
 CREATE OR REPLACE FUNCTION sutra.compact_usage()
  RETURNS bigint
@@ -506,8 +725,7 @@ BEGIN
     UPDATE sutra.usage_compaction SET hours_until = c.hours_until, days_until = c.days_until,
                                       retained_from = c.retained_from, last_run = now();
     RETURN removed;
-END $function$
-;
+END $function$;
 
 CREATE OR REPLACE FUNCTION sutra.disable_tenancy(tbl regclass)
  RETURNS void
@@ -533,8 +751,39 @@ BEGIN
         EXECUTE format('DROP TRIGGER sutra_quota_truncate ON %s', tbl);
     END IF;
     DELETE FROM sutra.tenant_tables t WHERE t.table_name = tbl;
-END $function$
-;
+END $function$;
+
+CREATE OR REPLACE FUNCTION sutra.effective_limits(tenant text)
+ RETURNS TABLE(limit_name text, plan_value jsonb, override_value jsonb, effective_value jsonb)
+ LANGUAGE plpgsql
+ STABLE SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    r sutra.tenants := sutra._tenant_row(tenant);
+    plan jsonb := (SELECT p.limits FROM sutra.plans p WHERE p.name = r.plan);
+    eff jsonb := sutra._limits(r.id);
+BEGIN
+    PERFORM sutra._require_usage_reader(r.id);
+    RETURN QUERY
+    WITH names AS (
+        SELECT k FROM jsonb_object_keys(plan - '{monthly,daily}'::text[]) k
+        UNION SELECT k FROM jsonb_object_keys(r.quota_overrides - '{monthly,daily}'::text[]) k
+        UNION SELECT unnest(ARRAY['rows_per_table', 'rows_total', 'vectors', 'storage_bytes', 'ops_per_second',
+                                  'burst', 'concurrent_statements', 'connections'])
+        UNION SELECT p || '.' || k FROM unnest(ARRAY['monthly', 'daily']) p,
+                                        jsonb_object_keys(coalesce(plan -> p, '{}')) k
+        UNION SELECT p || '.' || k FROM unnest(ARRAY['monthly', 'daily']) p,
+                                        jsonb_object_keys(coalesce(r.quota_overrides -> p, '{}')) k
+    )
+    -- "monthly.<event type>" and "daily.<event type>" name a cap inside "monthly" and "daily".
+    SELECT n.k, plan #> n.path, r.quota_overrides #> n.path, eff #> n.path
+    FROM (SELECT names.k, CASE WHEN names.k ~ '^(monthly|daily)\.'
+                               THEN ARRAY[split_part(names.k, '.', 1), substr(names.k, strpos(names.k, '.') + 1)]
+                               ELSE ARRAY[names.k] END AS path
+          FROM names) n
+    ORDER BY n.k;
+END $function$;
 
 CREATE OR REPLACE FUNCTION sutra.enable_tenancy(tbl regclass, tenant_column name DEFAULT 'tenant_id'::name)
  RETURNS void
@@ -594,8 +843,7 @@ BEGIN
     END IF;
     INSERT INTO sutra.tenant_tables AS t (table_name, tenant_column) VALUES (tbl, tenant_column)
     ON CONFLICT (table_name) DO UPDATE SET tenant_column = EXCLUDED.tenant_column;
-END $function$
-;
+END $function$;
 
 CREATE OR REPLACE FUNCTION sutra.metrics(top integer DEFAULT 100, recent boolean DEFAULT false)
  RETURNS text
@@ -649,8 +897,7 @@ BEGIN
     || (SELECT string_agg(format(E'# HELP sutra_%s %s\n# TYPE sutra_%s %s\nsutra_%s %s\n',
                                  s.name, s.help, s.name, s.kind, s.name, s.value), '')
         FROM sutra._shared_tables() s);
-END $function$
-;
+END $function$;
 
 CREATE OR REPLACE FUNCTION sutra.reconcile_usage(tenant text)
  RETURNS TABLE(table_name regclass, rows bigint, bytes bigint, vectors bigint)
@@ -670,14 +917,7 @@ BEGIN
     PERFORM sutra._audit('quota.reconcile', t, coalesce((SELECT jsonb_object_agg(c.table_name::text, c.rows) FROM sutra_recount c), '{}'));
     RETURN QUERY SELECT * FROM sutra_recount c ORDER BY 1;
     DROP TABLE sutra_recount;
-END $function$
-;
-
-CREATE OR REPLACE FUNCTION sutra.reconcile_usage(tenant uuid)
- RETURNS TABLE(table_name regclass, rows bigint, bytes bigint, vectors bigint)
- LANGUAGE sql
-AS $function$ SELECT * FROM sutra.reconcile_usage(tenant::text) $function$
-;
+END $function$;
 
 CREATE OR REPLACE FUNCTION sutra.record_usage(event_type text, quantity numeric DEFAULT 1, properties jsonb DEFAULT '{}'::jsonb, idempotency_key text DEFAULT NULL::text, occurred_at timestamp with time zone DEFAULT NULL::timestamp with time zone, tenant text DEFAULT NULL::text)
  RETURNS boolean
@@ -692,8 +932,6 @@ DECLARE
     clock timestamptz := clock_timestamp();
     max_age interval := current_setting('sutra.usage_event_max_age')::interval;
     max_future interval := current_setting('sutra.usage_event_max_future')::interval;
-    cap numeric;
-    used numeric;
 BEGIN
     IF tenant IS NOT NULL THEN
         PERFORM sutra._require_service('record usage for a tenant');
@@ -741,28 +979,13 @@ BEGIN
                 DETAIL = 'A tenant session dates events within sutra.usage_event_max_age back and sutra.usage_event_max_future ahead; superusers and members of sutra_service may backfill to 2000-01-01.';
         END IF;
     END IF;
-    cap := (sutra._limits(t) -> 'monthly' ->> event_type)::numeric;
-    IF cap IS NOT NULL THEN
-        -- One cap check at a time per tenant, until this transaction ends (see usage_cap_locks).
-        INSERT INTO sutra.usage_cap_locks VALUES (t, clock)
-        ON CONFLICT (tenant_id) DO UPDATE SET checked_at = excluded.checked_at;
-    END IF;
     IF idempotency_key IS NOT NULL THEN
         INSERT INTO sutra.usage_event_keys VALUES (t, idempotency_key, id) ON CONFLICT DO NOTHING;
         IF NOT FOUND THEN
             RETURN false;
         END IF;
     END IF;
-    IF cap IS NOT NULL THEN
-        used := coalesce((SELECT sum(e.quantity) FROM sutra.usage_events e
-                          WHERE e.tenant_id = t AND e.event_type = record_usage.event_type
-                            AND e.occurred_at >= date_trunc('month', at, 'UTC')
-                            AND e.occurred_at < date_trunc('month', at, 'UTC') + interval '1 month'), 0);
-        IF used + quantity > cap THEN
-            RAISE EXCEPTION 'monthly cap of % exceeded for tenant %', event_type, t USING ERRCODE = '53100',
-                DETAIL = format('The cap is %s a month; %s used, %s more requested.', cap, used, quantity);
-        END IF;
-    END IF;
+    PERFORM sutra._charge_caps(t, event_type, quantity, at);
     PERFORM sutra._usage_events_partition(at);
     INSERT INTO sutra.usage_events (tenant_id, event_type, quantity, properties, idempotency_key, occurred_at, event_id)
     VALUES (t, event_type, quantity, properties, idempotency_key, at, id);
@@ -771,24 +994,21 @@ BEGIN
     -- and has not ended).
     PERFORM sutra._usage_events_partition(date_trunc('month', clock, 'UTC') + interval '1 month', false);
     RETURN true;
-END $function$
-;
+END $function$;
 
 CREATE OR REPLACE FUNCTION sutra.set_tenant(tenant text, local boolean DEFAULT NULL::boolean, scopes text[] DEFAULT '{read,write,admin}'::text[], session boolean DEFAULT false)
  RETURNS uuid
  LANGUAGE c
  SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pg_temp'
-AS 'MODULE_PATHNAME', $function$set_tenant_wrapper$function$
-;
+AS 'MODULE_PATHNAME', $function$set_tenant_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION sutra.set_tenant(tenant uuid, local boolean DEFAULT NULL::boolean, scopes text[] DEFAULT '{read,write,admin}'::text[], session boolean DEFAULT false)
  RETURNS uuid
  LANGUAGE c
  SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pg_temp'
-AS 'MODULE_PATHNAME', $function$set_tenant_uuid_wrapper$function$
-;
+AS 'MODULE_PATHNAME', $function$set_tenant_uuid_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION sutra.tenant_checksum(tenant text)
  RETURNS text
@@ -823,17 +1043,7 @@ BEGIN
         parts := parts || t.table_name::text || '=' || part || ';';
     END LOOP;
     RETURN md5(parts);
-END $function$
-;
-
-CREATE OR REPLACE FUNCTION sutra.tenant_checksum(tenant uuid)
- RETURNS text
- LANGUAGE sql
- STABLE
-AS $function$
-    SELECT sutra.tenant_checksum(tenant::text);
-$function$
-;
+END $function$;
 
 CREATE OR REPLACE FUNCTION sutra.trim_audit_log()
  RETURNS bigint
@@ -855,8 +1065,7 @@ BEGIN
         PERFORM sutra._audit('audit.trim', NULL, jsonb_build_object('deleted', n, 'retention', retention::text));
     END IF;
     RETURN n;
-END $function$
-;
+END $function$;
 
 -- Usage events: quantities and idempotency keys within range (record_usage refused others since
 -- 0.2.0), and no default partition: its events move to their month's partition.
@@ -907,13 +1116,22 @@ GRANT INSERT, UPDATE (tenant_column), DELETE ON tenant_tables TO PUBLIC;
 CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON tenant_tables
     FOR EACH ROW EXECUTE FUNCTION _tenant_table_audit();
 
+-- Usage caps' running totals are dropped when what they were kept for changes.
+CREATE TRIGGER usage_totals_reset AFTER UPDATE OF plan, quota_overrides ON tenants
+    FOR EACH ROW WHEN (OLD.plan IS DISTINCT FROM NEW.plan OR OLD.quota_overrides IS DISTINCT FROM NEW.quota_overrides)
+    EXECUTE FUNCTION _usage_totals_reset();
+CREATE TRIGGER usage_totals_reset AFTER UPDATE OF limits ON plans
+    FOR EACH ROW WHEN (OLD.limits IS DISTINCT FROM NEW.limits) EXECUTE FUNCTION _usage_totals_reset();
+CREATE TRIGGER usage_totals_reset AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON prices
+    FOR EACH STATEMENT EXECUTE FUNCTION _usage_totals_reset();
+
 CREATE VIEW tenants_near_limits AS SELECT * FROM sutra._tenants_near_limits();
 GRANT SELECT ON tenants_near_limits TO sutra_service;
 
 -- Indexes for the reports, retention and compaction.
 CREATE INDEX ON audit_log (at);
 CREATE INDEX ON tenants (plan);
-CREATE INDEX tenants_with_monthly_caps ON tenants (id) WHERE quota_overrides ? 'monthly';
+CREATE INDEX tenants_with_usage_caps ON tenants (id) WHERE quota_overrides ?| '{monthly,daily,monthly_cost,daily_cost}';
 CREATE INDEX ON usage_rollups (minute);
 COMMENT ON TABLE audit_log IS 'who did what to which tenant, when, from where; append-only, kept for sutra.audit_retention';
 COMMENT ON TABLE usage_rollups IS 'metered usage per tenant, metric and minute; older rows hold an hour or a day (sutra.compact_usage)';
@@ -941,3 +1159,8 @@ REVOKE ALL ON FUNCTION trim_audit_log() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION trim_audit_log() TO sutra_service;
 GRANT INSERT, UPDATE, DELETE ON prices TO sutra_service;
 REVOKE ALL ON FUNCTION _tenant_counters() FROM PUBLIC;
+REVOKE ALL ON FUNCTION _usage_total_from_events(uuid, text, text, timestamptz, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION _usage_total_add(uuid, text, text, timestamptz, text, numeric) FROM PUBLIC;
+REVOKE ALL ON FUNCTION _check_cap(uuid, text, text, jsonb, numeric, numeric, numeric, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION _charge_caps(uuid, text, numeric, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION _usage_totals_reset() FROM PUBLIC;

@@ -4,10 +4,13 @@
 --   rows_per_table, rows_total, vectors, storage_bytes    quotas, counted per tenant
 --   ops_per_second, burst                                  statement rate (GCRA)
 --   concurrent_statements, connections                     concurrency
---   monthly: {"<metric>": cap, ...}                        caps on a calendar month's usage
+--   monthly: {"<event type>": cap, ...}                    caps on an event type's calendar month
+--   daily: {"<event type>": cap, ...}                      and day (UTC)
+--   monthly_cost, daily_cost                               caps on the priced cost of all events
 --   soft_threshold                                         fraction that warns (default 0.8)
+-- A cap is a number, or {"cap": N, "soft": true} for a cap that warns instead of refusing.
 -- A missing key, null or 0 means unlimited. An override key replaces the plan's value, so an
--- override of null lifts a limit; "monthly" merges key by key.
+-- override of null lifts a limit; "monthly" and "daily" merge key by key.
 
 -- The limits in force for a tenant (uuid), as one jsonb object without unlimited entries.
 CREATE FUNCTION _limits(tenant uuid) RETURNS jsonb
@@ -16,16 +19,20 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
         SELECT p.limits AS plan, x.quota_overrides AS over
         FROM sutra.tenants x JOIN sutra.plans p ON p.name = x.plan WHERE x.id = tenant
     ), merged AS (
-        SELECT (t.plan - 'monthly') || (t.over - 'monthly') AS flat,
-               coalesce(t.plan -> 'monthly', '{}') || coalesce(t.over -> 'monthly', '{}') AS monthly
+        SELECT (t.plan - '{monthly,daily}'::text[]) || (t.over - '{monthly,daily}'::text[]) AS flat,
+               coalesce(t.plan -> 'monthly', '{}') || coalesce(t.over -> 'monthly', '{}') AS monthly,
+               coalesce(t.plan -> 'daily', '{}') || coalesce(t.over -> 'daily', '{}') AS daily
         FROM t
     )
     SELECT coalesce((SELECT jsonb_object_agg(k, v) FROM jsonb_each(m.flat) e(k, v)
                      WHERE v <> 'null' AND v <> '0'), '{}')
-           || CASE WHEN EXISTS (SELECT 1 FROM jsonb_each(m.monthly) e(k, v) WHERE v <> 'null' AND v <> '0')
-                   THEN jsonb_build_object('monthly', (SELECT jsonb_object_agg(k, v) FROM jsonb_each(m.monthly) e(k, v)
-                                                       WHERE v <> 'null' AND v <> '0'))
-                   ELSE '{}' END
+           || coalesce((SELECT jsonb_object_agg(p.name, p.caps) FROM (
+                  SELECT 'monthly' AS name, (SELECT jsonb_object_agg(k, v) FROM jsonb_each(m.monthly) e(k, v)
+                                             WHERE v <> 'null' AND v <> '0') AS caps
+                  UNION ALL
+                  SELECT 'daily', (SELECT jsonb_object_agg(k, v) FROM jsonb_each(m.daily) e(k, v)
+                                   WHERE v <> 'null' AND v <> '0')) p
+                  WHERE p.caps IS NOT NULL), '{}')
     FROM merged m;
 $$;
 REVOKE ALL ON FUNCTION _limits(uuid) FROM PUBLIC;
@@ -49,19 +56,22 @@ BEGIN
     PERFORM sutra._require_usage_reader(r.id);
     RETURN QUERY
     WITH names AS (
-        SELECT k FROM jsonb_object_keys(plan - 'monthly') k
-        UNION SELECT k FROM jsonb_object_keys(r.quota_overrides - 'monthly') k
+        SELECT k FROM jsonb_object_keys(plan - '{monthly,daily}'::text[]) k
+        UNION SELECT k FROM jsonb_object_keys(r.quota_overrides - '{monthly,daily}'::text[]) k
         UNION SELECT unnest(ARRAY['rows_per_table', 'rows_total', 'vectors', 'storage_bytes', 'ops_per_second',
                                   'burst', 'concurrent_statements', 'connections'])
-        UNION SELECT 'monthly.' || k FROM jsonb_object_keys(coalesce(plan -> 'monthly', '{}')) k
-        UNION SELECT 'monthly.' || k FROM jsonb_object_keys(coalesce(r.quota_overrides -> 'monthly', '{}')) k
+        UNION SELECT p || '.' || k FROM unnest(ARRAY['monthly', 'daily']) p,
+                                        jsonb_object_keys(coalesce(plan -> p, '{}')) k
+        UNION SELECT p || '.' || k FROM unnest(ARRAY['monthly', 'daily']) p,
+                                        jsonb_object_keys(coalesce(r.quota_overrides -> p, '{}')) k
     )
-    SELECT n.k,
-           CASE WHEN n.k LIKE 'monthly.%' THEN plan -> 'monthly' -> substr(n.k, 9) ELSE plan -> n.k END,
-           CASE WHEN n.k LIKE 'monthly.%' THEN r.quota_overrides -> 'monthly' -> substr(n.k, 9)
-                ELSE r.quota_overrides -> n.k END,
-           CASE WHEN n.k LIKE 'monthly.%' THEN eff -> 'monthly' -> substr(n.k, 9) ELSE eff -> n.k END
-    FROM names n ORDER BY n.k;
+    -- "monthly.<event type>" and "daily.<event type>" name a cap inside "monthly" and "daily".
+    SELECT n.k, plan #> n.path, r.quota_overrides #> n.path, eff #> n.path
+    FROM (SELECT names.k, CASE WHEN names.k ~ '^(monthly|daily)\.'
+                               THEN ARRAY[split_part(names.k, '.', 1), substr(names.k, strpos(names.k, '.') + 1)]
+                               ELSE ARRAY[names.k] END AS path
+          FROM names) n
+    ORDER BY n.k;
 END $$;
 CREATE FUNCTION effective_limits(tenant uuid)
 RETURNS TABLE (limit_name text, plan_value jsonb, override_value jsonb, effective_value jsonb)
@@ -148,19 +158,218 @@ CREATE TABLE usage_event_keys (
     PRIMARY KEY (tenant_id, idempotency_key)
 );
 
--- One row per tenant that has recorded an event under a monthly cap. record_usage updates the
--- tenant's row before it adds up the month and records the event, so two checks of one tenant's
--- caps never run at once: the second waits until the first transaction ends, then sees its event
--- (under READ COMMITTED; under REPEATABLE READ or SERIALIZABLE it fails with a serialization
--- error instead of adding up a month it cannot see whole). Nobody but sutra's own functions can
--- lock these rows (no privileges for PUBLIC), and events of types without a cap do not take the
--- lock. The rows are not data: a dump leaves them out and they come back as needed.
-CREATE TABLE usage_cap_locks (
-    tenant_id uuid PRIMARY KEY,
-    checked_at timestamptz NOT NULL
-);
-REVOKE ALL ON usage_cap_locks FROM PUBLIC;
-COMMENT ON TABLE usage_cap_locks IS 'one row per tenant, locked while record_usage checks a monthly cap';
+-- Running totals behind usage caps: per tenant, key (an event type, or '$cost': the priced cost
+-- of all event types) and period (a day or a month, in UTC). record_usage adds each event to the
+-- totals its tenant's caps need, in the event's transaction, and checks the caps against them: a
+-- check costs the same at any number of events. The total's row lock makes concurrent events of
+-- one tenant and key take turns (the second waits until the first transaction ends, then sees its
+-- event; under REPEATABLE READ or SERIALIZABLE it fails with a serialization error instead), so a
+-- cap is never overshot. A missing total (the first event since the cap was set, or since the
+-- tenant's limits, its plan's limits or the prices changed, which delete the totals they affect)
+-- is summed from the events once. Only sutra's functions touch the rows (no privileges for
+-- PUBLIC); a dump leaves them out and they come back as needed.
+CREATE TABLE usage_totals (
+    tenant_id uuid NOT NULL,
+    key text NOT NULL,
+    period text NOT NULL CHECK (period IN ('day', 'month')),
+    period_start timestamptz NOT NULL,
+    quantity numeric NOT NULL,
+    PRIMARY KEY (tenant_id, key, period, period_start)
+) WITH (fillfactor = 70);
+REVOKE ALL ON usage_totals FROM PUBLIC;
+COMMENT ON TABLE usage_totals IS 'running totals of events per tenant, event type (or $cost) and day or month, behind usage caps';
+
+-- A total summed from the events: an event type's quantity in the period, or for '$cost' what the
+-- period's events add to the month's bill (each event type's quantity beyond the month's included
+-- quantity, at its unit price for the plan; see invoice).
+CREATE FUNCTION _usage_total_from_events(tenant uuid, key text, period text, start timestamptz, plan text)
+RETURNS numeric
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN key <> '$cost' THEN
+        (SELECT coalesce(sum(e.quantity), 0) FROM sutra.usage_events e
+         WHERE e.tenant_id = tenant AND e.event_type = key
+           AND e.occurred_at >= start AND e.occurred_at < start + ('1 ' || period)::interval)
+    ELSE
+        (SELECT coalesce(sum(pr.unit_price * (greatest(u.upto - pr.included, 0) - greatest(u.before - pr.included, 0))), 0)
+         FROM (SELECT e.event_type AS metric,
+                      coalesce(sum(e.quantity) FILTER (WHERE e.occurred_at < start), 0) AS before,
+                      sum(e.quantity) AS upto
+               FROM sutra.usage_events e
+               WHERE e.tenant_id = tenant AND e.occurred_at >= date_trunc('month', start, 'UTC')
+                 AND e.occurred_at < start + ('1 ' || period)::interval
+               GROUP BY 1) u
+         CROSS JOIN LATERAL (SELECT p.unit_price, p.included FROM sutra.prices p
+                             WHERE p.metric = u.metric AND (p.plan = _usage_total_from_events.plan OR p.plan IS NULL)
+                             ORDER BY p.plan NULLS LAST LIMIT 1) pr)
+    END;
+$$;
+REVOKE ALL ON FUNCTION _usage_total_from_events(uuid, text, text, timestamptz, text) FROM PUBLIC;
+
+-- Adds amount to a total (made from the events when missing); returns it before and after.
+CREATE FUNCTION _usage_total_add(tenant uuid, key text, period text, start timestamptz, plan text, amount numeric,
+                                 OUT before numeric, OUT after numeric)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    FOR i IN 1 .. 2 LOOP
+        UPDATE sutra.usage_totals u SET quantity = u.quantity + amount
+        WHERE u.tenant_id = tenant AND u.key = _usage_total_add.key AND u.period = _usage_total_add.period
+          AND u.period_start = start
+        RETURNING u.quantity INTO after;
+        IF FOUND THEN
+            before := after - amount;
+            RETURN;
+        END IF;
+        -- Made once: a concurrent maker's row wins (this one waits for it), and is then updated.
+        INSERT INTO sutra.usage_totals
+        VALUES (tenant, key, period, start, sutra._usage_total_from_events(tenant, key, period, start, plan))
+        ON CONFLICT DO NOTHING;
+    END LOOP;
+    RAISE EXCEPTION 'could not make the usage total of % for tenant %', key, tenant USING ERRCODE = 'XX000';
+END $$;
+REVOKE ALL ON FUNCTION _usage_total_add(uuid, text, text, timestamptz, text, numeric) FROM PUBLIC;
+
+-- One cap against a total that went from before to after. A cap is a number, or an object
+-- {"cap": N, "soft": true} for a cap that warns instead of refusing. With refuse, going over a
+-- hard cap refuses the event; without, crossing soft_threshold of a cap (and, for a soft cap, the
+-- cap itself) warns, writes one audit row and notifies channel sutra_limits, all in the event's
+-- transaction. _charge_caps refuses first, so an event refused by one cap warns of no other.
+CREATE FUNCTION _check_cap(tenant uuid, what text, name text, spec jsonb, threshold numeric, before numeric,
+                           after numeric, refuse boolean)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cap numeric;
+    soft boolean := false;
+    action text;
+BEGIN
+    IF jsonb_typeof(spec) = 'number' THEN
+        cap := spec::text::numeric;
+    ELSIF jsonb_typeof(spec) = 'object' AND jsonb_typeof(spec -> 'cap') = 'number'
+          AND coalesce(jsonb_typeof(spec -> 'soft'), 'boolean') = 'boolean' THEN
+        cap := (spec ->> 'cap')::numeric;
+        soft := coalesce((spec ->> 'soft')::boolean, false);
+    ELSE
+        RAISE EXCEPTION 'invalid usage cap % for tenant %', name, tenant USING ERRCODE = '22023',
+            DETAIL = format('The limits give %s.', left(spec::text, 200)),
+            HINT = 'A cap is a number, or an object such as {"cap": 1000, "soft": true}.';
+    END IF;
+    IF cap <= 0 THEN
+        RETURN;  -- unlimited, as a cap of 0 or null
+    END IF;
+    IF refuse THEN
+        IF after > cap AND NOT soft THEN
+            RAISE EXCEPTION '% exceeded for tenant %', what, tenant USING ERRCODE = '53100',
+                DETAIL = format('The cap is %s; %s used, %s more requested.', cap, trim_scale(before),
+                                trim_scale(after - before)),
+                HINT = 'Raise the cap in the plan''s limits or the tenant''s quota_overrides, or wait for the next period.';
+        END IF;
+        RETURN;
+    END IF;
+    FOREACH action IN ARRAY ARRAY['usage.soft_limit', 'usage.soft_cap_exceeded'] LOOP
+        CONTINUE WHEN action = 'usage.soft_limit' AND NOT (before < cap * threshold AND after >= cap * threshold);
+        CONTINUE WHEN action = 'usage.soft_cap_exceeded' AND NOT (soft AND before <= cap AND after > cap);
+        RAISE WARNING 'tenant % has used % of its % cap of %', tenant, after, name, cap;
+        PERFORM sutra._audit(action, tenant, jsonb_build_object(
+            'limit', name, 'value', after, 'limit_value', cap, 'threshold', threshold, 'soft', soft));
+        PERFORM pg_notify('sutra_limits', jsonb_build_object(
+            'tenant', tenant, 'limit', name, 'value', after, 'limit_value', cap, 'event', action)::text);
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION _check_cap(uuid, text, text, jsonb, numeric, numeric, numeric, boolean) FROM PUBLIC;
+
+-- Adds an event to the totals its tenant's caps need, and checks those caps: "monthly" and
+-- "daily" caps per event type, and "monthly_cost" and "daily_cost" on the priced cost.
+CREATE FUNCTION _charge_caps(tenant uuid, event_type text, quantity numeric, at timestamptz) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    l jsonb := sutra._limits(tenant);
+    monthly jsonb := l -> 'monthly' -> event_type;
+    daily jsonb := l -> 'daily' -> event_type;
+    monthly_cost jsonb := l -> 'monthly_cost';
+    daily_cost jsonb := l -> 'daily_cost';
+    threshold numeric;
+    tenant_plan text;
+    month timestamptz := date_trunc('month', at, 'UTC');
+    day timestamptz := date_trunc('day', at, 'UTC');
+    m record;
+    t record;
+    unit_price numeric;
+    included numeric;
+    cost numeric;
+    -- The caps met: what (for messages), name, cap, total before and after.
+    checks jsonb := '[]';
+    refuse boolean;
+    c jsonb;
+BEGIN
+    IF monthly IS NULL AND daily IS NULL AND monthly_cost IS NULL AND daily_cost IS NULL THEN
+        RETURN;
+    END IF;
+    threshold := CASE WHEN jsonb_typeof(l -> 'soft_threshold') = 'number'
+                           AND (l ->> 'soft_threshold')::numeric > 0 AND (l ->> 'soft_threshold')::numeric <= 1
+                      THEN (l ->> 'soft_threshold')::numeric ELSE 0.8 END;
+    tenant_plan := (SELECT x.plan FROM sutra.tenants x WHERE x.id = tenant);
+    IF monthly_cost IS NOT NULL OR daily_cost IS NOT NULL THEN
+        SELECT p.unit_price, p.included INTO unit_price, included FROM sutra.prices p
+        WHERE p.metric = event_type AND (p.plan = tenant_plan OR p.plan IS NULL)
+        ORDER BY p.plan NULLS LAST LIMIT 1;
+    END IF;
+    -- The month's total of the type: for its monthly cap, and for the cost of a priced type (its
+    -- included quantity is the month's). An unpriced type costs nothing and counts for no cost cap.
+    IF monthly IS NOT NULL OR unit_price IS NOT NULL THEN
+        m := sutra._usage_total_add(tenant, event_type, 'month', month, tenant_plan, quantity);
+        IF monthly IS NOT NULL THEN
+            checks := checks || jsonb_build_array(jsonb_build_array(
+                format('monthly cap of %s', event_type), 'monthly.' || event_type, monthly, m.before, m.after));
+        END IF;
+    END IF;
+    IF daily IS NOT NULL THEN
+        t := sutra._usage_total_add(tenant, event_type, 'day', day, tenant_plan, quantity);
+        checks := checks || jsonb_build_array(jsonb_build_array(
+            format('daily cap of %s', event_type), 'daily.' || event_type, daily, t.before, t.after));
+    END IF;
+    IF unit_price IS NOT NULL THEN
+        -- What this event adds to the month's bill.
+        cost := unit_price * (greatest(m.after - included, 0) - greatest(m.before - included, 0));
+        IF monthly_cost IS NOT NULL THEN
+            t := sutra._usage_total_add(tenant, '$cost', 'month', month, tenant_plan, cost);
+            checks := checks || jsonb_build_array(jsonb_build_array(
+                'monthly cost cap', 'monthly_cost', monthly_cost, t.before, t.after));
+        END IF;
+        IF daily_cost IS NOT NULL THEN
+            t := sutra._usage_total_add(tenant, '$cost', 'day', day, tenant_plan, cost);
+            checks := checks || jsonb_build_array(jsonb_build_array(
+                'daily cost cap', 'daily_cost', daily_cost, t.before, t.after));
+        END IF;
+    END IF;
+    FOREACH refuse IN ARRAY ARRAY[true, false] LOOP
+        FOR c IN SELECT jsonb_array_elements(checks) LOOP
+            PERFORM sutra._check_cap(tenant, c ->> 0, c ->> 1, c -> 2, threshold, (c ->> 3)::numeric,
+                                     (c ->> 4)::numeric, refuse);
+        END LOOP;
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION _charge_caps(uuid, text, numeric, timestamptz) FROM PUBLIC;
+
+-- Totals that no longer match the limits or prices they were kept for are deleted, and made again
+-- from the events by the next capped event.
+CREATE FUNCTION _usage_totals_reset() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'tenants' THEN
+        DELETE FROM sutra.usage_totals u WHERE u.tenant_id = OLD.id;
+    ELSIF TG_TABLE_NAME = 'plans' THEN
+        DELETE FROM sutra.usage_totals u WHERE u.tenant_id IN (SELECT x.id FROM sutra.tenants x WHERE x.plan = OLD.name);
+    ELSE
+        DELETE FROM sutra.usage_totals u WHERE u.key = '$cost';
+    END IF;
+    RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION _usage_totals_reset() FROM PUBLIC;
+CREATE TRIGGER usage_totals_reset AFTER UPDATE OF plan, quota_overrides ON tenants
+    FOR EACH ROW WHEN (OLD.plan IS DISTINCT FROM NEW.plan OR OLD.quota_overrides IS DISTINCT FROM NEW.quota_overrides)
+    EXECUTE FUNCTION _usage_totals_reset();
+CREATE TRIGGER usage_totals_reset AFTER UPDATE OF limits ON plans
+    FOR EACH ROW WHEN (OLD.limits IS DISTINCT FROM NEW.limits) EXECUTE FUNCTION _usage_totals_reset();
 
 -- The month partition of usage_events for ts (a month in UTC), made when missing. With wait
 -- false it gives up at once when another transaction is making a partition.
@@ -226,8 +435,6 @@ DECLARE
     clock timestamptz := clock_timestamp();
     max_age interval := current_setting('sutra.usage_event_max_age')::interval;
     max_future interval := current_setting('sutra.usage_event_max_future')::interval;
-    cap numeric;
-    used numeric;
 BEGIN
     IF tenant IS NOT NULL THEN
         PERFORM sutra._require_service('record usage for a tenant');
@@ -275,28 +482,13 @@ BEGIN
                 DETAIL = 'A tenant session dates events within sutra.usage_event_max_age back and sutra.usage_event_max_future ahead; superusers and members of sutra_service may backfill to 2000-01-01.';
         END IF;
     END IF;
-    cap := (sutra._limits(t) -> 'monthly' ->> event_type)::numeric;
-    IF cap IS NOT NULL THEN
-        -- One cap check at a time per tenant, until this transaction ends (see usage_cap_locks).
-        INSERT INTO sutra.usage_cap_locks VALUES (t, clock)
-        ON CONFLICT (tenant_id) DO UPDATE SET checked_at = excluded.checked_at;
-    END IF;
     IF idempotency_key IS NOT NULL THEN
         INSERT INTO sutra.usage_event_keys VALUES (t, idempotency_key, id) ON CONFLICT DO NOTHING;
         IF NOT FOUND THEN
             RETURN false;
         END IF;
     END IF;
-    IF cap IS NOT NULL THEN
-        used := coalesce((SELECT sum(e.quantity) FROM sutra.usage_events e
-                          WHERE e.tenant_id = t AND e.event_type = record_usage.event_type
-                            AND e.occurred_at >= date_trunc('month', at, 'UTC')
-                            AND e.occurred_at < date_trunc('month', at, 'UTC') + interval '1 month'), 0);
-        IF used + quantity > cap THEN
-            RAISE EXCEPTION 'monthly cap of % exceeded for tenant %', event_type, t USING ERRCODE = '53100',
-                DETAIL = format('The cap is %s a month; %s used, %s more requested.', cap, used, quantity);
-        END IF;
-    END IF;
+    PERFORM sutra._charge_caps(t, event_type, quantity, at);
     PERFORM sutra._usage_events_partition(at);
     INSERT INTO sutra.usage_events (tenant_id, event_type, quantity, properties, idempotency_key, occurred_at, event_id)
     VALUES (t, event_type, quantity, properties, idempotency_key, at, id);
@@ -399,6 +591,8 @@ CREATE TABLE prices (
     UNIQUE NULLS NOT DISTINCT (metric, plan)
 );
 COMMENT ON TABLE prices IS 'price per unit of a metric, for one plan or (plan null) all plans, after an included quantity';
+CREATE TRIGGER usage_totals_reset AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON prices
+    FOR EACH STATEMENT EXECUTE FUNCTION _usage_totals_reset();
 
 -- All usage of a tenant, metered and recorded, per bucket of the given granularity.
 CREATE FUNCTION usage_summary(tenant text, from_ts timestamptz, to_ts timestamptz,
@@ -563,6 +757,14 @@ END $$;
 -- A tenant's limit `key` from its plan's limits and its overrides (an override key replaces the
 -- plan's, null and 0 mean unlimited): the per-key form of _limits, cheap enough for every tenant in
 -- shared memory.
+-- The value of a usage cap: a number, or the "cap" of {"cap": N, "soft": true}; null for anything else.
+CREATE FUNCTION _cap_value(spec jsonb) RETURNS numeric
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT nullif(CASE jsonb_typeof(spec) WHEN 'number' THEN spec::text::numeric
+                                          WHEN 'object' THEN CASE WHEN jsonb_typeof(spec -> 'cap') = 'number'
+                                                                  THEN (spec ->> 'cap')::numeric END END, 0)
+$$;
+
 CREATE FUNCTION _limit_value(plan jsonb, overrides jsonb, key text) RETURNS numeric
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT nullif((CASE WHEN overrides ? key THEN overrides ->> key ELSE plan ->> key END)::numeric, 0)
@@ -570,7 +772,7 @@ $$;
 
 -- Tenants at or past the soft threshold of a limit. Only tenants that can be near one are looked
 -- at: those in shared memory (live counts and quota counts are there, read in one pass each) and
--- those on a plan, or with an override, that has monthly caps (both found by index), so its cost
+-- those on a plan, or with an override, that has usage caps (both found by index), so its cost
 -- follows the active tenants, not the tenant count.
 -- A function, so that it runs without JIT: the planner's estimates for the set-returning functions
 -- make JIT compile for longer than the query runs.
@@ -581,25 +783,40 @@ LANGUAGE sql VOLATILE SET jit = off SET search_path = pg_catalog, pg_temp AS $$
         SELECT * FROM sutra._tenant_counters()
     ), quota_totals AS (
         SELECT * FROM sutra._quota_totals()
-    ), with_monthly AS (
-        SELECT t.id FROM sutra.tenants t WHERE t.plan IN (SELECT p.name FROM sutra.plans p WHERE p.limits ? 'monthly')
+    ), with_caps AS (
+        SELECT t.id FROM sutra.tenants t
+        WHERE t.plan IN (SELECT p.name FROM sutra.plans p WHERE p.limits ?| '{monthly,daily,monthly_cost,daily_cost}')
         UNION
-        SELECT t.id FROM sutra.tenants t WHERE t.quota_overrides ? 'monthly'
+        SELECT t.id FROM sutra.tenants t WHERE t.quota_overrides ?| '{monthly,daily,monthly_cost,daily_cost}'
     ), caps AS (
         SELECT t.id, t.slug, p.limits AS pl, t.quota_overrides AS ov,
                coalesce(sutra._limit_value(p.limits, t.quota_overrides, 'soft_threshold'), 0.8) AS threshold
-        FROM (SELECT n.tenant_id AS id FROM live_counts n UNION SELECT w.id FROM with_monthly w) c
+        FROM (SELECT n.tenant_id AS id FROM live_counts n UNION SELECT w.id FROM with_caps w) c
         JOIN sutra.tenants t ON t.id = c.id JOIN sutra.plans p ON p.name = t.plan
         WHERE t.status = 'active'
+    ), capped AS (
+        SELECT c.*, sutra._limits(c.id) AS l FROM caps c JOIN with_caps w ON w.id = c.id
     ), monthly AS (
-        SELECT c.id, c.slug, 'monthly.' || k AS limit_name, v::numeric AS limit_value, c.threshold,
+        -- Monthly caps also cover metered metrics, read from the rollups.
+        SELECT c.id, c.slug, 'monthly.' || k AS limit_name, sutra._cap_value(v) AS limit_value, c.threshold,
                coalesce((SELECT sum(r.quantity) FROM sutra.usage_rollups r
                          WHERE r.tenant_id = c.id AND r.metric = k AND r.minute >= date_trunc('month', now(), 'UTC')), 0)
              + coalesce((SELECT sum(e.quantity) FROM sutra.usage_events e
                          WHERE e.tenant_id = c.id AND e.event_type = k AND e.occurred_at >= date_trunc('month', now(), 'UTC')), 0)
                AS used
-        FROM caps c JOIN with_monthly w ON w.id = c.id,
-             jsonb_each_text(coalesce(sutra._limits(c.id) -> 'monthly', '{}')) m(k, v)
+        FROM capped c, jsonb_each(coalesce(c.l -> 'monthly', '{}')) m(k, v)
+    ), running AS (
+        -- Daily and cost caps, as their running totals (sutra.usage_totals) have them.
+        SELECT c.id, c.slug, x.limit_name, sutra._cap_value(x.spec) AS limit_value, c.threshold,
+               coalesce((SELECT u.quantity FROM sutra.usage_totals u
+                         WHERE u.tenant_id = c.id AND u.key = x.key AND u.period = x.period
+                           AND u.period_start = date_trunc(x.period, now(), 'UTC')), 0) AS used
+        FROM capped c
+        CROSS JOIN LATERAL (
+            SELECT 'daily.' || d.k, d.k, 'day', d.v FROM jsonb_each(coalesce(c.l -> 'daily', '{}')) d(k, v)
+            UNION ALL SELECT 'monthly_cost', '$cost', 'month', c.l -> 'monthly_cost' WHERE c.l ? 'monthly_cost'
+            UNION ALL SELECT 'daily_cost', '$cost', 'day', c.l -> 'daily_cost' WHERE c.l ? 'daily_cost'
+        ) x(limit_name, key, period, spec)
     ), live AS (
         SELECT c.id, c.slug, x.limit_name, x.limit_value, c.threshold, x.used
         FROM caps c JOIN live_counts n ON n.tenant_id = c.id
@@ -619,7 +836,8 @@ LANGUAGE sql VOLATILE SET jit = off SET search_path = pg_catalog, pg_temp AS $$
         WHERE x.limit_value IS NOT NULL
     )
     SELECT id AS tenant_id, slug, limit_name, limit_value, used, round(used / limit_value, 4) AS ratio
-    FROM (SELECT * FROM monthly UNION ALL SELECT * FROM live UNION ALL SELECT * FROM quotas) a
+    FROM (SELECT * FROM monthly UNION ALL SELECT * FROM running UNION ALL SELECT * FROM live
+          UNION ALL SELECT * FROM quotas) a
     WHERE used >= threshold * limit_value;
 $$;
 CREATE VIEW tenants_near_limits AS SELECT * FROM sutra._tenants_near_limits();
@@ -639,7 +857,7 @@ REVOKE ALL ON FUNCTION metrics(integer, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION compact_usage() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION compact_usage() TO sutra_service;
 REVOKE ALL ON usage_compaction FROM PUBLIC;
-GRANT SELECT ON usage_compaction TO sutra_service;
+GRANT SELECT ON usage_compaction, usage_totals TO sutra_service;
 GRANT EXECUTE ON FUNCTION metrics(integer, boolean) TO sutra_service;
 -- What tenants_near_limits calls: a view runs functions with its reader's EXECUTE rights.
 REVOKE ALL ON FUNCTION _quota_totals() FROM PUBLIC;

@@ -1,6 +1,8 @@
 """Application events over real connections: monthly caps hold under concurrent calls, and no role
 outside sutra can hold up the making of a month's partition."""
 
+import json
+import os
 import threading
 import time
 import uuid
@@ -60,9 +62,9 @@ def month_without_partition():
     pytest.fail("no free month left between 2001 and 2019")
 
 
-@pytest.mark.parametrize("isolation", ["READ COMMITTED", "REPEATABLE READ"])
-def test_a_monthly_cap_is_never_overshot_by_concurrent_calls(tenant, isolation):
-    n = 8
+def concurrent_calls(tenant, isolation, event_type, n=16):
+    """n sessions of the tenant, started together, each recording 5 of event_type in a transaction
+    that stays open a while; returns each one's outcome: "recorded" or the SQLSTATE."""
     barrier = threading.Barrier(n)
     outcomes = [None] * n
 
@@ -73,7 +75,7 @@ def test_a_monthly_cap_is_never_overshot_by_concurrent_calls(tenant, isolation):
             s.execute("SELECT sutra.authenticate(%s)", (tenant["key"],))
             barrier.wait(timeout=30)
             try:
-                s.execute("SELECT sutra.record_usage('tokens', 5)")
+                s.execute("SELECT sutra.record_usage(%s, 5)", (event_type,))
                 # The transaction stays open a while: a check that could not see this event
                 # (uncommitted) would let every other call through.
                 time.sleep(0.3)
@@ -89,6 +91,12 @@ def test_a_monthly_cap_is_never_overshot_by_concurrent_calls(tenant, isolation):
     for t in threads:
         t.join(timeout=90)
     assert None not in outcomes, outcomes
+    return outcomes
+
+
+@pytest.mark.parametrize("isolation", ["READ COMMITTED", "REPEATABLE READ"])
+def test_a_monthly_cap_is_never_overshot_by_concurrent_calls(tenant, isolation):
+    outcomes = concurrent_calls(tenant, isolation, "tokens")
     total = recorded(tenant["id"], "tokens")
     assert total <= 10, (total, outcomes)
     assert total == 5 * outcomes.count("recorded"), (total, outcomes)
@@ -101,6 +109,53 @@ def test_a_monthly_cap_is_never_overshot_by_concurrent_calls(tenant, isolation):
     else:
         # A call that cannot see the events committed since its snapshot fails rather than guess.
         assert set(refused) <= {"53100", "40001"}, outcomes
+
+
+@pytest.mark.parametrize("cap", ["daily", "monthly_cost", "soft and hard"])
+def test_daily_and_cost_caps_are_never_overshot_by_concurrent_calls(tenant, cap):
+    """16 concurrent writers against a daily cap of 10, a monthly cost cap of 0.10 (at 0.01 a unit),
+    or a soft monthly cap beside a hard daily one: exactly two events of 5 get through."""
+    event_type = f"units_{uuid.uuid4().hex[:8]}"
+    overrides = {"daily": {"daily": {event_type: 10}},
+                 "monthly_cost": {"monthly_cost": 0.1},
+                 "soft and hard": {"monthly": {event_type: {"cap": 1, "soft": True}}, "daily": {event_type: 10}}}[cap]
+    with superuser() as c:
+        c.execute("UPDATE sutra.tenants SET quota_overrides = %s WHERE id = %s",
+                  (psycopg.types.json.Jsonb(overrides), tenant["id"]))
+        c.execute("INSERT INTO sutra.prices (metric, unit_price) VALUES (%s, 0.01)", (event_type,))
+    try:
+        outcomes = concurrent_calls(tenant, "READ COMMITTED", event_type)
+    finally:
+        with superuser() as c:
+            c.execute("DELETE FROM sutra.prices WHERE metric = %s", (event_type,))
+    assert outcomes.count("recorded") == 2, outcomes
+    assert set(outcomes) == {"recorded", "53100"}, outcomes
+    assert recorded(tenant["id"], event_type) == 10
+
+
+def test_caps_notify_listeners_when_crossed(tenant):
+    """LISTEN sutra_limits: the soft threshold (0.8 by default) and a soft cap's crossing arrive as
+    notifications once the recording transaction commits, with tenant, limit and value."""
+    event_type = f"images_{uuid.uuid4().hex[:8]}"
+    with superuser() as c:
+        c.execute("UPDATE sutra.tenants SET quota_overrides = %s WHERE id = %s",
+                  (psycopg.types.json.Jsonb({"monthly": {event_type: {"cap": 10, "soft": True}}}), tenant["id"]))
+    with psycopg.connect(host=os.environ["SUTRA_TEST_HOST"], port=os.environ["SUTRA_TEST_PORT"], user="postgres",
+                         dbname="sutra_client", autocommit=True) as listener:
+        listener.execute("LISTEN sutra_limits")
+        with as_role(tenant["app"]) as s:
+            for quantity in [7, 2, 3]:
+                s.execute("BEGIN")
+                s.execute("SELECT sutra.authenticate(%s)", (tenant["key"],))
+                s.execute("SELECT sutra.record_usage(%s, %s)", (event_type, quantity))
+                s.execute("COMMIT")
+        got = []
+        for n in listener.notifies(timeout=5, stop_after=2):
+            got.append(json.loads(n.payload))
+    assert [(g["tenant"], g["limit"], g["value"], g["limit_value"], g["event"]) for g in got] == [
+        (str(tenant["id"]), f"monthly.{event_type}", 9, 10, "usage.soft_limit"),
+        (str(tenant["id"]), f"monthly.{event_type}", 12, 10, "usage.soft_cap_exceeded"),
+    ], got
 
 
 @pytest.mark.parametrize("hold", ["advisory lock", "read lock on usage_events"])

@@ -100,7 +100,7 @@ CREATE TRIGGER tenant_changed AFTER UPDATE OR DELETE ON tenants
 -- Reports find the tenants of a plan, and those with monthly caps of their own, without reading
 -- every tenant (sutra.tenants_near_limits).
 CREATE INDEX ON tenants (plan);
-CREATE INDEX tenants_with_monthly_caps ON tenants (id) WHERE quota_overrides ? 'monthly';
+CREATE INDEX tenants_with_usage_caps ON tenants (id) WHERE quota_overrides ?| '{monthly,daily,monthly_cost,daily_cost}';
 
 -- Privileges and row level security ------------------------------------------------------------
 
@@ -306,7 +306,7 @@ BEGIN
     DELETE FROM sutra.usage_events e WHERE e.tenant_id = tenant;
     DELETE FROM sutra.usage_event_keys e WHERE e.tenant_id = tenant;
     DELETE FROM sutra.usage_rollups r WHERE r.tenant_id = tenant;
-    DELETE FROM sutra.usage_cap_locks c WHERE c.tenant_id = tenant;
+    DELETE FROM sutra.usage_totals u WHERE u.tenant_id = tenant;
     DELETE FROM sutra.tenants x WHERE x.id = tenant;
     RETURN removed;
 END $$;

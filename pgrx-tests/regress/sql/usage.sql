@@ -111,10 +111,47 @@ SELECT sutra.record_usage('tokens', 0) AS nothing_more;
 COMMIT;
 -- The locks that make partitions and check caps are sutra's own: no other role can take them.
 SELECT try($$LOCK TABLE sutra.usage_events IN SHARE UPDATE EXCLUSIVE MODE$$);
-SELECT try($$SELECT 1 FROM sutra.usage_cap_locks FOR UPDATE$$);
+SELECT try($$SELECT 1 FROM sutra.usage_totals FOR UPDATE$$);
 SET ROLE regress_usage;
 SELECT try($$LOCK TABLE sutra.usage_events IN SHARE UPDATE EXCLUSIVE MODE$$);
 RESET ROLE;
+
+-- Daily caps, caps on the priced cost and soft caps, each checked against a running total.
+SELECT sutra.create_tenant('use-d', id => 'd0000000-0000-0000-0000-000000000000',
+    quota_overrides => '{"daily": {"gpu.seconds": 100}, "monthly": {"images": {"cap": 10, "soft": true}},
+                         "monthly_cost": 2, "soft_threshold": 0.5}') IS NOT NULL AS d;
+INSERT INTO sutra.prices (metric, unit_price, included) VALUES ('gpu.seconds', 0.01, 50);
+SELECT limit_name, plan_value, override_value, effective_value FROM sutra.effective_limits('use-d')
+WHERE limit_name ~ '^(daily|monthly)';
+-- 100 gpu.seconds a day: warned at 50, refused past 100; the next day has a total of its own.
+SELECT sutra.record_usage('gpu.seconds', 60, occurred_at => '2026-10-05 10:00+00', tenant => 'use-d') AS day1;
+SELECT sutra.record_usage('gpu.seconds', 40, occurred_at => '2026-10-05 11:00+00', tenant => 'use-d') AS day1_at_cap;
+SELECT try($$SELECT sutra.record_usage('gpu.seconds', 1, occurred_at => '2026-10-05 12:00+00', tenant => 'use-d')$$);
+SELECT sutra.record_usage('gpu.seconds', 100, occurred_at => '2026-10-06 10:00+00', tenant => 'use-d') AS day2;
+-- The month's bill for gpu.seconds: 0.01 each beyond 50, so 1.50 after 200; warned at 1.00 of 2,
+-- and 60 more (2.10) is refused by the cost cap although the day's cap allows it.
+SELECT try($$SELECT sutra.record_usage('gpu.seconds', 60, occurred_at => '2026-10-07 10:00+00', tenant => 'use-d')$$);
+SELECT sutra.record_usage('gpu.seconds', 50, occurred_at => '2026-10-07 10:00+00', tenant => 'use-d') AS cost_at_cap;
+-- A soft cap warns at the threshold and when exceeded, and refuses nothing.
+SELECT sutra.record_usage('images', n, occurred_at => '2026-10-08 10:00+00', tenant => 'use-d') AS recorded
+FROM unnest(ARRAY[4, 2, 5, 5]) n;
+SELECT key, period, period_start, quantity FROM sutra.usage_totals
+WHERE tenant_id = 'd0000000-0000-0000-0000-000000000000' ORDER BY 1, 2, 3;
+SELECT action, details FROM sutra.audit_log
+WHERE tenant_id = 'd0000000-0000-0000-0000-000000000000' AND action LIKE 'usage.%' ORDER BY id;
+-- New limits drop the tenant's totals; the next capped event sums its total from the events. On
+-- 2026-10-07 the events added 0.50 to the bill (50 gpu.seconds, all beyond the month's 50 included).
+SELECT sutra.update_tenant('use-d', quota_overrides => '{"monthly": {"images": 100}, "daily_cost": 1}') IS NOT NULL AS changed;
+SELECT count(*) AS totals_left FROM sutra.usage_totals WHERE tenant_id = 'd0000000-0000-0000-0000-000000000000';
+SELECT sutra.record_usage('images', 1, occurred_at => '2026-10-09 10:00+00', tenant => 'use-d') AS recorded;
+SELECT sutra.record_usage('gpu.seconds', 40, occurred_at => '2026-10-07 12:00+00', tenant => 'use-d') AS day3;
+SELECT try($$SELECT sutra.record_usage('gpu.seconds', 20, occurred_at => '2026-10-07 13:00+00', tenant => 'use-d')$$);
+SELECT key, period, period_start, quantity FROM sutra.usage_totals
+WHERE tenant_id = 'd0000000-0000-0000-0000-000000000000' ORDER BY 1, 2, 3;
+-- A cap that is neither a number nor {"cap": N, "soft": true} is an error, not unlimited.
+SELECT sutra.update_tenant('use-d', quota_overrides => '{"daily": {"images": "lots"}}') IS NOT NULL AS changed;
+SELECT try($$SELECT sutra.record_usage('images', 1, occurred_at => '2026-10-09 11:00+00', tenant => 'use-d')$$);
+DELETE FROM sutra.prices WHERE metric = 'gpu.seconds';
 
 -- Export shapes
 SELECT event_name, CASE WHEN identifier ~ '^req-' THEN identifier ELSE '<event id>' END AS identifier, "timestamp", payload FROM sutra.usage_events_stripe
