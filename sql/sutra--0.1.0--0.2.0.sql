@@ -91,6 +91,12 @@ BEGIN
     RETURN k;
 END $function$;
 
+CREATE OR REPLACE FUNCTION sutra._cap_refused(tenant uuid, "limit" text, value double precision, limit_value double precision)
+ RETURNS void
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_cap_refused_wrapper$function$;
+
 CREATE OR REPLACE FUNCTION sutra._cap_value(spec jsonb)
  RETURNS numeric
  LANGUAGE sql
@@ -132,8 +138,8 @@ BEGIN
     threshold := CASE WHEN jsonb_typeof(l -> 'soft_threshold') = 'number'
                            AND (l ->> 'soft_threshold')::numeric > 0 AND (l ->> 'soft_threshold')::numeric <= 1
                       THEN (l ->> 'soft_threshold')::numeric ELSE 0.8 END;
-    tenant_plan := (SELECT x.plan FROM sutra.tenants x WHERE x.id = tenant);
     IF monthly_cost IS NOT NULL OR daily_cost IS NOT NULL THEN
+        tenant_plan := (SELECT x.plan FROM sutra.tenants x WHERE x.id = tenant);
         SELECT p.unit_price, p.included INTO unit_price, included FROM sutra.prices p
         WHERE p.metric = event_type AND (p.plan = tenant_plan OR p.plan IS NULL)
         ORDER BY p.plan NULLS LAST LIMIT 1;
@@ -166,7 +172,8 @@ BEGIN
                 'daily cost cap', 'daily_cost', daily_cost, t.before, t.after));
         END IF;
     END IF;
-    FOREACH refuse IN ARRAY ARRAY[true, false] LOOP
+    -- Every cap refuses before any warns (one cap: both in one call).
+    FOREACH refuse IN ARRAY CASE WHEN jsonb_array_length(checks) = 1 THEN ARRAY[NULL::boolean] ELSE ARRAY[true, false] END LOOP
         FOR c IN SELECT jsonb_array_elements(checks) LOOP
             PERFORM sutra._check_cap(tenant, c ->> 0, c ->> 1, c -> 2, threshold, (c ->> 3)::numeric,
                                      (c ->> 4)::numeric, refuse);
@@ -198,14 +205,18 @@ BEGIN
     IF cap <= 0 THEN
         RETURN;  -- unlimited, as a cap of 0 or null
     END IF;
-    IF refuse THEN
+    IF refuse IS DISTINCT FROM false THEN
         IF after > cap AND NOT soft THEN
+            -- Counted, audited and notified past the abort (src/usage/refusals.rs).
+            PERFORM sutra._cap_refused(tenant, name, after, cap);
             RAISE EXCEPTION '% exceeded for tenant %', what, tenant USING ERRCODE = '53100',
                 DETAIL = format('The cap is %s; %s used, %s more requested.', cap, trim_scale(before),
                                 trim_scale(after - before)),
                 HINT = 'Raise the cap in the plan''s limits or the tenant''s quota_overrides, or wait for the next period.';
         END IF;
-        RETURN;
+        IF refuse THEN
+            RETURN;
+        END IF;
     END IF;
     FOREACH action IN ARRAY ARRAY['usage.soft_limit', 'usage.soft_cap_exceeded'] LOOP
         CONTINUE WHEN action = 'usage.soft_limit' AND NOT (before < cap * threshold AND after >= cap * threshold);
@@ -1164,3 +1175,4 @@ REVOKE ALL ON FUNCTION _usage_total_add(uuid, text, text, timestamptz, text, num
 REVOKE ALL ON FUNCTION _check_cap(uuid, text, text, jsonb, numeric, numeric, numeric, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _charge_caps(uuid, text, numeric, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _usage_totals_reset() FROM PUBLIC;
+REVOKE ALL ON FUNCTION _cap_refused(uuid, text, double precision, double precision) FROM PUBLIC;

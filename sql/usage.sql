@@ -229,10 +229,11 @@ END $$;
 REVOKE ALL ON FUNCTION _usage_total_add(uuid, text, text, timestamptz, text, numeric) FROM PUBLIC;
 
 -- One cap against a total that went from before to after. A cap is a number, or an object
--- {"cap": N, "soft": true} for a cap that warns instead of refusing. With refuse, going over a
--- hard cap refuses the event; without, crossing soft_threshold of a cap (and, for a soft cap, the
--- cap itself) warns, writes one audit row and notifies channel sutra_limits, all in the event's
--- transaction. _charge_caps refuses first, so an event refused by one cap warns of no other.
+-- {"cap": N, "soft": true} for a cap that warns instead of refusing. With refuse true, going over
+-- a hard cap refuses the event; with refuse false, crossing soft_threshold of a cap (and, for a
+-- soft cap, the cap itself) warns, writes one audit row and notifies channel sutra_limits, all in
+-- the event's transaction; with refuse null, both. _charge_caps refuses first, so an event refused
+-- by one cap warns of no other.
 CREATE FUNCTION _check_cap(tenant uuid, what text, name text, spec jsonb, threshold numeric, before numeric,
                            after numeric, refuse boolean)
 RETURNS void
@@ -256,14 +257,18 @@ BEGIN
     IF cap <= 0 THEN
         RETURN;  -- unlimited, as a cap of 0 or null
     END IF;
-    IF refuse THEN
+    IF refuse IS DISTINCT FROM false THEN
         IF after > cap AND NOT soft THEN
+            -- Counted, audited and notified past the abort (src/usage/refusals.rs).
+            PERFORM sutra._cap_refused(tenant, name, after, cap);
             RAISE EXCEPTION '% exceeded for tenant %', what, tenant USING ERRCODE = '53100',
                 DETAIL = format('The cap is %s; %s used, %s more requested.', cap, trim_scale(before),
                                 trim_scale(after - before)),
                 HINT = 'Raise the cap in the plan''s limits or the tenant''s quota_overrides, or wait for the next period.';
         END IF;
-        RETURN;
+        IF refuse THEN
+            RETURN;
+        END IF;
     END IF;
     FOREACH action IN ARRAY ARRAY['usage.soft_limit', 'usage.soft_cap_exceeded'] LOOP
         CONTINUE WHEN action = 'usage.soft_limit' AND NOT (before < cap * threshold AND after >= cap * threshold);
@@ -276,6 +281,7 @@ BEGIN
     END LOOP;
 END $$;
 REVOKE ALL ON FUNCTION _check_cap(uuid, text, text, jsonb, numeric, numeric, numeric, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION _cap_refused(uuid, text, double precision, double precision) FROM PUBLIC;
 
 -- Adds an event to the totals its tenant's caps need, and checks those caps: "monthly" and
 -- "daily" caps per event type, and "monthly_cost" and "daily_cost" on the priced cost.
@@ -307,8 +313,8 @@ BEGIN
     threshold := CASE WHEN jsonb_typeof(l -> 'soft_threshold') = 'number'
                            AND (l ->> 'soft_threshold')::numeric > 0 AND (l ->> 'soft_threshold')::numeric <= 1
                       THEN (l ->> 'soft_threshold')::numeric ELSE 0.8 END;
-    tenant_plan := (SELECT x.plan FROM sutra.tenants x WHERE x.id = tenant);
     IF monthly_cost IS NOT NULL OR daily_cost IS NOT NULL THEN
+        tenant_plan := (SELECT x.plan FROM sutra.tenants x WHERE x.id = tenant);
         SELECT p.unit_price, p.included INTO unit_price, included FROM sutra.prices p
         WHERE p.metric = event_type AND (p.plan = tenant_plan OR p.plan IS NULL)
         ORDER BY p.plan NULLS LAST LIMIT 1;
@@ -341,7 +347,8 @@ BEGIN
                 'daily cost cap', 'daily_cost', daily_cost, t.before, t.after));
         END IF;
     END IF;
-    FOREACH refuse IN ARRAY ARRAY[true, false] LOOP
+    -- Every cap refuses before any warns (one cap: both in one call).
+    FOREACH refuse IN ARRAY CASE WHEN jsonb_array_length(checks) = 1 THEN ARRAY[NULL::boolean] ELSE ARRAY[true, false] END LOOP
         FOR c IN SELECT jsonb_array_elements(checks) LOOP
             PERFORM sutra._check_cap(tenant, c ->> 0, c ->> 1, c -> 2, threshold, (c ->> 3)::numeric,
                                      (c ->> 4)::numeric, refuse);

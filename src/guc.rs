@@ -14,6 +14,7 @@
 //! | `sutra.usage_hours_kept` | seconds, 31 days | superusers (the worker: configuration file) | hour rows older than this become day rows |
 //! | `sutra.usage_retention` | seconds, 0 | superusers (the worker: configuration file) | metered usage older than this is deleted; 0 keeps it for good |
 //! | `sutra.audit_retention` | seconds, 0 | superusers (the worker: configuration file) | rows of `sutra.audit_log` older than this are deleted (`sutra.trim_audit_log`, run by the metering worker hourly); 0 keeps them for good |
+//! | `sutra.refusal_audit_interval` | seconds, 60 | configuration file | the first refusal (rate, concurrency, connections, quota, usage cap) per tenant and limit in each interval is audited (`limit.refused`) and notified on channel `sutra_limits`; every refusal is counted ([`crate::usage::refusals`]) |
 //! | `sutra.usage_event_max_age` | seconds, 35 days | superusers | how far back a tenant session may date a usage event |
 //! | `sutra.usage_event_max_future` | seconds, 1 day | superusers | how far ahead any caller may date a usage event |
 //! | `sutra.hnsw_ef_search` | 40 | anyone | candidate list size of `sutra_hnsw` scans |
@@ -39,6 +40,7 @@ pub static USAGE_MINUTES_KEPT: GucSetting<i32> = GucSetting::<i32>::new(86400);
 pub static USAGE_HOURS_KEPT: GucSetting<i32> = GucSetting::<i32>::new(31 * 86400);
 pub static USAGE_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static AUDIT_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static REFUSAL_AUDIT_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60);
 pub static USAGE_EVENT_MAX_AGE: GucSetting<i32> = GucSetting::<i32>::new(35 * 86400);
 pub static USAGE_EVENT_MAX_FUTURE: GucSetting<i32> = GucSetting::<i32>::new(86400);
 pub static HNSW_EF_SEARCH: GucSetting<i32> = GucSetting::<i32>::new(40);
@@ -146,6 +148,16 @@ pub fn init(with_hooks: &[fn()]) {
         0,
         i32::MAX,
         GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"sutra.refusal_audit_interval",
+        c"How often a refused statement of one tenant and limit is audited and notified.",
+        c"The first refusal per tenant and limit in each interval writes an audit row and notifies channel sutra_limits; every refusal is counted.",
+        &REFUSAL_AUDIT_INTERVAL,
+        1,
+        86400,
+        GucContext::Sighup,
         GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(

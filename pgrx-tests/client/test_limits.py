@@ -1,5 +1,6 @@
 """Rate, concurrency and connection limits per tenant, and metering, over real connections."""
 
+import json
 import threading
 import time
 import uuid
@@ -272,3 +273,55 @@ def test_tenants_near_limits_lists_exactly_the_tenants_near_a_limit():
             for t in made.values():
                 c.execute("SELECT sutra.drop_tenant(%s::uuid, purge => true)", (t,))
     assert sorted(listed) == sorted([(made["rows"], "rows_total", 10, 9), (made["tokens"], "monthly.tokens", 10, 9)])
+
+
+@pytest.mark.parametrize("kind", ["rate", "quota", "cap"])
+def test_refusals_are_counted_audited_once_per_interval_and_notified(tenant, kind):
+    """Three refusals of one limit: all counted in the tenant's refusal counts; the first (of the
+    default 60 s interval) audited as limit.refused and notified on channel sutra_limits, although
+    each refused statement aborted."""
+    overrides, limit, counter = {
+        "rate": ({"ops_per_second": 0.01, "burst": 1}, "ops_per_second", "rate_limited"),
+        "quota": ({"rows_total": 1}, "rows_total", "quota_refused"),
+        "cap": ({"monthly": {"limit.probe": 5}}, "monthly.limit.probe", "quota_refused"),
+    }[kind]
+    tid, session = tenant(overrides)
+    if kind == "quota":
+        with superuser() as c:
+            c.execute("CREATE TABLE IF NOT EXISTS refusal_probe (id serial PRIMARY KEY, tenant_id uuid NOT NULL "
+                      "DEFAULT sutra.current_tenant())")
+            c.execute("SELECT sutra.enable_tenancy('refusal_probe')")
+            c.execute("GRANT SELECT, INSERT ON refusal_probe TO PUBLIC")
+            c.execute("GRANT USAGE ON SEQUENCE refusal_probe_id_seq TO PUBLIC")
+    attempt = {"rate": "SELECT 1",
+               "quota": "INSERT INTO refusal_probe DEFAULT VALUES",
+               "cap": "SELECT sutra.record_usage('limit.probe', 10)"}[kind]
+    try:
+        with superuser() as listener:
+            listener.execute("LISTEN sutra_limits")
+            with session() as s:
+                refused = 0
+                for _ in range(6 if kind == "rate" else 4):
+                    try:
+                        s.execute(attempt)
+                    except psycopg.Error as e:
+                        assert e.sqlstate in ("53400", "53100"), e
+                        refused += 1
+                assert refused >= 3
+            # The refusal's notification comes from the audit writer within about a second (a
+            # quota's soft threshold, crossed by the row that was let in, is notified before it).
+            got = [json.loads(n.payload) for n in listener.notifies(timeout=5)]
+            refusals = [(g["tenant"], g["limit"], g["event"]) for g in got if g["event"] == "limit.refused"]
+            assert refusals == [(str(tid), limit, "limit.refused")], got
+        with superuser() as c:
+            counted = c.execute(f"SELECT {counter} FROM sutra._tenant_counters() WHERE tenant_id = %s",
+                                (tid,)).fetchone()[0]
+        assert counted == refused
+        with superuser() as c:
+            rows = c.execute("SELECT details FROM sutra.audit_log WHERE tenant_id = %s AND action = 'limit.refused'",
+                             (tid,)).fetchall()
+        assert [r[0]["limit"] for r in rows] == [limit], rows
+    finally:
+        if kind == "quota":
+            with superuser() as c:
+                c.execute("DROP TABLE refusal_probe")

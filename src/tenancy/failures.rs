@@ -1,6 +1,8 @@
 //! Failed authentications: slowed down per key id and per client address, and audited. Only the
 //! failing attempts are slowed: a valid key is admitted at once, so failures (an attacker's, or
-//! another tenant's behind the same pooler) never delay anybody's valid authentication.
+//! another tenant's behind the same pooler) never delay anybody's valid authentication. Refused
+//! statements (over a limit: [`queue_refusal`]) are audited and notified the same way, at most
+//! once per tenant and limit in `sutra.refusal_audit_interval`.
 //!
 //! Both live in shared memory, because the failing statement aborts and takes any row it wrote
 //! with it. Counts slow down the next attempts ([`sutra_core::throttle`]); each failure is also
@@ -25,6 +27,10 @@ const EVENTS: usize = 256;
 const LAUNCHES: usize = 16;
 const KIND_KEY: u8 = 1;
 const KIND_CLIENT: u8 = 2;
+const KIND_REFUSAL: u8 = 3;
+/// What a queued event is.
+const EVENT_AUTH_FAILURE: u8 = 0;
+const EVENT_REFUSAL: u8 = 1;
 
 #[derive(Copy, Clone, Default)]
 #[repr(C)]
@@ -41,12 +47,19 @@ struct Event {
     db: u32,
     role: u32,
     at_us: i64,
+    kind: u8,
     key_id: [u8; 16],
     key_len: u8,
     client: [u8; 46],
     client_len: u8,
     reason: [u8; 32],
     reason_len: u8,
+    /// A refusal's tenant, limit, the value the statement would have reached, and the limit's value.
+    tenant: [u8; 16],
+    limit: [u8; 40],
+    limit_len: u8,
+    value: f64,
+    limit_value: f64,
 }
 
 impl Default for Event {
@@ -55,12 +68,18 @@ impl Default for Event {
             db: 0,
             role: 0,
             at_us: 0,
+            kind: EVENT_AUTH_FAILURE,
             key_id: [0; 16],
             key_len: 0,
             client: [0; 46],
             client_len: 0,
             reason: [0; 32],
             reason_len: 0,
+            tenant: [0; 16],
+            limit: [0; 40],
+            limit_len: 0,
+            value: 0.0,
+            limit_value: 0.0,
         }
     }
 }
@@ -69,6 +88,9 @@ impl Default for Event {
 #[repr(C)]
 pub struct Failures {
     slots: [Slot; SLOTS],
+    /// Per (tenant, limit): when a refusal was last queued (`last`); apart from `slots`, so that
+    /// refusals never take the place of failure counts.
+    refusals: [Slot; SLOTS],
     events: [Event; EVENTS],
     next_event: u64,
     dropped: u64,
@@ -80,6 +102,7 @@ impl Default for Failures {
     fn default() -> Self {
         Failures {
             slots: [Slot::default(); SLOTS],
+            refusals: [Slot::default(); SLOTS],
             events: [Event::default(); EVENTS],
             next_event: 0,
             dropped: 0,
@@ -104,25 +127,47 @@ fn copy_into<const N: usize>(dst: &mut [u8; N], s: &str) -> u8 {
     n as u8
 }
 
-impl Failures {
-    fn find(&self, hash: u64) -> Option<usize> {
+fn find(slots: &[Slot; SLOTS], hash: u64) -> Option<usize> {
+    let start = (hash as usize) % SLOTS;
+    (0..8).map(|i| (start + i) % SLOTS).find(|&i| slots[i].hash == hash)
+}
+
+/// The slot for `hash`, taking over the least recently used of its neighbourhood if needed.
+fn slot_for(slots: &mut [Slot; SLOTS], hash: u64) -> &mut Slot {
+    let i = find(slots, hash).unwrap_or_else(|| {
         let start = (hash as usize) % SLOTS;
-        (0..8).map(|i| (start + i) % SLOTS).find(|&i| self.slots[i].hash == hash)
-    }
+        let i = (0..8).map(|i| (start + i) % SLOTS).min_by_key(|&i| slots[i].last).expect("8 candidates");
+        slots[i] = Slot { hash, count: 0, last: 0 };
+        i
+    });
+    &mut slots[i]
+}
 
-    /// The slot for `hash`, taking over the least recently used of its neighbourhood if needed.
-    fn slot_for(&mut self, hash: u64) -> &mut Slot {
-        let i = self.find(hash).unwrap_or_else(|| {
-            let start = (hash as usize) % SLOTS;
-            let i = (0..8).map(|i| (start + i) % SLOTS).min_by_key(|&i| self.slots[i].last).expect("8 candidates");
-            self.slots[i] = Slot { hash, count: 0, last: 0 };
-            i
-        });
-        &mut self.slots[i]
-    }
-
+impl Failures {
     fn count(&self, hash: u64, now: i64) -> u32 {
-        self.find(hash).map(|i| throttle::current_count(self.slots[i].count, self.slots[i].last, now)).unwrap_or(0)
+        find(&self.slots, hash)
+            .map(|i| throttle::current_count(self.slots[i].count, self.slots[i].last, now))
+            .unwrap_or(0)
+    }
+
+    /// Queues an event; returns whether a writer should be started for its database (none
+    /// started for it within the last second).
+    fn push(&mut self, e: Event, now: i64) -> bool {
+        let i = (self.next_event % EVENTS as u64) as usize;
+        if self.events[i].db != 0 {
+            self.dropped += 1;
+        }
+        let db = e.db;
+        self.events[i] = e;
+        self.next_event += 1;
+        let slot = self.launches.iter().position(|(d, _)| *d == db).unwrap_or_else(|| {
+            self.launches.iter().enumerate().min_by_key(|(_, (_, t))| *t).map(|(i, _)| i).expect("16 entries")
+        });
+        let due = self.launches[slot].0 != db || now - self.launches[slot].1 >= 1;
+        if due {
+            self.launches[slot] = (db, now);
+        }
+        due
     }
 }
 
@@ -170,11 +215,11 @@ fn throttle(key_id: Option<&str>) {
 /// A successful authentication clears its key id's count.
 pub fn forget(key_id: &str) {
     let hash = throttle::hash(KIND_KEY, key_id.as_bytes());
-    if FAILURES.share().find(hash).is_none() {
+    if find(&FAILURES.share().slots, hash).is_none() {
         return;
     }
     let mut f = FAILURES.exclusive();
-    if let Some(i) = f.find(hash) {
+    if let Some(i) = find(&f.slots, hash) {
         f.slots[i].count = 0;
     }
 }
@@ -198,43 +243,67 @@ fn count_and_queue(key_id: Option<&str>, reason: &str) {
             if kind == KIND_KEY && what.is_empty() {
                 continue;
             }
-            let slot = f.slot_for(throttle::hash(kind, what.as_bytes()));
+            let slot = slot_for(&mut f.slots, throttle::hash(kind, what.as_bytes()));
             slot.count = throttle::next_count(slot.count, slot.last, now);
             slot.last = now;
-        }
-        let i = (f.next_event % EVENTS as u64) as usize;
-        if f.events[i].db != 0 {
-            f.dropped += 1;
         }
         let mut e = Event { db: db.to_u32(), role: role.to_u32(), at_us: now_micros(), ..Event::default() };
         e.key_len = copy_into(&mut e.key_id, key_id.unwrap_or(""));
         e.client_len = copy_into(&mut e.client, &client);
         e.reason_len = copy_into(&mut e.reason, reason);
-        f.events[i] = e;
-        f.next_event += 1;
-        // Start a flushing worker unless one started for this database within the last second.
-        let slot = f.launches.iter().position(|(d, _)| *d == db.to_u32()).unwrap_or_else(|| {
-            f.launches.iter().enumerate().min_by_key(|(_, (_, t))| *t).map(|(i, _)| i).expect("16 entries")
-        });
-        let due = f.launches[slot].0 != db.to_u32() || now - f.launches[slot].1 >= 1;
-        if due {
-            f.launches[slot] = (db.to_u32(), now);
-        }
-        due
+        f.push(e, now)
     };
     if launch {
-        let started = BackgroundWorkerBuilder::new("sutra audit flush")
-            .set_type("sutra audit flush")
-            .set_library("sutra")
-            .set_function("sutra_audit_flush_main")
-            .set_argument(Some(pg_sys::Datum::from(db.to_u32())))
-            .enable_spi_access()
-            .set_start_time(BgWorkerStartTime::RecoveryFinished)
-            .set_restart_time(None)
-            .load_dynamic();
-        if started.is_err() {
-            pgrx::log!("sutra: could not start the audit flush worker; failed authentications stay queued");
+        start_writer(db);
+    }
+}
+
+/// Queues the audit row and notification of a statement refused over a limit (`limit`: its
+/// name, such as `rows_total` or `monthly.tokens`), unless one for the same tenant and limit was
+/// queued within `sutra.refusal_audit_interval`. Called before the refusal is raised.
+pub fn queue_refusal(tenant: [u8; 16], limit: &str, value: f64, limit_value: f64) {
+    let now = now_unix();
+    let interval = crate::guc::REFUSAL_AUDIT_INTERVAL.get() as i64;
+    let hash = throttle::hash(KIND_REFUSAL, &[&tenant[..], limit.as_bytes()].concat());
+    // SAFETY: plain backend globals.
+    let (db, role) = unsafe { (pg_sys::MyDatabaseId, caller::outer_user()) };
+    let launch = {
+        let mut f = FAILURES.exclusive();
+        let slot = slot_for(&mut f.refusals, hash);
+        if slot.last != 0 && now - slot.last < interval {
+            return;
         }
+        slot.last = now;
+        let mut e = Event {
+            db: db.to_u32(),
+            role: role.to_u32(),
+            at_us: now_micros(),
+            kind: EVENT_REFUSAL,
+            tenant,
+            value,
+            limit_value,
+            ..Event::default()
+        };
+        e.limit_len = copy_into(&mut e.limit, limit);
+        f.push(e, now)
+    };
+    if launch {
+        start_writer(db);
+    }
+}
+
+fn start_writer(db: pg_sys::Oid) {
+    let started = BackgroundWorkerBuilder::new("sutra audit flush")
+        .set_type("sutra audit flush")
+        .set_library("sutra")
+        .set_function("sutra_audit_flush_main")
+        .set_argument(Some(pg_sys::Datum::from(db.to_u32())))
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(None)
+        .load_dynamic();
+    if started.is_err() {
+        pgrx::log!("sutra: could not start the audit flush worker; failed authentications and refusals stay queued");
     }
 }
 
@@ -304,12 +373,16 @@ pub extern "C-unwind" fn sutra_audit_flush_main(arg: pg_sys::Datum) {
                     .unwrap_or(false);
                 if !installed {
                     pgrx::log!(
-                        "sutra: {} failed authentication(s) not audited: sutra is not installed here",
+                        "sutra: {} failed authentication(s) and refusal(s) not audited: sutra is not installed here",
                         events.len()
                     );
                     return;
                 }
                 for e in &events {
+                    if e.kind == EVENT_REFUSAL {
+                        write_refusal(e);
+                        continue;
+                    }
                     let key_id = text(&e.key_id, e.key_len);
                     let r = Spi::run_with_args(
                         "INSERT INTO sutra.audit_log (at, tenant_id, action, actor, session_role, client_addr, details)
@@ -333,6 +406,36 @@ pub extern "C-unwind" fn sutra_audit_flush_main(arg: pg_sys::Datum) {
                 }
             })
         });
+    }
+}
+
+/// Writes a refusal's audit row and notifies channel `sutra_limits` (delivered when the writer's
+/// transaction commits).
+fn write_refusal(e: &Event) {
+    let limit = text(&e.limit, e.limit_len);
+    let r = Spi::run_with_args(
+        "INSERT INTO sutra.audit_log (at, tenant_id, action, actor, session_role, details)
+         VALUES (to_timestamp($1 / 1e6), $2, 'limit.refused', coalesce((SELECT rolname FROM pg_roles WHERE oid = $3), '?'),
+                 coalesce((SELECT rolname FROM pg_roles WHERE oid = $3), '?'),
+                 jsonb_build_object('limit', $4, 'value', $5, 'limit_value', $6))",
+        &[
+            e.at_us.into(),
+            pgrx::Uuid::from_bytes(e.tenant).into(),
+            pg_sys::Oid::from(e.role).into(),
+            limit.as_str().into(),
+            e.value.into(),
+            e.limit_value.into(),
+        ],
+    )
+    .and_then(|_| {
+        Spi::run_with_args(
+            "SELECT pg_notify('sutra_limits', jsonb_build_object('tenant', $1, 'limit', $2, 'value', $3,
+                                                                 'limit_value', $4, 'event', 'limit.refused')::text)",
+            &[pgrx::Uuid::from_bytes(e.tenant).into(), limit.as_str().into(), e.value.into(), e.limit_value.into()],
+        )
+    });
+    if let Err(err) = r {
+        pgrx::log!("sutra: could not audit a refusal: {err}");
     }
 }
 

@@ -68,12 +68,12 @@ pub fn init() {
 
 /// Counts one more in `counter` of `slot`, unless that would pass `max`: then it counts a
 /// refusal (`why`) instead and returns the limit.
-fn take_one(slot: &Slot, counter: &AtomicI32, max: Option<i32>, why: Refusal) -> Option<i32> {
+fn take_one(slot: &Slot, counter: &AtomicI32, max: Option<i32>, why: Refusal, limit: &str) -> Option<i32> {
     let now = counter.fetch_add(1, Ordering::AcqRel) + 1;
     match max {
         Some(max) if now > max => {
             counter.fetch_sub(1, Ordering::AcqRel);
-            slot.refuse(why);
+            super::refusals::refused(slot, why, limit, now as f64, max as f64);
             Some(max)
         }
         _ => None,
@@ -90,7 +90,7 @@ fn admit(tenant: pgrx::Uuid) {
     DEPTH.with(|d| d.set(d.get() - 1));
     if let Some((rate, burst)) = limits.rate() {
         if let Err(wait) = Gcra::new(rate, burst).take(&slot.tat, now_ns()) {
-            slot.refuse(Refusal::Rate);
+            super::refusals::refused(&slot, Refusal::Rate, "ops_per_second", rate, rate);
             raise_detail(
                 PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
                 format!("rate limit exceeded for tenant {tenant}"),
@@ -101,7 +101,9 @@ fn admit(tenant: pgrx::Uuid) {
             );
         }
     }
-    if let Some(max) = take_one(&slot, &slot.active, limits.concurrent_statements, Refusal::Concurrency) {
+    if let Some(max) =
+        take_one(&slot, &slot.active, limits.concurrent_statements, Refusal::Concurrency, "concurrent_statements")
+    {
         raise_hint(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES,
             format!("too many concurrent statements for tenant {tenant}"),
@@ -204,7 +206,9 @@ pub fn reserve_connection(tenant: &pgrx::Uuid) {
         return;
     }
     let slot = shmem::slot(shmem::my_db(), &key).unwrap_or_else(|_| shmem::raise_full("tenant"));
-    if let Some(max) = take_one(&slot, &slot.connections, limits::of(tenant).connections, Refusal::Connections) {
+    if let Some(max) =
+        take_one(&slot, &slot.connections, limits::of(tenant).connections, Refusal::Connections, "connections")
+    {
         raise_hint(
             PgSqlErrorCode::ERRCODE_TOO_MANY_CONNECTIONS,
             format!("too many connections for tenant {tenant}"),

@@ -8,6 +8,7 @@ pub mod hooks;
 pub mod limits;
 pub mod meter;
 pub mod quota;
+pub mod refusals;
 pub mod report;
 pub mod shmem;
 

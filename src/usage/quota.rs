@@ -277,7 +277,7 @@ fn known(tenant: &pgrx::Uuid) -> bool {
 }
 
 fn exceeded(slot: &Slot, tenant: &pgrx::Uuid, what: &str, limit: i64, value: i64, unit: &str) -> ! {
-    slot.refuse(shmem::Refusal::Quota);
+    super::refusals::refused(slot, shmem::Refusal::Quota, what, value as f64, limit as f64);
     raise_detail(
         PgSqlErrorCode::ERRCODE_DISK_FULL,
         format!("quota exceeded for tenant {tenant}: {what} is limited to {limit}"),
@@ -292,9 +292,12 @@ fn crossed(tenant: &pgrx::Uuid, what: &str, limit: i64, before: i64, after: i64,
         pgrx::warning!("tenant {tenant} has used {after} of its {what} limit of {limit}");
         let details =
             format!(r#"{{"limit": "{what}", "value": {after}, "limit_value": {limit}, "threshold": {threshold}}}"#);
+        // Audited, and notified on channel sutra_limits, in the writing transaction.
         let _ = as_superuser(|| {
             Spi::run_with_args(
-                "SELECT sutra._audit('quota.soft_limit', $1, $2::jsonb)",
+                "SELECT sutra._audit('quota.soft_limit', $1, $2::jsonb),
+                        pg_notify('sutra_limits', (jsonb_build_object('tenant', $1, 'event', 'quota.soft_limit')
+                                                   || $2::jsonb - 'threshold')::text)",
                 &[(*tenant).into(), details.into()],
             )
         });
