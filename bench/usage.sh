@@ -5,7 +5,8 @@
 #   2. quota triggers on vs off: single-row INSERTs, 16 clients, over 100 tenants and all on one
 #      tenant (the same table with the sutra_quota_row trigger disabled is the baseline);
 #   3. shared memory per tenant;
-#   4. record_usage with a monthly cap vs without, one client, at about 0 and 1,000,000 events.
+#   4. record_usage with a monthly cap vs without, one client, at about 0 and 1,000,000 events;
+#   5. ingestion: record_usage vs a plain INSERT at 8 clients, record_usage_batch, COPY.
 # Runs alternate on/off (the order flips every round), 4 rounds of BENCH_SECONDS (default 8)
 # each, and report medians; the table is emptied (and the quota counts recounted) before each
 # insert run.
@@ -123,4 +124,40 @@ first=$(client "$PG_BIN/psql" -X -q -A -t -h "$HOST" -p "$PORT" -U postgres -d b
     -c "\\timing on" -c "SELECT sutra.record_usage('tokens', 1, tenant => 'capped')" | sed -nE 's/^Time: ([0-9.]+) ms.*/\1/p')
 echo "first capped call after 1,000,000 events (sums the month once): $first ms"
 cap_cost "1,000,000"
+
+# 5. Ingestion: single-event record_usage vs a plain INSERT of the same row into a table with a
+#    unique key (8 clients each, a tenant session), and record_usage_batch with 1,000 events per
+#    call, every event with an idempotency key (2 clients); then COPY through sutra.usage_ingest.
+psql_db -c "CREATE TABLE plain_events (tenant_id uuid NOT NULL, event_type text NOT NULL, quantity numeric NOT NULL,
+                                       properties jsonb NOT NULL, idempotency_key text NOT NULL,
+                                       occurred_at timestamptz NOT NULL, PRIMARY KEY (tenant_id, idempotency_key))" >/dev/null
+cat >"$WORK/plain.sql" <<'SQL'
+INSERT INTO plain_events VALUES ('00000000-0000-0000-0000-000000000001', 'api.call', 1, '{}', md5(random()::text || clock_timestamp()::text), now());
+SQL
+cat >"$WORK/single.sql" <<'SQL'
+SELECT sutra.record_usage('api.call', 1, '{}', md5(random()::text || clock_timestamp()::text));
+SQL
+cat >"$WORK/batch.sql" <<'SQL'
+SELECT sutra.record_usage_batch((SELECT jsonb_agg(jsonb_build_object('event_type', 'api.call', 'idempotency_key', md5(random()::text || clock_timestamp()::text || i))) FROM generate_series(1, 1000) i));
+SQL
+rate() { # rate CLIENTS SCRIPT: transactions per second in a tenant session
+    client env PGOPTIONS="-c sutra.tenant_id=$context" "$PG_BIN/pgbench" -n -c "$1" -j 2 -T "$SECS" -h "$HOST" \
+        -p "$PORT" -U postgres -f "$WORK/$2.sql" bench_usage 2>/dev/null | sed -nE 's/^tps = ([0-9.]+).*/\1/p'
+}
+single=() plain=() batch=()
+for round in 1 2 3 4; do
+    if [ $((round % 2)) = 1 ]; then single+=("$(rate 8 single)"); plain+=("$(rate 8 plain)")
+    else plain+=("$(rate 8 plain)"); single+=("$(rate 8 single)"); fi
+    batch+=("$(rate 2 batch)")
+done
+awk -v s="$(median "${single[@]}")" -v p="$(median "${plain[@]}")" -v b="$(median "${batch[@]}")" 'BEGIN {
+    printf "record_usage, 8 clients: %.0f events/s vs plain INSERT %.0f rows/s, ratio %.3f (bar >= 0.5)\n", s, p, s / p
+    printf "record_usage_batch, 1,000 events a call, 2 clients: %.0f events/s = %.0f events/minute (bar >= 1,000,000)\n", b * 1000, b * 60000 }'
+echo "    (runs: single ${single[*]}; plain ${plain[*]}; batch calls/s ${batch[*]})"
+seq 1 20000 | awk '{printf "api.call\tcopy-%d-%s\n", $1, srand()}' >"$WORK/copy.tsv"
+chmod 644 "$WORK/copy.tsv"
+copy_ms=$(client env PGOPTIONS="-c sutra.tenant_id=$context" "$PG_BIN/psql" -X -q -A -t -h "$HOST" -p "$PORT" \
+    -U postgres -d bench_usage -c "\\timing on" \
+    -c "\\copy sutra.usage_ingest (event_type, idempotency_key) FROM '$WORK/copy.tsv'" | sed -nE 's/^Time: ([0-9.]+) ms.*/\1/p')
+awk -v ms="$copy_ms" 'BEGIN { printf "COPY through sutra.usage_ingest: 20,000 events in %.0f ms, %.0f events/s\n", ms, 20000000 / ms }'
 echo "reproduce: bench/usage.sh"

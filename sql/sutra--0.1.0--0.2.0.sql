@@ -122,6 +122,8 @@ DECLARE
     tenant_plan text;
     month timestamptz := date_trunc('month', at, 'UTC');
     day timestamptz := date_trunc('day', at, 'UTC');
+    start timestamptz;
+    after numeric;
     m record;
     t record;
     unit_price numeric;
@@ -138,6 +140,23 @@ BEGIN
     threshold := CASE WHEN jsonb_typeof(l -> 'soft_threshold') = 'number'
                            AND (l ->> 'soft_threshold')::numeric > 0 AND (l ->> 'soft_threshold')::numeric <= 1
                       THEN (l ->> 'soft_threshold')::numeric ELSE 0.8 END;
+    IF monthly_cost IS NULL AND daily_cost IS NULL AND (monthly IS NULL) <> (daily IS NULL) THEN
+        -- The common case, one cap on the event type: its total updated here, checked in one call.
+        start := CASE WHEN monthly IS NOT NULL THEN month ELSE day END;
+        UPDATE sutra.usage_totals u SET quantity = u.quantity + _charge_caps.quantity
+        WHERE u.tenant_id = tenant AND u.key = event_type
+          AND u.period = CASE WHEN monthly IS NOT NULL THEN 'month' ELSE 'day' END AND u.period_start = start
+        RETURNING u.quantity INTO after;
+        IF NOT FOUND THEN
+            after := (sutra._usage_total_add(tenant, event_type, CASE WHEN monthly IS NOT NULL THEN 'month' ELSE 'day' END,
+                                             start, NULL, _charge_caps.quantity)).after;
+        END IF;
+        PERFORM sutra._check_cap(tenant, format('%s cap of %s', CASE WHEN monthly IS NOT NULL THEN 'monthly' ELSE 'daily' END,
+                                                event_type),
+                                 CASE WHEN monthly IS NOT NULL THEN 'monthly.' ELSE 'daily.' END || event_type,
+                                 coalesce(monthly, daily), threshold, after - _charge_caps.quantity, after, NULL);
+        RETURN;
+    END IF;
     IF monthly_cost IS NOT NULL OR daily_cost IS NOT NULL THEN
         tenant_plan := (SELECT x.plan FROM sutra.tenants x WHERE x.id = tenant);
         SELECT p.unit_price, p.included INTO unit_price, included FROM sutra.prices p
@@ -263,6 +282,12 @@ AS $function$
                      AND ic.relam = (SELECT a.oid FROM pg_am a WHERE a.amname = 'btree'));
 $function$;
 
+CREATE OR REPLACE FUNCTION sutra._limit_counters()
+ RETURNS TABLE(name text, limit_name text, value bigint)
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$limit_counters_wrapper$function$;
+
 CREATE OR REPLACE FUNCTION sutra._limit_value(plan jsonb, overrides jsonb, key text)
  RETURNS numeric
  LANGUAGE sql
@@ -321,6 +346,14 @@ CREATE OR REPLACE FUNCTION sutra._owns(tbl regclass)
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
     SELECT coalesce((SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_class c WHERE c.oid = tbl), false);
+$function$;
+
+CREATE OR REPLACE FUNCTION sutra._prometheus_label(v text)
+ RETURNS text
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+AS $function$
+    SELECT replace(replace(replace(v, '\', '\\'), '"', '\"'), E'\n', '\n')
 $function$;
 
 CREATE OR REPLACE FUNCTION sutra._purge_tenant(tenant uuid)
@@ -538,6 +571,17 @@ BEGIN
     EXECUTE format('ALTER TABLE sutra.usage_events ATTACH PARTITION sutra.%I FOR VALUES FROM (%L) TO (%L)', name,
                    to_char(lo AT TIME ZONE 'UTC', 'YYYY-MM-DD') || ' 00:00:00+00',
                    to_char((lo + interval '1 month') AT TIME ZONE 'UTC', 'YYYY-MM-DD') || ' 00:00:00+00');
+END $function$;
+
+CREATE OR REPLACE FUNCTION sutra._usage_ingest_row()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+    PERFORM sutra.record_usage(NEW.event_type, coalesce(NEW.quantity, 1), coalesce(NEW.properties, '{}'),
+                               NEW.idempotency_key, NEW.occurred_at, NEW.tenant);
+    RETURN NEW;
 END $function$;
 
 CREATE OR REPLACE FUNCTION sutra._usage_total_add(tenant uuid, key text, period text, start timestamp with time zone, plan text, amount numeric, OUT before numeric, OUT after numeric)
@@ -869,26 +913,38 @@ BEGIN
         WITH counters AS (
             SELECT c.*, row_number() OVER (ORDER BY c.statements DESC, c.tenant_id) AS rank
             FROM sutra._tenant_counters() c
+        ), storage AS (
+            SELECT q.tenant_id, q.rows AS stored_rows, q.bytes AS storage_bytes, q.vectors AS stored_vectors
+            FROM sutra._quota_totals() q
         ), rows AS (
-            SELECT to_jsonb(c) || jsonb_build_object('slug', coalesce(t.slug, '')) AS r
+            -- Label values escaped as the text format wants (backslash, double quote, newline).
+            SELECT to_jsonb(c) || coalesce(to_jsonb(s), '{}')
+                   || jsonb_build_object('labels', format('tenant_id="%s",tenant="%s",plan="%s"', c.tenant_id,
+                                                          sutra._prometheus_label(coalesce(t.slug, '')),
+                                                          sutra._prometheus_label(coalesce(t.plan, '')))) AS r,
+                   coalesce(t.slug, '') AS slug
             FROM counters c LEFT JOIN sutra.tenants t ON t.id = c.tenant_id
+            LEFT JOIN storage s ON s.tenant_id = c.tenant_id
             WHERE c.rank <= top OR (metrics.recent AND c.recent)
-        ), defs (ord, name, kind, help) AS (VALUES
-            (1, 'statements', 'counter', 'Statements run by tenant sessions.'),
-            (2, 'rows_read', 'counter', 'Rows returned to tenant sessions.'),
-            (3, 'rows_written', 'counter', 'Rows inserted, updated or deleted by tenant sessions.'),
-            (4, 'vector_searches', 'counter', 'Vector index searches of tenant sessions.'),
-            (5, 'bytes_written', 'counter', 'Bytes written by tenant sessions.'),
-            (6, 'connection_seconds', 'counter', 'Seconds sessions held the tenant''s context.'),
-            (7, 'rate_limited', 'counter', 'Statements refused by the rate limit.'),
-            (8, 'concurrency_refused', 'counter', 'Statements refused by the concurrent statement limit.'),
-            (9, 'connections_refused', 'counter', 'Contexts refused by the connection limit.'),
-            (10, 'quota_refused', 'counter', 'Statements refused by a quota.'),
-            (11, 'active_statements', 'gauge', 'Statements running now.'),
-            (12, 'connections', 'gauge', 'Sessions holding the tenant''s context now.')
+        ), defs (ord, col, name, kind, help) AS (VALUES
+            (1, 'statements', 'statements', 'counter', 'Statements run by tenant sessions.'),
+            (2, 'rows_read', 'rows_read', 'counter', 'Rows returned to tenant sessions.'),
+            (3, 'rows_written', 'rows_written', 'counter', 'Rows inserted, updated or deleted by tenant sessions.'),
+            (4, 'vector_searches', 'vector_searches', 'counter', 'Vector index searches of tenant sessions.'),
+            (5, 'bytes_written', 'written_bytes', 'counter', 'Bytes written by tenant sessions.'),
+            (6, 'connection_seconds', 'connection_seconds', 'counter', 'Seconds sessions held the tenant''s context.'),
+            (7, 'rate_limited', 'rate_limited', 'counter', 'Statements refused by the rate limit.'),
+            (8, 'concurrency_refused', 'concurrency_refused', 'counter', 'Statements refused by the concurrent statement limit.'),
+            (9, 'connections_refused', 'connections_refused', 'counter', 'Contexts refused by the connection limit.'),
+            (10, 'quota_refused', 'quota_refused', 'counter', 'Statements refused by a quota or a usage cap.'),
+            (11, 'active_statements', 'active_statements', 'gauge', 'Statements running now.'),
+            (12, 'connections', 'connections', 'gauge', 'Sessions holding the tenant''s context now.'),
+            (13, 'stored_rows', 'stored_rows', 'gauge', 'Rows of the tenant in its tenant tables (quota counts).'),
+            (14, 'storage_bytes', 'storage_bytes', 'gauge', 'Bytes of those rows (quota counts).'),
+            (15, 'stored_vectors', 'stored_vectors', 'gauge', 'Vectors in those rows (quota counts).')
         ), named AS (
             SELECT d.*, CASE WHEN d.kind = 'counter' THEN '_total' ELSE '' END AS suffix, s.value AS server_value
-            FROM defs d LEFT JOIN sutra._server_counters() s ON s.metric = d.name
+            FROM defs d LEFT JOIN sutra._server_counters() s ON s.metric = d.col
         )
         SELECT string_agg(
                    -- Every tenant together (counters only), then the selected tenants.
@@ -899,12 +955,22 @@ BEGIN
                    ELSE '' END
                    || format(E'# HELP sutra_tenant_%s%s %s\n# TYPE sutra_tenant_%s%s %s\n',
                              n.name, n.suffix, n.help, n.name, n.suffix, n.kind)
-                   || coalesce((SELECT string_agg(format(E'sutra_tenant_%s%s{tenant_id="%s",tenant="%s"} %s\n',
-                                                         n.name, n.suffix, x.r ->> 'tenant_id', x.r ->> 'slug',
-                                                         x.r ->> n.name),
-                                                  '' ORDER BY x.r ->> 'slug') FROM rows x), ''),
+                   || coalesce((SELECT string_agg(format(E'sutra_tenant_%s%s{%s} %s\n', n.name, n.suffix,
+                                                         x.r ->> 'labels', coalesce(x.r ->> n.col, '0')),
+                                                  '' ORDER BY x.slug, x.r ->> 'tenant_id') FROM rows x), ''),
                    '' ORDER BY n.ord)
         FROM named n)
+    || (SELECT E'# HELP sutra_auth_failures_total Failed authentications since server start.\n'
+               || E'# TYPE sutra_auth_failures_total counter\n'
+               || format(E'sutra_auth_failures_total %s\n', max(l.value) FILTER (WHERE l.name = 'auth_failures'))
+               || E'# HELP sutra_quota_refusals_total Statements refused over a limit since server start, by limit (usage_cap: every usage cap).\n'
+               || E'# TYPE sutra_quota_refusals_total counter\n'
+               || string_agg(format(E'sutra_quota_refusals_total{limit="%s"} %s\n', l.limit_name, l.value), ''
+                             ORDER BY l.limit_name) FILTER (WHERE l.name = 'refusals')
+               || E'# HELP sutra_audit_events_dropped_total Audit events of failed authentications and refusals lost to a full queue.\n'
+               || E'# TYPE sutra_audit_events_dropped_total counter\n'
+               || format(E'sutra_audit_events_dropped_total %s\n', max(l.value) FILTER (WHERE l.name = 'audit_events_dropped'))
+        FROM sutra._limit_counters() l)
     || (SELECT string_agg(format(E'# HELP sutra_%s %s\n# TYPE sutra_%s %s\nsutra_%s %s\n',
                                  s.name, s.help, s.name, s.kind, s.name, s.value), '')
         FROM sutra._shared_tables() s);
@@ -1007,6 +1073,110 @@ BEGIN
     RETURN true;
 END $function$;
 
+CREATE OR REPLACE FUNCTION sutra.record_usage_batch(events jsonb, tenant text DEFAULT NULL::text)
+ RETURNS integer
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    t uuid;
+    clock timestamptz := clock_timestamp();
+    lo timestamptz;
+    hi timestamptz;
+    bad record;
+    l jsonb;
+    g record;
+    month timestamptz;
+    types text[];
+    quantities numeric[];
+    props jsonb[];
+    keys text[];
+    ats timestamptz[];
+    ids uuid[];
+BEGIN
+    IF tenant IS NOT NULL THEN
+        PERFORM sutra._require_service('record usage for a tenant');
+        t := (sutra._tenant_row(tenant)).id;
+    ELSE
+        t := sutra.current_tenant('write');
+    END IF;
+    IF jsonb_typeof(events) IS DISTINCT FROM 'array' OR jsonb_array_length(events) > 10000 THEN
+        RAISE EXCEPTION 'events must be a JSON array of at most 10000 objects' USING ERRCODE = '22023',
+            DETAIL = format('The value given is a JSON %s%s.', coalesce(jsonb_typeof(events), 'null'),
+                            CASE WHEN jsonb_typeof(events) = 'array'
+                                 THEN ' of ' || jsonb_array_length(events) || ' elements' ELSE '' END);
+    END IF;
+    lo := CASE WHEN sutra._caller_is_service() THEN '2000-01-01 00:00:00+00'
+               ELSE greatest(clock - current_setting('sutra.usage_event_max_age')::interval, '2000-01-01 00:00:00+00') END;
+    hi := clock + current_setting('sutra.usage_event_max_future')::interval;
+    -- The first event that record_usage would refuse, and why.
+    SELECT x.i, x.why INTO bad FROM (
+        SELECT i, CASE
+            WHEN jsonb_typeof(e) <> 'object' THEN 'is not a JSON object'
+            WHEN jsonb_typeof(e -> 'event_type') IS DISTINCT FROM 'string'
+                 OR NOT (e ->> 'event_type') ~ '^[A-Za-z0-9_.:-]{1,100}$'
+                THEN 'has no valid event_type (1 to 100 characters: letters, digits, and _ . : or -)'
+            WHEN e ? 'quantity' AND (jsonb_typeof(e -> 'quantity') <> 'number'
+                                     OR NOT (e ->> 'quantity')::numeric BETWEEN 0 AND 1e15)
+                THEN 'has a quantity that is not a number from 0 to 10^15'
+            WHEN e ? 'properties' AND jsonb_typeof(e -> 'properties') <> 'object'
+                THEN 'has properties that are not a JSON object'
+            WHEN pg_column_size(e -> 'properties') > 8192 THEN 'has properties of more than 8192 bytes'
+            WHEN e ? 'idempotency_key' AND (jsonb_typeof(e -> 'idempotency_key') <> 'string'
+                                            OR length(e ->> 'idempotency_key') NOT BETWEEN 1 AND 255)
+                THEN 'has an idempotency_key that is not a string of 1 to 255 characters'
+            WHEN e ? 'occurred_at' AND jsonb_typeof(e -> 'occurred_at') <> 'string'
+                THEN 'has an occurred_at that is not a timestamp string'
+            WHEN e ? 'occurred_at' AND NOT (e ->> 'occurred_at')::timestamptz BETWEEN lo AND hi
+                THEN 'has an occurred_at outside the window record_usage takes (sutra.usage_event_max_age back, sutra.usage_event_max_future ahead)'
+            WHEN (SELECT count(*) FROM jsonb_object_keys(e) k
+                  WHERE k NOT IN ('event_type', 'quantity', 'properties', 'idempotency_key', 'occurred_at')) > 0
+                THEN 'has a key other than event_type, quantity, properties, idempotency_key and occurred_at'
+            END AS why
+        FROM jsonb_array_elements(events) WITH ORDINALITY x(e, i)) x
+    WHERE x.why IS NOT NULL ORDER BY x.i LIMIT 1;
+    IF bad.i IS NOT NULL THEN
+        RAISE EXCEPTION 'invalid usage event at position %', bad.i USING ERRCODE = '22023',
+            DETAIL = format('Event %s %s.', bad.i, bad.why);
+    END IF;
+    -- The events not seen before (by idempotency key, in the batch and before it).
+    WITH ev AS (
+        SELECT x.i, x.e ->> 'event_type' AS event_type, coalesce((x.e ->> 'quantity')::numeric, 1) AS quantity,
+               coalesce(x.e -> 'properties', '{}') AS properties, x.e ->> 'idempotency_key' AS key,
+               coalesce((x.e ->> 'occurred_at')::timestamptz, now()) AS at, gen_random_uuid() AS id
+        FROM jsonb_array_elements(events) WITH ORDINALITY x(e, i)
+    ), first AS (
+        SELECT DISTINCT ON (ev.key) ev.key, ev.id FROM ev WHERE ev.key IS NOT NULL ORDER BY ev.key, ev.i
+    ), new_keys AS (
+        INSERT INTO sutra.usage_event_keys SELECT t, f.key, f.id FROM first f
+        ON CONFLICT DO NOTHING RETURNING event_id
+    )
+    SELECT array_agg(ev.event_type ORDER BY ev.i), array_agg(ev.quantity ORDER BY ev.i),
+           array_agg(ev.properties ORDER BY ev.i), array_agg(ev.key ORDER BY ev.i), array_agg(ev.at ORDER BY ev.i),
+           array_agg(ev.id ORDER BY ev.i)
+    INTO types, quantities, props, keys, ats, ids
+    FROM ev WHERE ev.key IS NULL OR ev.id IN (SELECT n.event_id FROM new_keys n);
+    IF types IS NULL THEN
+        RETURN 0;
+    END IF;
+    -- Caps: the events of one type and day are charged together.
+    l := sutra._limits(t);
+    IF l ?| '{monthly,daily,monthly_cost,daily_cost}' THEN
+        FOR g IN SELECT u.ty, date_trunc('day', u.at, 'UTC') AS day, sum(u.q) AS q
+                 FROM unnest(types, quantities, ats) u(ty, q, at) GROUP BY 1, 2 ORDER BY 1, 2 LOOP
+            PERFORM sutra._charge_caps(t, g.ty, g.q, g.day);
+        END LOOP;
+    END IF;
+    FOR month IN SELECT DISTINCT date_trunc('month', u.at, 'UTC') FROM unnest(ats) u(at) LOOP
+        PERFORM sutra._usage_events_partition(month);
+    END LOOP;
+    INSERT INTO sutra.usage_events (tenant_id, event_type, quantity, properties, idempotency_key, occurred_at, event_id)
+    SELECT t, u.ty, u.q, u.p, u.k, u.at, u.id FROM unnest(types, quantities, props, keys, ats, ids) u(ty, q, p, k, at, id);
+    PERFORM sutra._usage_events_partition(date_trunc('month', clock, 'UTC') + interval '1 month', false);
+    RETURN cardinality(types);
+END $function$;
+
 CREATE OR REPLACE FUNCTION sutra.set_tenant(tenant text, local boolean DEFAULT NULL::boolean, scopes text[] DEFAULT '{read,write,admin}'::text[], session boolean DEFAULT false)
  RETURNS uuid
  LANGUAGE c
@@ -1078,6 +1248,36 @@ BEGIN
     RETURN n;
 END $function$;
 
+CREATE OR REPLACE FUNCTION sutra.usage_summary(tenant text, from_ts timestamp with time zone, to_ts timestamp with time zone, granularity text, group_by text)
+ RETURNS TABLE(bucket timestamp with time zone, metric text, group_value text, quantity numeric)
+ LANGUAGE plpgsql
+ STABLE SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    t uuid := (sutra._tenant_row(tenant)).id;
+BEGIN
+    PERFORM sutra._require_usage_reader(t);
+    IF granularity IS NULL OR granularity NOT IN ('minute', 'hour', 'day', 'month') THEN
+        RAISE EXCEPTION 'invalid granularity "%"', granularity USING ERRCODE = '22023',
+            HINT = 'Use minute, hour, day or month.';
+    END IF;
+    RETURN QUERY
+    SELECT date_trunc(granularity, u.at, 'UTC') AS b, u.m, u.g, sum(u.q)
+    FROM (SELECT r.minute AS at, r.metric AS m, NULL::text AS g, r.quantity AS q FROM sutra.usage_rollups r
+          WHERE r.tenant_id = t AND r.minute >= from_ts AND r.minute < to_ts
+          UNION ALL
+          SELECT e.occurred_at, e.event_type, e.properties ->> group_by, e.quantity FROM sutra.usage_events e
+          WHERE e.tenant_id = t AND e.occurred_at >= from_ts AND e.occurred_at < to_ts) u
+    GROUP BY 1, 2, 3 ORDER BY 1, 2, 3;
+END $function$;
+
+CREATE OR REPLACE FUNCTION sutra.usage_summary(tenant uuid, from_ts timestamp with time zone, to_ts timestamp with time zone, granularity text, group_by text)
+ RETURNS TABLE(bucket timestamp with time zone, metric text, group_value text, quantity numeric)
+ LANGUAGE sql
+ STABLE
+AS $function$ SELECT * FROM sutra.usage_summary(tenant::text, from_ts, to_ts, granularity, group_by) $function$;
+
 -- Usage events: quantities and idempotency keys within range (record_usage refused others since
 -- 0.2.0), and no default partition: its events move to their month's partition.
 DO $$
@@ -1139,6 +1339,52 @@ CREATE TRIGGER usage_totals_reset AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE O
 CREATE VIEW tenants_near_limits AS SELECT * FROM sutra._tenants_near_limits();
 GRANT SELECT ON tenants_near_limits TO sutra_service;
 
+-- Metered usage in the billing exports (minute rows once their minute is over, with stable
+-- identifiers), and COPY into usage events through a view.
+CREATE VIEW _metered_events WITH (security_invoker = true) AS
+    SELECT r.tenant_id, 'sutra.' || r.metric AS event_type,
+           format('sutra.%s:%s:%s', r.metric, r.tenant_id, to_char(r.minute AT TIME ZONE 'UTC', 'YYYYMMDDHH24MI'))
+               AS identifier,
+           r.minute AS occurred_at, r.quantity
+    FROM sutra.usage_rollups r
+    WHERE r.minute < date_trunc('minute', now()) - interval '1 minute'
+      AND r.minute >= (SELECT c.hours_until FROM sutra.usage_compaction c);
+CREATE OR REPLACE VIEW usage_events_stripe WITH (security_invoker = true) AS
+    SELECT e.event_type AS event_name,
+           coalesce(e.idempotency_key, e.event_id::text) AS identifier,
+           extract(epoch FROM e.occurred_at)::bigint AS "timestamp",
+           jsonb_build_object('stripe_customer_id', t.settings ->> 'stripe_customer_id',
+                              'value', e.quantity::text) AS payload,
+           e.tenant_id, e.ingested_at
+    FROM sutra.usage_events e JOIN sutra.tenants t ON t.id = e.tenant_id
+    UNION ALL
+    SELECT m.event_type, m.identifier, extract(epoch FROM m.occurred_at)::bigint,
+           jsonb_build_object('stripe_customer_id', t.settings ->> 'stripe_customer_id', 'value', m.quantity::text),
+           m.tenant_id, m.occurred_at + interval '1 minute'
+    FROM sutra._metered_events m JOIN sutra.tenants t ON t.id = m.tenant_id;
+CREATE OR REPLACE VIEW usage_events_cloudevents WITH (security_invoker = true) AS
+    SELECT '1.0'::text AS specversion,
+           e.event_type AS type,
+           'sutra/' || current_database() AS source,
+           coalesce(e.idempotency_key, e.event_id::text) AS id,
+           e.tenant_id::text AS subject,
+           e.occurred_at AS time,
+           'application/json'::text AS datacontenttype,
+           e.properties || jsonb_build_object('quantity', e.quantity) AS data,
+           e.ingested_at
+    FROM sutra.usage_events e
+    UNION ALL
+    SELECT '1.0', m.event_type, 'sutra/' || current_database(), m.identifier, m.tenant_id::text, m.occurred_at,
+           'application/json', jsonb_build_object('quantity', m.quantity), m.occurred_at + interval '1 minute'
+    FROM sutra._metered_events m;
+CREATE VIEW usage_ingest AS
+    SELECT NULL::text AS event_type, NULL::numeric AS quantity, NULL::jsonb AS properties,
+           NULL::text AS idempotency_key, NULL::timestamptz AS occurred_at, NULL::text AS tenant
+    WHERE false;
+CREATE TRIGGER record INSTEAD OF INSERT ON usage_ingest FOR EACH ROW EXECUTE FUNCTION _usage_ingest_row();
+GRANT SELECT ON _metered_events, usage_compaction TO PUBLIC;
+GRANT INSERT ON usage_ingest TO PUBLIC;
+
 -- Indexes for the reports, retention and compaction.
 CREATE INDEX ON audit_log (at);
 CREATE INDEX ON tenants (plan);
@@ -1176,3 +1422,4 @@ REVOKE ALL ON FUNCTION _check_cap(uuid, text, text, jsonb, numeric, numeric, num
 REVOKE ALL ON FUNCTION _charge_caps(uuid, text, numeric, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _usage_totals_reset() FROM PUBLIC;
 REVOKE ALL ON FUNCTION _cap_refused(uuid, text, double precision, double precision) FROM PUBLIC;
+REVOKE ALL ON FUNCTION _limit_counters() FROM PUBLIC;

@@ -1,6 +1,8 @@
 """Rate, concurrency and connection limits per tenant, and metering, over real connections."""
 
 import json
+import os
+import subprocess
 import threading
 import time
 import uuid
@@ -244,6 +246,59 @@ def test_metrics_stay_bounded_whatever_the_tenant_count(tenant):
     total = next(l for l in top_one.splitlines() if l.startswith("sutra_statements_total "))
     assert value(total) >= sum(value(l) for l in series(every))
     assert any(l.startswith("sutra_tenant_slots ") for l in top_one.splitlines())
+
+
+def test_metrics_parse_as_prometheus_text_through_the_documented_scrape(tenant, tmp_path):
+    """The textfile collector scrape of docs/usage.md (psql -X -A -t into a .prom file) parses with
+    prometheus_client's own parser: HELP and TYPE for every family, counters named *_total in base
+    units, labels tenant (slug) and plan on every per-tenant series, storage gauges, the auth
+    failure and per-limit refusal counters, and the metering workers' health."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    tid, session = tenant({"rows_total": 1})
+    with superuser() as c:
+        c.execute("CREATE TABLE IF NOT EXISTS metrics_probe (id serial PRIMARY KEY, tenant_id uuid NOT NULL "
+                  "DEFAULT sutra.current_tenant())")
+        c.execute("SELECT sutra.enable_tenancy('metrics_probe')")
+        c.execute("GRANT SELECT, INSERT ON metrics_probe TO PUBLIC")
+        c.execute("GRANT USAGE ON SEQUENCE metrics_probe_id_seq TO PUBLIC")
+        slug, plan = c.execute("SELECT slug, plan FROM sutra.tenants WHERE id = %s", (tid,)).fetchone()
+    try:
+        with session() as s:
+            s.execute("INSERT INTO metrics_probe DEFAULT VALUES")
+            with pytest.raises(psycopg.Error):
+                s.execute("INSERT INTO metrics_probe DEFAULT VALUES")
+        prom = tmp_path / "sutra.prom"
+        out = subprocess.run(["psql", "-X", "-A", "-t", "-h", os.environ["SUTRA_TEST_HOST"], "-p",
+                              os.environ["SUTRA_TEST_PORT"], "-U", "postgres", "-d", "sutra_client",
+                              "-c", "SELECT sutra.metrics(top => 100000)"],
+                             capture_output=True, text=True, check=True).stdout
+        prom.write_text(out)
+        families = {f.name: f for f in text_string_to_metric_families(prom.read_text())}
+    finally:
+        with superuser() as c:
+            c.execute("DROP TABLE metrics_probe")
+    for f in families.values():
+        assert f.documentation, f.name
+        assert f.type in ("counter", "gauge"), f.name
+    # Counters: the parser names the family without _total; every sample has it.
+    assert "sutra_tenant_written_bytes" in families and "sutra_tenant_bytes_written" not in families
+    for name in ["sutra_auth_failures", "sutra_quota_refusals", "sutra_rate_limited", "sutra_tenant_statements"]:
+        assert families[name].type == "counter", name
+        assert all(s.name == name + "_total" for s in families[name].samples), name
+    mine = [s for s in families["sutra_tenant_statements"].samples if s.labels.get("tenant_id") == str(tid)]
+    assert len(mine) == 1 and mine[0].labels["tenant"] == slug and mine[0].labels["plan"] == plan, mine
+    for gauge, value in [("sutra_tenant_stored_rows", 1), ("sutra_tenant_storage_bytes", None),
+                         ("sutra_tenant_stored_vectors", 0)]:
+        sample = next(s for s in families[gauge].samples if s.labels["tenant_id"] == str(tid))
+        assert families[gauge].type == "gauge"
+        assert (sample.value == value) if value is not None else sample.value > 0, (gauge, sample)
+    refusals = {s.labels["limit"]: s.value for s in families["sutra_quota_refusals"].samples}
+    assert refusals["rows_total"] >= 1 and "usage_cap" in refusals, refusals
+    for health in ["sutra_metering_launcher_up", "sutra_metering_last_flush_timestamp_seconds",
+                   "sutra_metering_last_flush_age_seconds", "sutra_tenant_slots_in_use"]:
+        assert families[health].type == "gauge", health
+    assert families["sutra_metering_launcher_up"].samples[0].value == 1
 
 
 def test_tenants_near_limits_lists_exactly_the_tenants_near_a_limit():

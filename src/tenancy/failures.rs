@@ -28,6 +28,17 @@ const LAUNCHES: usize = 16;
 const KIND_KEY: u8 = 1;
 const KIND_CLIENT: u8 = 2;
 const KIND_REFUSAL: u8 = 3;
+/// The limits refusals are counted by; every usage cap counts as `usage_cap`.
+pub const LIMITS: [&str; 8] = [
+    "ops_per_second",
+    "concurrent_statements",
+    "connections",
+    "rows_total",
+    "rows_per_table",
+    "storage_bytes",
+    "vectors",
+    "usage_cap",
+];
 /// What a queued event is.
 const EVENT_AUTH_FAILURE: u8 = 0;
 const EVENT_REFUSAL: u8 = 1;
@@ -94,6 +105,10 @@ pub struct Failures {
     events: [Event; EVENTS],
     next_event: u64,
     dropped: u64,
+    /// Failed authentications since server start.
+    auth_failures: u64,
+    /// Refusals since server start, by [`LIMITS`].
+    refused: [u64; LIMITS.len()],
     /// Per database: when a flushing worker was last started (Unix seconds).
     launches: [(u32, i64); LAUNCHES],
 }
@@ -106,6 +121,8 @@ impl Default for Failures {
             events: [Event::default(); EVENTS],
             next_event: 0,
             dropped: 0,
+            auth_failures: 0,
+            refused: [0; LIMITS.len()],
             launches: [(0, 0); LAUNCHES],
         }
     }
@@ -239,6 +256,7 @@ fn count_and_queue(key_id: Option<&str>, reason: &str) {
     pgrx::log!("sutra: failed authentication: {reason}, key id {}, client {client}", key_id.unwrap_or("-"));
     let launch = {
         let mut f = FAILURES.exclusive();
+        f.auth_failures += 1;
         for (kind, what) in [(KIND_KEY, key_id.unwrap_or("")), (KIND_CLIENT, client.as_str())] {
             if kind == KIND_KEY && what.is_empty() {
                 continue;
@@ -269,6 +287,7 @@ pub fn queue_refusal(tenant: [u8; 16], limit: &str, value: f64, limit_value: f64
     let (db, role) = unsafe { (pg_sys::MyDatabaseId, caller::outer_user()) };
     let launch = {
         let mut f = FAILURES.exclusive();
+        f.refused[LIMITS.iter().position(|l| *l == limit).unwrap_or(LIMITS.len() - 1)] += 1;
         let slot = slot_for(&mut f.refusals, hash);
         if slot.last != 0 && now - slot.last < interval {
             return;
@@ -437,6 +456,13 @@ fn write_refusal(e: &Event) {
     if let Err(err) = r {
         pgrx::log!("sutra: could not audit a refusal: {err}");
     }
+}
+
+/// Failed authentications, refusals by limit ([`LIMITS`]) and audit events lost to a full queue,
+/// since server start, for `sutra.metrics()`.
+pub fn counters() -> (u64, [u64; LIMITS.len()], u64) {
+    let f = FAILURES.share();
+    (f.auth_failures, f.refused, f.dropped)
 }
 
 /// `sutra.reset_auth_failures()`: forgets every failure count (superusers only), e.g. after an

@@ -263,6 +263,7 @@ pub extern "C-unwind" fn sutra_metering_launcher_main(_arg: pg_sys::Datum) {
     unsafe { pg_sys::pqsignal(pg_sys::SIGUSR1 as i32, Some(launcher_sigusr1)) };
     let interval = || Duration::from_secs(crate::guc::USAGE_FLUSH_INTERVAL.get().max(1) as u64);
     let mut next = std::time::Instant::now() + interval();
+    shmem::note_launcher();
     loop {
         let now = std::time::Instant::now();
         if now < next {
@@ -277,6 +278,7 @@ pub extern "C-unwind" fn sutra_metering_launcher_main(_arg: pg_sys::Datum) {
             continue;
         }
         next = now + interval();
+        shmem::note_launcher();
         for db in shmem::databases_with_pending() {
             if !flush_database(db) {
                 return;
@@ -306,6 +308,9 @@ pub extern "C-unwind" fn sutra_metering_flush_main(arg: pg_sys::Datum) {
             installed
         })
     });
+    if installed {
+        shmem::note_flush();
+    }
     // Then, in a transaction of its own (a failure leaves the flush done), the compaction of
     // older rollups and the audit log's retention, at most once an hour per database; not while
     // the database's sutra is of another version than this library (between a library upgrade

@@ -122,14 +122,30 @@ fn server_counters() -> TableIterator<'static, (name!(metric, &'static str), nam
     TableIterator::new(rows)
 }
 
-/// `sutra._shared_tables()`: the shared tables' sizes and use, as (name, kind, value, help)
-/// rows for `sutra.metrics()`.
+/// `sutra._limit_counters()`: failed authentications, refusals by limit and audit events lost,
+/// since server start, as (name, limit, value) rows for `sutra.metrics()`.
+#[pg_extern(volatile, name = "_limit_counters")]
+fn limit_counters(
+) -> TableIterator<'static, (name!(name, &'static str), name!(limit_name, Option<&'static str>), name!(value, i64))> {
+    let (auth_failures, refused, dropped) = crate::tenancy::failures::counters();
+    let mut rows = vec![("auth_failures", None, auth_failures as i64), ("audit_events_dropped", None, dropped as i64)];
+    for (limit, n) in crate::tenancy::failures::LIMITS.into_iter().zip(refused) {
+        rows.push(("refusals", Some(limit), n as i64));
+    }
+    TableIterator::new(rows)
+}
+
+/// `sutra._shared_tables()`: the shared tables' sizes and use, and the metering workers' health,
+/// as (name, kind, value, help) rows for `sutra.metrics()`.
 #[pg_extern(volatile, name = "_shared_tables")]
 fn shared_tables() -> TableIterator<
     'static,
     (name!(name, &'static str), name!(kind, &'static str), name!(value, i64), name!(help, &'static str)),
 > {
     let [tenants, tenants_used, tables, tables_used, reused, refused] = shmem::occupancy();
+    let (launcher_seen, last_flush) = shmem::metering_health();
+    let now = crate::backend::now_unix();
+    let interval = crate::guc::USAGE_FLUSH_INTERVAL.get() as i64;
     TableIterator::new(vec![
         ("tenant_slots", "gauge", tenants, "Tenant slots in shared memory (sutra.max_tenants)."),
         ("tenant_slots_in_use", "gauge", tenants_used, "Tenant slots holding a tenant now."),
@@ -137,6 +153,24 @@ fn shared_tables() -> TableIterator<
         ("table_count_slots_in_use", "gauge", tables_used, "Tenant table count slots holding counts now."),
         ("slots_reused_total", "counter", reused, "Slots given to another tenant or table since server start."),
         ("slots_refused_total", "counter", refused, "Statements refused because every candidate slot was in use."),
+        (
+            "metering_launcher_up",
+            "gauge",
+            (launcher_seen > 0 && now - launcher_seen <= 2 * interval + 5) as i64,
+            "1 while the metering launcher looks for pending metering every sutra.usage_flush_interval.",
+        ),
+        (
+            "metering_last_flush_timestamp_seconds",
+            "gauge",
+            last_flush,
+            "When metering was last written to sutra.usage_rollups (Unix time; 0: not since server start).",
+        ),
+        (
+            "metering_last_flush_age_seconds",
+            "gauge",
+            if last_flush > 0 { now - last_flush } else { -1 },
+            "Seconds since metering was last written (-1: not since server start; idle tenants write nothing).",
+        ),
     ])
 }
 

@@ -405,6 +405,10 @@ struct Header {
     totals: Counters,
     /// Every tenant's refusals since server start, by [`Refusal`].
     refusals: [AtomicU64; Refusal::COUNT],
+    /// When the metering launcher last looked for pending metering, and when a flush last
+    /// committed (Unix seconds; 0: not yet).
+    launcher_seen: AtomicI64,
+    last_flush: AtomicI64,
 }
 
 /// Why a tenant's statement or context was refused.
@@ -676,6 +680,25 @@ pub fn find(db: u32, tenant: &[u8; 16]) -> Option<Pin<Slot>> {
         return None;
     }
     locked(false, || find_in(table, hash(db, tenant), &(db, *tenant)).map(Pin::new))
+}
+
+/// The metering launcher is alive and looking for pending metering.
+pub fn note_launcher() {
+    if let Some(h) = header() {
+        h.launcher_seen.store(crate::backend::now_unix(), Ordering::Relaxed);
+    }
+}
+
+/// A flush of metering committed.
+pub fn note_flush() {
+    if let Some(h) = header() {
+        h.last_flush.store(crate::backend::now_unix(), Ordering::Relaxed);
+    }
+}
+
+/// When the launcher was last seen and a flush last committed (Unix seconds; 0: not yet).
+pub fn metering_health() -> (i64, i64) {
+    header().map_or((0, 0), |h| (h.launcher_seen.load(Ordering::Relaxed), h.last_flush.load(Ordering::Relaxed)))
 }
 
 /// How many slots were given to another key so far: a per-backend cache of what slots held

@@ -116,6 +116,32 @@ SET ROLE regress_usage;
 SELECT try($$LOCK TABLE sutra.usage_events IN SHARE UPDATE EXCLUSIVE MODE$$);
 RESET ROLE;
 
+-- Many events at once (record_usage_batch): the same checks, deduplication within and before the
+-- batch, caps, and all or nothing; and COPY through sutra.usage_ingest, one record_usage a row.
+SET ROLE regress_usage_writer;
+BEGIN;
+SELECT sutra.authenticate(:'writer_key') IS NOT NULL AS c_writer;
+SELECT sutra.record_usage_batch('[{"event_type": "batch.call", "idempotency_key": "b-1"},
+                                  {"event_type": "batch.call", "quantity": 2, "idempotency_key": "b-1"},
+                                  {"event_type": "batch.call", "quantity": 3, "properties": {"model": "small"}}]') AS recorded;
+SELECT sutra.record_usage_batch('[{"event_type": "batch.call", "idempotency_key": "b-1"}]') AS retried;
+SELECT try($$SELECT sutra.record_usage_batch('[{"event_type": "batch.call"}, {"event_type": "bad type!"}]')$$);
+SELECT try($$SELECT sutra.record_usage_batch('[{"event_type": "batch.call", "quantity": -1}]')$$);
+SELECT try($$SELECT sutra.record_usage_batch('[{"event_type": "batch.call", "occurred_at": "1999-01-01"}]')$$);
+SELECT try($$SELECT sutra.record_usage_batch('[{"event_type": "batch.call", "extra": 1}]')$$);
+SELECT try($$SELECT sutra.record_usage_batch('{"event_type": "batch.call"}')$$);
+-- use-c is at its monthly cap of 10 tokens: the whole batch is refused.
+SELECT try($$SELECT sutra.record_usage_batch('[{"event_type": "batch.call"}, {"event_type": "tokens", "quantity": 1}]')$$);
+COPY sutra.usage_ingest (event_type, quantity, idempotency_key) FROM STDIN;
+batch.call	4	copy-1
+batch.call	4	copy-1
+batch.call	5	copy-2
+\.
+COMMIT;
+RESET ROLE;
+SELECT quantity, properties, idempotency_key FROM sutra.usage_events
+WHERE tenant_id = 'c0000000-0000-0000-0000-000000000000' AND event_type = 'batch.call' ORDER BY quantity;
+
 -- Daily caps, caps on the priced cost and soft caps, each checked against a running total.
 SELECT sutra.create_tenant('use-d', id => 'd0000000-0000-0000-0000-000000000000',
     quota_overrides => '{"daily": {"gpu.seconds": 100}, "monthly": {"images": {"cap": 10, "soft": true}},
@@ -168,6 +194,13 @@ INSERT INTO sutra.usage_rollups VALUES
 SELECT * FROM sutra.usage_summary('use-a', '2026-10-01', '2026-11-01', 'hour');
 SELECT * FROM sutra.usage_summary('use-a', '2026-10-01', '2027-01-01', 'month');
 SELECT try($$SELECT * FROM sutra.usage_summary('use-a', '2026-10-01', '2026-11-01', 'week')$$);
+-- Application events split by a property; metered usage has none.
+SELECT * FROM sutra.usage_summary('use-a', '2026-10-01', '2026-11-01', 'month', group_by => 'path');
+-- Metered usage in the export views, once its minute is over, each minute with a stable identifier.
+SELECT event_name, identifier, "timestamp", payload FROM sutra.usage_events_stripe
+WHERE tenant_id = 'a0000000-0000-0000-0000-000000000000' AND event_name LIKE 'sutra.%' ORDER BY identifier;
+SELECT type, id, subject, time, data FROM sutra.usage_events_cloudevents
+WHERE subject = 'a0000000-0000-0000-0000-000000000000' AND type LIKE 'sutra.%' ORDER BY id;
 INSERT INTO sutra.prices (metric, plan, unit_price, included, unit) VALUES
     ('statements', NULL, 0.001, 1000, 'statement'),
     ('statements', 'pro', 0.0005, 500, 'statement'),
