@@ -12,12 +12,15 @@ use crate::backend::caller::as_superuser;
 use crate::backend::GenerationMap;
 use crate::tenancy::context;
 
+/// The keys of the limits that record_usage checks (usage caps), kept as JSON.
+const CAP_KEYS: [&str; 5] = ["monthly", "daily", "monthly_cost", "daily_cost", "soft_threshold"];
+
 thread_local! {
-    static CACHE: RefCell<GenerationMap<[u8; 16], Limits>> = RefCell::new(GenerationMap::new());
+    static CACHE: RefCell<GenerationMap<[u8; 16], (Limits, Value)>> = RefCell::new(GenerationMap::new());
 }
 
-/// The limits of `tenant` (read once per invalidation).
-pub fn of(tenant: &pgrx::Uuid) -> Limits {
+/// The limits of `tenant`, and its usage caps (read once per invalidation).
+fn cached(tenant: &pgrx::Uuid) -> (Limits, Value) {
     let generation = context::status_generation();
     let key = *tenant.as_bytes();
     if let Some(l) = CACHE.with(|c| c.borrow().get(generation, &key)) {
@@ -28,7 +31,25 @@ pub fn of(tenant: &pgrx::Uuid) -> Limits {
         .flatten()
         .map(|j| j.0)
         .unwrap_or(Value::Null);
-    let limits = Limits::from_json(&json);
-    CACHE.with(|c| c.borrow_mut().insert(generation, key, limits.clone()));
-    limits
+    let caps: serde_json::Map<String, Value> = CAP_KEYS
+        .iter()
+        .filter_map(|k| json.get(*k).map(|v| (k.to_string(), v.clone())))
+        .filter(|(k, _)| k != "soft_threshold" || CAP_KEYS[..4].iter().any(|c| json.get(*c).is_some()))
+        .collect();
+    let entry = (Limits::from_json(&json), Value::Object(caps));
+    CACHE.with(|c| c.borrow_mut().insert(generation, key, entry.clone()));
+    entry
+}
+
+/// The limits of `tenant` (read once per invalidation).
+pub fn of(tenant: &pgrx::Uuid) -> Limits {
+    cached(tenant).0
+}
+
+/// `sutra._usage_caps(tenant)`: the tenant's usage caps (`monthly`, `daily`, `monthly_cost`,
+/// `daily_cost`, and `soft_threshold` when there is a cap) from this backend's cache of its
+/// limits: what record_usage checks on every event, without reading the plan and overrides.
+#[pg_extern(stable, parallel_safe)]
+fn _usage_caps(tenant: pgrx::Uuid) -> pgrx::JsonB {
+    pgrx::JsonB(cached(&tenant).1)
 }
