@@ -72,6 +72,26 @@ INSERT INTO usage_compaction DEFAULT VALUES;
 COMMENT ON TABLE usage_compaction IS 'how far sutra.compact_usage has compacted sutra.usage_rollups';
 GRANT SELECT ON usage_compaction, usage_totals TO sutra_service;
 
+-- Tenant secrets (sql/tenancy/secrets.sql).
+CREATE TABLE tenant_secrets (
+    tenant_id uuid NOT NULL,
+    name text NOT NULL CHECK (name ~ '^[A-Za-z0-9_.:-]{1,64}$'),
+    sealed bytea NOT NULL,
+    key_id text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    rotated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, name)
+);
+COMMENT ON TABLE tenant_secrets IS 'tenant secrets, sealed (AES-256-GCM) under the master key sutra.secrets_key; read through sutra.secret';
+-- No privileges for PUBLIC: sutra's functions read the rows (their owner bypasses row level
+-- security). A role given SELECT by other means (pg_read_all_data: scripts/tenant-export.sh) sees
+-- the sealed rows of its context's tenant only.
+REVOKE ALL ON tenant_secrets FROM PUBLIC;
+ALTER TABLE tenant_secrets ENABLE ROW LEVEL SECURITY;
+ALTER TABLE tenant_secrets FORCE ROW LEVEL SECURITY;
+CREATE POLICY own_tenant ON tenant_secrets FOR SELECT USING (tenant_id = (SELECT sutra.current_tenant('admin')));
+SELECT pg_catalog.pg_extension_config_dump('tenant_secrets', '');
+
 -- Functions, as a fresh 0.2.0 install defines them.
 CREATE OR REPLACE FUNCTION sutra._api_key_row(key_id text)
  RETURNS sutra.api_key_store
@@ -113,7 +133,7 @@ CREATE OR REPLACE FUNCTION sutra._charge_caps(tenant uuid, event_type text, quan
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 DECLARE
-    l jsonb := sutra._limits(tenant);
+    l jsonb := sutra._usage_caps(tenant);
     monthly jsonb := l -> 'monthly' -> event_type;
     daily jsonb := l -> 'daily' -> event_type;
     monthly_cost jsonb := l -> 'monthly_cost';
@@ -248,6 +268,18 @@ BEGIN
     END LOOP;
 END $function$;
 
+CREATE OR REPLACE FUNCTION sutra._check_secret_name(name text)
+ RETURNS void
+ LANGUAGE plpgsql
+ IMMUTABLE
+AS $function$
+BEGIN
+    IF name IS NULL OR name !~ '^[A-Za-z0-9_.:-]{1,64}$' THEN
+        RAISE EXCEPTION 'invalid secret name "%"', left(name, 64) USING ERRCODE = '22023',
+            DETAIL = 'A secret name is 1 to 64 characters: letters, digits, and _ . : or -.';
+    END IF;
+END $function$;
+
 CREATE OR REPLACE FUNCTION sutra._compact_rollups(from_ts timestamp with time zone, to_ts timestamp with time zone, unit text)
  RETURNS bigint
  LANGUAGE sql
@@ -281,6 +313,12 @@ AS $function$
                    WHERE i.indrelid = tbl AND i.indkey[0] = col AND i.indisvalid AND i.indpred IS NULL
                      AND ic.relam = (SELECT a.oid FROM pg_am a WHERE a.amname = 'btree'));
 $function$;
+
+CREATE OR REPLACE FUNCTION sutra._hide_secret_value(value text)
+ RETURNS void
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_hide_secret_value_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION sutra._limit_counters()
  RETURNS TABLE(name text, limit_name text, value bigint)
@@ -339,6 +377,12 @@ AS $function$
         WHERE c.oid = tbl), false);
 $function$;
 
+CREATE OR REPLACE FUNCTION sutra._open_secret(tenant uuid, name text, sealed bytea, key_id text)
+ RETURNS text
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_open_secret_wrapper$function$;
+
 CREATE OR REPLACE FUNCTION sutra._owns(tbl regclass)
  RETURNS boolean
  LANGUAGE sql
@@ -378,6 +422,7 @@ BEGIN
     DELETE FROM sutra.usage_event_keys e WHERE e.tenant_id = tenant;
     DELETE FROM sutra.usage_rollups r WHERE r.tenant_id = tenant;
     DELETE FROM sutra.usage_totals u WHERE u.tenant_id = tenant;
+    DELETE FROM sutra.tenant_secrets s WHERE s.tenant_id = tenant;
     DELETE FROM sutra.tenants x WHERE x.id = tenant;
     RETURN removed;
 END $function$;
@@ -392,6 +437,37 @@ CREATE OR REPLACE FUNCTION sutra._quota_truncate()
  RETURNS trigger
  LANGUAGE c
 AS 'MODULE_PATHNAME', $function$sutra_quota_truncate$function$;
+
+CREATE OR REPLACE FUNCTION sutra._seal_secret(tenant uuid, name text, value text)
+ RETURNS TABLE(sealed bytea, key_id text)
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_seal_secret_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION sutra._secret_read(tenant uuid, name text)
+ RETURNS void
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_secret_read_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION sutra._secret_tenant(tenant text, what text)
+ RETURNS uuid
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+    IF tenant IS NOT NULL THEN
+        PERFORM sutra._require_service(what || ' of a named tenant');
+        RETURN (sutra._tenant_row(tenant)).id;
+    END IF;
+    RETURN sutra.current_tenant('admin');
+END $function$;
+
+CREATE OR REPLACE FUNCTION sutra._secrets_key_id()
+ RETURNS text
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_secrets_key_id_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION sutra._server_counters()
  RETURNS TABLE(metric text, value double precision)
@@ -528,6 +604,12 @@ AS $function$
           UNION ALL SELECT * FROM quotas) a
     WHERE used >= threshold * limit_value;
 $function$;
+
+CREATE OR REPLACE FUNCTION sutra._usage_caps(tenant uuid)
+ RETURNS jsonb
+ LANGUAGE c
+ STABLE PARALLEL SAFE STRICT
+AS 'MODULE_PATHNAME', $function$_usage_caps_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION sutra._usage_events_partition(ts timestamp with time zone, wait boolean DEFAULT true)
  RETURNS void
@@ -780,6 +862,23 @@ BEGIN
     UPDATE sutra.usage_compaction SET hours_until = c.hours_until, days_until = c.days_until,
                                       retained_from = c.retained_from, last_run = now();
     RETURN removed;
+END $function$;
+
+CREATE OR REPLACE FUNCTION sutra.delete_secret(name text, tenant text DEFAULT NULL::text)
+ RETURNS boolean
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    t uuid := sutra._secret_tenant(tenant, 'delete a secret');
+BEGIN
+    DELETE FROM sutra.tenant_secrets x WHERE x.tenant_id = t AND x.name = delete_secret.name;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM sutra._audit('secret.delete', t, jsonb_build_object('name', delete_secret.name));
+    RETURN true;
 END $function$;
 
 CREATE OR REPLACE FUNCTION sutra.disable_tenancy(tbl regclass)
@@ -1161,7 +1260,7 @@ BEGIN
         RETURN 0;
     END IF;
     -- Caps: the events of one type and day are charged together.
-    l := sutra._limits(t);
+    l := sutra._usage_caps(t);
     IF l ?| '{monthly,daily,monthly_cost,daily_cost}' THEN
         FOR g IN SELECT u.ty, date_trunc('day', u.at, 'UTC') AS day, sum(u.q) AS q
                  FROM unnest(types, quantities, ats) u(ty, q, at) GROUP BY 1, 2 ORDER BY 1, 2 LOOP
@@ -1175,6 +1274,93 @@ BEGIN
     SELECT t, u.ty, u.q, u.p, u.k, u.at, u.id FROM unnest(types, quantities, props, keys, ats, ids) u(ty, q, p, k, at, id);
     PERFORM sutra._usage_events_partition(date_trunc('month', clock, 'UTC') + interval '1 month', false);
     RETURN cardinality(types);
+END $function$;
+
+CREATE OR REPLACE FUNCTION sutra.rotate_secrets_key()
+ RETURNS integer
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    current text;
+    r record;
+    s record;
+    n integer := 0;
+BEGIN
+    PERFORM sutra._require_service('rotate the secrets key');
+    current := sutra._secrets_key_id();
+    IF current IS NULL THEN
+        RAISE EXCEPTION 'tenant secrets are off: sutra.secrets_key is not set' USING ERRCODE = '55000';
+    END IF;
+    FOR r IN SELECT * FROM sutra.tenant_secrets x WHERE x.key_id <> current FOR UPDATE LOOP
+        BEGIN
+            SELECT * INTO s FROM sutra._seal_secret(r.tenant_id, r.name,
+                                                    sutra._open_secret(r.tenant_id, r.name, r.sealed, r.key_id));
+        EXCEPTION WHEN data_corrupted OR object_not_in_prerequisite_state THEN
+            -- A value that does not open (changed, or sealed with a key not configured) stays as
+            -- it is; the others are sealed again.
+            RAISE WARNING 'secret "%" of tenant % does not open; it is left as it is', r.name, r.tenant_id;
+            CONTINUE;
+        END;
+        UPDATE sutra.tenant_secrets x SET sealed = s.sealed, key_id = s.key_id
+        WHERE x.tenant_id = r.tenant_id AND x.name = r.name;
+        n := n + 1;
+    END LOOP;
+    PERFORM sutra._audit('secret.rotate_key', NULL, jsonb_build_object('sealed_again', n, 'key_id', current));
+    RETURN n;
+END $function$;
+
+CREATE OR REPLACE FUNCTION sutra.secret(name text, tenant text DEFAULT NULL::text)
+ RETURNS text
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    t uuid := sutra._secret_tenant(tenant, 'read a secret');
+    r sutra.tenant_secrets;
+BEGIN
+    SELECT * INTO r FROM sutra.tenant_secrets x WHERE x.tenant_id = t AND x.name = secret.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'secret "%" does not exist', left(secret.name, 64) USING ERRCODE = '42704';
+    END IF;
+    PERFORM sutra._secret_read(t, r.name);
+    RETURN sutra._open_secret(t, r.name, r.sealed, r.key_id);
+END $function$;
+
+CREATE OR REPLACE FUNCTION sutra.secrets_list(tenant text DEFAULT NULL::text)
+ RETURNS TABLE(name text, created_at timestamp with time zone, rotated_at timestamp with time zone)
+ LANGUAGE sql
+ STABLE SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    SELECT x.name, x.created_at, x.rotated_at FROM sutra.tenant_secrets x
+    WHERE x.tenant_id = sutra._secret_tenant(tenant, 'list the secrets') ORDER BY x.name;
+$function$;
+
+CREATE OR REPLACE FUNCTION sutra.set_secret(name text, value text, tenant text DEFAULT NULL::text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    t uuid;
+    s record;
+BEGIN
+    PERFORM sutra._hide_secret_value(value);
+    t := sutra._secret_tenant(tenant, 'set a secret');
+    PERFORM sutra._check_secret_name(set_secret.name);
+    IF value IS NULL OR value = '' THEN
+        RAISE EXCEPTION 'a secret''s value must not be empty' USING ERRCODE = '22023',
+            HINT = 'sutra.delete_secret(name) removes a secret.';
+    END IF;
+    SELECT * INTO s FROM sutra._seal_secret(t, name, value);
+    INSERT INTO sutra.tenant_secrets AS x (tenant_id, name, sealed, key_id) VALUES (t, set_secret.name, s.sealed, s.key_id)
+    ON CONFLICT ON CONSTRAINT tenant_secrets_pkey
+    DO UPDATE SET sealed = EXCLUDED.sealed, key_id = EXCLUDED.key_id, rotated_at = now();
+    PERFORM sutra._audit('secret.set', t, jsonb_build_object('name', set_secret.name));
 END $function$;
 
 CREATE OR REPLACE FUNCTION sutra.set_tenant(tenant text, local boolean DEFAULT NULL::boolean, scopes text[] DEFAULT '{read,write,admin}'::text[], session boolean DEFAULT false)
@@ -1423,3 +1609,12 @@ REVOKE ALL ON FUNCTION _charge_caps(uuid, text, numeric, timestamptz) FROM PUBLI
 REVOKE ALL ON FUNCTION _usage_totals_reset() FROM PUBLIC;
 REVOKE ALL ON FUNCTION _cap_refused(uuid, text, double precision, double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _limit_counters() FROM PUBLIC;
+REVOKE ALL ON FUNCTION _seal_secret(uuid, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION _open_secret(uuid, text, bytea, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION _secrets_key_id() FROM PUBLIC;
+REVOKE ALL ON FUNCTION _hide_secret_value(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION _secret_read(uuid, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION _secret_tenant(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION rotate_secrets_key() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION rotate_secrets_key() TO sutra_service;
+REVOKE ALL ON FUNCTION _usage_caps(uuid) FROM PUBLIC;

@@ -288,7 +288,7 @@ REVOKE ALL ON FUNCTION _cap_refused(uuid, text, double precision, double precisi
 CREATE FUNCTION _charge_caps(tenant uuid, event_type text, quantity numeric, at timestamptz) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    l jsonb := sutra._limits(tenant);
+    l jsonb := sutra._usage_caps(tenant);
     monthly jsonb := l -> 'monthly' -> event_type;
     daily jsonb := l -> 'daily' -> event_type;
     monthly_cost jsonb := l -> 'monthly_cost';
@@ -375,6 +375,7 @@ BEGIN
     END LOOP;
 END $$;
 REVOKE ALL ON FUNCTION _charge_caps(uuid, text, numeric, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION _usage_caps(uuid) FROM PUBLIC;
 
 -- Totals that no longer match the limits or prices they were kept for are deleted, and made again
 -- from the events by the next capped event.
@@ -614,7 +615,7 @@ BEGIN
         RETURN 0;
     END IF;
     -- Caps: the events of one type and day are charged together.
-    l := sutra._limits(t);
+    l := sutra._usage_caps(t);
     IF l ?| '{monthly,daily,monthly_cost,daily_cost}' THEN
         FOR g IN SELECT u.ty, date_trunc('day', u.at, 'UTC') AS day, sum(u.q) AS q
                  FROM unnest(types, quantities, ats) u(ty, q, at) GROUP BY 1, 2 ORDER BY 1, 2 LOOP

@@ -6,6 +6,8 @@
 //! | `sutra.context_secret` | text, empty | superusers, configuration file | the secret contexts are signed with; empty: a random one per server start |
 //! | `sutra.context_lifetime` | seconds, 1 day | superusers | how long an issued context stays valid |
 //! | `sutra.jwt_secret` | text, empty | superusers, configuration file | the HS256 secret of `sutra.authenticate_jwt`; empty: JWT off |
+//! | `sutra.secrets_key` | text, empty | configuration file (superusers only can read it) | the master key of tenant secrets, 64 hex digits ([`crate::tenancy::secrets`]); empty: secrets are off |
+//! | `sutra.secrets_key_previous` | text, empty | configuration file (superusers only can read it) | the key before it, while `sutra.rotate_secrets_key()` seals secrets again |
 //! | `sutra.metering` | on | superusers | whether tenant statements are metered |
 //! | `sutra.max_tenants` | 32,768 | configuration file, at server start | tenants (per database) limited and metered at once in shared memory: 288 bytes each (about 9 MB at the default); an idle tenant's slot is reused for another, and when every slot belongs to a tenant active right now, statements of further tenants fail with 53400 ([`crate::usage::shmem`]) |
 //! | `sutra.max_tenant_table_counts` | 131,072 | configuration file, at server start | (tenant, tenant table) quota counts held at once: 72 bytes each (about 9 MB at the default); reused like tenant slots |
@@ -32,6 +34,8 @@ use pgrx::pg_sys;
 
 pub static CONTEXT_LIFETIME: GucSetting<i32> = GucSetting::<i32>::new(86400);
 pub static JWT_SECRET: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+pub static SECRETS_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+pub static SECRETS_KEY_PREVIOUS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 pub static METERING: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static MAX_TENANTS: GucSetting<i32> = GucSetting::<i32>::new(32_768);
 pub static MAX_TENANT_TABLE_COUNTS: GucSetting<i32> = GucSetting::<i32>::new(131_072);
@@ -69,6 +73,22 @@ pub fn init(with_hooks: &[fn()]) {
         c"Secret of the HS256 tokens sutra.authenticate_jwt accepts.",
         c"Empty: JWT authentication is off.",
         &JWT_SECRET,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY | GucFlags::from_bits_retain(pg_sys::GUC_NOT_IN_SAMPLE as i32),
+    );
+    GucRegistry::define_string_guc(
+        c"sutra.secrets_key",
+        c"Master key of tenant secrets (sutra.set_secret): 64 hex digits.",
+        c"Empty: tenant secrets are off. Only in the configuration file, never in the database.",
+        &SECRETS_KEY,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY | GucFlags::from_bits_retain(pg_sys::GUC_NOT_IN_SAMPLE as i32),
+    );
+    GucRegistry::define_string_guc(
+        c"sutra.secrets_key_previous",
+        c"The master key before the current one, while sutra.rotate_secrets_key() re-encrypts.",
+        c"Secrets sealed with it still open; rotate_secrets_key() seals them again with sutra.secrets_key.",
+        &SECRETS_KEY_PREVIOUS,
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY | GucFlags::from_bits_retain(pg_sys::GUC_NOT_IN_SAMPLE as i32),
     );

@@ -54,6 +54,18 @@ extension_sql_file!(
 );
 extension_sql_file!("../sql/tenancy/tables.sql", name = "tenancy_tables", requires = ["tenancy_keys"]);
 extension_sql_file!("../sql/tenancy/backups.sql", name = "tenancy_backups", requires = ["tenancy_tables"]);
+extension_sql_file!(
+    "../sql/tenancy/secrets.sql",
+    name = "tenancy_secrets",
+    requires = [
+        "tenancy_backups",
+        secrets::_seal_secret,
+        secrets::_open_secret,
+        secrets::_secrets_key_id,
+        secrets::_hide_secret_value,
+        secrets::_secret_read,
+    ]
+);
 // Last: limits, usage and the reports, over everything above.
 extension_sql_file!("../sql/usage.sql", name = "usage", finalize);
 

@@ -12,6 +12,7 @@ pub mod hnsw;
 pub mod hnsw_tuple;
 pub mod jwt;
 pub mod limits;
+pub mod secrets;
 pub mod tenant_context;
 pub mod throttle;
 pub mod vector_binary;

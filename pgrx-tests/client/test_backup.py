@@ -3,6 +3,7 @@ data; scripts/tenant-export.sh and tenant-import.sh move ONE tenant to another d
 
 import os
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -97,11 +98,22 @@ def test_whole_database_round_trip(databases, tmp_path):
                          "tenant => 'alpha')").fetchone()[0] is False
 
 
+def secrets_key():
+    """This cluster's master key of tenant secrets, set (once) through ALTER SYSTEM."""
+    with db("postgres") as c:
+        c.execute("ALTER SYSTEM SET sutra.secrets_key = '" + "5a" * 32 + "'")
+        c.execute("SELECT pg_reload_conf()")
+    time.sleep(0.5)
+
+
 def test_one_tenant_moves_alone(databases, tmp_path):
     src, _, one = databases
+    secrets_key()
     with db(src) as c:
         a, b, key_a, _ = fill_source(c)
         sum_a = checksum(c, a)
+        c.execute("SELECT sutra.set_secret('openai', 'sk-alpha-secret', tenant => 'alpha')")
+        c.execute("SELECT sutra.set_secret('openai', 'sk-beta-secret', tenant => 'beta')")
     with db(one) as c:
         make_schema(c)
     dump = tmp_path / "alpha.dump"
@@ -112,6 +124,7 @@ def test_one_tenant_moves_alone(databases, tmp_path):
     assert "alpha 1\t" in text
     assert "beta" not in text and str(b) not in text
     assert "api_key_pepper" not in text
+    assert "sk-alpha-secret" not in text and "COPY sutra.tenant_secrets" in text
     assert "COPY public.notes" not in text
     run(REPO / "scripts/tenant-import.sh", "-d", one, dump)
     with db(one) as c:
@@ -119,6 +132,9 @@ def test_one_tenant_moves_alone(databases, tmp_path):
         assert c.execute("SELECT count(*), bool_and(tenant_id = %s) FROM docs", (a,)).fetchone() == (50, True)
         assert c.execute("SELECT slug FROM sutra.tenants ORDER BY slug").fetchall() == [("alpha",), ("default",)]
         assert c.execute("SELECT count(*) FROM sutra.api_key_store").fetchone()[0] == 1
+        # Its secret came along sealed (the same master key opens it here); beta's did not.
+        assert c.execute("SELECT sutra.secret('openai', tenant => 'alpha')").fetchone()[0] == "sk-alpha-secret"
+        assert c.execute("SELECT count(*) FROM sutra.tenant_secrets").fetchone()[0] == 1
         # Another pepper here: the key came along but does not authenticate.
         with pytest.raises(psycopg.Error) as e:
             c.execute("SELECT sutra.authenticate(%s, session => true)", (key_a,))

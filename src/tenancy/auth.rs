@@ -143,7 +143,7 @@ fn denied(key_id: &str, reason: &str, message: String) -> ! {
 /// Takes a credential out of the statement text others can see: `pg_stat_activity.query` of
 /// sessions of the same role, and the statement the server logs with an error. (A statement
 /// sent with the credential as a bind parameter never contained it.)
-fn hide_credential(credential: &str) {
+pub(crate) fn hide_credential(credential: &str) {
     if credential.len() < 16 {
         return;
     }

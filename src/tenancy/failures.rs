@@ -42,6 +42,7 @@ pub const LIMITS: [&str; 8] = [
 /// What a queued event is.
 const EVENT_AUTH_FAILURE: u8 = 0;
 const EVENT_REFUSAL: u8 = 1;
+const EVENT_SECRET_READ: u8 = 2;
 
 #[derive(Copy, Clone, Default)]
 #[repr(C)]
@@ -65,9 +66,10 @@ struct Event {
     client_len: u8,
     reason: [u8; 32],
     reason_len: u8,
-    /// A refusal's tenant, limit, the value the statement would have reached, and the limit's value.
+    /// A refusal's tenant, limit, the value the statement would have reached, and the limit's
+    /// value; a secret read's tenant and the secret's name (in `limit`).
     tenant: [u8; 16],
-    limit: [u8; 40],
+    limit: [u8; 64],
     limit_len: u8,
     value: f64,
     limit_value: f64,
@@ -87,7 +89,7 @@ impl Default for Event {
             reason: [0; 32],
             reason_len: 0,
             tenant: [0; 16],
-            limit: [0; 40],
+            limit: [0; 64],
             limit_len: 0,
             value: 0.0,
             limit_value: 0.0,
@@ -311,6 +313,30 @@ pub fn queue_refusal(tenant: [u8; 16], limit: &str, value: f64, limit_value: f64
     }
 }
 
+/// Queues the audit row of a read of tenant secret `name`: written whether or not the reading
+/// transaction commits. Also logged at once (the name, never the value).
+pub fn queue_secret_read(tenant: [u8; 16], name: &str) {
+    // SAFETY: plain backend globals.
+    let (db, role) = unsafe { (pg_sys::MyDatabaseId, caller::outer_user()) };
+    pgrx::log!("sutra: secret \"{name}\" of tenant {} read", pgrx::Uuid::from_bytes(tenant));
+    let launch = {
+        let mut f = FAILURES.exclusive();
+        let mut e = Event {
+            db: db.to_u32(),
+            role: role.to_u32(),
+            at_us: now_micros(),
+            kind: EVENT_SECRET_READ,
+            tenant,
+            ..Event::default()
+        };
+        e.limit_len = copy_into(&mut e.limit, name);
+        f.push(e, now_unix())
+    };
+    if launch {
+        start_writer(db);
+    }
+}
+
 fn start_writer(db: pg_sys::Oid) {
     let started = BackgroundWorkerBuilder::new("sutra audit flush")
         .set_type("sutra audit flush")
@@ -402,6 +428,10 @@ pub extern "C-unwind" fn sutra_audit_flush_main(arg: pg_sys::Datum) {
                         write_refusal(e);
                         continue;
                     }
+                    if e.kind == EVENT_SECRET_READ {
+                        write_secret_read(e);
+                        continue;
+                    }
                     let key_id = text(&e.key_id, e.key_len);
                     let r = Spi::run_with_args(
                         "INSERT INTO sutra.audit_log (at, tenant_id, action, actor, session_role, client_addr, details)
@@ -425,6 +455,23 @@ pub extern "C-unwind" fn sutra_audit_flush_main(arg: pg_sys::Datum) {
                 }
             })
         });
+    }
+}
+
+fn write_secret_read(e: &Event) {
+    let r = Spi::run_with_args(
+        "INSERT INTO sutra.audit_log (at, tenant_id, action, actor, session_role, details)
+         VALUES (to_timestamp($1 / 1e6), $2, 'secret.read', coalesce((SELECT rolname FROM pg_roles WHERE oid = $3), '?'),
+                 coalesce((SELECT rolname FROM pg_roles WHERE oid = $3), '?'), jsonb_build_object('name', $4))",
+        &[
+            e.at_us.into(),
+            pgrx::Uuid::from_bytes(e.tenant).into(),
+            pg_sys::Oid::from(e.role).into(),
+            text(&e.limit, e.limit_len).into(),
+        ],
+    );
+    if let Err(err) = r {
+        pgrx::log!("sutra: could not audit a secret read: {err}");
     }
 }
 

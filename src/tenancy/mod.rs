@@ -11,6 +11,7 @@ pub mod copy;
 pub mod failures;
 pub mod keys;
 pub mod purge;
+pub mod secrets;
 
 /// Defines the tenancy parameters and registers cache invalidation. Called from `_PG_init`.
 pub fn init() {
