@@ -76,3 +76,8 @@ SELECT t.slug, count(*) AS notes FROM notes n JOIN sutra.tenants t ON t.id = n.t
 SELECT action, count(*) FROM sutra.audit_log GROUP BY 1 ORDER BY 1;
 SELECT * FROM sutra.check_tenancy('notes');
 SELECT partition IS NOT NULL AS tenant_partition, elements, kind FROM sutra.hnsw_stats('notes_embedding');
+-- Feature flags: the plan's default, and one tenant's own value.
+UPDATE sutra.plans SET features = '{"beta_search": false}' WHERE name IN ('free', 'pro');
+SELECT sutra.set_feature('beta_search', true, tenant => 'acme');
+SELECT s.slug, e.effective_value AS beta_search
+FROM (VALUES ('acme'), ('globex')) s(slug), sutra.effective_settings(s.slug) e WHERE e.key = 'beta_search';

@@ -92,6 +92,23 @@ ALTER TABLE tenant_secrets FORCE ROW LEVEL SECURITY;
 CREATE POLICY own_tenant ON tenant_secrets FOR SELECT USING (tenant_id = (SELECT sutra.current_tenant('admin')));
 SELECT pg_catalog.pg_extension_config_dump('tenant_secrets', '');
 
+-- Settings and feature flags (sql/tenancy/settings.sql): plan defaults, tenant overrides, rules.
+ALTER TABLE plans ADD COLUMN settings jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(settings) = 'object'),
+    ADD COLUMN features jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(features) = 'object'),
+    ADD COLUMN tenant_editable text[] NOT NULL DEFAULT '{}';
+COMMENT ON TABLE plans IS 'plans: their limits (null or 0: unlimited), default settings and feature flags; user editable';
+ALTER TABLE tenants ADD COLUMN features jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(features) = 'object');
+CREATE TABLE setting_rules (
+    key text PRIMARY KEY CHECK (key ~ '^[A-Za-z0-9_.:-]{1,100}$'),
+    type text NOT NULL CHECK (type IN ('string', 'number', 'boolean', 'object', 'array')),
+    allowed jsonb CHECK (allowed IS NULL OR jsonb_typeof(allowed) = 'array'),
+    description text NOT NULL DEFAULT ''
+);
+COMMENT ON TABLE setting_rules IS 'types and allowed values of tenant settings, checked by sutra.set_setting';
+GRANT SELECT ON setting_rules TO PUBLIC;
+GRANT INSERT, UPDATE, DELETE ON setting_rules TO sutra_service;
+SELECT pg_catalog.pg_extension_config_dump('setting_rules', '');
+
 -- Functions, as a fresh 0.2.0 install defines them.
 CREATE OR REPLACE FUNCTION sutra._api_key_row(key_id text)
  RETURNS sutra.api_key_store
@@ -475,6 +492,35 @@ CREATE OR REPLACE FUNCTION sutra._server_counters()
  STRICT
 AS 'MODULE_PATHNAME', $function$server_counters_wrapper$function$;
 
+CREATE OR REPLACE FUNCTION sutra._settings_tenant(tenant text, key text, what text)
+ RETURNS uuid
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    t uuid;
+BEGIN
+    IF key IS NULL OR key !~ '^[A-Za-z0-9_.:-]{1,100}$' THEN
+        RAISE EXCEPTION 'invalid % name "%"', what, left(key, 100) USING ERRCODE = '22023',
+            DETAIL = 'A name is 1 to 100 characters: letters, digits, and _ . : or -.';
+    END IF;
+    IF tenant IS NOT NULL THEN
+        PERFORM sutra._require_service('change the ' || what || 's of a named tenant');
+        RETURN (sutra._tenant_row(tenant)).id;
+    END IF;
+    IF sutra._caller_is_service() AND sutra._context_tenant() IS NULL THEN
+        RAISE EXCEPTION 'no tenant named' USING ERRCODE = '22023', HINT = 'Pass tenant => ''<uuid or slug>''.';
+    END IF;
+    t := sutra.current_tenant('admin');
+    IF NOT sutra._caller_is_service() AND NOT EXISTS (
+        SELECT 1 FROM sutra.tenants x JOIN sutra.plans p ON p.name = x.plan
+        WHERE x.id = t AND key = ANY (p.tenant_editable)) THEN
+        RAISE EXCEPTION 'permission denied to change % "%"', what, key USING ERRCODE = '42501',
+            HINT = 'A tenant changes only the keys its plan lists in tenant_editable; sutra_service changes any.';
+    END IF;
+    RETURN t;
+END $function$;
+
 CREATE OR REPLACE FUNCTION sutra._shared_tables()
  RETURNS TABLE(name text, kind text, value bigint, help text)
  LANGUAGE c
@@ -515,6 +561,16 @@ BEGIN
     END IF;
     RETURN r;
 END $function$;
+
+CREATE OR REPLACE FUNCTION sutra._tenant_settings(tenant uuid)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    SELECT jsonb_build_object('settings', p.settings || t.settings, 'features', p.features || t.features)
+    FROM sutra.tenants t JOIN sutra.plans p ON p.name = t.plan WHERE t.id = tenant;
+$function$;
 
 CREATE OR REPLACE FUNCTION sutra._tenant_table_audit()
  RETURNS trigger
@@ -608,7 +664,7 @@ $function$;
 CREATE OR REPLACE FUNCTION sutra._usage_caps(tenant uuid)
  RETURNS jsonb
  LANGUAGE c
- STABLE PARALLEL SAFE STRICT
+ STABLE PARALLEL RESTRICTED STRICT
 AS 'MODULE_PATHNAME', $function$_usage_caps_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION sutra._usage_events_partition(ts timestamp with time zone, wait boolean DEFAULT true)
@@ -939,6 +995,36 @@ BEGIN
     ORDER BY n.k;
 END $function$;
 
+CREATE OR REPLACE FUNCTION sutra.effective_settings(tenant text)
+ RETURNS TABLE(key text, kind text, plan_value jsonb, override_value jsonb, effective_value jsonb, tenant_editable boolean)
+ LANGUAGE plpgsql
+ STABLE SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    r sutra.tenants := sutra._tenant_row(tenant);
+    p sutra.plans := (SELECT x FROM sutra.plans x WHERE x.name = r.plan);
+BEGIN
+    IF NOT sutra._caller_is_service() AND sutra.current_tenant('read') IS DISTINCT FROM r.id THEN
+        RAISE EXCEPTION 'permission denied to read the settings of another tenant' USING ERRCODE = '42501';
+    END IF;
+    RETURN QUERY
+    SELECT k.key, k.kind, k.plan_value, k.override_value, coalesce(k.override_value, k.plan_value),
+           k.key = ANY (p.tenant_editable)
+    FROM (SELECT coalesce(a.key, b.key) AS key, 'setting'::text AS kind, a.value AS plan_value, b.value AS override_value
+          FROM jsonb_each(p.settings) a FULL JOIN jsonb_each(r.settings) b ON b.key = a.key
+          UNION ALL
+          SELECT coalesce(a.key, b.key), 'feature', a.value, b.value
+          FROM jsonb_each(p.features) a FULL JOIN jsonb_each(r.features) b ON b.key = a.key) k
+    ORDER BY k.kind DESC, k.key;
+END $function$;
+
+CREATE OR REPLACE FUNCTION sutra.effective_settings(tenant uuid)
+ RETURNS TABLE(key text, kind text, plan_value jsonb, override_value jsonb, effective_value jsonb, tenant_editable boolean)
+ LANGUAGE sql
+ STABLE
+AS $function$ SELECT * FROM sutra.effective_settings(tenant::text) $function$;
+
 CREATE OR REPLACE FUNCTION sutra.enable_tenancy(tbl regclass, tenant_column name DEFAULT 'tenant_id'::name)
  RETURNS void
  LANGUAGE plpgsql
@@ -998,6 +1084,12 @@ BEGIN
     INSERT INTO sutra.tenant_tables AS t (table_name, tenant_column) VALUES (tbl, tenant_column)
     ON CONFLICT (table_name) DO UPDATE SET tenant_column = EXCLUDED.tenant_column;
 END $function$;
+
+CREATE OR REPLACE FUNCTION sutra.feature_enabled(flag text)
+ RETURNS boolean
+ LANGUAGE c
+ STABLE PARALLEL RESTRICTED STRICT
+AS 'MODULE_PATHNAME', $function$feature_enabled_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION sutra.metrics(top integer DEFAULT 100, recent boolean DEFAULT false)
  RETURNS text
@@ -1339,6 +1431,23 @@ AS $function$
     WHERE x.tenant_id = sutra._secret_tenant(tenant, 'list the secrets') ORDER BY x.name;
 $function$;
 
+CREATE OR REPLACE FUNCTION sutra.set_feature(flag text, enabled boolean, tenant text DEFAULT NULL::text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    t uuid := sutra._settings_tenant(tenant, flag, 'feature');
+BEGIN
+    UPDATE sutra.tenants x
+    SET features = CASE WHEN enabled IS NULL THEN x.features - flag
+                        ELSE x.features || jsonb_build_object(flag, enabled) END,
+        updated_at = now()
+    WHERE x.id = t;
+    PERFORM sutra._audit('feature.set', t, jsonb_build_object('flag', flag, 'enabled', enabled));
+END $function$;
+
 CREATE OR REPLACE FUNCTION sutra.set_secret(name text, value text, tenant text DEFAULT NULL::text)
  RETURNS void
  LANGUAGE plpgsql
@@ -1363,6 +1472,32 @@ BEGIN
     PERFORM sutra._audit('secret.set', t, jsonb_build_object('name', set_secret.name));
 END $function$;
 
+CREATE OR REPLACE FUNCTION sutra.set_setting(key text, value jsonb, tenant text DEFAULT NULL::text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    t uuid := sutra._settings_tenant(tenant, key, 'setting');
+    rule sutra.setting_rules;
+BEGIN
+    IF value IS NULL THEN
+        RAISE EXCEPTION 'a setting''s value must not be null' USING ERRCODE = '22023',
+            HINT = 'sutra.unset_setting(key) goes back to the plan''s value.';
+    END IF;
+    SELECT * INTO rule FROM sutra.setting_rules x WHERE x.key = set_setting.key;
+    IF FOUND AND (jsonb_typeof(value) <> rule.type
+                  OR (rule.allowed IS NOT NULL AND NOT rule.allowed @> jsonb_build_array(value))) THEN
+        RAISE EXCEPTION 'invalid value for setting "%"', key USING ERRCODE = '22023',
+            DETAIL = format('%s takes a %s%s; the value given is %s.', key, rule.type,
+                            coalesce(' among ' || rule.allowed::text, ''), left(value::text, 200));
+    END IF;
+    UPDATE sutra.tenants x SET settings = x.settings || jsonb_build_object(set_setting.key, value), updated_at = now()
+    WHERE x.id = t;
+    PERFORM sutra._audit('setting.set', t, jsonb_build_object('key', key, 'value', value));
+END $function$;
+
 CREATE OR REPLACE FUNCTION sutra.set_tenant(tenant text, local boolean DEFAULT NULL::boolean, scopes text[] DEFAULT '{read,write,admin}'::text[], session boolean DEFAULT false)
  RETURNS uuid
  LANGUAGE c
@@ -1376,6 +1511,12 @@ CREATE OR REPLACE FUNCTION sutra.set_tenant(tenant uuid, local boolean DEFAULT N
  SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS 'MODULE_PATHNAME', $function$set_tenant_uuid_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION sutra.setting(key text)
+ RETURNS jsonb
+ LANGUAGE c
+ STABLE PARALLEL RESTRICTED STRICT
+AS 'MODULE_PATHNAME', $function$setting_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION sutra.tenant_checksum(tenant text)
  RETURNS text
@@ -1432,6 +1573,19 @@ BEGIN
         PERFORM sutra._audit('audit.trim', NULL, jsonb_build_object('deleted', n, 'retention', retention::text));
     END IF;
     RETURN n;
+END $function$;
+
+CREATE OR REPLACE FUNCTION sutra.unset_setting(key text, tenant text DEFAULT NULL::text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    t uuid := sutra._settings_tenant(tenant, key, 'setting');
+BEGIN
+    UPDATE sutra.tenants x SET settings = x.settings - unset_setting.key, updated_at = now() WHERE x.id = t;
+    PERFORM sutra._audit('setting.unset', t, jsonb_build_object('key', key));
 END $function$;
 
 CREATE OR REPLACE FUNCTION sutra.usage_summary(tenant text, from_ts timestamp with time zone, to_ts timestamp with time zone, granularity text, group_by text)
@@ -1618,3 +1772,5 @@ REVOKE ALL ON FUNCTION _secret_tenant(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION rotate_secrets_key() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION rotate_secrets_key() TO sutra_service;
 REVOKE ALL ON FUNCTION _usage_caps(uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION _tenant_settings(uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION _settings_tenant(text, text, text) FROM PUBLIC;

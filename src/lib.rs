@@ -66,6 +66,11 @@ extension_sql_file!(
         secrets::_secret_read,
     ]
 );
+extension_sql_file!(
+    "../sql/tenancy/settings.sql",
+    name = "tenancy_settings",
+    requires = ["tenancy_secrets", settings::setting, settings::feature_enabled]
+);
 // Last: limits, usage and the reports, over everything above.
 extension_sql_file!("../sql/usage.sql", name = "usage", finalize);
 

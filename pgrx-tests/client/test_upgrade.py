@@ -75,8 +75,8 @@ def make_data(c):
 
 def extension_schema(base, dbname):
     """The extension's objects as pg_dump --schema-only --binary-upgrade writes them (extension
-    members with their initial privileges), without the object ids and transaction ids that
-    differ between any two databases, and without the application's objects."""
+    members with their initial privileges), without the object ids, transaction ids and sequence
+    values that differ between any two databases, and without the application's objects."""
     out = subprocess.run([f"{BIN}/pg_dump", "-h", base, "-p", str(PORT), "-U", "postgres", "--schema-only",
                           "--binary-upgrade", dbname], capture_output=True, text=True, check=True).stdout
     blocks, block = [], []
@@ -88,7 +88,9 @@ def extension_schema(base, dbname):
                 continue
             blocks.append(text)
         elif not (line.startswith(("-- ", "SET ", "\\restrict", "\\unrestrict", "SELECT pg_catalog.set_config",
-                                   "SELECT pg_catalog.binary_upgrade_set_next", "SELECT pg_catalog.setval("))
+                                   "SELECT pg_catalog.binary_upgrade_set_next", "SELECT pg_catalog.setval(",
+                                   # how rows written before ADD COLUMN read it: storage, not schema
+                                   "SELECT pg_catalog.binary_upgrade_set_missing_value"))
                   or line.startswith("SET relfrozenxid") or re.fullmatch(r"WHERE oid = '\d+';", line) or not line):
             block.append(re.sub(r"'\{[0-9,]*\}', '\{[\",]*\}'", "'{config tables}'", line))
     return sorted(blocks)

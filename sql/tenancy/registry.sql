@@ -57,9 +57,14 @@ CREATE TABLE plans (
     description text NOT NULL DEFAULT '',
     limits jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(limits) = 'object'),
     retention interval NOT NULL DEFAULT '30 days',
-    created_at timestamptz NOT NULL DEFAULT now()
+    created_at timestamptz NOT NULL DEFAULT now(),
+    -- Defaults of the tenants' settings and feature flags, and the keys of either that a tenant
+    -- session with the admin scope may change for its own tenant (sql/tenancy/settings.sql).
+    settings jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(settings) = 'object'),
+    features jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(features) = 'object'),
+    tenant_editable text[] NOT NULL DEFAULT '{}'
 );
-COMMENT ON TABLE plans IS 'plans and their limits (null or 0: unlimited); user editable';
+COMMENT ON TABLE plans IS 'plans: their limits (null or 0: unlimited), default settings and feature flags; user editable';
 CREATE TRIGGER replace_seeded_row BEFORE INSERT ON plans
     FOR EACH ROW EXECUTE FUNCTION _replace_seeded_row('name', 'free', 'pro', 'enterprise');
 -- A plan's limits apply at once in every backend (see tenant_changed below).
@@ -86,6 +91,8 @@ CREATE TABLE tenants (
     purge_after timestamptz,
     settings jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(settings) = 'object'),
     quota_overrides jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(quota_overrides) = 'object'),
+    -- Overrides of the plan's feature flags (settings overrides the plan's settings).
+    features jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(features) = 'object'),
     CHECK ((status = 'deleted') = (deleted_at IS NOT NULL))
 );
 COMMENT ON TABLE tenants IS 'the tenant registry; change it through sutra.create_tenant and friends';

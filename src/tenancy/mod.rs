@@ -12,6 +12,7 @@ pub mod failures;
 pub mod keys;
 pub mod purge;
 pub mod secrets;
+pub mod settings;
 
 /// Defines the tenancy parameters and registers cache invalidation. Called from `_PG_init`.
 pub fn init() {

@@ -49,7 +49,7 @@ pub fn of(tenant: &pgrx::Uuid) -> Limits {
 /// `sutra._usage_caps(tenant)`: the tenant's usage caps (`monthly`, `daily`, `monthly_cost`,
 /// `daily_cost`, and `soft_threshold` when there is a cap) from this backend's cache of its
 /// limits: what record_usage checks on every event, without reading the plan and overrides.
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_restricted)]
 fn _usage_caps(tenant: pgrx::Uuid) -> pgrx::JsonB {
     pgrx::JsonB(cached(&tenant).1)
 }

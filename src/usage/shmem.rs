@@ -825,6 +825,18 @@ pub fn take_pending(db: u32) -> Vec<([u8; 16], Counts)> {
             e.used.store(0, Ordering::Release);
         }
     });
+    // A tenant whose slot was given to another, and who came back to a slot since, has counts in
+    // both places: one entry per tenant (the flush writes each (tenant, metric) once).
+    out.sort_unstable_by_key(|(tenant, _)| *tenant);
+    out.dedup_by(|later, kept| {
+        if later.0 != kept.0 {
+            return false;
+        }
+        for (k, l) in kept.1.iter_mut().zip(later.1.iter()) {
+            *k += *l;
+        }
+        true
+    });
     out
 }
 
