@@ -109,6 +109,26 @@ GRANT SELECT ON setting_rules TO PUBLIC;
 GRANT INSERT, UPDATE, DELETE ON setting_rules TO sutra_service;
 SELECT pg_catalog.pg_extension_config_dump('setting_rules', '');
 
+-- Members of tenants (sql/tenancy/members.sql).
+CREATE TABLE tenant_members (
+    tenant_id uuid NOT NULL,
+    user_id text NOT NULL CHECK (length(user_id) BETWEEN 1 AND 255),
+    role text NOT NULL CHECK (role IN ('owner', 'admin', 'member', 'viewer')),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, user_id)
+);
+-- A user's tenants.
+CREATE INDEX ON tenant_members (user_id);
+COMMENT ON TABLE tenant_members IS 'users of each tenant and their roles (sutra.add_member and friends)';
+REVOKE ALL ON tenant_members FROM PUBLIC;
+GRANT SELECT ON tenant_members TO PUBLIC;
+SELECT _own_rows_policies('tenant_members', 'tenant_id', 'read');
+SELECT pg_catalog.pg_extension_config_dump('tenant_members', '');
+-- Membership applies at once in every backend, as a tenant's status does.
+CREATE TRIGGER member_changed AFTER INSERT OR UPDATE OR DELETE ON tenant_members
+    FOR EACH STATEMENT EXECUTE FUNCTION _tenants_changed();
+
 -- Functions, as a fresh 0.2.0 install defines them.
 CREATE OR REPLACE FUNCTION sutra._api_key_row(key_id text)
  RETURNS sutra.api_key_store
@@ -337,6 +357,21 @@ CREATE OR REPLACE FUNCTION sutra._hide_secret_value(value text)
  STRICT
 AS 'MODULE_PATHNAME', $function$_hide_secret_value_wrapper$function$;
 
+CREATE OR REPLACE FUNCTION sutra._keep_an_owner(tenant uuid, user_id text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+    IF EXISTS (SELECT 1 FROM sutra.tenant_members m WHERE m.tenant_id = tenant AND m.user_id = _keep_an_owner.user_id
+               AND m.role = 'owner')
+       AND NOT EXISTS (SELECT 1 FROM sutra.tenant_members m WHERE m.tenant_id = tenant
+                       AND m.user_id <> _keep_an_owner.user_id AND m.role = 'owner') THEN
+        RAISE EXCEPTION 'user "%" is the last owner of the tenant', user_id USING ERRCODE = '55000',
+            HINT = 'Make another member an owner first.';
+    END IF;
+END $function$;
+
 CREATE OR REPLACE FUNCTION sutra._limit_counters()
  RETURNS TABLE(name text, limit_name text, value bigint)
  LANGUAGE c
@@ -394,6 +429,32 @@ AS $function$
         WHERE c.oid = tbl), false);
 $function$;
 
+CREATE OR REPLACE FUNCTION sutra._members_tenant(tenant text, role text)
+ RETURNS uuid
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    t uuid;
+BEGIN
+    IF role IS NOT NULL AND role NOT IN ('owner', 'admin', 'member', 'viewer') THEN
+        RAISE EXCEPTION 'invalid role "%"', role USING ERRCODE = '22023',
+            DETAIL = 'Roles are owner, admin, member and viewer.';
+    END IF;
+    IF tenant IS NOT NULL THEN
+        PERFORM sutra._require_service('manage the members of a named tenant');
+        t := (sutra._tenant_row(tenant)).id;
+    ELSE
+        t := sutra.current_tenant('admin');
+        IF role = 'owner' AND NOT sutra._caller_is_service() THEN
+            RAISE EXCEPTION 'permission denied to change the owners of a tenant' USING ERRCODE = '42501',
+                HINT = 'Superusers and members of sutra_service make and unmake owners.';
+        END IF;
+    END IF;
+    PERFORM 1 FROM sutra.tenants x WHERE x.id = t FOR UPDATE;
+    RETURN t;
+END $function$;
+
 CREATE OR REPLACE FUNCTION sutra._open_secret(tenant uuid, name text, sealed bytea, key_id text)
  RETURNS text
  LANGUAGE c
@@ -440,6 +501,7 @@ BEGIN
     DELETE FROM sutra.usage_rollups r WHERE r.tenant_id = tenant;
     DELETE FROM sutra.usage_totals u WHERE u.tenant_id = tenant;
     DELETE FROM sutra.tenant_secrets s WHERE s.tenant_id = tenant;
+    DELETE FROM sutra.tenant_members m WHERE m.tenant_id = tenant;
     DELETE FROM sutra.tenants x WHERE x.id = tenant;
     RETURN removed;
 END $function$;
@@ -787,6 +849,25 @@ BEGIN
     RETURN NULL;
 END $function$;
 
+CREATE OR REPLACE FUNCTION sutra.add_member(user_id text, role text DEFAULT 'member'::text, tenant text DEFAULT NULL::text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    t uuid := sutra._members_tenant(tenant, coalesce(role, 'member'));
+BEGIN
+    IF user_id IS NULL OR length(user_id) NOT BETWEEN 1 AND 255 THEN
+        RAISE EXCEPTION 'invalid user id' USING ERRCODE = '22023', DETAIL = 'A user id is 1 to 255 characters.';
+    END IF;
+    INSERT INTO sutra.tenant_members (tenant_id, user_id, role) VALUES (t, add_member.user_id, coalesce(role, 'member'));
+    PERFORM sutra._audit('member.add', t, jsonb_build_object('user_id', user_id, 'role', coalesce(role, 'member')));
+EXCEPTION WHEN unique_violation THEN
+    RAISE EXCEPTION 'user "%" is a member of the tenant already', user_id USING ERRCODE = '42710',
+        HINT = 'sutra.update_member changes a member''s role.';
+END $function$;
+
 CREATE OR REPLACE FUNCTION sutra.authenticate(api_key text, local boolean DEFAULT NULL::boolean, session boolean DEFAULT false)
  RETURNS uuid
  LANGUAGE c
@@ -1091,6 +1172,25 @@ CREATE OR REPLACE FUNCTION sutra.feature_enabled(flag text)
  STABLE PARALLEL RESTRICTED STRICT
 AS 'MODULE_PATHNAME', $function$feature_enabled_wrapper$function$;
 
+CREATE OR REPLACE FUNCTION sutra.members(tenant text DEFAULT NULL::text)
+ RETURNS TABLE(user_id text, role text, scopes text[], created_at timestamp with time zone, updated_at timestamp with time zone)
+ LANGUAGE plpgsql
+ STABLE SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    t uuid;
+BEGIN
+    IF tenant IS NOT NULL THEN
+        PERFORM sutra._require_service('list the members of a named tenant');
+        t := (sutra._tenant_row(tenant)).id;
+    ELSE
+        t := sutra.current_tenant('read');
+    END IF;
+    RETURN QUERY SELECT m.user_id, m.role, sutra.role_scopes(m.role), m.created_at, m.updated_at
+    FROM sutra.tenant_members m WHERE m.tenant_id = t ORDER BY m.user_id;
+END $function$;
+
 CREATE OR REPLACE FUNCTION sutra.metrics(top integer DEFAULT 100, recent boolean DEFAULT false)
  RETURNS text
  LANGUAGE plpgsql
@@ -1368,6 +1468,39 @@ BEGIN
     RETURN cardinality(types);
 END $function$;
 
+CREATE OR REPLACE FUNCTION sutra.remove_member(user_id text, tenant text DEFAULT NULL::text)
+ RETURNS boolean
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    t uuid := sutra._members_tenant(tenant, NULL);
+    old text;
+BEGIN
+    SELECT m.role INTO old FROM sutra.tenant_members m WHERE m.tenant_id = t AND m.user_id = remove_member.user_id;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF old = 'owner' AND NOT sutra._caller_is_service() THEN
+        RAISE EXCEPTION 'permission denied to change the owners of a tenant' USING ERRCODE = '42501',
+            HINT = 'Superusers and members of sutra_service make and unmake owners.';
+    END IF;
+    PERFORM sutra._keep_an_owner(t, user_id);
+    DELETE FROM sutra.tenant_members m WHERE m.tenant_id = t AND m.user_id = remove_member.user_id;
+    PERFORM sutra._audit('member.remove', t, jsonb_build_object('user_id', user_id, 'role', old));
+    RETURN true;
+END $function$;
+
+CREATE OR REPLACE FUNCTION sutra.role_scopes(role text)
+ RETURNS text[]
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+AS $function$
+    SELECT CASE role WHEN 'owner' THEN '{read,write,admin}'::text[] WHEN 'admin' THEN '{read,write,admin}'
+                     WHEN 'member' THEN '{read,write}' WHEN 'viewer' THEN '{read}' END
+$function$;
+
 CREATE OR REPLACE FUNCTION sutra.rotate_secrets_key()
  RETURNS integer
  LANGUAGE plpgsql
@@ -1588,6 +1721,35 @@ BEGIN
     PERFORM sutra._audit('setting.unset', t, jsonb_build_object('key', key));
 END $function$;
 
+CREATE OR REPLACE FUNCTION sutra.update_member(user_id text, role text, tenant text DEFAULT NULL::text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    t uuid := sutra._members_tenant(tenant, role);
+    old text;
+BEGIN
+    IF role IS NULL THEN
+        RAISE EXCEPTION 'invalid role "%"', role USING ERRCODE = '22023';
+    END IF;
+    SELECT m.role INTO old FROM sutra.tenant_members m WHERE m.tenant_id = t AND m.user_id = update_member.user_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'user "%" is not a member of the tenant', user_id USING ERRCODE = '42704';
+    END IF;
+    IF old = 'owner' AND NOT sutra._caller_is_service() THEN
+        RAISE EXCEPTION 'permission denied to change the owners of a tenant' USING ERRCODE = '42501',
+            HINT = 'Superusers and members of sutra_service make and unmake owners.';
+    END IF;
+    IF role <> 'owner' THEN
+        PERFORM sutra._keep_an_owner(t, user_id);
+    END IF;
+    UPDATE sutra.tenant_members m SET role = update_member.role, updated_at = now()
+    WHERE m.tenant_id = t AND m.user_id = update_member.user_id;
+    PERFORM sutra._audit('member.update', t, jsonb_build_object('user_id', user_id, 'role', role, 'was', old));
+END $function$;
+
 CREATE OR REPLACE FUNCTION sutra.usage_summary(tenant text, from_ts timestamp with time zone, to_ts timestamp with time zone, granularity text, group_by text)
  RETURNS TABLE(bucket timestamp with time zone, metric text, group_value text, quantity numeric)
  LANGUAGE plpgsql
@@ -1774,3 +1936,5 @@ GRANT EXECUTE ON FUNCTION rotate_secrets_key() TO sutra_service;
 REVOKE ALL ON FUNCTION _usage_caps(uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _tenant_settings(uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _settings_tenant(text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION _members_tenant(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION _keep_an_owner(uuid, text) FROM PUBLIC;

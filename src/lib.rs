@@ -71,6 +71,7 @@ extension_sql_file!(
     name = "tenancy_settings",
     requires = ["tenancy_secrets", settings::setting, settings::feature_enabled]
 );
+extension_sql_file!("../sql/tenancy/members.sql", name = "tenancy_members", requires = ["tenancy_settings"]);
 // Last: limits, usage and the reports, over everything above.
 extension_sql_file!("../sql/usage.sql", name = "usage", finalize);
 

@@ -315,6 +315,7 @@ BEGIN
     DELETE FROM sutra.usage_rollups r WHERE r.tenant_id = tenant;
     DELETE FROM sutra.usage_totals u WHERE u.tenant_id = tenant;
     DELETE FROM sutra.tenant_secrets s WHERE s.tenant_id = tenant;
+    DELETE FROM sutra.tenant_members m WHERE m.tenant_id = tenant;
     DELETE FROM sutra.tenants x WHERE x.id = tenant;
     RETURN removed;
 END $$;
