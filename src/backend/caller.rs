@@ -22,6 +22,16 @@ pub fn outer_user() -> pg_sys::Oid {
     unsafe { pg_sys::GetOuterUserId() }
 }
 
+/// Raises 42501 ("permission denied to `what`") unless the current user (inside a SECURITY
+/// DEFINER function of sutra's: its owner) is a superuser: for sutra's internal functions that
+/// only its own SQL functions call.
+pub fn require_superuser(what: &str) {
+    // SAFETY: reads the current user's role attributes.
+    if !unsafe { pg_sys::superuser() } {
+        crate::error::raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("permission denied to {what}"));
+    }
+}
+
 /// Whether `role` is a superuser or has the privileges of `sutra_service`.
 ///
 /// Inside a security-restricted operation that sutra did not start (a table owner's trigger or

@@ -75,6 +75,15 @@ struct Event {
     limit_value: f64,
 }
 
+impl Event {
+    /// An event of this backend's database and session role, now.
+    fn new(kind: u8) -> Event {
+        // SAFETY: plain backend globals.
+        let (db, role) = unsafe { (pg_sys::MyDatabaseId, caller::outer_user()) };
+        Event { db: db.to_u32(), role: role.to_u32(), at_us: now_micros(), kind, ..Event::default() }
+    }
+}
+
 impl Default for Event {
     fn default() -> Self {
         Event {
@@ -253,9 +262,11 @@ pub fn record(key_id: Option<&str>, reason: &str) {
 fn count_and_queue(key_id: Option<&str>, reason: &str) {
     let now = now_unix();
     let client = client_address();
-    // SAFETY: plain backend globals.
-    let (db, role) = unsafe { (pg_sys::MyDatabaseId, caller::outer_user()) };
     pgrx::log!("sutra: failed authentication: {reason}, key id {}, client {client}", key_id.unwrap_or("-"));
+    let mut e = Event::new(EVENT_AUTH_FAILURE);
+    e.key_len = copy_into(&mut e.key_id, key_id.unwrap_or(""));
+    e.client_len = copy_into(&mut e.client, &client);
+    e.reason_len = copy_into(&mut e.reason, reason);
     let launch = {
         let mut f = FAILURES.exclusive();
         f.auth_failures += 1;
@@ -267,14 +278,10 @@ fn count_and_queue(key_id: Option<&str>, reason: &str) {
             slot.count = throttle::next_count(slot.count, slot.last, now);
             slot.last = now;
         }
-        let mut e = Event { db: db.to_u32(), role: role.to_u32(), at_us: now_micros(), ..Event::default() };
-        e.key_len = copy_into(&mut e.key_id, key_id.unwrap_or(""));
-        e.client_len = copy_into(&mut e.client, &client);
-        e.reason_len = copy_into(&mut e.reason, reason);
         f.push(e, now)
     };
     if launch {
-        start_writer(db);
+        start_writer();
     }
 }
 
@@ -285,8 +292,8 @@ pub fn queue_refusal(tenant: [u8; 16], limit: &str, value: f64, limit_value: f64
     let now = now_unix();
     let interval = crate::guc::REFUSAL_AUDIT_INTERVAL.get() as i64;
     let hash = throttle::hash(KIND_REFUSAL, &[&tenant[..], limit.as_bytes()].concat());
-    // SAFETY: plain backend globals.
-    let (db, role) = unsafe { (pg_sys::MyDatabaseId, caller::outer_user()) };
+    let mut e = Event { tenant, value, limit_value, ..Event::new(EVENT_REFUSAL) };
+    e.limit_len = copy_into(&mut e.limit, limit);
     let launch = {
         let mut f = FAILURES.exclusive();
         f.refused[LIMITS.iter().position(|l| *l == limit).unwrap_or(LIMITS.len() - 1)] += 1;
@@ -295,49 +302,29 @@ pub fn queue_refusal(tenant: [u8; 16], limit: &str, value: f64, limit_value: f64
             return;
         }
         slot.last = now;
-        let mut e = Event {
-            db: db.to_u32(),
-            role: role.to_u32(),
-            at_us: now_micros(),
-            kind: EVENT_REFUSAL,
-            tenant,
-            value,
-            limit_value,
-            ..Event::default()
-        };
-        e.limit_len = copy_into(&mut e.limit, limit);
         f.push(e, now)
     };
     if launch {
-        start_writer(db);
+        start_writer();
     }
 }
 
 /// Queues the audit row of a read of tenant secret `name`: written whether or not the reading
 /// transaction commits. Also logged at once (the name, never the value).
 pub fn queue_secret_read(tenant: [u8; 16], name: &str) {
-    // SAFETY: plain backend globals.
-    let (db, role) = unsafe { (pg_sys::MyDatabaseId, caller::outer_user()) };
     pgrx::log!("sutra: secret \"{name}\" of tenant {} read", pgrx::Uuid::from_bytes(tenant));
-    let launch = {
-        let mut f = FAILURES.exclusive();
-        let mut e = Event {
-            db: db.to_u32(),
-            role: role.to_u32(),
-            at_us: now_micros(),
-            kind: EVENT_SECRET_READ,
-            tenant,
-            ..Event::default()
-        };
-        e.limit_len = copy_into(&mut e.limit, name);
-        f.push(e, now_unix())
-    };
+    let mut e = Event { tenant, ..Event::new(EVENT_SECRET_READ) };
+    e.limit_len = copy_into(&mut e.limit, name);
+    let launch = FAILURES.exclusive().push(e, now_unix());
     if launch {
-        start_writer(db);
+        start_writer();
     }
 }
 
-fn start_writer(db: pg_sys::Oid) {
+/// Starts a writer of this backend's database's queued events.
+fn start_writer() {
+    // SAFETY: a plain backend global.
+    let db = unsafe { pg_sys::MyDatabaseId };
     let started = BackgroundWorkerBuilder::new("sutra audit flush")
         .set_type("sutra audit flush")
         .set_library("sutra")
@@ -458,46 +445,41 @@ pub extern "C-unwind" fn sutra_audit_flush_main(arg: pg_sys::Datum) {
     }
 }
 
-fn write_secret_read(e: &Event) {
-    let r = Spi::run_with_args(
+/// Writes a queued event's audit row: its time, tenant and role, `action` and `details`.
+fn audit_row(e: &Event, action: &str, details: serde_json::Value) -> Result<(), pgrx::spi::Error> {
+    Spi::run_with_args(
         "INSERT INTO sutra.audit_log (at, tenant_id, action, actor, session_role, details)
-         VALUES (to_timestamp($1 / 1e6), $2, 'secret.read', coalesce((SELECT rolname FROM pg_roles WHERE oid = $3), '?'),
-                 coalesce((SELECT rolname FROM pg_roles WHERE oid = $3), '?'), jsonb_build_object('name', $4))",
+         VALUES (to_timestamp($1 / 1e6), $2, $3, coalesce((SELECT rolname FROM pg_roles WHERE oid = $4), '?'),
+                 coalesce((SELECT rolname FROM pg_roles WHERE oid = $4), '?'), $5)",
         &[
             e.at_us.into(),
             pgrx::Uuid::from_bytes(e.tenant).into(),
+            action.into(),
             pg_sys::Oid::from(e.role).into(),
-            text(&e.limit, e.limit_len).into(),
+            pgrx::JsonB(details).into(),
         ],
-    );
-    if let Err(err) = r {
+    )
+}
+
+fn write_secret_read(e: &Event) {
+    if let Err(err) = audit_row(e, "secret.read", serde_json::json!({ "name": text(&e.limit, e.limit_len) })) {
         pgrx::log!("sutra: could not audit a secret read: {err}");
     }
 }
 
-/// Writes a refusal's audit row and notifies channel `sutra_limits` (delivered when the writer's
-/// transaction commits).
+/// Writes a refusal's audit row and notifies channel `sutra_limits` with the same details
+/// (delivered when the writer's transaction commits).
 fn write_refusal(e: &Event) {
-    let limit = text(&e.limit, e.limit_len);
-    let r = Spi::run_with_args(
-        "INSERT INTO sutra.audit_log (at, tenant_id, action, actor, session_role, details)
-         VALUES (to_timestamp($1 / 1e6), $2, 'limit.refused', coalesce((SELECT rolname FROM pg_roles WHERE oid = $3), '?'),
-                 coalesce((SELECT rolname FROM pg_roles WHERE oid = $3), '?'),
-                 jsonb_build_object('limit', $4, 'value', $5, 'limit_value', $6))",
-        &[
-            e.at_us.into(),
-            pgrx::Uuid::from_bytes(e.tenant).into(),
-            pg_sys::Oid::from(e.role).into(),
-            limit.as_str().into(),
-            e.value.into(),
-            e.limit_value.into(),
-        ],
+    let r = Spi::get_one_with_args::<pgrx::JsonB>(
+        "SELECT jsonb_build_object('limit', $1, 'value', $2, 'limit_value', $3)",
+        &[text(&e.limit, e.limit_len).into(), e.value.into(), e.limit_value.into()],
     )
-    .and_then(|_| {
+    .and_then(|details| {
+        let details = details.map_or(serde_json::Value::Null, |d| d.0);
+        audit_row(e, "limit.refused", details.clone())?;
         Spi::run_with_args(
-            "SELECT pg_notify('sutra_limits', jsonb_build_object('tenant', $1, 'limit', $2, 'value', $3,
-                                                                 'limit_value', $4, 'event', 'limit.refused')::text)",
-            &[pgrx::Uuid::from_bytes(e.tenant).into(), limit.as_str().into(), e.value.into(), e.limit_value.into()],
+            "SELECT pg_notify('sutra_limits', ($1 || jsonb_build_object('tenant', $2, 'event', 'limit.refused'))::text)",
+            &[pgrx::JsonB(details).into(), pgrx::Uuid::from_bytes(e.tenant).into()],
         )
     });
     if let Err(err) = r {

@@ -8,13 +8,10 @@
 use pgrx::prelude::*;
 use sutra_core::secrets::{MasterKey, OpenError};
 
-use crate::error::{raise, raise_detail, raise_hint};
+use crate::error::{raise_detail, raise_hint};
 
 fn require_superuser() {
-    // SAFETY: reads the current user's role attributes.
-    if !unsafe { pg_sys::superuser() } {
-        raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "permission denied to seal or open secrets");
-    }
+    crate::backend::caller::require_superuser("seal or open secrets");
 }
 
 fn key_from(setting: &pgrx::guc::GucSetting<Option<std::ffi::CString>>) -> Option<MasterKey> {

@@ -9,7 +9,6 @@
 use pgrx::prelude::*;
 
 use super::shmem::{self, Keyed, Refusal, Slot};
-use crate::error::raise;
 
 /// Counts a refusal and queues its audit row and notification; the caller raises the error.
 pub fn refused(slot: &Slot, why: Refusal, limit: &str, value: f64, limit_value: f64) {
@@ -22,10 +21,7 @@ pub fn refused(slot: &Slot, why: Refusal, limit: &str, value: f64, limit_value: 
 /// runs as its owner; nobody else may count refusals or write their audit rows.
 #[pg_extern(volatile)]
 fn _cap_refused(tenant: pgrx::Uuid, limit: &str, value: f64, limit_value: f64) {
-    // SAFETY: reads the current user's role attributes.
-    if !unsafe { pg_sys::superuser() } {
-        raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "permission denied to record a refusal");
-    }
+    crate::backend::caller::require_superuser("record a refusal");
     if let Ok(slot) = shmem::slot(shmem::my_db(), tenant.as_bytes()) {
         refused(&slot, Refusal::Quota, limit, value, limit_value);
     }
