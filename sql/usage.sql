@@ -297,6 +297,8 @@ DECLARE
     tenant_plan text;
     month timestamptz := date_trunc('month', at, 'UTC');
     day timestamptz := date_trunc('day', at, 'UTC');
+    start timestamptz;
+    after numeric;
     m record;
     t record;
     unit_price numeric;
@@ -313,6 +315,23 @@ BEGIN
     threshold := CASE WHEN jsonb_typeof(l -> 'soft_threshold') = 'number'
                            AND (l ->> 'soft_threshold')::numeric > 0 AND (l ->> 'soft_threshold')::numeric <= 1
                       THEN (l ->> 'soft_threshold')::numeric ELSE 0.8 END;
+    IF monthly_cost IS NULL AND daily_cost IS NULL AND (monthly IS NULL) <> (daily IS NULL) THEN
+        -- The common case, one cap on the event type: its total updated here, checked in one call.
+        start := CASE WHEN monthly IS NOT NULL THEN month ELSE day END;
+        UPDATE sutra.usage_totals u SET quantity = u.quantity + _charge_caps.quantity
+        WHERE u.tenant_id = tenant AND u.key = event_type
+          AND u.period = CASE WHEN monthly IS NOT NULL THEN 'month' ELSE 'day' END AND u.period_start = start
+        RETURNING u.quantity INTO after;
+        IF NOT FOUND THEN
+            after := (sutra._usage_total_add(tenant, event_type, CASE WHEN monthly IS NOT NULL THEN 'month' ELSE 'day' END,
+                                             start, NULL, _charge_caps.quantity)).after;
+        END IF;
+        PERFORM sutra._check_cap(tenant, format('%s cap of %s', CASE WHEN monthly IS NOT NULL THEN 'monthly' ELSE 'daily' END,
+                                                event_type),
+                                 CASE WHEN monthly IS NOT NULL THEN 'monthly.' ELSE 'daily.' END || event_type,
+                                 coalesce(monthly, daily), threshold, after - _charge_caps.quantity, after, NULL);
+        RETURN;
+    END IF;
     IF monthly_cost IS NOT NULL OR daily_cost IS NOT NULL THEN
         tenant_plan := (SELECT x.plan FROM sutra.tenants x WHERE x.id = tenant);
         SELECT p.unit_price, p.included INTO unit_price, included FROM sutra.prices p
