@@ -76,6 +76,11 @@ SELECT t.slug, count(*) AS notes FROM notes n JOIN sutra.tenants t ON t.id = n.t
 SELECT action, count(*) FROM sutra.audit_log GROUP BY 1 ORDER BY 1;
 SELECT * FROM sutra.check_tenancy('notes');
 SELECT partition IS NOT NULL AS tenant_partition, elements, kind FROM sutra.hnsw_stats('notes_embedding');
+-- Members: users of a tenant with a role; a member's token (authenticate_jwt, sub = user id)
+-- gets at most the role's scopes.
+SELECT sutra.add_member('alice@acme.example', 'owner', tenant => 'acme');
+SELECT sutra.add_member('bob@acme.example', 'viewer', tenant => 'acme');
+SELECT user_id, role, scopes FROM sutra.members('acme');
 -- Feature flags: the plan's default, and one tenant's own value.
 UPDATE sutra.plans SET features = '{"beta_search": false}' WHERE name IN ('free', 'pro');
 SELECT sutra.set_feature('beta_search', true, tenant => 'acme');

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Exports ONE tenant's rows with stock pg_dump: every tenant table, the tenant's row of
-# sutra.tenants, its API keys and its secrets (sealed: the target needs the same
-# sutra.secrets_key to open them), and nothing of any other tenant.
+# sutra.tenants (with its settings and feature flags), its API keys, its members and its secrets
+# (sealed: the target needs the same sutra.secrets_key to open them), and nothing of any other
+# tenant.
 #
 #   scripts/tenant-export.sh [-d DBNAME] TENANT FILE
 #
@@ -47,7 +48,7 @@ while IFS= read -r t; do
 done < <(psql_q -c "SELECT table_name::text FROM sutra.tenant_tables ORDER BY 1")
 PGOPTIONS="${PGOPTIONS:-} -c sutra.tenant_id=$context" "$BIN/pg_dump" "${DB_ARGS[@]}" \
     --role=sutra_export --enable-row-security --data-only --format=custom --file="$FILE" \
-    -t sutra.tenants -t sutra.api_key_store -t sutra.tenant_secrets "${tables[@]}"
+    -t sutra.tenants -t sutra.api_key_store -t sutra.tenant_members -t sutra.tenant_secrets "${tables[@]}"
 printf '%s %s\n' "$tenant_id" "$checksum" >"$FILE.checksum"
 psql_q -c "SELECT table_name::text || ' ' || tenant_column FROM sutra.tenant_tables ORDER BY 1" >"$FILE.tables"
 echo "exported tenant $tenant_id (checksum $checksum) to $FILE"

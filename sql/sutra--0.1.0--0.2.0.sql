@@ -129,7 +129,144 @@ SELECT pg_catalog.pg_extension_config_dump('tenant_members', '');
 CREATE TRIGGER member_changed AFTER INSERT OR UPDATE OR DELETE ON tenant_members
     FOR EACH STATEMENT EXECUTE FUNCTION _tenants_changed();
 
+-- The user of the context (sutra.current_user_id()) in audit rows.
+ALTER TABLE audit_log ADD COLUMN user_id text;
+
 -- Functions, as a fresh 0.2.0 install defines them.
+CREATE OR REPLACE FUNCTION sutra._cap_refused(tenant uuid, "limit" text, value double precision, limit_value double precision)
+ RETURNS void
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_cap_refused_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION sutra._context_user()
+ RETURNS text
+ LANGUAGE c
+ STABLE PARALLEL SAFE STRICT
+AS 'MODULE_PATHNAME', $function$context_user_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION sutra._count_tenant_rows(tenant uuid, "table" oid DEFAULT NULL::oid)
+ RETURNS TABLE(table_name oid, rows bigint, bytes bigint, vectors bigint)
+ LANGUAGE c
+AS 'MODULE_PATHNAME', $function$count_tenant_rows_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION sutra._hide_secret_value(value text)
+ RETURNS void
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_hide_secret_value_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION sutra._limit_counters()
+ RETURNS TABLE(name text, limit_name text, value bigint)
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$limit_counters_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION sutra._open_secret(tenant uuid, name text, sealed bytea, key_id text)
+ RETURNS text
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_open_secret_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION sutra._quota_totals()
+ RETURNS TABLE(tenant_id uuid, rows bigint, bytes bigint, vectors bigint)
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$quota_totals_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION sutra._quota_truncate()
+ RETURNS trigger
+ LANGUAGE c
+AS 'MODULE_PATHNAME', $function$sutra_quota_truncate$function$;
+
+CREATE OR REPLACE FUNCTION sutra._seal_secret(tenant uuid, name text, value text)
+ RETURNS TABLE(sealed bytea, key_id text)
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_seal_secret_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION sutra._secret_read(tenant uuid, name text)
+ RETURNS void
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_secret_read_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION sutra._secrets_key_id()
+ RETURNS text
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_secrets_key_id_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION sutra._server_counters()
+ RETURNS TABLE(metric text, value double precision)
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$server_counters_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION sutra._shared_tables()
+ RETURNS TABLE(name text, kind text, value bigint, help text)
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$shared_tables_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION sutra._tenant_counters()
+ RETURNS TABLE(tenant_id uuid, statements bigint, rows_read bigint, rows_written bigint, vector_searches bigint, bytes_written bigint, connection_seconds double precision, rate_limited bigint, concurrency_refused bigint, connections_refused bigint, quota_refused bigint, active_statements integer, connections integer, recent boolean)
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$tenant_counters_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION sutra._usage_caps(tenant uuid)
+ RETURNS jsonb
+ LANGUAGE c
+ STABLE PARALLEL RESTRICTED STRICT
+AS 'MODULE_PATHNAME', $function$_usage_caps_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION sutra.authenticate(api_key text, local boolean DEFAULT NULL::boolean, session boolean DEFAULT false)
+ RETURNS uuid
+ LANGUAGE c
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS 'MODULE_PATHNAME', $function$authenticate_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION sutra.authenticate_jwt(token text, local boolean DEFAULT NULL::boolean, session boolean DEFAULT false)
+ RETURNS uuid
+ LANGUAGE c
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS 'MODULE_PATHNAME', $function$authenticate_jwt_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION sutra.current_user_id()
+ RETURNS text
+ LANGUAGE c
+ STABLE PARALLEL SAFE STRICT
+AS 'MODULE_PATHNAME', $function$current_user_id_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION sutra.feature_enabled(flag text)
+ RETURNS boolean
+ LANGUAGE c
+ STABLE PARALLEL RESTRICTED STRICT
+AS 'MODULE_PATHNAME', $function$feature_enabled_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION sutra.set_tenant(tenant text, local boolean DEFAULT NULL::boolean, scopes text[] DEFAULT '{read,write,admin}'::text[], session boolean DEFAULT false)
+ RETURNS uuid
+ LANGUAGE c
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS 'MODULE_PATHNAME', $function$set_tenant_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION sutra.set_tenant(tenant uuid, local boolean DEFAULT NULL::boolean, scopes text[] DEFAULT '{read,write,admin}'::text[], session boolean DEFAULT false)
+ RETURNS uuid
+ LANGUAGE c
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS 'MODULE_PATHNAME', $function$set_tenant_uuid_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION sutra.setting(key text)
+ RETURNS jsonb
+ LANGUAGE c
+ STABLE PARALLEL RESTRICTED STRICT
+AS 'MODULE_PATHNAME', $function$setting_wrapper$function$;
+
 CREATE OR REPLACE FUNCTION sutra._api_key_row(key_id text)
  RETURNS sutra.api_key_store
  LANGUAGE plpgsql
@@ -148,11 +285,16 @@ BEGIN
     RETURN k;
 END $function$;
 
-CREATE OR REPLACE FUNCTION sutra._cap_refused(tenant uuid, "limit" text, value double precision, limit_value double precision)
+CREATE OR REPLACE FUNCTION sutra._audit(action text, tenant uuid, details jsonb DEFAULT '{}'::jsonb)
  RETURNS void
- LANGUAGE c
- STRICT
-AS 'MODULE_PATHNAME', $function$_cap_refused_wrapper$function$;
+ LANGUAGE sql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    INSERT INTO sutra.audit_log (tenant_id, action, actor, session_role, context_tenant, client_addr, details, user_id)
+    VALUES (tenant, action, sutra._caller(), session_user, sutra._context_tenant(),
+            inet_client_addr(), coalesce(details, '{}'), sutra._context_user());
+$function$;
 
 CREATE OR REPLACE FUNCTION sutra._cap_value(spec jsonb)
  RETURNS numeric
@@ -335,11 +477,6 @@ AS $function$
     SELECT (SELECT count(*) FROM gone) - (SELECT count(*) FILTER (WHERE added) FROM kept);
 $function$;
 
-CREATE OR REPLACE FUNCTION sutra._count_tenant_rows(tenant uuid, "table" oid DEFAULT NULL::oid)
- RETURNS TABLE(table_name oid, rows bigint, bytes bigint, vectors bigint)
- LANGUAGE c
-AS 'MODULE_PATHNAME', $function$count_tenant_rows_wrapper$function$;
-
 CREATE OR REPLACE FUNCTION sutra._has_tenant_btree(tbl regclass, col smallint)
  RETURNS boolean
  LANGUAGE sql
@@ -350,12 +487,6 @@ AS $function$
                    WHERE i.indrelid = tbl AND i.indkey[0] = col AND i.indisvalid AND i.indpred IS NULL
                      AND ic.relam = (SELECT a.oid FROM pg_am a WHERE a.amname = 'btree'));
 $function$;
-
-CREATE OR REPLACE FUNCTION sutra._hide_secret_value(value text)
- RETURNS void
- LANGUAGE c
- STRICT
-AS 'MODULE_PATHNAME', $function$_hide_secret_value_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION sutra._keep_an_owner(tenant uuid, user_id text)
  RETURNS void
@@ -371,12 +502,6 @@ BEGIN
             HINT = 'Make another member an owner first.';
     END IF;
 END $function$;
-
-CREATE OR REPLACE FUNCTION sutra._limit_counters()
- RETURNS TABLE(name text, limit_name text, value bigint)
- LANGUAGE c
- STRICT
-AS 'MODULE_PATHNAME', $function$limit_counters_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION sutra._limit_value(plan jsonb, overrides jsonb, key text)
  RETURNS numeric
@@ -455,12 +580,6 @@ BEGIN
     RETURN t;
 END $function$;
 
-CREATE OR REPLACE FUNCTION sutra._open_secret(tenant uuid, name text, sealed bytea, key_id text)
- RETURNS text
- LANGUAGE c
- STRICT
-AS 'MODULE_PATHNAME', $function$_open_secret_wrapper$function$;
-
 CREATE OR REPLACE FUNCTION sutra._owns(tbl regclass)
  RETURNS boolean
  LANGUAGE sql
@@ -506,29 +625,6 @@ BEGIN
     RETURN removed;
 END $function$;
 
-CREATE OR REPLACE FUNCTION sutra._quota_totals()
- RETURNS TABLE(tenant_id uuid, rows bigint, bytes bigint, vectors bigint)
- LANGUAGE c
- STRICT
-AS 'MODULE_PATHNAME', $function$quota_totals_wrapper$function$;
-
-CREATE OR REPLACE FUNCTION sutra._quota_truncate()
- RETURNS trigger
- LANGUAGE c
-AS 'MODULE_PATHNAME', $function$sutra_quota_truncate$function$;
-
-CREATE OR REPLACE FUNCTION sutra._seal_secret(tenant uuid, name text, value text)
- RETURNS TABLE(sealed bytea, key_id text)
- LANGUAGE c
- STRICT
-AS 'MODULE_PATHNAME', $function$_seal_secret_wrapper$function$;
-
-CREATE OR REPLACE FUNCTION sutra._secret_read(tenant uuid, name text)
- RETURNS void
- LANGUAGE c
- STRICT
-AS 'MODULE_PATHNAME', $function$_secret_read_wrapper$function$;
-
 CREATE OR REPLACE FUNCTION sutra._secret_tenant(tenant text, what text)
  RETURNS uuid
  LANGUAGE plpgsql
@@ -541,18 +637,6 @@ BEGIN
     END IF;
     RETURN sutra.current_tenant('admin');
 END $function$;
-
-CREATE OR REPLACE FUNCTION sutra._secrets_key_id()
- RETURNS text
- LANGUAGE c
- STRICT
-AS 'MODULE_PATHNAME', $function$_secrets_key_id_wrapper$function$;
-
-CREATE OR REPLACE FUNCTION sutra._server_counters()
- RETURNS TABLE(metric text, value double precision)
- LANGUAGE c
- STRICT
-AS 'MODULE_PATHNAME', $function$server_counters_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION sutra._settings_tenant(tenant text, key text, what text)
  RETURNS uuid
@@ -582,18 +666,6 @@ BEGIN
     END IF;
     RETURN t;
 END $function$;
-
-CREATE OR REPLACE FUNCTION sutra._shared_tables()
- RETURNS TABLE(name text, kind text, value bigint, help text)
- LANGUAGE c
- STRICT
-AS 'MODULE_PATHNAME', $function$shared_tables_wrapper$function$;
-
-CREATE OR REPLACE FUNCTION sutra._tenant_counters()
- RETURNS TABLE(tenant_id uuid, statements bigint, rows_read bigint, rows_written bigint, vector_searches bigint, bytes_written bigint, connection_seconds double precision, rate_limited bigint, concurrency_refused bigint, connections_refused bigint, quota_refused bigint, active_statements integer, connections integer, recent boolean)
- LANGUAGE c
- STRICT
-AS 'MODULE_PATHNAME', $function$tenant_counters_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION sutra._tenant_row(tenant text, lock boolean DEFAULT false)
  RETURNS sutra.tenants
@@ -722,12 +794,6 @@ AS $function$
           UNION ALL SELECT * FROM quotas) a
     WHERE used >= threshold * limit_value;
 $function$;
-
-CREATE OR REPLACE FUNCTION sutra._usage_caps(tenant uuid)
- RETURNS jsonb
- LANGUAGE c
- STABLE PARALLEL RESTRICTED STRICT
-AS 'MODULE_PATHNAME', $function$_usage_caps_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION sutra._usage_events_partition(ts timestamp with time zone, wait boolean DEFAULT true)
  RETURNS void
@@ -867,20 +933,6 @@ EXCEPTION WHEN unique_violation THEN
     RAISE EXCEPTION 'user "%" is a member of the tenant already', user_id USING ERRCODE = '42710',
         HINT = 'sutra.update_member changes a member''s role.';
 END $function$;
-
-CREATE OR REPLACE FUNCTION sutra.authenticate(api_key text, local boolean DEFAULT NULL::boolean, session boolean DEFAULT false)
- RETURNS uuid
- LANGUAGE c
- SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pg_temp'
-AS 'MODULE_PATHNAME', $function$authenticate_wrapper$function$;
-
-CREATE OR REPLACE FUNCTION sutra.authenticate_jwt(token text, local boolean DEFAULT NULL::boolean, session boolean DEFAULT false)
- RETURNS uuid
- LANGUAGE c
- SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pg_temp'
-AS 'MODULE_PATHNAME', $function$authenticate_jwt_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION sutra.check_tenancy(tbl regclass)
  RETURNS TABLE(severity text, object text, problem text)
@@ -1165,12 +1217,6 @@ BEGIN
     INSERT INTO sutra.tenant_tables AS t (table_name, tenant_column) VALUES (tbl, tenant_column)
     ON CONFLICT (table_name) DO UPDATE SET tenant_column = EXCLUDED.tenant_column;
 END $function$;
-
-CREATE OR REPLACE FUNCTION sutra.feature_enabled(flag text)
- RETURNS boolean
- LANGUAGE c
- STABLE PARALLEL RESTRICTED STRICT
-AS 'MODULE_PATHNAME', $function$feature_enabled_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION sutra.members(tenant text DEFAULT NULL::text)
  RETURNS TABLE(user_id text, role text, scopes text[], created_at timestamp with time zone, updated_at timestamp with time zone)
@@ -1630,26 +1676,6 @@ BEGIN
     WHERE x.id = t;
     PERFORM sutra._audit('setting.set', t, jsonb_build_object('key', key, 'value', value));
 END $function$;
-
-CREATE OR REPLACE FUNCTION sutra.set_tenant(tenant text, local boolean DEFAULT NULL::boolean, scopes text[] DEFAULT '{read,write,admin}'::text[], session boolean DEFAULT false)
- RETURNS uuid
- LANGUAGE c
- SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pg_temp'
-AS 'MODULE_PATHNAME', $function$set_tenant_wrapper$function$;
-
-CREATE OR REPLACE FUNCTION sutra.set_tenant(tenant uuid, local boolean DEFAULT NULL::boolean, scopes text[] DEFAULT '{read,write,admin}'::text[], session boolean DEFAULT false)
- RETURNS uuid
- LANGUAGE c
- SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pg_temp'
-AS 'MODULE_PATHNAME', $function$set_tenant_uuid_wrapper$function$;
-
-CREATE OR REPLACE FUNCTION sutra.setting(key text)
- RETURNS jsonb
- LANGUAGE c
- STABLE PARALLEL RESTRICTED STRICT
-AS 'MODULE_PATHNAME', $function$setting_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION sutra.tenant_checksum(tenant text)
  RETURNS text

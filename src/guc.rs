@@ -6,6 +6,7 @@
 //! | `sutra.context_secret` | text, empty | superusers, configuration file | the secret contexts are signed with; empty: a random one per server start |
 //! | `sutra.context_lifetime` | seconds, 1 day | superusers | how long an issued context stays valid |
 //! | `sutra.jwt_secret` | text, empty | superusers, configuration file | the HS256 secret of `sutra.authenticate_jwt`; empty: JWT off |
+//! | `sutra.jwt_membership` | `required` | superusers, configuration file | `required`: a token names its user in `sub`, who must be a member of the token's tenant, with scopes at most the role's; `trusted`: the issuer vouches for membership and the token's scopes apply as they are ([`crate::tenancy::auth`]) |
 //! | `sutra.secrets_key` | text, empty | configuration file (superusers only can read it) | the master key of tenant secrets, 64 hex digits ([`crate::tenancy::secrets`]); empty: secrets are off |
 //! | `sutra.secrets_key_previous` | text, empty | configuration file (superusers only can read it) | the key before it, while `sutra.rotate_secrets_key()` seals secrets again |
 //! | `sutra.metering` | on | superusers | whether tenant statements are metered |
@@ -30,10 +31,22 @@
 use std::ffi::CString;
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
-use pgrx::pg_sys;
+use pgrx::{pg_sys, PostgresGucEnum};
+
+/// Who decides that a token's user belongs to its tenant.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum JwtMembership {
+    /// sutra, from `sutra.tenant_members`.
+    #[name = c"required"]
+    Required,
+    /// The token's issuer.
+    #[name = c"trusted"]
+    Trusted,
+}
 
 pub static CONTEXT_LIFETIME: GucSetting<i32> = GucSetting::<i32>::new(86400);
 pub static JWT_SECRET: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+pub static JWT_MEMBERSHIP: GucSetting<JwtMembership> = GucSetting::<JwtMembership>::new(JwtMembership::Required);
 pub static SECRETS_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 pub static SECRETS_KEY_PREVIOUS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 pub static METERING: GucSetting<bool> = GucSetting::<bool>::new(true);
@@ -75,6 +88,14 @@ pub fn init(with_hooks: &[fn()]) {
         &JWT_SECRET,
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY | GucFlags::from_bits_retain(pg_sys::GUC_NOT_IN_SAMPLE as i32),
+    );
+    GucRegistry::define_enum_guc(
+        c"sutra.jwt_membership",
+        c"Whether a token's user must be a member of its tenant (required) or the issuer vouches for it (trusted).",
+        c"required: the sub claim names a member of the tenant, whose role bounds the scopes.",
+        &JWT_MEMBERSHIP,
+        GucContext::Sighup,
+        GucFlags::default(),
     );
     GucRegistry::define_string_guc(
         c"sutra.secrets_key",

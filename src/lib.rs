@@ -39,6 +39,7 @@ extension_sql_file!(
         context::current_tenant,
         context::current_tenant_with_scope,
         context::context_tenant,
+        context::context_user,
         context::invalidate_tenant_cache,
         caller::caller_name,
         caller::caller_is_service,

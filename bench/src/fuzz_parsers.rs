@@ -30,7 +30,7 @@ use std::time::Instant;
 
 use sutra_core::api_key;
 use sutra_core::jwt::{self, Claims};
-use sutra_core::tenant_context::{self, Context, Scopes};
+use sutra_core::tenant_context::{self, Context, Grant, Scopes};
 use sutra_core::vector_binary;
 use sutra_core::vector_text;
 use sutra_core::VECTOR_MAX_DIM;
@@ -275,6 +275,40 @@ fn b64(data: &[u8]) -> String {
         }
     }
     out
+}
+
+/// Unpadded base64url decoded, in its one spelling only (what re-encodes to the input).
+fn reference_b64_decode(s: &str) -> Option<Vec<u8>> {
+    let sextets: Vec<u32> =
+        s.bytes().map(|c| B64.iter().position(|&b| b == c).map(|i| i as u32)).collect::<Option<_>>()?;
+    let mut out = Vec::new();
+    for chunk in sextets.chunks(4) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &v)| n | v << (18 - 6 * i));
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    (b64(&out) == s).then_some(out)
+}
+
+/// A user id as identity providers write them, now and then with a character a context refuses.
+fn user_id(rng: &mut Rng) -> String {
+    match rng.below(6) {
+        0 => format!("auth0|{}", hex(&rng.next().to_le_bytes())),
+        1 => format!("{}@example.com", slug(rng)),
+        2 => rng.unicode(1, 40),
+        3 => rng.pick(&["a\nb", "tab\there", "", "\u{7f}"]).to_string(),
+        4 => "x".repeat(250 + rng.below(10)),
+        _ => slug(rng),
+    }
+}
+
+/// A user id a context can carry.
+fn valid_user_id(rng: &mut Rng) -> String {
+    let u = user_id(rng);
+    if u.is_empty() || u.len() > 255 || u.chars().any(char::is_control) {
+        slug(rng)
+    } else {
+        u
+    }
 }
 
 /// Known answers for the signing code above, and agreement with the product's own signers.
@@ -635,9 +669,14 @@ fn valid_claims(rng: &mut Rng) -> TokenClaims {
     if let Some(nbf) = nbf {
         f.set("nbf", nbf.to_string());
     }
+    let mut subject = None;
     match rng.below(6) {
         0 => f.set("iss", json_str("sutra")),
-        1 => f.set("sub", json_str(&slug(rng))),
+        1 => {
+            let sub = valid_user_id(rng);
+            f.set("sub", json_str(&sub));
+            subject = Some(sub);
+        }
         2 => f.set("aud", r#"["a","b"]"#.into()),
         _ => {}
     }
@@ -645,7 +684,12 @@ fn valid_claims(rng: &mut Rng) -> TokenClaims {
         let j = rng.below(i + 1);
         f.0.swap(i, j);
     }
-    TokenClaims { fields: f, spaced: rng.one_in(4), claims: Claims { tenant, scopes, expires: exp }, nbf }
+    TokenClaims {
+        fields: f,
+        spaced: rng.one_in(4),
+        claims: Claims { tenant, subject, scopes: Some(scopes), expires: exp },
+        nbf,
+    }
 }
 
 /// One claim made invalid (the token is then signed again).
@@ -702,10 +746,10 @@ fn invalidate(rng: &mut Rng, f: &mut Fields) {
             let unknown = if SCOPE_NAMES.contains(&other.as_str()) { "sudo".to_string() } else { other };
             scope_claim(f, &format!("[\"read\",{}]", json_str(&unknown)));
         }
+        8 => f.set("sub", (*rng.pick(&["\"\"", "42", "[\"a\"]", "{}", "true", "\"a\\nb\"", "\"a\\u0000\""])).into()),
         _ => role_claim(
             f,
             *rng.pick(&[
-                None,
                 Some("\"root\""),
                 Some("\"Admin\""),
                 Some("\"\""),
@@ -905,8 +949,19 @@ fn reference_context(value: &str, secret: &[u8], now: i64) -> Option<Context> {
     }
     let grant = match *grant {
         "-" => None,
-        g if reference_key_id(g) => Some(g.to_string()),
-        _ => return None,
+        g if reference_key_id(g) => Some(Grant::Key(g.to_string())),
+        g => {
+            let (kind, b64) = g.split_at_checked(1)?;
+            let user = String::from_utf8(reference_b64_decode(b64)?).ok()?;
+            if user.is_empty() || user.len() > 255 || user.chars().any(char::is_control) {
+                return None;
+            }
+            match kind {
+                "m" => Some(Grant::Member(user)),
+                "u" => Some(Grant::User(user)),
+                _ => return None,
+            }
+        }
     };
     (now < e as i64).then(|| Context { tenant: tenant.to_string(), scopes, expires: e as i64, grant })
 }
@@ -923,7 +978,12 @@ fn expires_value(rng: &mut Rng) -> i64 {
 }
 
 fn random_context(rng: &mut Rng) -> Context {
-    let grant = rng.one_in(2).then(|| hex(&rng.next().to_le_bytes()));
+    let grant = match rng.below(4) {
+        0 => None,
+        1 => Some(Grant::Key(hex(&rng.next().to_le_bytes()))),
+        2 => Some(Grant::Member(valid_user_id(rng))),
+        _ => Some(Grant::User(valid_user_id(rng))),
+    };
     let scopes = scopes_of(rng.below(8));
     Context { tenant: random_uuid(rng), scopes, expires: expires_value(rng).max(1), grant }
 }
@@ -968,7 +1028,16 @@ fn context_payload(rng: &mut Rng) -> String {
         2 => format!("{id}0"),
         3 => rng.pick(&["", "--", "_", "null"]).to_string(),
         4 => mutated(rng, &id),
-        5..=7 => "-".into(),
+        5 | 6 => "-".into(),
+        7 => {
+            let b64 = b64(user_id(rng).as_bytes());
+            let spelled = format!("{}{b64}", rng.pick(&["m", "u", "x", "M", ""]));
+            if rng.one_in(3) {
+                mutated(rng, &spelled)
+            } else {
+                spelled
+            }
+        }
         _ => id,
     };
     let mut fields = vec![version, tenant, scopes, expires, grant];

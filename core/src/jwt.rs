@@ -1,9 +1,10 @@
 //! HS256 JSON Web Tokens for `sutra.authenticate_jwt`.
 //!
 //! Only `alg: HS256` is accepted (`none` and every other algorithm are refused before the
-//! signature is looked at). Claims: `tenant_id` (a uuid or a slug), `scopes` (an array or a
-//! space-separated string of `read`, `write`, `admin`) or `role` (`read`/`reader`,
-//! `write`/`writer`, `admin`), `exp` (required) and `nbf` (optional), in Unix seconds.
+//! signature is looked at). Claims: `tenant_id` (a uuid or a slug), `sub` (the user, optional
+//! here: the caller decides whether it needs one), `scopes` (an array or a space-separated string
+//! of `read`, `write`, `admin`) or `role` (`read`/`reader`, `write`/`writer`, `admin`), optional
+//! too, `exp` (required) and `nbf` (optional), in Unix seconds.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -11,14 +12,17 @@ use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
-use crate::tenant_context::Scopes;
+use crate::tenant_context::{is_user_id, Scopes};
 
 /// What a valid token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claims {
     /// The `tenant_id` claim: a uuid or a slug, resolved by the caller.
     pub tenant: String,
-    pub scopes: Scopes,
+    /// The `sub` claim: the user the token speaks for.
+    pub subject: Option<String>,
+    /// The scopes the token grants; `None` when it names none (neither `scopes` nor `role`).
+    pub scopes: Option<Scopes>,
     pub expires: i64,
 }
 
@@ -56,7 +60,7 @@ fn int_claim(payload: &Value, name: &'static str) -> Result<Option<i64>, JwtErro
     }
 }
 
-fn scopes_claim(payload: &Value) -> Result<Scopes, JwtError> {
+fn scopes_claim(payload: &Value) -> Result<Option<Scopes>, JwtError> {
     if let Some(s) = payload.get("scopes").or_else(|| payload.get("scope")) {
         let names: Vec<&str> = match s {
             Value::String(s) => s.split_whitespace().collect(),
@@ -66,13 +70,16 @@ fn scopes_claim(payload: &Value) -> Result<Scopes, JwtError> {
             _ => return Err(JwtError::Claim("scopes")),
         };
         let scopes = Scopes::from_names(names).ok_or(JwtError::Claim("scopes"))?;
-        return if scopes.is_empty() { Err(JwtError::Claim("scopes")) } else { Ok(scopes) };
+        return if scopes.is_empty() { Err(JwtError::Claim("scopes")) } else { Ok(Some(scopes)) };
     }
-    match payload.get("role").and_then(Value::as_str) {
-        Some("read" | "reader") => Ok(Scopes::READ),
-        Some("write" | "writer") => Ok(Scopes::READ.union(Scopes::WRITE)),
-        Some("admin") => Ok(Scopes::ALL),
-        _ => Err(JwtError::Claim("scopes")),
+    match payload.get("role") {
+        None | Some(Value::Null) => Ok(None),
+        Some(role) => match role.as_str() {
+            Some("read" | "reader") => Ok(Some(Scopes::READ)),
+            Some("write" | "writer") => Ok(Some(Scopes::READ.union(Scopes::WRITE))),
+            Some("admin") => Ok(Some(Scopes::ALL)),
+            _ => Err(JwtError::Claim("scopes")),
+        },
     }
 }
 
@@ -108,7 +115,12 @@ pub fn verify_hs256(token: &str, secret: &[u8], now: i64) -> Result<Claims, JwtE
         Some(Value::String(t)) if !t.is_empty() => t.clone(),
         _ => return Err(JwtError::Claim("tenant_id")),
     };
-    Ok(Claims { tenant, scopes: scopes_claim(&payload)?, expires })
+    let subject = match payload.get("sub") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if is_user_id(s) => Some(s.clone()),
+        Some(_) => return Err(JwtError::Claim("sub")),
+    };
+    Ok(Claims { tenant, subject, scopes: scopes_claim(&payload)?, expires })
 }
 
 /// Makes an HS256 token (for tests and tools).
@@ -139,12 +151,21 @@ mod tests {
         let t = token(json!({"tenant_id": "acme", "scopes": ["read", "write"], "exp": NOW + 60}));
         assert_eq!(
             verify_hs256(&t, SECRET, NOW),
-            Ok(Claims { tenant: "acme".into(), scopes: Scopes::READ.union(Scopes::WRITE), expires: NOW + 60 })
+            Ok(Claims {
+                tenant: "acme".into(),
+                subject: None,
+                scopes: Some(Scopes::READ.union(Scopes::WRITE)),
+                expires: NOW + 60
+            })
         );
         let t = token(json!({"tenant_id": "acme", "scope": "read admin", "exp": NOW + 1, "nbf": NOW}));
-        assert_eq!(verify_hs256(&t, SECRET, NOW).unwrap().scopes, Scopes::READ.union(Scopes::ADMIN));
+        assert_eq!(verify_hs256(&t, SECRET, NOW).unwrap().scopes, Some(Scopes::READ.union(Scopes::ADMIN)));
         let t = token(json!({"tenant_id": "acme", "role": "writer", "exp": NOW + 1}));
-        assert_eq!(verify_hs256(&t, SECRET, NOW).unwrap().scopes, Scopes::READ.union(Scopes::WRITE));
+        assert_eq!(verify_hs256(&t, SECRET, NOW).unwrap().scopes, Some(Scopes::READ.union(Scopes::WRITE)));
+        // A user, and no scopes: the caller takes them from the user's role.
+        let t = token(json!({"tenant_id": "acme", "sub": "auth0|42", "exp": NOW + 1}));
+        let c = verify_hs256(&t, SECRET, NOW).unwrap();
+        assert_eq!((c.subject.as_deref(), c.scopes), (Some("auth0|42"), None));
     }
 
     #[test]
@@ -202,6 +223,12 @@ mod tests {
             verify_hs256(&token(json!({"tenant_id": "a", "scopes": ["sudo"], "exp": NOW + 9})), SECRET, NOW),
             Err(JwtError::Claim("scopes"))
         );
+        for sub in [json!(""), json!(42), json!(["a"]), json!("a\u{0}b"), json!("x".repeat(256))] {
+            assert_eq!(
+                verify_hs256(&token(json!({"tenant_id": "a", "sub": sub, "exp": NOW + 9})), SECRET, NOW),
+                Err(JwtError::Claim("sub"))
+            );
+        }
         // shape
         for bad in ["", "a.b", "a.b.c.d", "!!.!!.!!"] {
             assert!(matches!(verify_hs256(bad, SECRET, NOW), Err(JwtError::Malformed(_))), "{bad}");

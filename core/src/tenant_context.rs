@@ -5,9 +5,9 @@
 //! ```
 //!
 //! `scopes` is a subset of `rwa` in that order (`r` read, `w` write, `a` admin), `expires` is in
-//! Unix seconds, `grant` is the id of the API key that granted the context (16 lower-case hex
-//! digits, so revoking the key can end it) or `-` (a token or a trusted server), and `mac` is the unpadded base64url HMAC-SHA256, under the cluster's context
-//! secret, of everything before the last dot. Every node that holds the secret can check a value
+//! Unix seconds, `grant` says what granted the context (see [`Grant`]; `-` for a trusted server
+//! or a token without a user), and `mac` is the unpadded base64url HMAC-SHA256, under the
+//! cluster's context secret, of everything before the last dot. Every node that holds the secret can check a value
 //! without having seen the authentication (a Citus worker receiving `SET LOCAL`), and no one
 //! without the secret can make one.
 
@@ -38,6 +38,10 @@ impl Scopes {
 
     pub fn union(self, other: Scopes) -> Scopes {
         Scopes(self.0 | other.0)
+    }
+
+    pub fn intersection(self, other: Scopes) -> Scopes {
+        Scopes(self.0 & other.0)
     }
 
     pub fn is_empty(self) -> bool {
@@ -91,6 +95,64 @@ impl Scopes {
     }
 }
 
+/// What granted a context, so that taking it back ends the context from the next transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grant {
+    /// An API key, by id: 16 lower-case hex digits.
+    Key(String),
+    /// A member of the tenant, by user id (from a token's `sub`): `m` and the unpadded base64url
+    /// of the id. Removing the member or changing the role is seen from the next transaction.
+    Member(String),
+    /// A user a trusted token issuer vouched for, without a membership row: `u` and the unpadded
+    /// base64url of the id.
+    User(String),
+}
+
+/// The longest user id, in bytes.
+pub const MAX_USER_ID: usize = 255;
+
+/// True for a user id a context can carry: 1 to [`MAX_USER_ID`] bytes without control
+/// characters.
+pub fn is_user_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_USER_ID && !s.chars().any(char::is_control)
+}
+
+impl Grant {
+    /// The user the context acts for, if a user granted it.
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            Grant::Key(_) => None,
+            Grant::Member(u) | Grant::User(u) => Some(u),
+        }
+    }
+
+    fn spelling(&self) -> String {
+        match self {
+            Grant::Key(id) => id.clone(),
+            Grant::Member(u) => format!("m{}", URL_SAFE_NO_PAD.encode(u)),
+            Grant::User(u) => format!("u{}", URL_SAFE_NO_PAD.encode(u)),
+        }
+    }
+
+    /// The grant spelled `s`, in its one spelling only.
+    fn parse(s: &str) -> Option<Grant> {
+        if is_key_id(s) {
+            return Some(Grant::Key(s.to_string()));
+        }
+        let user = |b64: &str| -> Option<String> {
+            let bytes = URL_SAFE_NO_PAD.decode(b64).ok()?;
+            let user = String::from_utf8(bytes).ok()?;
+            // The engine refuses padding and stray trailing bits, so this is the one spelling.
+            (is_user_id(&user) && URL_SAFE_NO_PAD.encode(&user) == b64).then_some(user)
+        };
+        match s.split_at_checked(1)? {
+            ("m", rest) => user(rest).map(Grant::Member),
+            ("u", rest) => user(rest).map(Grant::User),
+            _ => None,
+        }
+    }
+}
+
 /// What a verified context grants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Context {
@@ -99,8 +161,8 @@ pub struct Context {
     pub scopes: Scopes,
     /// Unix seconds after which the context is no longer valid.
     pub expires: i64,
-    /// The API key that granted it, if one did.
-    pub grant: Option<String>,
+    /// What granted it: `None` for a trusted server or a token without a user.
+    pub grant: Option<Grant>,
 }
 
 /// Why a value is not a valid context.
@@ -133,8 +195,8 @@ fn mac(secret: &[u8], payload: &str) -> HmacSha256 {
 /// Signs a context. `ctx.tenant` must be a canonical uuid.
 pub fn sign(ctx: &Context, secret: &[u8]) -> String {
     debug_assert!(is_canonical_uuid(&ctx.tenant));
-    let grant = ctx.grant.as_deref().unwrap_or("-");
-    debug_assert!(grant == "-" || is_key_id(grant));
+    let grant = ctx.grant.as_ref().map_or_else(|| "-".to_string(), Grant::spelling);
+    debug_assert!(grant == "-" || Grant::parse(&grant).as_ref() == ctx.grant.as_ref());
     let payload = format!("{VERSION}.{}.{}.{}.{grant}", ctx.tenant, ctx.scopes.letters(), ctx.expires);
     let tag = mac(secret, &payload).finalize().into_bytes();
     format!("{payload}.{}", URL_SAFE_NO_PAD.encode(tag))
@@ -149,9 +211,10 @@ pub fn verify(value: &str, secret: &[u8], now: i64) -> Result<Context, ContextEr
     else {
         return Err(ContextError::Malformed);
     };
-    if grant != "-" && !is_key_id(grant) {
-        return Err(ContextError::Malformed);
-    }
+    let grant = match grant {
+        "-" => None,
+        g => Some(Grant::parse(g).ok_or(ContextError::Malformed)?),
+    };
     if !is_canonical_uuid(tenant) {
         return Err(ContextError::Malformed);
     }
@@ -171,7 +234,6 @@ pub fn verify(value: &str, secret: &[u8], now: i64) -> Result<Context, ContextEr
     if now >= expires {
         return Err(ContextError::Expired);
     }
-    let grant = (grant != "-").then(|| grant.to_string());
     Ok(Context { tenant: tenant.to_string(), scopes, expires, grant })
 }
 
@@ -193,7 +255,7 @@ mod tests {
 
     #[test]
     fn the_granting_key_is_signed_too() {
-        let keyed = Context { grant: Some("0123456789abcdef".into()), ..ctx(Scopes::READ) };
+        let keyed = Context { grant: Some(Grant::Key("0123456789abcdef".into())), ..ctx(Scopes::READ) };
         let v = sign(&keyed, SECRET);
         assert_eq!(verify(&v, SECRET, 0), Ok(keyed));
         assert!(v.contains(".0123456789abcdef."));
@@ -207,6 +269,36 @@ mod tests {
             verify(&v.replace(".0123456789abcdef.", ".0123456789ABCDEF."), SECRET, 0),
             Err(ContextError::Malformed)
         );
+    }
+
+    #[test]
+    fn the_granting_user_is_signed_too() {
+        for user in ["alice", "auth0|5f0c6a2e", "a.b.c", "ünïcode@example.com", &"x".repeat(MAX_USER_ID)] {
+            for grant in [Grant::Member(user.into()), Grant::User(user.into())] {
+                let c = Context { grant: Some(grant.clone()), ..ctx(Scopes::READ) };
+                let v = sign(&c, SECRET);
+                assert_eq!(verify(&v, SECRET, 0), Ok(c), "{v}");
+                assert_eq!(grant.user(), Some(user));
+                // Member and user are not interchangeable.
+                let swapped = match grant {
+                    Grant::Member(_) => v.replace(".m", ".u"),
+                    _ => v.replace(".u", ".m"),
+                };
+                assert_eq!(verify(&swapped, SECRET, 0), Err(ContextError::BadSignature));
+            }
+        }
+        assert_eq!(Grant::Key("0123456789abcdef".into()).user(), None);
+    }
+
+    #[test]
+    fn user_grants_have_one_spelling() {
+        for bad in ["m", "u", "mYWxpY2U=", "x", "mYWxpY2", "m!!", "M", "mAA", "mCg"] {
+            assert_eq!(Grant::parse(bad), None, "{bad}");
+        }
+        assert_eq!(Grant::parse("mYWxpY2U"), Some(Grant::Member("alice".into())));
+        assert!(!is_user_id(""));
+        assert!(!is_user_id("a\nb"));
+        assert!(!is_user_id(&"x".repeat(MAX_USER_ID + 1)));
     }
 
     #[test]
@@ -286,6 +378,8 @@ mod tests {
         assert_eq!(Scopes::ALL.names(), vec!["read", "write", "admin"]);
         assert!(Scopes::ALL.contains(Scopes::WRITE));
         assert!(!Scopes::READ.contains(Scopes::WRITE));
+        assert_eq!(Scopes::ALL.intersection(Scopes::READ.union(Scopes::WRITE)), Scopes(3));
+        assert!(Scopes::READ.intersection(Scopes::WRITE).is_empty());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use sutra_core::api_key;
 use sutra_core::jwt::{self, Claims, JwtError};
-use sutra_core::tenant_context::{self, Context, ContextError, Scopes};
+use sutra_core::tenant_context::{self, Context, ContextError, Grant, Scopes};
 use sutra_core::vector_binary::{self, DecodeError};
 use sutra_core::vector_text::{self, ParseError};
 use sutra_core::VECTOR_MAX_DIM;
@@ -189,7 +189,12 @@ fn valid_claims() -> impl Strategy<Value = (Value, Claims)> {
             if let Some(ago) = nbf_ago {
                 c["nbf"] = json!(NOW - ago);
             }
-            let claims = Claims { tenant: c["tenant_id"].as_str().unwrap().to_string(), scopes, expires: NOW + ttl };
+            let claims = Claims {
+                tenant: c["tenant_id"].as_str().unwrap().to_string(),
+                subject: None,
+                scopes: Some(scopes),
+                expires: NOW + ttl,
+            };
             (c, claims)
         },
     )
@@ -223,6 +228,9 @@ fn bad_claim() -> impl Strategy<Value = (&'static str, Value, fn(&JwtError) -> b
         Just(("scopes", json!(["read", 1]), claim as fn(&JwtError) -> bool)),
         Just(("scopes", json!({"read": true}), claim as fn(&JwtError) -> bool)),
         Just(("scopes", json!("READ"), claim as fn(&JwtError) -> bool)),
+        Just(("sub", json!(""), claim as fn(&JwtError) -> bool)),
+        Just(("sub", json!(7), claim as fn(&JwtError) -> bool)),
+        Just(("sub", json!("a\nb"), claim as fn(&JwtError) -> bool)),
     ]
 }
 
@@ -321,7 +329,7 @@ proptest! {
         r["role"] = json!(role);
         let got = jwt::verify_hs256(&jwt::sign_hs256(&r, secret), secret, NOW);
         if role == "reader" {
-            prop_assert_eq!(got.map(|c| c.scopes), Ok(Scopes::READ));
+            prop_assert_eq!(got.map(|c| c.scopes), Ok(Some(Scopes::READ)));
         } else {
             prop_assert_eq!(got, Err(JwtError::Claim("scopes")));
         }
@@ -349,15 +357,18 @@ proptest! {
 const CONTEXT_SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
 fn context() -> impl Strategy<Value = Context> {
-    (any::<[u8; 16]>(), 0..8u8, 1..1_000_000_000_000_000_000i64, proptest::option::of(any::<[u8; 8]>())).prop_map(
-        |(t, s, expires, grant)| {
-            let scopes = Scopes::from_names(
-                ["read", "write", "admin"].into_iter().enumerate().filter(|(i, _)| s & (1 << i) != 0).map(|(_, n)| n),
-            )
-            .unwrap();
-            Context { tenant: uuid(t), scopes, expires, grant: grant.map(|g| hex(&g)) }
-        },
-    )
+    let grant = proptest::option::of(prop_oneof![
+        any::<[u8; 8]>().prop_map(|g| Grant::Key(hex(&g))),
+        "[^\\p{Cc}]{1,60}".prop_map(Grant::Member),
+        "[^\\p{Cc}]{1,60}".prop_map(Grant::User),
+    ]);
+    (any::<[u8; 16]>(), 0..8u8, 1..1_000_000_000_000_000_000i64, grant).prop_map(|(t, s, expires, grant)| {
+        let scopes = Scopes::from_names(
+            ["read", "write", "admin"].into_iter().enumerate().filter(|(i, _)| s & (1 << i) != 0).map(|(_, n)| n),
+        )
+        .unwrap();
+        Context { tenant: uuid(t), scopes, expires, grant }
+    })
 }
 
 fn mac_of(payload: &str, secret: &[u8]) -> String {
@@ -381,7 +392,8 @@ fn payload_parts() -> impl Strategy<Value = String> {
     let tenant = prop_oneof![any::<[u8; 16]>().prop_map(uuid), "[0-9a-fA-F-]{30,38}", "[0-9a-f]{32}"];
     let scopes = prop_oneof!["[rwa]{0,4}", "-", "--", "[rwax-]{0,3}"];
     let expires = prop_oneof!["[1-9][0-9]{0,17}", "0[0-9]{0,18}", "[+-]?[0-9]{1,20}", " [0-9]{1,5}", ""];
-    let grant = prop_oneof![Just("-".to_string()), "[0-9a-f]{16}", "[0-9a-fA-F]{15,17}", ""];
+    let grant =
+        prop_oneof![Just("-".to_string()), "[0-9a-f]{16}", "[0-9a-fA-F]{15,17}", "", "[mux][A-Za-z0-9_=+/-]{0,12}"];
     (version, tenant, scopes, expires, grant).prop_map(|(v, t, s, e, g)| format!("{v}.{t}.{s}.{e}.{g}"))
 }
 

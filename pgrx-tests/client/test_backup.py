@@ -114,6 +114,9 @@ def test_one_tenant_moves_alone(databases, tmp_path):
         sum_a = checksum(c, a)
         c.execute("SELECT sutra.set_secret('openai', 'sk-alpha-secret', tenant => 'alpha')")
         c.execute("SELECT sutra.set_secret('openai', 'sk-beta-secret', tenant => 'beta')")
+        c.execute("SELECT sutra.add_member('alice@alpha', 'owner', tenant => 'alpha')")
+        c.execute("SELECT sutra.add_member('bob@beta', 'owner', tenant => 'beta')")
+        c.execute("SELECT sutra.set_feature('bulk_export', true, tenant => 'alpha')")
     with db(one) as c:
         make_schema(c)
     dump = tmp_path / "alpha.dump"
@@ -135,6 +138,10 @@ def test_one_tenant_moves_alone(databases, tmp_path):
         # Its secret came along sealed (the same master key opens it here); beta's did not.
         assert c.execute("SELECT sutra.secret('openai', tenant => 'alpha')").fetchone()[0] == "sk-alpha-secret"
         assert c.execute("SELECT count(*) FROM sutra.tenant_secrets").fetchone()[0] == 1
+        # Its members and feature flags came along; beta's members did not.
+        assert c.execute("SELECT tenant_id, user_id, role FROM sutra.tenant_members").fetchall() == [
+            (a, "alice@alpha", "owner")]
+        assert c.execute("SELECT features FROM sutra.tenants WHERE slug = 'alpha'").fetchone()[0] == {"bulk_export": True}
         # Another pepper here: the key came along but does not authenticate.
         with pytest.raises(psycopg.Error) as e:
             c.execute("SELECT sutra.authenticate(%s, session => true)", (key_a,))

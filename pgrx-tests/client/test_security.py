@@ -224,7 +224,8 @@ def test_transaction_context_is_the_default(env):
 
 def make_token(env):
     from test_tenancy_adversarial import make_jwt
-    return make_jwt({"tenant_id": str(env.a), "scopes": ["read"], "exp": int(time.time()) + 600}, env.jwt_secret)
+    return make_jwt({"tenant_id": str(env.a), "sub": env.user, "scopes": ["read"], "exp": int(time.time()) + 600},
+                    env.jwt_secret)
 
 
 def test_settings_of_an_owners_trigger_do_not_outlive_a_purge(env):

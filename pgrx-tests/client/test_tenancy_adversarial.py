@@ -79,6 +79,8 @@ class Env:
     slug_b: str = ""
     keys: dict = field(default_factory=dict)
     jwt_secret: bytes = b""
+    # A user who owns both tenants: the "sub" of the tokens below.
+    user: str = ""
     baseline: list = field(default_factory=list)
     bulk_counts: dict = field(default_factory=dict)
     extra_tenants: list = field(default_factory=list)
@@ -223,6 +225,9 @@ def env():
                     break
             assert time.monotonic() < deadline, "sutra.jwt_secret did not reload"
             time.sleep(0.1)
+        e.user = f"adv-user-{sfx}@example.com"
+        for t in (e.a, e.b):
+            su.execute("SELECT sutra.add_member(%s, 'owner', tenant => %s)", (e.user, str(t)))
         su.execute("SELECT sutra.reset_auth_failures()")
         yield e
     finally:
@@ -462,8 +467,8 @@ def test_local_context_ends_with_the_transaction(env, a_context, how, end):
     elif how == "set_config local":
         app.execute("SELECT set_config('sutra.tenant_id', %s, true)", (a_context,))
     else:
-        token = make_jwt({"tenant_id": str(env.a), "scopes": ["read"], "exp": int(time.time()) + 300},
-                         env.jwt_secret)
+        token = make_jwt({"tenant_id": str(env.a), "sub": env.user, "scopes": ["read"],
+                          "exp": int(time.time()) + 300}, env.jwt_secret)
         app.execute("SELECT sutra.authenticate_jwt(%s, local => true)", (token,))
     assert_only_tenant(env, select_docs(app), env.a)
     app.execute(end)
@@ -627,7 +632,7 @@ def test_repeated_failures_are_slowed_down(env, method):
 
 def _bad_tokens(env):
     now = int(time.time())
-    good = {"tenant_id": str(env.a), "scopes": ["read", "write"], "exp": now + 300}
+    good = {"tenant_id": str(env.a), "sub": env.user, "scopes": ["read", "write"], "exp": now + 300}
     other_payload = make_jwt({**good, "tenant_id": str(env.b)}, b"unknown secret")
     valid_a = make_jwt(good, env.jwt_secret)
     h, _, s = valid_a.split(".")
@@ -683,6 +688,7 @@ def test_bad_jwt_is_refused(env, kind):
 def test_valid_jwt_grants_its_tenant_and_scopes_only(env, claims, can_write, is_admin):
     claims = {k: (v.format(a=env.a, slug_a=env.slug_a) if isinstance(v, str) else v) for k, v in claims.items()}
     claims["exp"] = int(time.time()) + 300
+    claims["sub"] = env.user
     app = env.app_conn()
     assert app.execute("SELECT sutra.authenticate_jwt(%s, session => true)", (make_jwt(claims, env.jwt_secret),)).fetchone()[0] == env.a
     assert_only_tenant(env, select_docs(app, "WHERE k IN ('shared', 'b1', 'secret')"), env.a)
@@ -702,7 +708,7 @@ def test_jwt_context_ends_at_exp(env):
     exp = int(time.time()) + 2
     app = env.app_conn()
     app.execute("SELECT sutra.authenticate_jwt(%s, session => true)",
-                (make_jwt({"tenant_id": str(env.a), "role": "writer", "exp": exp}, env.jwt_secret),))
+                (make_jwt({"tenant_id": str(env.a), "sub": env.user, "role": "writer", "exp": exp}, env.jwt_secret),))
     assert_only_tenant(env, select_docs(app), env.a)
     time.sleep(max(0.0, exp + 0.3 - time.time()))
     expect_error(app, "28000", "tenant context has expired", "SELECT count(*) FROM docs")
@@ -957,7 +963,8 @@ def test_suspended_tenant_loses_access_at_once(env):
     b_sess = env.app_conn("b")
     svc = env.connect(env.svc)
     assert_only_tenant(env, select_docs(a_sess), env.a)
-    token = make_jwt({"tenant_id": str(env.a), "role": "writer", "exp": int(time.time()) + 300}, env.jwt_secret)
+    token = make_jwt({"tenant_id": str(env.a), "sub": env.user, "role": "writer", "exp": int(time.time()) + 300},
+                     env.jwt_secret)
     env.su.execute("SELECT sutra.suspend_tenant(%s::uuid)", (env.a,))
     try:
         expect_error(a_sess, "28000", "is suspended", "SELECT count(*) FROM docs")
@@ -1323,8 +1330,8 @@ def test_credentials_do_not_show_in_pg_stat_activity_of_other_tenants(env, how):
     import threading
 
     if how == "jwt":
-        secret_text = make_jwt({"tenant_id": str(env.b), "role": "writer", "exp": int(time.time()) + 300},
-                               env.jwt_secret)
+        secret_text = make_jwt({"tenant_id": str(env.b), "sub": env.user, "role": "writer",
+                                "exp": int(time.time()) + 300}, env.jwt_secret)
         stmt = "SELECT sutra.authenticate_jwt(%s, session => true)"
     else:
         secret_text = env.keys["b"]

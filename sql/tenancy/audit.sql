@@ -11,7 +11,9 @@ CREATE TABLE audit_log (
     session_role name NOT NULL,
     context_tenant uuid,
     client_addr inet,
-    details jsonb NOT NULL DEFAULT '{}'
+    details jsonb NOT NULL DEFAULT '{}',
+    -- The user of the context (sutra.current_user_id()), when a user granted it.
+    user_id text
 );
 CREATE INDEX ON audit_log (tenant_id, at);
 -- Retention deletes by time.
@@ -21,9 +23,9 @@ COMMENT ON TABLE audit_log IS 'who did what to which tenant, when, from where; a
 -- Writes one audit row. Only sutra's own functions call it.
 CREATE FUNCTION _audit(action text, tenant uuid, details jsonb DEFAULT '{}') RETURNS void
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    INSERT INTO sutra.audit_log (tenant_id, action, actor, session_role, context_tenant, client_addr, details)
+    INSERT INTO sutra.audit_log (tenant_id, action, actor, session_role, context_tenant, client_addr, details, user_id)
     VALUES (tenant, action, sutra._caller(), session_user, sutra._context_tenant(),
-            inet_client_addr(), coalesce(details, '{}'));
+            inet_client_addr(), coalesce(details, '{}'), sutra._context_user());
 $$;
 
 -- Deletes audit rows older than sutra.audit_retention (0, the default, keeps them for good) and

@@ -11,10 +11,10 @@ use std::ffi::CStr;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{pg_sys, PgSqlErrorCode};
-use sutra_core::tenant_context::Scopes;
+use sutra_core::tenant_context::{Grant, Scopes};
 use sutra_core::{api_key, jwt};
 
-use super::context::{issue, uuid_of};
+use super::context::{issue, member_scopes, uuid_of};
 use super::failures;
 use crate::backend::caller;
 use crate::backend::{now_unix, GenerationMap};
@@ -222,7 +222,7 @@ fn authenticate(api_key: &str, local: default!(Option<bool>, "NULL"), session: d
         denied(presented.key_id, "tenant not active", format!("tenant {} is {}", row.tenant, row.status));
     }
     failures::forget(presented.key_id);
-    issue(&row.tenant, scopes_of(&row.scopes), row.expires, Some(presented.key_id), session);
+    issue(&row.tenant, scopes_of(&row.scopes), row.expires, Some(Grant::Key(presented.key_id.to_string())), session);
     // SAFETY: plain backend globals.
     let writable = unsafe { !pg_sys::XactReadOnly && !pg_sys::RecoveryInProgress() };
     if row.stale && writable {
@@ -273,9 +273,58 @@ fn jwt_secret() -> Vec<u8> {
     }
 }
 
+/// A verified token's refusal, after its signature held: the reason is recorded, and the DETAIL
+/// says it (the token's issuer is trusted, so nothing is given away).
+fn token_refused(reason: &str, detail: String) -> ! {
+    failures::record(None, reason);
+    raise_detail(PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, "JWT authentication failed", detail)
+}
+
+/// The scopes and the grant of a verified token for `tenant`. With `sutra.jwt_membership =
+/// required` (the default) the token's `sub` must be a member of the tenant, and the scopes are
+/// those of the token (all when it names none) that the member's role has too; with `trusted`
+/// the issuer vouches for the user and the token's scopes apply as they are.
+fn token_grant(claims: jwt::Claims, tenant: &str) -> (Scopes, Option<Grant>) {
+    if crate::guc::JWT_MEMBERSHIP.get() == crate::guc::JwtMembership::Trusted {
+        let scopes = claims.scopes.unwrap_or_else(|| {
+            failures::record(None, "invalid token");
+            raise_detail(
+                PgSqlErrorCode::ERRCODE_INVALID_PASSWORD,
+                "JWT authentication failed",
+                "Claim \"scopes\" is missing or invalid.",
+            )
+        });
+        return (scopes, claims.subject.map(Grant::User));
+    }
+    let Some(user) = claims.subject else {
+        token_refused(
+            "token without a user",
+            "The token has no \"sub\" claim; with sutra.jwt_membership = required it must name a member of the tenant."
+                .to_string(),
+        )
+    };
+    let Some(role) = member_scopes(tenant, &user) else {
+        token_refused(
+            "token for a user who is not a member",
+            format!("User \"{user}\" is not a member of tenant {tenant}."),
+        )
+    };
+    let scopes = claims.scopes.map_or(role, |s| s.intersection(role));
+    if scopes.is_empty() {
+        token_refused(
+            "token scopes outside the member's role",
+            format!(
+                "User \"{user}\" has the scopes {} in tenant {tenant}, none of which the token grants.",
+                role.names().join(", ")
+            ),
+        );
+    }
+    (scopes, Some(Grant::Member(user)))
+}
+
 /// `sutra.authenticate_jwt(token, local, session)`: checks an HS256 token and sets the tenant and
 /// scopes it names as the context, for the current transaction or (`session`) the session, until
-/// the token's `exp` at the latest.
+/// the token's `exp` at the latest. The token's user (`sub`) is part of the context.
 #[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn authenticate_jwt(token: &str, local: default!(Option<bool>, "NULL"), session: default!(bool, false)) -> pgrx::Uuid {
@@ -306,7 +355,9 @@ fn authenticate_jwt(token: &str, local: default!(Option<bool>, "NULL"), session:
         failures::record(None, "token for a tenant not active");
         raise(PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, format!("tenant {tenant} is {status}"));
     }
-    issue(&tenant, claims.scopes, Some(claims.expires), None, session);
+    let expires = claims.expires;
+    let (scopes, grant) = token_grant(claims, &tenant);
+    issue(&tenant, scopes, Some(expires), grant, session);
     uuid_of(&tenant)
 }
 

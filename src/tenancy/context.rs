@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
-use sutra_core::tenant_context::{self, Context, ContextError, Scopes};
+use sutra_core::tenant_context::{self, Context, ContextError, Grant, Scopes};
 
 use crate::backend::{now_unix, random_bytes};
 use crate::error::{raise_detail, raise_hint};
@@ -202,6 +202,10 @@ thread_local! {
     /// revoked or gone, i64::MAX without expiry), cleared with STATUS (revoking a key or changing
     /// its expiry sends the same invalidation).
     static KEYS: RefCell<HashMap<String, i64>> = RefCell::new(HashMap::new());
+    /// The scopes of the roles of the members that granted contexts here, by (tenant, user);
+    /// `None` for a user who is not a member. Cleared with STATUS (changes of
+    /// `sutra.tenant_members` send the same invalidation).
+    static MEMBERS: RefCell<HashMap<(String, String), Option<Scopes>>> = RefCell::new(HashMap::new());
     /// The tenant whose rows sutra is purging in this backend: its contexts count as active.
     static PURGING: RefCell<Option<String>> = const { RefCell::new(None) };
     /// The oid of `sutra.tenants`, learnt on the first lookup.
@@ -215,6 +219,7 @@ unsafe extern "C-unwind" fn tenants_invalidated(_arg: pg_sys::Datum, relid: pg_s
     if relid == pg_sys::InvalidOid || relid == tenants {
         STATUS.with(|c| c.borrow_mut().clear());
         KEYS.with(|c| c.borrow_mut().clear());
+        MEMBERS.with(|c| c.borrow_mut().clear());
         STATUS_GENERATION.with(|g| g.set(g.get() + 1));
     }
 }
@@ -293,6 +298,30 @@ fn key_valid(key_id: &str) -> bool {
     now_unix() < until
 }
 
+/// The scopes the role of `user` in `tenant` grants, or `None` when the user is not a member;
+/// cached per backend until members change.
+pub fn member_scopes(tenant: &str, user: &str) -> Option<Scopes> {
+    let key = (tenant.to_string(), user.to_string());
+    if let Some(scopes) = MEMBERS.with(|c| c.borrow().get(&key).copied()) {
+        return scopes;
+    }
+    // SAFETY: only resolves the tenants table's oid for the invalidation callback.
+    unsafe { tenants_oid() };
+    let names = crate::backend::caller::as_superuser(|| {
+        Spi::get_one_with_args::<Vec<String>>(
+            "SELECT (SELECT sutra.role_scopes(m.role) FROM sutra.tenant_members m
+                     WHERE m.tenant_id = $1::uuid AND m.user_id = $2)",
+            &[tenant.into(), user.into()],
+        )
+    })
+    .unwrap_or_else(|e| {
+        crate::error::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not read tenant members: {e}"))
+    });
+    let scopes = names.map(|n| Scopes::from_names(n.iter().map(String::as_str)).unwrap_or_default());
+    MEMBERS.with(|c| c.borrow_mut().insert(key, scopes));
+    scopes
+}
+
 /// Runs `f` with contexts of `tenant` counting as active whatever its status (purging a deleted
 /// tenant's rows runs as each table's owner, through the tenant's policies).
 pub fn while_purging<R>(tenant: &str, f: impl FnOnce() -> R) -> R {
@@ -307,24 +336,32 @@ pub fn while_purging<R>(tenant: &str, f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Raises unless the context may act now: its tenant exists and is active, and the key that
-/// granted it (if any) has not been revoked.
-fn require_valid(ctx: &Context) {
+/// The scopes the context has now; raises unless it may act: its tenant exists and is active,
+/// the key that granted it (if any) has not been revoked, and the member who did (if any) still
+/// is one. A member's scopes are at most those of the role the member has now.
+fn require_valid(ctx: &Context) -> Scopes {
     // A parallel worker cannot run queries of its own. It gets the context from the leader,
     // checks the signature and the expiry, and leaves tenant and key status to the leader, which
     // evaluates the policies (their tenant lookup is an InitPlan, run by the leader).
     if crate::backend::caller::in_parallel_worker() {
-        return;
+        return ctx.scopes;
     }
     require_active(&ctx.tenant);
-    if let Some(key_id) = &ctx.grant {
-        if !key_valid(key_id) {
-            raise_hint(
+    match &ctx.grant {
+        Some(Grant::Key(key_id)) if !key_valid(key_id) => raise_hint(
+            PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            format!("API key {key_id} has been revoked or has expired"),
+            NO_CONTEXT_HINT,
+        ),
+        Some(Grant::Member(user)) => match member_scopes(&ctx.tenant, user) {
+            Some(role) => ctx.scopes.intersection(role),
+            None => raise_hint(
                 PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
-                format!("API key {key_id} has been revoked or has expired"),
+                format!("user \"{user}\" is no longer a member of tenant {}", ctx.tenant),
                 NO_CONTEXT_HINT,
-            );
-        }
+            ),
+        },
+        _ => ctx.scopes,
     }
 }
 
@@ -391,7 +428,8 @@ fn current_checked() -> Option<(Scopes, pgrx::Uuid)> {
             NO_CONTEXT_HINT,
         ),
     };
-    require_valid(&ctx);
+    let mut ctx = ctx;
+    ctx.scopes = require_valid(&ctx);
     let (scopes, uuid) = (ctx.scopes, uuid_of(&ctx.tenant));
     remember(value.to_string(), ctx, generation);
     Some((scopes, uuid))
@@ -429,6 +467,26 @@ pub fn peek_tenant() -> Option<pgrx::Uuid> {
     tenant_context::verify(value, &secret(), now).ok().map(|c| uuid_of(&c.tenant))
 }
 
+/// The user of the current context, if a user granted it, without raising and without looking
+/// at tenant status or membership (for audit rows, written in any state).
+pub fn peek_user() -> Option<String> {
+    let value = raw_value();
+    if value.is_empty() {
+        return None;
+    }
+    let now = now_unix();
+    let cached = VERIFIED.with(|c| {
+        c.borrow()
+            .as_ref()
+            .filter(|v| v.value == value && now < v.ctx.expires)
+            .map(|v| v.ctx.grant.as_ref().and_then(Grant::user).map(str::to_string))
+    });
+    match cached {
+        Some(user) => user,
+        None => tenant_context::verify(value, &secret(), now).ok()?.grant?.user().map(str::to_string),
+    }
+}
+
 fn expired() -> ! {
     raise_hint(
         PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
@@ -458,21 +516,27 @@ pub fn uuid_of(canonical: &str) -> pgrx::Uuid {
 
 /// Signs a context for `tenant` and puts it in `sutra.tenant_id`, for the current transaction or
 /// (`session`) the session. Only sutra's own authenticating functions call this, after checking
-/// the credential (`grant`: the API key used, if any) and that the tenant is active.
-pub fn issue(tenant: &str, scopes: Scopes, not_after: Option<i64>, grant: Option<&str>, session: bool) {
+/// the credential (`grant`: the API key or the user, if any) and that the tenant is active.
+pub fn issue(tenant: &str, scopes: Scopes, not_after: Option<i64>, grant: Option<Grant>, session: bool) {
     let action = if session { pg_sys::GucAction::GUC_ACTION_SET } else { pg_sys::GucAction::GUC_ACTION_LOCAL };
     put(tenant, scopes, not_after, grant, action);
 }
 
 /// Signs a context and sets it with `action`.
-pub fn put(tenant: &str, scopes: Scopes, not_after: Option<i64>, grant: Option<&str>, action: pg_sys::GucAction::Type) {
+pub fn put(
+    tenant: &str,
+    scopes: Scopes,
+    not_after: Option<i64>,
+    grant: Option<Grant>,
+    action: pg_sys::GucAction::Type,
+) {
     // SAFETY: a plain integer the GUC machinery maintains.
     let lifetime = crate::guc::CONTEXT_LIFETIME.get() as i64;
     let mut expires = now_unix() + lifetime;
     if let Some(limit) = not_after {
         expires = expires.min(limit);
     }
-    let ctx = Context { tenant: tenant.to_string(), scopes, expires, grant: grant.map(str::to_string) };
+    let ctx = Context { tenant: tenant.to_string(), scopes, expires, grant };
     let signed = tenant_context::sign(&ctx, &secret());
     let value = CString::new(signed.as_str()).expect("no NUL in a context");
     if action != pg_sys::GucAction::GUC_ACTION_SAVE {
@@ -532,6 +596,20 @@ pub fn require_scope(wanted: Scopes, name: &str) -> pgrx::Uuid {
         );
     }
     uuid
+}
+
+/// `sutra.current_user_id()`: the user of the current context (the `sub` of the token that
+/// granted it); null without a context or when an API key or a trusted server granted it.
+#[pg_extern(stable, parallel_safe)]
+fn current_user_id() -> Option<String> {
+    current_checked()?;
+    VERIFIED.with(|c| c.borrow().as_ref().and_then(|v| v.ctx.grant.as_ref()?.user().map(str::to_string)))
+}
+
+/// `sutra._context_user()`: the user of a valid context, or null; never raises (for audit rows).
+#[pg_extern(stable, parallel_safe, name = "_context_user")]
+fn context_user() -> Option<String> {
+    peek_user()
 }
 
 /// `sutra.current_scopes()`: the scopes of the current context (empty without one).

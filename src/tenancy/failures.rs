@@ -73,6 +73,9 @@ struct Event {
     limit_len: u8,
     value: f64,
     limit_value: f64,
+    /// The user of the session's context, if a user granted it.
+    user: [u8; 255],
+    user_len: u8,
 }
 
 impl Event {
@@ -80,7 +83,12 @@ impl Event {
     fn new(kind: u8) -> Event {
         // SAFETY: plain backend globals.
         let (db, role) = unsafe { (pg_sys::MyDatabaseId, caller::outer_user()) };
-        Event { db: db.to_u32(), role: role.to_u32(), at_us: now_micros(), kind, ..Event::default() }
+        let mut e = Event { db: db.to_u32(), role: role.to_u32(), at_us: now_micros(), kind, ..Event::default() };
+        if let Some(user) = super::context::peek_user() {
+            // A user id is at most 255 bytes, so it is never cut.
+            e.user_len = copy_into(&mut e.user, &user);
+        }
+        e
     }
 }
 
@@ -102,6 +110,8 @@ impl Default for Event {
             limit_len: 0,
             value: 0.0,
             limit_value: 0.0,
+            user: [0; 255],
+            user_len: 0,
         }
     }
 }
@@ -448,15 +458,16 @@ pub extern "C-unwind" fn sutra_audit_flush_main(arg: pg_sys::Datum) {
 /// Writes a queued event's audit row: its time, tenant and role, `action` and `details`.
 fn audit_row(e: &Event, action: &str, details: serde_json::Value) -> Result<(), pgrx::spi::Error> {
     Spi::run_with_args(
-        "INSERT INTO sutra.audit_log (at, tenant_id, action, actor, session_role, details)
+        "INSERT INTO sutra.audit_log (at, tenant_id, action, actor, session_role, details, user_id)
          VALUES (to_timestamp($1 / 1e6), $2, $3, coalesce((SELECT rolname FROM pg_roles WHERE oid = $4), '?'),
-                 coalesce((SELECT rolname FROM pg_roles WHERE oid = $4), '?'), $5)",
+                 coalesce((SELECT rolname FROM pg_roles WHERE oid = $4), '?'), $5, nullif($6, ''))",
         &[
             e.at_us.into(),
             pgrx::Uuid::from_bytes(e.tenant).into(),
             action.into(),
             pg_sys::Oid::from(e.role).into(),
             pgrx::JsonB(details).into(),
+            text(&e.user, e.user_len).into(),
         ],
     )
 }
