@@ -10,6 +10,8 @@
 #     latency (from per-transaction logs) at both ef_search with 1 and 2 clients: a random held-out
 #     query per transaction, -M prepared,
 #       SELECT id FROM items ORDER BY embedding <=> (SELECT v FROM queries WHERE qid = :q) LIMIT 10
+#     then single-row inserts into the indexed table with 1 and 4 writers (pgbench, one row of
+#     20,000 fresh vectors from the same clusters per transaction): inserts/s, p50/p99.
 #   tenants: 1,000 tenants of power-law sizes (1 to ~13,000 rows), 200,000 x 128 rows, each
 #     tenant's vectors from 1 to 3 clusters that other tenants share. 100 queries in each size
 #     bucket (small < 100 rows, medium 100 to 1000, large > 1000), exact top 10 within the
@@ -211,6 +213,26 @@ part_single() {
             done
         done
     done
+    # Single-row inserts into the indexed table, 1 and 4 writers, the sides alternating: each
+    # transaction inserts one row of fresh.tsv (drawn from the same clusters) under a new id.
+    for side in "${SIDES[@]}"; do
+        sql -c "CREATE TABLE fresh_$side (k int PRIMARY KEY, v ${TYPE[$side]}(128) NOT NULL)" \
+            -c "CREATE SEQUENCE ins_$side START 1000001"
+        sql -c "COPY fresh_$side FROM STDIN" <"$WORK/single/fresh.tsv"
+        sql -c "VACUUM ANALYZE fresh_$side"
+        {
+            echo '\set n random(1, 20000)'
+            echo "INSERT INTO items_$side (id, embedding) SELECT nextval('ins_$side'), v FROM fresh_$side WHERE k = :n;"
+        } >"$WORK/insert-$side.sql"
+        chmod 644 "$WORK/insert-$side.sql"
+    done
+    for c in 1 4; do
+        for side in "${SIDES[@]}"; do
+            step "part single: inserts into ${LABEL[$side]}, $c writer(s)"
+            out=$(run_pgbench "insert-$side-$c" postgres "$c" "" "$WORK/insert-$side.sql")
+            read -r "R[ins:$side:$c]" "R[insp50:$side:$c]" "R[insp99:$side:$c]" _ <<<"$out"
+        done
+    done
     # QPS at recall@10 >= 0.95: the lowest measured ef_search that reaches it, 1 client.
     for side in "${SIDES[@]}"; do
         for ef in "${EFS[@]}"; do
@@ -246,8 +268,15 @@ part_single() {
     row "QPS at recall@10 >= 0.95, 1 client" "$(at95 sutra)" "$(at95 pgv)" "$(ratio qps95:sutra qps95:pgv)"
     echo "(at the lowest measured ef_search whose recall@10 reaches 0.95, '-' when none does; queries returning fewer" \
         "than 10 rows at ef 40 / 100: sutra $(fig short:sutra:40) / $(fig short:sutra:100), pgvector $(fig short:pgv:40) / $(fig short:pgv:100))"
+    for c in 1 4; do
+        row "single-row inserts/s, $c writer(s)" "$(fig "ins:sutra:$c")" "$(fig "ins:pgv:$c")" \
+            "$(ratio "ins:sutra:$c" "ins:pgv:$c")"
+        row "  p50 / p99 latency, ms  (lower: better)" "$(fig "insp50:sutra:$c") / $(fig "insp99:sutra:$c")" \
+            "$(fig "insp50:pgv:$c") / $(fig "insp99:pgv:$c")" \
+            "$(ratio "insp50:sutra:$c" "insp50:pgv:$c") / $(ratio "insp99:sutra:$c" "insp99:pgv:$c")"
+    done
     echo "reproduce: bench/hnsw.sh single   (SUTRA_BENCH_INSTALLED=1: without building)"
-    for side in "${SIDES[@]}"; do sql -c "DROP TABLE items_$side, queries_$side"; done
+    for side in "${SIDES[@]}"; do sql -c "DROP TABLE items_$side, queries_$side, fresh_$side" -c "DROP SEQUENCE ins_$side"; done
 }
 
 # --- Part tenants: 1,000 tenants ------------------------------------------------------------------

@@ -93,6 +93,9 @@ def top_k(base_n, query_n, ids, k):
     return ids[np.take_along_axis(part, order, axis=1)]
 
 
+FRESH_ROWS = 20_000
+
+
 def gen_single(out, rows=100_000, queries=500, clusters=100):
     rng = np.random.default_rng(SEED_SINGLE)
     cl = Clusters(rng, clusters)
@@ -104,6 +107,9 @@ def gen_single(out, rows=100_000, queries=500, clusters=100):
     write_rows(f"{out}/items.tsv", [ids], items)
     write_rows(f"{out}/queries.tsv", [np.arange(1, queries + 1)], qs)
     np.savez(f"{out}/truth.npz", truth=truth)
+    # Rows to insert one at a time, from the same clusters (drawn last: the rest stays the same).
+    fresh = rounded(cl.sample(rng, rng.integers(0, clusters, FRESH_ROWS)))
+    write_rows(f"{out}/fresh.tsv", [np.arange(1, FRESH_ROWS + 1)], fresh)
     print(f"{rows} items x {DIMS} dims in {clusters} clusters, {queries} held-out queries")
 
 
