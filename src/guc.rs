@@ -10,6 +10,7 @@
 //! | `sutra.secrets_key` | text, empty | configuration file (superusers only can read it) | the master key of tenant secrets, 64 hex digits ([`crate::tenancy::secrets`]); empty: secrets are off |
 //! | `sutra.secrets_key_previous` | text, empty | configuration file (superusers only can read it) | the key before it, while `sutra.rotate_secrets_key()` seals secrets again |
 //! | `sutra.metering` | on | superusers | whether tenant statements are metered |
+//! | `sutra.tenant_pruning` | on | anyone | whether a tenant table partitioned by its tenant column is planned for the session's tenant only (plan-time partition pruning, [`crate::tenancy::planner`]); off: every partition is planned and all but one skipped when the query runs. Either way a session reads its own tenant's rows only |
 //! | `sutra.max_tenants` | 32,768 | configuration file, at server start | tenants (per database) limited and metered at once in shared memory: 288 bytes each (about 9 MB at the default); an idle tenant's slot is reused for another, and when every slot belongs to a tenant active right now, statements of further tenants fail with 53400 ([`crate::usage::shmem`]) |
 //! | `sutra.max_tenant_table_counts` | 131,072 | configuration file, at server start | (tenant, tenant table) quota counts held at once: 72 bytes each (about 9 MB at the default); reused like tenant slots |
 //! | `sutra.usage_flush_interval` | seconds, 10 | configuration file | how often metering is written to `sutra.usage_rollups` |
@@ -50,6 +51,7 @@ pub static JWT_MEMBERSHIP: GucSetting<JwtMembership> = GucSetting::<JwtMembershi
 pub static SECRETS_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 pub static SECRETS_KEY_PREVIOUS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 pub static METERING: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static TENANT_PRUNING: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static MAX_TENANTS: GucSetting<i32> = GucSetting::<i32>::new(32_768);
 pub static MAX_TENANT_TABLE_COUNTS: GucSetting<i32> = GucSetting::<i32>::new(131_072);
 pub static USAGE_FLUSH_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(10);
@@ -119,6 +121,14 @@ pub fn init(with_hooks: &[fn()]) {
         c"Rate, concurrency and connection limits apply either way.",
         &METERING,
         GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"sutra.tenant_pruning",
+        c"Whether tenant tables partitioned by their tenant column are planned for the session's tenant only.",
+        c"Off: every partition is planned and all but the tenant's skipped when the query runs.",
+        &TENANT_PRUNING,
+        GucContext::Userset,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(

@@ -128,6 +128,7 @@ unsafe extern "C-unwind" fn assign_tenant_id(newval: *const c_char, _extra: *mut
         return;
     }
     let tenant = newval.as_ref().and_then(|p| CStr::from_ptr(p).to_str().ok()).and_then(tenant_of_value);
+    super::planner::context_changed(tenant);
     crate::backend::events::context_changed(tenant);
 }
 

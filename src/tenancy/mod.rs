@@ -10,6 +10,7 @@ pub mod context;
 pub mod copy;
 pub mod failures;
 pub mod keys;
+pub mod planner;
 pub mod purge;
 pub mod secrets;
 pub mod settings;
@@ -19,4 +20,5 @@ pub fn init() {
     context::init();
     failures::init();
     copy::init();
+    planner::init();
 }
