@@ -72,6 +72,13 @@ pub mod standard {
     unsafe extern "C-unwind" {
         #[link_name = "standard_ExecutorStart"]
         pub fn executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: i32);
+        #[link_name = "standard_planner"]
+        pub fn planner(
+            parse: *mut pg_sys::Query,
+            query_string: *const c_char,
+            cursor_options: i32,
+            bound_params: pg_sys::ParamListInfo,
+        ) -> *mut pg_sys::PlannedStmt;
         #[link_name = "standard_ExecutorEnd"]
         pub fn executor_end(query_desc: *mut pg_sys::QueryDesc);
         #[link_name = "standard_ProcessUtility"]

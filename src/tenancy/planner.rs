@@ -70,7 +70,8 @@ unsafe extern "C-unwind" fn planner(
     }
     match PREV_PLANNER {
         Some(prev) => prev(parse, query_string, cursor_options, bound_params),
-        None => pg_sys::standard_planner(parse, query_string, cursor_options, bound_params),
+        // Called directly, so that its errors reach the client unchanged (see `crate::fmgr::standard`).
+        None => crate::fmgr::standard::planner(parse, query_string, cursor_options, bound_params),
     }
 }
 
