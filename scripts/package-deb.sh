@@ -21,7 +21,7 @@ case "${1:-}" in
 esac
 
 setup_toolchain
-version=$(sed -nE 's/^version = "(.*)"/\1/p' Cargo.toml | head -n1)
+version=$(awk -F'"' '/^version = "/ && !v {v = $2} END {print v}' Cargo.toml)
 pg_major=$("$PG_CONFIG" --version | sed -nE 's/^PostgreSQL ([0-9]+).*/\1/p')
 arch=$(dpkg --print-architecture)
 name="postgresql-$pg_major-sutra"
@@ -36,7 +36,8 @@ cargo pgrx package "${build[@]}" --pg-config "$PG_CONFIG" --out-dir "$root" >&2
 so="$root$("$PG_CONFIG" --pkglibdir)/sutra.so"
 depends="postgresql-$pg_major"
 for lib in $(objdump -p "$so" | awk '$1 == "NEEDED" {print $2}'); do
-    path=$(ldconfig -p | awk -v l="$lib" '$1 == l && $NF ~ /^\// {print $NF; exit}')
+    # awk reads to the end: stopping early would kill ldconfig with SIGPIPE, and pipefail the script.
+    path=$(ldconfig -p | awk -v l="$lib" '!p && $1 == l && $NF ~ /^\// {p = $NF} END {print p}')
     [ -n "$path" ] || continue
     pkg=$({ dpkg -S "$path" || dpkg -S "$(readlink -f "$path")"; } 2>/dev/null | head -n1 | cut -d: -f1) || true
     [ -n "$pkg" ] && case ", $depends, " in *", $pkg, "*) ;; *) depends="$depends, $pkg" ;; esac

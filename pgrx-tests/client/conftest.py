@@ -25,6 +25,12 @@ def connect(host_var, port_var, dbname="postgres", **kwargs):
     )
 
 
+def require_cluster():
+    """Skips the test unless scripts/test.sh started the cluster with sutra."""
+    if not os.environ.get("SUTRA_TEST_HOST") or not os.environ.get("SUTRA_TEST_PORT"):
+        pytest.skip("SUTRA_TEST_HOST / SUTRA_TEST_PORT not set")
+
+
 def superuser():
     """An autocommit superuser connection to the sutra_client database."""
     return connect("SUTRA_TEST_HOST", "SUTRA_TEST_PORT", dbname="sutra_client", autocommit=True)

@@ -18,7 +18,7 @@ from psycopg import sql
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from conftest import connect
+from conftest import as_role, connect, require_cluster, superuser
 from test_tenancy_adversarial import expect_error, make_jwt
 
 DB = "sutra_client"
@@ -47,13 +47,11 @@ def set_system(su, name, value):
 
 @pytest.fixture(scope="module")
 def env():
-    if not os.environ.get("SUTRA_TEST_HOST"):
-        pytest.skip("SUTRA_TEST_HOST / SUTRA_TEST_PORT not set")
+    require_cluster()
     e = Env()
     sfx = secrets.token_hex(4)
     e.app, e.table = f"members_app_{sfx}", f"member_notes_{sfx}"
-    su = connect("SUTRA_TEST_HOST", "SUTRA_TEST_PORT", dbname=DB, autocommit=True)
-    e.su = su
+    e.su = su = superuser()
     e.secret = "members-jwt-" + secrets.token_hex(24)
     su.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(e.app)))
     su.execute(sql.SQL("CREATE TABLE {} (id serial PRIMARY KEY, tenant_id uuid NOT NULL, body text NOT NULL)")
@@ -93,14 +91,9 @@ def token(env, who, tenant, **claims):
     return make_jwt(body, env.secret.encode())
 
 
-def app_conn(env):
-    return psycopg.connect(host=os.environ["SUTRA_TEST_HOST"], port=os.environ["SUTRA_TEST_PORT"], user=env.app,
-                           dbname=DB, autocommit=True)
-
-
 def session_as(env, who, tenant, **claims):
     """An application connection whose session context comes from `who`'s token."""
-    c = app_conn(env)
+    c = as_role(env.app)
     c.execute("SELECT sutra.authenticate_jwt(%s, session => true)", (token(env, who, tenant, **claims),))
     return c
 
@@ -150,7 +143,7 @@ def _insert_stmt(env, body):
     ("alice", "a", {"scopes": ["write", "admin"]}, "none of which the token grants"),
 ], ids=["member of another tenant", "no member", "no sub", "no scope in common"])
 def test_tokens_outside_membership_are_refused(env, who, tenant, claims, detail):
-    app = app_conn(env)
+    app = as_role(env.app)
     t = token(env, who, env.a if tenant == "a" else env.b, **claims)
     expect_error(app, "28000", "JWT authentication failed", "SELECT sutra.authenticate_jwt(%s, session => true)",
                  (t,), detail=detail)
@@ -218,14 +211,14 @@ def test_a_trusted_issuer_vouches_for_membership(env):
         assert c.execute("SELECT sutra.current_user_id()").fetchone()[0] is None
         assert bodies(env, c) == ["hidden note of b"]
         # Without scopes the token says nothing about what it grants: refused.
-        app = app_conn(env)
+        app = as_role(env.app)
         expect_error(app, "28P01", "JWT authentication failed", "SELECT sutra.authenticate_jwt(%s)",
                      (token(env, "mallory@example.com", env.a),), detail='"scopes"')
     finally:
         set_system(env.su, "sutra.jwt_membership", None)
         env.su.execute("SELECT sutra.reset_auth_failures()")
     # Back to required: the same user is refused.
-    app = app_conn(env)
+    app = as_role(env.app)
     expect_error(app, "28000", "JWT authentication failed", "SELECT sutra.authenticate_jwt(%s)",
                  (token(env, "mallory@example.com", env.a, scopes=["read"]),), detail="is not a member")
     env.su.execute("SELECT sutra.reset_auth_failures()")

@@ -4,7 +4,6 @@ allows, so every result is the one without it (sutra.tenant_pruning = off), and 
 serves another tenant: prepared statements, PL/pgSQL and pooled transactions switch tenants here.
 """
 
-import os
 import re
 import secrets
 
@@ -12,9 +11,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from conftest import connect
+from conftest import as_role, require_cluster, superuser
 
-DB = "sutra_client"
 PARTITIONS = 8
 
 
@@ -24,13 +22,11 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env():
-    if not os.environ.get("SUTRA_TEST_HOST"):
-        pytest.skip("SUTRA_TEST_HOST / SUTRA_TEST_PORT not set")
+    require_cluster()
     e = Env()
     sfx = secrets.token_hex(4)
     e.app, e.table, e.labels = f"prune_app_{sfx}", f"prune_notes_{sfx}", f"prune_labels_{sfx}"
-    su = connect("SUTRA_TEST_HOST", "SUTRA_TEST_PORT", dbname=DB, autocommit=True)
-    e.su = su
+    e.su = su = superuser()
     T, L, APP = sql.Identifier(e.table), sql.Identifier(e.labels), sql.Identifier(e.app)
     su.execute(sql.SQL("CREATE ROLE {} LOGIN").format(APP))
     su.execute(sql.SQL("CREATE TABLE {} (id bigserial, tenant_id uuid NOT NULL, body text NOT NULL, label int)"
@@ -61,9 +57,8 @@ def env():
         su.close()
 
 
-def app(env, tenant=None, **kw):
-    c = psycopg.connect(host=os.environ["SUTRA_TEST_HOST"], port=os.environ["SUTRA_TEST_PORT"], user=env.app,
-                        dbname=DB, autocommit=True, **kw)
+def app(env, tenant=None):
+    c = as_role(env.app)
     if tenant is not None:
         c.execute("SELECT sutra.authenticate(%s, session => true)", (env.keys[tenant],))
     return c
