@@ -36,8 +36,11 @@
 # the planner chose.
 # pgvector is skipped with a message when not installed (no vector.control), the sutra side when
 # the sutra_hnsw access method does not exist.
-# Run: bench/hnsw.sh [single|tenants|all]   (default all; builds and installs the release build
-#   first; then about 8 minutes with both sides: 2.5 for single, 5.5 for tenants)
+#   tiny: 50,000 tenants of 4 rows (200,000 x 128): index size and build time of sutra_hnsw
+#     (tenant_id, embedding) against pgvector's hnsw (embedding) plus a btree (tenant_id), the
+#     smallest pgvector setup that finds a tenant's rows.
+# Run: bench/hnsw.sh [single|tenants|tiny|all]   (default all; builds and installs the release
+#   build first; then about 10 minutes with both sides: 3 for single, 5.5 for tenants, 1.5 for tiny)
 # SUTRA_BENCH_INSTALLED=1: a throwaway cluster, using the sutra already installed (no build).
 # On a running cluster with sutra installed and preloaded (no build, no throwaway cluster):
 #   SUTRA_BENCH_HOST=/socket/dir SUTRA_BENCH_PORT=5432 bench/hnsw.sh
@@ -49,8 +52,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
 PARTS=${1:-all}
 case $PARTS in
-    single | tenants | all) ;;
-    *) echo "usage: bench/hnsw.sh [single|tenants|all]" >&2; exit 2 ;;
+    single | tenants | tiny | all) ;;
+    *) echo "usage: bench/hnsw.sh [single|tenants|tiny|all]" >&2; exit 2 ;;
 esac
 DB=bench_hnsw
 APP=sutra_bench_hnsw
@@ -425,5 +428,59 @@ part_tenants() {
     echo "reproduce: bench/hnsw.sh tenants   (SUTRA_BENCH_INSTALLED=1: without building)"
 }
 
-[ "$PARTS" = tenants ] || part_single
-[ "$PARTS" = single ] || part_tenants
+# --- Part tiny: 50,000 tenants of 4 rows -----------------------------------------------------------
+part_tiny() {
+    local info side
+    step "part tiny: generating the data"
+    info=$(py gen-tiny "$WORK/tiny")
+    for side in "${SIDES[@]}"; do
+        sql -c "CREATE TABLE tiny_$side (id bigint PRIMARY KEY, tenant_id uuid NOT NULL, embedding ${TYPE[$side]}(128) NOT NULL)"
+        sql -c "COPY tiny_$side FROM STDIN" <"$WORK/tiny/tiny.tsv"
+        sql -c "VACUUM ANALYZE tiny_$side"
+    done
+    if has_side sutra; then
+        step "part tiny: building sutra_hnsw (tenant_id, embedding)"
+        build_index tiny_sutra_hnsw "CREATE INDEX tiny_sutra_hnsw ON tiny_sutra
+            USING sutra_hnsw (tenant_id, embedding sutra.vector_cosine_ops) WITH (m = 16, ef_construction = 64)"
+        R[check:tiny]=$(sql -c "SELECT partitions || ' partitions, problems ' || cardinality(problems) FROM sutra.hnsw_check('tiny_sutra_hnsw')")
+        # The same rows arriving one at a time, tenants interleaved, into an indexed table.
+        step "part tiny: the same rows through inserts into an indexed table"
+        sql -c "CREATE TABLE tiny_ins (LIKE tiny_sutra)" -c "CREATE INDEX tiny_ins_hnsw ON tiny_ins
+            USING sutra_hnsw (tenant_id, embedding sutra.vector_cosine_ops) WITH (m = 16, ef_construction = 64)"
+        local t0 t1
+        t0=$(now)
+        sql -c "COPY tiny_ins FROM STDIN" <"$WORK/tiny/tiny.tsv"
+        t1=$(now)
+        R[build:tiny_ins_hnsw]=$(elapsed "$t0" "$t1")
+        R[size:tiny_ins_hnsw]=$(sql -c "SELECT round(pg_relation_size('tiny_ins_hnsw') / 1048576.0, 1)")
+        sql -c "DROP TABLE tiny_ins"
+    fi
+    if has_side pgv; then
+        step "part tiny: building pgvector hnsw (embedding) and a btree (tenant_id)"
+        build_index tiny_pgv_hnsw "CREATE INDEX tiny_pgv_hnsw ON tiny_pgv
+            USING hnsw (embedding public.vector_cosine_ops) WITH (m = 16, ef_construction = 64)"
+        build_index tiny_pgv_btree "CREATE INDEX tiny_pgv_btree ON tiny_pgv (tenant_id)"
+        R[size:tiny_pgv_both]=$(awk -v a="${R[size:tiny_pgv_hnsw]}" -v b="${R[size:tiny_pgv_btree]}" 'BEGIN {printf "%.1f", a + b}')
+        R[build:tiny_pgv_both]=$(awk -v a="${R[build:tiny_pgv_hnsw]}" -v b="${R[build:tiny_pgv_btree]}" 'BEGIN {printf "%.1f", a + b}')
+    fi
+    echo
+    echo "HNSW, many tiny tenants: $info; cosine, m = 16, ef_construction = 64"
+    row "" "sutra_hnsw" "${LABEL[pgv]:-pgvector} + btree" "sutra/pgvector"
+    row "index size, MB  (lower: better)" "$(fig size:tiny_sutra_hnsw)" "$(fig size:tiny_pgv_both)" \
+        "$(ratio size:tiny_sutra_hnsw size:tiny_pgv_both)"
+    row "build (CREATE INDEX), s  (lower: better)" "$(fig build:tiny_sutra_hnsw)" "$(fig build:tiny_pgv_both)" \
+        "$(ratio build:tiny_sutra_hnsw build:tiny_pgv_both)"
+    row "index size after row-by-row inserts, MB" "$(fig size:tiny_ins_hnsw)" "" \
+        "$(ratio size:tiny_ins_hnsw size:tiny_pgv_both)"
+    echo "(pgvector: hnsw $(fig size:tiny_pgv_hnsw) MB + btree $(fig size:tiny_pgv_btree) MB; sutra hnsw_check: $(fig check:tiny);"
+    echo " the inserts: one COPY of the same rows, tenants interleaved, into the indexed table, $(fig build:tiny_ins_hnsw) s)"
+    echo "reproduce: bench/hnsw.sh tiny   (SUTRA_BENCH_INSTALLED=1: without building)"
+    for side in "${SIDES[@]}"; do sql -c "DROP TABLE tiny_$side"; done
+}
+
+case $PARTS in
+    single) part_single ;;
+    tenants) part_tenants ;;
+    tiny) part_tiny ;;
+    all) part_single; part_tenants; part_tiny ;;
+esac

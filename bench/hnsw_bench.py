@@ -113,6 +113,18 @@ def gen_single(out, rows=100_000, queries=500, clusters=100):
     print(f"{rows} items x {DIMS} dims in {clusters} clusters, {queries} held-out queries")
 
 
+def gen_tiny(out, tenants=50_000, per_tenant=4, topics=64):
+    """Many tiny tenants: `per_tenant` rows each, from topics shared across tenants, interleaved."""
+    rng = np.random.default_rng(SEED_TENANTS + 1)
+    cl = Clusters(rng, topics)
+    rows = tenants * per_tenant
+    owner = rng.permutation(np.repeat(np.arange(tenants), per_tenant))
+    vecs = rounded(cl.sample(rng, rng.integers(0, topics, rows)))
+    tids = [str(uuid.UUID(bytes=rng.bytes(16), version=4)) for _ in range(tenants)]
+    write_rows(f"{out}/tiny.tsv", [np.arange(1, rows + 1), [tids[t] for t in owner]], vecs)
+    print(f"{tenants} tenants x {per_tenant} rows x {DIMS} dims ({rows} rows)")
+
+
 def tenant_sizes(rng, tenants, total):
     """Power law by rank (size ~ rank^-0.8) with some noise; a few tenants of about 10,000
     rows, most of tens to hundreds, 2% under 10."""
@@ -274,6 +286,7 @@ def main():
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("gen-single").add_argument("dir")
     sub.add_parser("gen-tenants").add_argument("dir")
+    sub.add_parser("gen-tiny").add_argument("dir")
     for name in ("recall-single", "recall-tenants"):
         p = sub.add_parser(name)
         p.add_argument("--dir", required=True)
@@ -294,6 +307,7 @@ def main():
     if a.cmd.startswith("gen-"):
         os.makedirs(a.dir, exist_ok=True)
     {"gen-single": lambda: gen_single(a.dir), "gen-tenants": lambda: gen_tenants(a.dir),
+     "gen-tiny": lambda: gen_tiny(a.dir),
      "recall-single": lambda: recall_single(a), "recall-tenants": lambda: recall_tenants(a),
      "latency": lambda: latency(a)}[a.cmd]()
 

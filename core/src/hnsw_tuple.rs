@@ -16,6 +16,14 @@ pub const ELEMENT_HEADER: usize = 8;
 pub const LINK_BYTES: usize = 6;
 /// Element flag: deleted by VACUUM (its line pointer stays so that ids do not move).
 pub const FLAG_DELETED: u8 = 1;
+/// Element flag: written with the link slots of [`compact_m`] instead of `m` (the elements of
+/// small partitions on shared pages, which scans read whole).
+pub const FLAG_COMPACT: u8 = 2;
+
+/// The `m` whose link slots a compact element has: half the index's, at least 1.
+pub fn compact_m(m: usize) -> usize {
+    (m / 2).max(1)
+}
 
 /// An element's place in the index: block and line pointer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -105,6 +113,14 @@ pub fn encode_element(level: usize, heap: HeapTid, v: &[f32], m: usize, links: &
     out
 }
 
+/// Encodes a compact element tuple ([`FLAG_COMPACT`]): the links of [`compact_m`]`(m)` slots per
+/// level, the nearest first of each list kept.
+pub fn encode_compact_element(level: usize, heap: HeapTid, v: &[f32], m: usize, links: &[Vec<Tid>]) -> Vec<u8> {
+    let mut out = encode_element(level, heap, v, compact_m(m), links);
+    out[0] |= FLAG_COMPACT;
+    out
+}
+
 /// Plain accessors over the bytes of an element tuple.
 pub struct ElementView<'a> {
     pub bytes: &'a [u8],
@@ -115,10 +131,12 @@ pub struct ElementView<'a> {
 impl<'a> ElementView<'a> {
     /// A view, or `None` when the bytes are too short for the header, the vector and the link
     /// slots of the level they claim.
+    /// `m` is the index's; a compact element's view has its own, smaller one.
     pub fn new(bytes: &'a [u8], dims: usize, m: usize) -> Option<Self> {
         if bytes.len() < ELEMENT_HEADER + 4 * dims {
             return None;
         }
+        let m = if bytes[0] & FLAG_COMPACT != 0 { compact_m(m) } else { m };
         let v = ElementView { bytes, dims, m };
         (bytes.len() >= element_size(dims, m, v.level())).then_some(v)
     }
@@ -129,6 +147,11 @@ impl<'a> ElementView<'a> {
 
     pub fn deleted(&self) -> bool {
         self.flags() & FLAG_DELETED != 0
+    }
+
+    /// Link slots at `level` of this element.
+    pub fn slots(&self, level: usize) -> usize {
+        slot_count(self.m, level)
     }
 
     pub fn level(&self) -> usize {
@@ -176,13 +199,16 @@ pub struct DirHead {
     pub tail_block: u32,
     pub count: u64,
     pub key_len: u16,
+    /// The shared page holding the partition's first elements, or 0 for none (block 0 is the
+    /// metapage). In the head's former padding, so entries written before it read as 0.
+    pub shared_block: u32,
 }
 
 /// Directory entry flag: the partition has an entry point.
 pub const DIR_HAS_ENTRY: u8 = 1;
 /// Directory entry flag: the partition of the NULL key.
 pub const DIR_NULL_KEY: u8 = 2;
-/// Bytes of a [`DirHead`] on disk (the last 6 are padding).
+/// Bytes of a [`DirHead`] on disk (the last 2 are padding).
 pub const DIR_HEAD_BYTES: usize = 32;
 
 impl DirHead {
@@ -201,6 +227,7 @@ impl DirHead {
             tail_block: u32_at(12),
             count: u64::from_ne_bytes([b[16], b[17], b[18], b[19], b[20], b[21], b[22], b[23]]),
             key_len: u16_at(24),
+            shared_block: u32_at(26),
         })
     }
 
@@ -215,7 +242,8 @@ impl DirHead {
         b[12..16].copy_from_slice(&self.tail_block.to_ne_bytes());
         b[16..24].copy_from_slice(&self.count.to_ne_bytes());
         b[24..26].copy_from_slice(&self.key_len.to_ne_bytes());
-        b[26..].fill(0);
+        b[26..30].copy_from_slice(&self.shared_block.to_ne_bytes());
+        b[30..].fill(0);
     }
 
     /// The partition's entry point and its level.
@@ -235,6 +263,27 @@ impl DirHead {
             None => self.flags &= !DIR_HAS_ENTRY,
         }
     }
+}
+
+/// Bytes of the owner tag before each element on a shared page: the directory entry of the
+/// element's partition (block u32, offset u16, native-endian) and 2 bytes of padding, so that the
+/// element after it stays 8-byte aligned.
+pub const OWNER_BYTES: usize = 8;
+
+/// The owner tag of an element of the partition whose directory entry is `owner`.
+pub fn encode_owner(owner: Tid) -> [u8; OWNER_BYTES] {
+    let mut b = [0u8; OWNER_BYTES];
+    b[0..4].copy_from_slice(&owner.block.to_ne_bytes());
+    b[4..6].copy_from_slice(&owner.offset.to_ne_bytes());
+    b
+}
+
+/// The partition an item of a shared page belongs to, and the element's bytes after the tag.
+pub fn split_owner(item: &[u8]) -> Option<(Tid, &[u8])> {
+    let (tag, element) = (item.get(..OWNER_BYTES)?, item.get(OWNER_BYTES..)?);
+    let block = u32::from_ne_bytes([tag[0], tag[1], tag[2], tag[3]]);
+    let offset = u16::from_ne_bytes([tag[4], tag[5]]);
+    Some((Tid { block, offset }, element))
 }
 
 /// A partition key as stored: `None` for a NULL key; the empty key for an index without a key
@@ -268,6 +317,43 @@ mod tests {
 
     fn t(block: u32, offset: u16) -> Tid {
         Tid { block, offset }
+    }
+
+    #[test]
+    fn compact_elements_have_fewer_slots() {
+        let links = vec![(1..20).map(|i| t(i, 1)).collect::<Vec<_>>(), vec![t(5, 5)]];
+        let full = encode_element(1, [0, 7, 3], &[1.0, 2.0], 16, &links);
+        let compact = encode_compact_element(1, [0, 7, 3], &[1.0, 2.0], 16, &links);
+        assert_eq!(compact.len(), element_size(2, 8, 1));
+        assert!(compact.len() < full.len());
+        let v = ElementView::new(&compact, 2, 16).unwrap();
+        assert_eq!((v.m, v.slots(0), v.slots(1), v.level(), v.deleted()), (8, 16, 8, 1, false));
+        let mut out = Vec::new();
+        v.links(0, &mut out);
+        assert_eq!(out, (1..17).map(|i| t(i, 1)).collect::<Vec<_>>());
+        out.clear();
+        v.links(1, &mut out);
+        assert_eq!(out, vec![t(5, 5)]);
+        assert_eq!(v.heap_tid(), [0, 7, 3]);
+        assert_eq!(v.vector_vec(), vec![1.0, 2.0]);
+        assert_eq!(ElementView::new(&full, 2, 16).unwrap().slots(0), 32);
+    }
+
+    #[test]
+    fn owner_tags_and_shared_blocks_read_back() {
+        let tag = encode_owner(t(7, 3));
+        let mut item = tag.to_vec();
+        item.extend_from_slice(b"element");
+        assert_eq!(split_owner(&item), Some((t(7, 3), &b"element"[..])));
+        assert_eq!(split_owner(&tag[..5]), None);
+        let head = DirHead { head_block: 9, shared_block: 12, count: 3, ..Default::default() };
+        let bytes = encode_dir(&head, &Some(b"k".to_vec()));
+        let (back, key) = decode_dir(&bytes).unwrap();
+        assert_eq!((back.shared_block, back.head_block, back.count, key), (12, 9, 3, Some(b"k".to_vec())));
+        // An entry written before shared pages (zero padding) has none.
+        let mut old = bytes.clone();
+        old[26..32].fill(0);
+        assert_eq!(decode_dir(&old).unwrap().0.shared_block, 0);
     }
 
     #[test]

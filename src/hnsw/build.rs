@@ -8,10 +8,12 @@ use pgrx::PgSqlErrorCode;
 use std::collections::HashMap;
 use sutra_core::hnsw::{MemGraph, Rng};
 
+use sutra_core::hnsw_tuple::compact_m;
+
 use super::pages::{
-    add_item, encode_dir, encode_element, init_page, item_room, max_level_fitting, set_next_block, write_empty,
-    DirHead, Key, Locked, Meta, Tid, Wal, DIR_HEAD_BYTES, KIND_DIR, KIND_ELEMENTS, KIND_META, META_BLOCK, NO_BLOCK,
-    PAGE_ROOM,
+    add_item, compact_base_room, encode_compact_element, encode_dir, encode_element, fits_shared, init_page, item_room,
+    max_level_fitting, set_next_block, shared_item, write_empty, DirHead, Key, Locked, Meta, Tid, Wal, DIR_HEAD_BYTES,
+    KIND_DIR, KIND_ELEMENTS, KIND_META, KIND_SHARED, META_BLOCK, NO_BLOCK, OWNER_BYTES, PAGE_ROOM, SHARED_RESERVE,
 };
 use super::{index_shape, insert, prepare_vector, IndexShape};
 use crate::error::raise;
@@ -188,34 +190,77 @@ fn write_graphs(state: &mut BuildState) {
         dir_pages.last_mut().unwrap().push(i);
     }
     let first_element_block = 1 + dir_pages.len() as u32;
-
-    // Element places: each partition starts a page of its own.
-    let mut block = first_element_block;
-    let mut places: Vec<Vec<Tid>> = Vec::with_capacity(parts.len());
-    let mut page_lists: Vec<Vec<(u32, Vec<u32>)>> = Vec::with_capacity(parts.len());
-    for p in &parts {
-        let mut ids = Vec::with_capacity(p.graph.len());
-        let mut pages: Vec<(u32, Vec<u32>)> = Vec::new();
-        let mut used = PAGE_ROOM;
-        for e in 0..p.graph.len() as u32 {
-            let room = item_room(super::pages::element_size(dims, m, p.graph.level(e)));
-            if used + room > PAGE_ROOM {
-                if !pages.is_empty() {
-                    block += 1;
-                }
-                pages.push((block, Vec::new()));
-                used = 0;
-            }
-            used += room;
-            let page = pages.last_mut().unwrap();
-            page.1.push(e);
-            ids.push(Tid { block, offset: page.1.len() as u16 });
+    // Each partition's directory entry: the owner tag of its elements on shared pages.
+    let mut owners = vec![Tid { block: 0, offset: 0 }; parts.len()];
+    for (d, entries) in dir_pages.iter().enumerate() {
+        for (j, &i) in entries.iter().enumerate() {
+            owners[i] = Tid { block: 1 + d as u32, offset: j as u16 + 1 };
         }
-        if !pages.is_empty() {
-            block += 1;
+    }
+
+    // Element places, page by page in block order: a small partition's elements together on a
+    // shared page (the current one while they fit, else a new one), any other partition on pages
+    // of its own.
+    enum Layout {
+        Own { part: usize, elements: Vec<u32>, next: u32 },
+        Shared { elements: Vec<(usize, u32)>, used: usize },
+    }
+    let mut layout: Vec<Layout> = Vec::new();
+    let mut current_shared: Option<usize> = None;
+    let mut places: Vec<Vec<Tid>> = Vec::with_capacity(parts.len());
+    let mut heads: Vec<(u32, u32, u32)> = Vec::with_capacity(parts.len());
+    let block_of = |n: usize| first_element_block + n as u32;
+    for (i, p) in parts.iter().enumerate() {
+        let rooms: Vec<usize> = (0..p.graph.len() as u32)
+            .map(|e| item_room(super::pages::element_size(dims, m, p.graph.level(e))))
+            .collect();
+        // On a shared page its elements are compact, after an owner tag.
+        let shared_room: usize = (0..p.graph.len() as u32)
+            .map(|e| item_room(OWNER_BYTES + super::pages::element_size(dims, compact_m(m), p.graph.level(e))))
+            .sum();
+        // As on insert, a partition with fewer than SHARED_RESERVE elements keeps room for the rest.
+        let promised = shared_room + SHARED_RESERVE.saturating_sub(rooms.len()) * compact_base_room(dims, m);
+        let mut ids = Vec::with_capacity(p.graph.len());
+        if state.meta.shares_pages() && !rooms.is_empty() && fits_shared(1, shared_room) {
+            let fits_current = current_shared
+                .is_some_and(|n| matches!(&layout[n], Layout::Shared { used, .. } if used + promised <= PAGE_ROOM));
+            if !fits_current {
+                layout.push(Layout::Shared { elements: Vec::new(), used: 0 });
+                current_shared = Some(layout.len() - 1);
+            }
+            let n = current_shared.expect("set above");
+            let Layout::Shared { elements, used } = &mut layout[n] else { unreachable!("a shared page") };
+            for e in 0..p.graph.len() as u32 {
+                elements.push((i, e));
+                ids.push(Tid { block: block_of(n), offset: elements.len() as u16 });
+            }
+            *used += promised;
+            heads.push((NO_BLOCK, NO_BLOCK, block_of(n)));
+        } else {
+            let mut first = None;
+            let mut used = PAGE_ROOM;
+            for (e, &room) in rooms.iter().enumerate() {
+                if used + room > PAGE_ROOM {
+                    let following = block_of(layout.len());
+                    if let Some(Layout::Own { next, .. }) = layout.last_mut().filter(|_| first.is_some()) {
+                        *next = following;
+                    }
+                    layout.push(Layout::Own { part: i, elements: Vec::new(), next: NO_BLOCK });
+                    first.get_or_insert(layout.len() - 1);
+                    used = 0;
+                }
+                used += room;
+                let n = layout.len() - 1;
+                let Layout::Own { elements, .. } = &mut layout[n] else { unreachable!("an own page") };
+                elements.push(e as u32);
+                ids.push(Tid { block: block_of(n), offset: elements.len() as u16 });
+            }
+            heads.push(match first {
+                Some(f) => (block_of(f), block_of(layout.len() - 1), 0),
+                None => (NO_BLOCK, NO_BLOCK, 0),
+            });
         }
         places.push(ids);
-        page_lists.push(pages);
     }
 
     // Metapage and directory.
@@ -223,6 +268,7 @@ fn write_graphs(state: &mut BuildState) {
     meta.dir_head = 1;
     meta.dir_tail = dir_pages.len() as u32;
     meta.partitions = parts.len() as u32;
+    meta.shared_tail = current_shared.map_or(0, block_of);
     write_page(index, META_BLOCK, KIND_META, NO_BLOCK, |page| super::pages::write_meta_into(page, &meta));
     for (d, entries) in dir_pages.iter().enumerate() {
         let blk = 1 + d as u32;
@@ -230,13 +276,9 @@ fn write_graphs(state: &mut BuildState) {
         write_page(index, blk, KIND_DIR, next, |page| {
             for &i in entries {
                 let p = &parts[i];
-                let pages = &page_lists[i];
-                let mut head = DirHead {
-                    head_block: pages.first().map_or(NO_BLOCK, |x| x.0),
-                    tail_block: pages.last().map_or(NO_BLOCK, |x| x.0),
-                    count: p.graph.len() as u64,
-                    ..Default::default()
-                };
+                let (head_block, tail_block, shared_block) = heads[i];
+                let mut head =
+                    DirHead { head_block, tail_block, shared_block, count: p.graph.len() as u64, ..Default::default() };
                 head.set_entry(p.graph.entry().map(|(e, l)| (places[i][e as usize], l)));
                 add_item(page, &encode_dir(&head, &p.key)).unwrap_or_else(|| {
                     raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "directory layout does not fit its page")
@@ -246,26 +288,37 @@ fn write_graphs(state: &mut BuildState) {
     }
     state.meta = meta;
 
-    // Element pages.
-    for (i, p) in parts.iter().enumerate() {
-        let pages = &page_lists[i];
-        for (n, (blk, elements)) in pages.iter().enumerate() {
-            let next = pages.get(n + 1).map_or(NO_BLOCK, |x| x.0);
-            write_page(index, *blk, KIND_ELEMENTS, next, |page| {
+    // Element pages, in block order.
+    let tuple = |i: usize, e: u32, compact: bool| {
+        let p = &parts[i];
+        let level = p.graph.level(e);
+        let links: Vec<Vec<Tid>> =
+            (0..=level).map(|l| p.graph.links(e, l).map(|n| places[i][n as usize]).collect()).collect();
+        if compact {
+            encode_compact_element(level, &p.heap[e as usize], p.graph.vector(e), m, &links)
+        } else {
+            encode_element(level, &p.heap[e as usize], p.graph.vector(e), m, &links)
+        }
+    };
+    let misplaced =
+        || -> ! { raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "sutra_hnsw element layout does not match its page") };
+    for (n, page_layout) in layout.iter().enumerate() {
+        match page_layout {
+            Layout::Own { part, elements, next } => write_page(index, block_of(n), KIND_ELEMENTS, *next, |page| {
                 for &e in elements {
-                    let level = p.graph.level(e);
-                    let links: Vec<Vec<Tid>> =
-                        (0..=level).map(|l| p.graph.links(e, l).map(|n| places[i][n as usize]).collect()).collect();
-                    let tuple = encode_element(level, &p.heap[e as usize], p.graph.vector(e), m, &links);
-                    let off = add_item(page, &tuple);
-                    if off != Some(places[i][e as usize].offset) {
-                        raise(
-                            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-                            "sutra_hnsw element layout does not match its page",
-                        );
+                    if add_item(page, &tuple(*part, e, false)) != Some(places[*part][e as usize].offset) {
+                        misplaced();
                     }
                 }
-            });
+            }),
+            Layout::Shared { elements, .. } => write_page(index, block_of(n), KIND_SHARED, NO_BLOCK, |page| {
+                for &(i, e) in elements {
+                    if add_item(page, &shared_item(owners[i], &tuple(i, e, true))) != Some(places[i][e as usize].offset)
+                    {
+                        misplaced();
+                    }
+                }
+            }),
         }
     }
 }

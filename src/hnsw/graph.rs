@@ -5,9 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use sutra_core::hnsw::{Graph, Scored, Space};
 
-use super::pages::{
-    item, next_block, page_kind, ElementData, ElementView, Locked, Meta, Partition, Tid, KIND_ELEMENTS, NO_BLOCK,
-};
+use super::pages::{element_item, partition_pages, ElementData, ElementView, Locked, Meta, Partition, Tid};
 
 /// A hasher for element ids (packed block and offset): one multiplication, enough for keys
 /// that are not chosen by an adversary.
@@ -62,6 +60,9 @@ pub struct DiskGraph {
     pub reads: usize,
     /// Kept vectors (inserts compare candidates with each other).
     vectors: Option<IdMap<Vec<f32>>>,
+    /// The directory entry of the partition being searched: an element of a shared page is read
+    /// only when its owner tag names it, so no link can lead to another partition's element.
+    owner: Tid,
 }
 
 impl DiskGraph {
@@ -75,7 +76,17 @@ impl DiskGraph {
             epoch: 1,
             reads: 0,
             vectors: keep_vectors.then(IdMap::default),
+            owner: Tid { block: 0, offset: 0 },
         }
+    }
+
+    /// The partition the next searches are in.
+    pub fn set_owner(&mut self, owner: Tid) {
+        self.owner = owner;
+    }
+
+    pub fn owner(&self) -> Tid {
+        self.owner
     }
 
     /// Runs `f` on page `block` under a share lock.
@@ -87,12 +98,9 @@ impl DiskGraph {
     /// Runs `f` on the element at `id` under a share lock; `None` when it is gone.
     fn with_element<R>(&mut self, id: Tid, f: impl FnOnce(&ElementView) -> R) -> Option<R> {
         self.reads += 1;
-        let (dims, m) = (self.dims, self.m);
+        let (dims, m, owner) = (self.dims, self.m, self.owner);
         self.with_page(id.block, |page| {
-            if page_kind(page) != Some(KIND_ELEMENTS) {
-                return None;
-            }
-            item(page, id.offset).and_then(|bytes| ElementView::new(bytes, dims, m)).map(|v| f(&v))
+            element_item(page, id.offset, owner).and_then(|bytes| ElementView::new(bytes, dims, m)).map(|v| f(&v))
         })
     }
 
@@ -145,28 +153,45 @@ impl DiskGraph {
         skip: &IdSet,
         out: &mut Vec<(Scored<Tid>, pg_sys::ItemPointerData)>,
     ) {
-        let mut block = p.head.head_block;
-        let mut pages = 0u32;
-        // A chain longer than the relation would mean a cycle: stop instead of looping. The
-        // length is read once (it costs a system call) and only grows meanwhile.
-        // SAFETY: an open relation.
-        let limit = unsafe { pg_sys::RelationGetNumberOfBlocksInFork(self.index, pg_sys::ForkNumber::MAIN_FORKNUM) };
-        while block != NO_BLOCK {
-            pages += 1;
-            if pages > limit.saturating_mul(2) {
-                break;
-            }
+        let blocks = partition_pages(self.index, p);
+        self.scan_blocks(p, &blocks, q, skip, out);
+    }
+
+    /// [`DiskGraph::scan_partition`] of the partition's shared page alone (none: nothing). A graph
+    /// search adds these: the few elements there have compact link lists, so they are read
+    /// whole rather than left to the graph.
+    pub fn scan_shared(
+        &mut self,
+        p: &Partition,
+        q: Option<&[f32]>,
+        skip: &IdSet,
+        out: &mut Vec<(Scored<Tid>, pg_sys::ItemPointerData)>,
+    ) {
+        if p.head.shared_block == 0 {
+            return;
+        }
+        self.scan_blocks(p, &[p.head.shared_block], q, skip, out);
+    }
+
+    fn scan_blocks(
+        &mut self,
+        p: &Partition,
+        blocks: &[u32],
+        q: Option<&[f32]>,
+        skip: &IdSet,
+        out: &mut Vec<(Scored<Tid>, pg_sys::ItemPointerData)>,
+    ) {
+        for &block in blocks {
             let b = Locked::read(self.index, block, false);
             let page = b.page();
-            if page_kind(page) != Some(KIND_ELEMENTS) {
-                break;
-            }
             for off in 1..=super::pages::max_offset(page) {
                 let id = Tid { block, offset: off };
                 if skip.contains(&id.pack()) {
                     continue;
                 }
-                let Some(v) = item(page, off).and_then(|bytes| ElementView::new(bytes, self.dims, self.m)) else {
+                let Some(v) =
+                    element_item(page, off, p.at).and_then(|bytes| ElementView::new(bytes, self.dims, self.m))
+                else {
                     continue;
                 };
                 if v.deleted() {
@@ -176,7 +201,6 @@ impl DiskGraph {
                 let dist = q.map_or(0.0, |q| self.space.distance(q, v.vector()));
                 out.push((Scored { dist, id }, v.heap()));
             }
-            block = next_block(page);
             drop(b);
         }
     }

@@ -8,9 +8,10 @@ use sutra_core::hnsw::{find_neighbors, random_level, select_neighbors, Rng, Scor
 
 use super::graph::DiskGraph;
 use super::pages::{
-    add_item, encode_element, init_page, item, item_mut, max_level_fitting, read_partition, set_next_block,
-    write_slots, DirHead, ElementData, ElementView, Key, Locked, Meta, Partition, Tid, Wal, DIR_HEAD_BYTES, GRAPH_LOCK,
-    KIND_ELEMENTS, LINK_BYTES, NO_BLOCK,
+    add_item, compact_base_room, element_item, element_item_mut, encode_compact_element, encode_element, fits_shared,
+    init_page, item_mut, item_room, max_level_fitting, page_kind, read_meta, read_partition, set_next_block,
+    shared_item, shared_room_for, update_meta, write_slots, DirHead, ElementData, ElementView, Key, Locked, Meta,
+    Partition, Tid, Wal, DIR_HEAD_BYTES, GRAPH_LOCK, KIND_ELEMENTS, KIND_SHARED, LINK_BYTES, NO_BLOCK,
 };
 use crate::error::raise;
 
@@ -39,6 +40,7 @@ pub fn insert_vector(index: pg_sys::Relation, meta: &Meta, key: &Key, v: &[f32],
     let level = new_level(meta);
     let m = meta.m as usize;
     let mut graph = DiskGraph::new(index, meta, true);
+    graph.set_owner(part.at);
     let mut attempts = 0;
     let (id, links) = loop {
         let part = read_partition(index, part.at)
@@ -60,7 +62,8 @@ pub fn insert_vector(index: pg_sys::Relation, meta: &Meta, key: &Key, v: &[f32],
         };
         let ids: Vec<Vec<Tid>> = links.iter().map(|l| l.iter().map(|s| s.id).collect()).collect();
         let tuple = encode_element(level, heap, v, m, &ids);
-        match append_element(index, &part, &tuple, level, entry.is_none()) {
+        let compact = encode_compact_element(level, heap, v, m, &ids);
+        match append_element(index, meta, &part, &tuple, &compact, level, entry.is_none()) {
             Some(id) => break (id, links),
             // Another backend gave the empty partition its first element meanwhile: search again
             // from it, so that this element is linked.
@@ -80,13 +83,17 @@ pub fn insert_vector(index: pg_sys::Relation, meta: &Meta, key: &Key, v: &[f32],
     unsafe { pg_sys::UnlockPage(index, GRAPH_LOCK, pg_sys::ShareLock as i32) };
 }
 
-/// Appends an element tuple to the partition's last page (a new page when full) and makes it
-/// the entry point when it is the first or reaches a higher level. Returns `None` without
-/// writing when `expect_empty` and the partition got an entry point meanwhile.
+/// Appends an element to the partition: `compact` on a shared page while the partition is small
+/// (its shared page, or the index's current one, or a new one), else `tuple` on its last own page
+/// (a new page when full); makes it the entry point when it is the first or reaches a higher
+/// level. Returns `None` without writing when `expect_empty` and the partition got an entry point
+/// meanwhile.
 pub fn append_element(
     index: pg_sys::Relation,
+    meta: &Meta,
     part: &Partition,
     tuple: &[u8],
+    compact: &[u8],
     level: usize,
     expect_empty: bool,
 ) -> Option<Tid> {
@@ -102,32 +109,69 @@ pub fn append_element(
     if expect_empty && head.entry().is_some() {
         return None;
     }
-    let mut tail_guard = None;
+    let mut guards: Vec<Locked> = Vec::new();
     let mut placed = None;
-    if head.tail_block != NO_BLOCK {
-        let t = Locked::read(index, head.tail_block, true);
-        let tpage = wal.register(&t, false);
-        if let Some(off) = add_item(tpage, tuple) {
-            placed = Some(Tid { block: t.block(), offset: off });
+    let mut new_shared_tail = None;
+    // A small partition without pages of its own: its shared page, else the index's current
+    // shared page, else a new shared page (which becomes the current one).
+    let shared = shared_item(part.at, compact);
+    let room = item_room(shared.len());
+    let base_room = compact_base_room(meta.dims as usize, meta.m as usize);
+    if meta.shares_pages() && head.head_block == NO_BLOCK && fits_shared(head.count as usize + 1, room) {
+        let candidate = if head.shared_block != 0 { head.shared_block } else { read_meta(index).shared_tail };
+        if candidate != 0 && candidate != NO_BLOCK {
+            let t = Locked::read(index, candidate, true);
+            if page_kind(t.page()) == Some(KIND_SHARED) && shared_room_for(t.page(), part.at, room, base_room) {
+                let tpage = wal.register(&t, false);
+                if let Some(off) = add_item(tpage, &shared) {
+                    placed = Some(Tid { block: t.block(), offset: off });
+                }
+            }
+            guards.push(t);
         }
-        tail_guard = Some((t, tpage));
+        if placed.is_none() && head.shared_block == 0 {
+            let fresh = Locked::extend(index, pg_sys::ForkNumber::MAIN_FORKNUM);
+            let fpage = wal.register(&fresh, true);
+            init_page(fpage, KIND_SHARED);
+            let Some(off) = add_item(fpage, &shared) else {
+                drop(wal);
+                raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "sutra_hnsw element does not fit an empty page");
+            };
+            placed = Some(Tid { block: fresh.block(), offset: off });
+            new_shared_tail = Some(fresh.block());
+            guards.push(fresh);
+        }
+        if let Some(id) = placed {
+            head.shared_block = id.block;
+        }
     }
-    let mut fresh_guard = None;
     if placed.is_none() {
-        let fresh = Locked::extend(index, pg_sys::ForkNumber::MAIN_FORKNUM);
-        let fpage = wal.register(&fresh, true);
-        init_page(fpage, KIND_ELEMENTS);
-        let Some(off) = add_item(fpage, tuple) else {
-            drop(wal);
-            raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "sutra_hnsw element does not fit an empty page");
-        };
-        match &tail_guard {
-            Some((_, tpage)) => set_next_block(*tpage, fresh.block()),
-            None => head.head_block = fresh.block(),
+        let mut tail_page = None;
+        if head.tail_block != NO_BLOCK {
+            let t = Locked::read(index, head.tail_block, true);
+            let tpage = wal.register(&t, false);
+            if let Some(off) = add_item(tpage, tuple) {
+                placed = Some(Tid { block: t.block(), offset: off });
+            }
+            tail_page = Some(tpage);
+            guards.push(t);
         }
-        head.tail_block = fresh.block();
-        placed = Some(Tid { block: fresh.block(), offset: off });
-        fresh_guard = Some(fresh);
+        if placed.is_none() {
+            let fresh = Locked::extend(index, pg_sys::ForkNumber::MAIN_FORKNUM);
+            let fpage = wal.register(&fresh, true);
+            init_page(fpage, KIND_ELEMENTS);
+            let Some(off) = add_item(fpage, tuple) else {
+                drop(wal);
+                raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "sutra_hnsw element does not fit an empty page");
+            };
+            match tail_page {
+                Some(tpage) => set_next_block(tpage, fresh.block()),
+                None => head.head_block = fresh.block(),
+            }
+            head.tail_block = fresh.block();
+            placed = Some(Tid { block: fresh.block(), offset: off });
+            guards.push(fresh);
+        }
     }
     let id = placed?;
     head.count += 1;
@@ -137,9 +181,12 @@ pub fn append_element(
     // The same entry bytes as above, in the registered page copy.
     head.write(bytes);
     wal.finish();
-    drop(fresh_guard);
-    drop(tail_guard);
+    drop(guards);
     drop(dir);
+    // The metapage is locked last, after every other lock is released.
+    if let Some(block) = new_shared_tail {
+        update_meta(index, |m| m.shared_tail = block);
+    }
     Some(id)
 }
 
@@ -149,19 +196,21 @@ pub struct LinkList {
     pub slots: Vec<u8>,
     pub vector: Vec<f32>,
     pub links: Vec<Tid>,
+    /// The element's link slots on that level (fewer for a compact element).
+    pub cap: usize,
 }
 
 /// Reads the links of element `at` on `level`; `None` when it is gone, deleted or has no such
 /// level.
-pub fn read_links(index: pg_sys::Relation, meta: &Meta, at: Tid, level: usize) -> Option<LinkList> {
+pub fn read_links(index: pg_sys::Relation, meta: &Meta, at: Tid, owner: Tid, level: usize) -> Option<LinkList> {
     let b = Locked::read(index, at.block, false);
-    item(b.page(), at.offset)
+    element_item(b.page(), at.offset, owner)
         .and_then(|bytes| ElementView::new(bytes, meta.dims as usize, meta.m as usize))
         .filter(|e| !e.deleted() && e.level() >= level)
         .map(|e| {
             let mut links = Vec::new();
             e.links(level, &mut links);
-            LinkList { slots: e.slot_bytes(level).to_vec(), vector: e.vector().to_vec(), links }
+            LinkList { slots: e.slot_bytes(level).to_vec(), vector: e.vector().to_vec(), links, cap: e.slots(level) }
         })
 }
 
@@ -171,6 +220,7 @@ pub fn write_links(
     index: pg_sys::Relation,
     meta: &Meta,
     at: Tid,
+    owner: Tid,
     level: usize,
     read: &LinkList,
     links: &[Tid],
@@ -179,14 +229,14 @@ pub fn write_links(
     let b = Locked::read(index, at.block, true);
     let mut wal = Wal::start(index);
     let page = wal.register(&b, false);
-    let Some(bytes) = item_mut(page, at.offset) else { return false };
-    if ElementView::new(bytes, dims, m)
-        .is_none_or(|e| e.level() < level || e.slot_bytes(level) != read.slots.as_slice())
-    {
+    let Some(bytes) = element_item_mut(page, at.offset, owner) else { return false };
+    let Some((start, cap)) = ElementView::new(bytes, dims, m)
+        .filter(|e| e.level() >= level && e.slot_bytes(level) == read.slots.as_slice())
+        .map(|e| (super::pages::links_offset(dims, e.m, level), e.slots(level)))
+    else {
         return false;
-    }
-    let start = super::pages::links_offset(dims, m, level);
-    write_slots(&mut bytes[start..start + meta.slots(level) * LINK_BYTES], links);
+    };
+    write_slots(&mut bytes[start..start + cap * LINK_BYTES], links);
     wal.finish();
     true
 }
@@ -204,9 +254,10 @@ pub fn add_link(
     new: Tid,
     dist: f32,
 ) {
-    let cap = meta.slots(level);
+    let owner = graph.owner();
     for _ in 0..3 {
-        let Some(read) = read_links(index, meta, at, level) else { return };
+        let Some(read) = read_links(index, meta, at, owner, level) else { return };
+        let cap = read.cap;
         if read.links.contains(&new) {
             return;
         }
@@ -222,7 +273,7 @@ pub fn add_link(
             }
             kept.iter().map(|s| s.id).collect()
         };
-        if write_links(index, meta, at, level, &read, &kept) {
+        if write_links(index, meta, at, owner, level, &read, &kept) {
             return;
         }
     }
@@ -231,12 +282,13 @@ pub fn add_link(
 /// Adds a level-0 link from `at` to `new`, replacing `at`'s farthest link when its list is full:
 /// used to reconnect elements that no path reaches. Returns false when `at` cannot take it.
 pub fn force_link(index: pg_sys::Relation, meta: &Meta, graph: &mut DiskGraph, at: Tid, new: Tid) -> bool {
-    let Some(read) = read_links(index, meta, at, 0) else { return false };
+    let owner = graph.owner();
+    let Some(read) = read_links(index, meta, at, owner, 0) else { return false };
     if read.links.contains(&new) {
         return true;
     }
     let mut links = read.links.clone();
-    if links.len() >= meta.slots(0) {
+    if links.len() >= read.cap {
         // The link to replace: one that can no longer be read, else the farthest.
         let scored = graph.scored(&read.vector, &links);
         let far = links
@@ -248,5 +300,5 @@ pub fn force_link(index: pg_sys::Relation, meta: &Meta, graph: &mut DiskGraph, a
     } else {
         links.push(new);
     }
-    write_links(index, meta, at, 0, &read, &links)
+    write_links(index, meta, at, owner, 0, &read, &links)
 }

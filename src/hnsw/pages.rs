@@ -1,11 +1,20 @@
 //! The page format of a `sutra_hnsw` index and the buffer-level operations on it.
 //!
 //! ```text
-//! block 0      metapage: parameters, first and last directory page, build id
+//! block 0      metapage: parameters, first and last directory page, build id, the shared
+//!              page new small partitions fill
 //! directory    a chain of pages of partition entries: key, entry point, first and last
-//!              element page, live element count; entries never move
-//! elements     each partition has its own chain of pages of element tuples
+//!              element page, the shared page of its first elements, live element count;
+//!              entries never move
+//! elements     a partition's own chain of pages of element tuples
+//! shared       pages of the elements of several small partitions, each element compact (half
+//!              the link slots) after an owner tag (its partition's directory entry); a partition
+//!              keeps its first elements on one shared page while they take at most half a page,
+//!              with room kept for 4, and continues on its own chain when it grows
 //! ```
+//!
+//! Format version 2 added shared pages; version 1 indexes (no shared pages) are read as they
+//! are, and their inserts keep to own pages.
 //!
 //! An element tuple is `flags u8, level u8, heap tid (6 bytes), vector (4 d bytes), links`:
 //! `2 m` link slots for level 0 and `m` for each level above, each slot a 6-byte element id
@@ -28,17 +37,21 @@ use std::collections::HashMap;
 
 use crate::error::{raise, raise_detail};
 pub use sutra_core::hnsw_tuple::{
-    decode_dir, element_size, encode_dir, links_offset, slot_count, write_slots, DirHead, ElementView, Key, Tid,
-    DIR_HEAD_BYTES, FLAG_DELETED, LINK_BYTES, NO_BLOCK,
+    decode_dir, element_size, encode_dir, links_offset, write_slots, DirHead, ElementView, Key, Tid, DIR_HEAD_BYTES,
+    FLAG_DELETED, LINK_BYTES, NO_BLOCK, OWNER_BYTES,
 };
+use sutra_core::hnsw_tuple::{encode_owner, split_owner};
 
 pub const META_BLOCK: u32 = 0;
 const MAGIC: u32 = 0x5354_4857;
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// The format before shared pages, still read.
+const VERSION_OWN_PAGES_ONLY: u32 = 1;
 const PAGE_ID: u16 = 0xFF8A;
 pub const KIND_META: u16 = 1;
 pub const KIND_DIR: u16 = 2;
 pub const KIND_ELEMENTS: u16 = 3;
+pub const KIND_SHARED: u16 = 4;
 
 /// Heavyweight page-lock tags (not real blocks): inserts hold [`GRAPH_LOCK`] shared while they
 /// link, VACUUM takes it exclusively to wait them out before deleting elements;
@@ -109,6 +122,9 @@ pub struct Meta {
     pub partitions: u32,
     pub flat_limit: u32,
     pub build_id: u64,
+    /// The shared page new small partitions fill, 0 for none (and in version 1 metapages, whose
+    /// bytes here are zero).
+    pub shared_tail: u32,
 }
 
 impl Meta {
@@ -127,6 +143,7 @@ impl Meta {
             partitions: 0,
             flat_limit: super::FLAT_LIMIT as u32,
             build_id,
+            shared_tail: 0,
         }
     }
 
@@ -138,11 +155,6 @@ impl Meta {
         sutra_core::hnsw::Space::new(
             sutra_core::hnsw::Metric::from_code(self.metric).unwrap_or(sutra_core::hnsw::Metric::L2),
         )
-    }
-
-    /// Link slots at `level`.
-    pub fn slots(&self, level: usize) -> usize {
-        slot_count(self.m as usize, level)
     }
 
     /// The shape of the index this metapage describes: what inserts need, without the catalog
@@ -379,6 +391,101 @@ pub fn max_offset(page: pg_sys::Page) -> u16 {
     unsafe { pg_sys::PageGetMaxOffsetNumber(page) }
 }
 
+impl Meta {
+    /// Whether new small partitions may go to shared pages (format version 2 and later).
+    pub fn shares_pages(&self) -> bool {
+        self.version >= VERSION
+    }
+}
+
+/// The bytes of element `offset` of an element page, or of a shared page when the element
+/// belongs to the partition whose directory entry is `owner`; `None` otherwise (another
+/// partition's element, not an element page, no such item).
+pub fn element_item<'a>(page: pg_sys::Page, offset: u16, owner: Tid) -> Option<&'a [u8]> {
+    match page_kind(page)? {
+        KIND_ELEMENTS => item(page, offset),
+        KIND_SHARED => split_owner(item(page, offset)?).filter(|(o, _)| *o == owner).map(|(_, e)| e),
+        _ => None,
+    }
+}
+
+/// [`element_item`] of a registered page copy, for changing the element's flags and links.
+pub fn element_item_mut<'a>(page: pg_sys::Page, offset: u16, owner: Tid) -> Option<&'a mut [u8]> {
+    let kind = page_kind(page)?;
+    let bytes = item_mut(page, offset)?;
+    match kind {
+        KIND_ELEMENTS => Some(bytes),
+        KIND_SHARED => {
+            let (o, _) = split_owner(bytes)?;
+            (o == owner).then(|| &mut bytes[OWNER_BYTES..])
+        }
+        _ => None,
+    }
+}
+
+/// The item of an element of partition `owner` on a shared page: its owner tag, then `tuple`.
+pub fn shared_item(owner: Tid, tuple: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(OWNER_BYTES + tuple.len());
+    out.extend_from_slice(&encode_owner(owner));
+    out.extend_from_slice(tuple);
+    out
+}
+
+/// Whether a partition of `count` elements of `room` bytes each (owner tags included) keeps
+/// them on a shared page: while they take at most half a page.
+pub fn fits_shared(count: usize, room: usize) -> bool {
+    count.saturating_mul(room) <= PAGE_ROOM / 2
+}
+
+/// Elements of room each partition on a shared page is promised: a partition placed there with
+/// fewer keeps the room for the rest, so that tenants whose rows arrive interleaved with other
+/// tenants' still find their first rows together.
+pub const SHARED_RESERVE: usize = 4;
+
+/// Whether an element of `room` bytes of partition `owner` may go on shared page `page` now:
+/// it fits, and leaves the room promised to the page's partitions that have fewer than
+/// [`SHARED_RESERVE`] elements there, this one included, counting `base_room` (a level-0
+/// element's room) for each promised element.
+pub fn shared_room_for(page: pg_sys::Page, owner: Tid, room: usize, base_room: usize) -> bool {
+    let mut counts: HashMap<Tid, usize> = HashMap::new();
+    for off in 1..=max_offset(page) {
+        if let Some((o, _)) = item(page, off).and_then(split_owner) {
+            *counts.entry(o).or_default() += 1;
+        }
+    }
+    let mine = counts.remove(&owner).unwrap_or(0);
+    let promised: usize = counts.values().map(|&n| SHARED_RESERVE.saturating_sub(n)).sum::<usize>() * base_room;
+    let own = room + SHARED_RESERVE.saturating_sub(mine + 1) * base_room;
+    // SAFETY: a locked page.
+    let free = unsafe { pg_sys::PageGetFreeSpace(page) };
+    free >= promised + own
+}
+
+/// The pages holding partition `p`'s elements: its shared page, if any, then its own chain,
+/// stopping at a cycle or a foreign page.
+pub fn partition_pages(index: pg_sys::Relation, p: &Partition) -> Vec<u32> {
+    let mut out = Vec::new();
+    // SAFETY: an open relation.
+    let nblocks = unsafe { pg_sys::RelationGetNumberOfBlocksInFork(index, pg_sys::ForkNumber::MAIN_FORKNUM) };
+    let shared = p.head.shared_block;
+    if shared != 0 && shared != NO_BLOCK && shared < nblocks {
+        let b = Locked::read(index, shared, false);
+        if page_kind(b.page()) == Some(KIND_SHARED) {
+            out.push(shared);
+        }
+    }
+    let mut block = p.head.head_block;
+    while block != NO_BLOCK && block < nblocks && out.len() <= nblocks as usize {
+        let b = Locked::read(index, block, false);
+        if page_kind(b.page()) != Some(KIND_ELEMENTS) {
+            break;
+        }
+        out.push(block);
+        block = next_block(b.page());
+    }
+    out
+}
+
 /// Writes the metapage and an empty first directory page into `fork` of an empty relation.
 pub fn write_empty(index: pg_sys::Relation, fork: pg_sys::ForkNumber::Type, meta: &Meta) {
     let metabuf = Locked::extend(index, fork);
@@ -417,7 +524,7 @@ pub fn read_meta(index: pg_sys::Relation) -> Meta {
         .then(|| unsafe { std::ptr::read_unaligned(pg_sys::PageGetContents(page) as *const Meta) });
     drop(b);
     match meta {
-        Some(m) if m.magic == MAGIC && m.version == VERSION => m,
+        Some(m) if m.magic == MAGIC && (m.version == VERSION || m.version == VERSION_OWN_PAGES_ONLY) => m,
         _ => raise_detail(
             PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED,
             format!("index \"{}\" is not a valid sutra_hnsw index", relation_name(index)),
@@ -667,6 +774,28 @@ impl<'a> ElementData<'a> for ElementView<'a> {
         // SAFETY: aligned (checked), and `vector_bytes` holds exactly 4 dims bytes.
         unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, self.dims) }
     }
+}
+
+/// Encodes a compact element tuple of heap row `heap`: the form of elements on shared pages.
+pub fn encode_compact_element(
+    level: usize,
+    heap: &pg_sys::ItemPointerData,
+    v: &[f32],
+    m: usize,
+    links: &[Vec<Tid>],
+) -> Vec<u8> {
+    sutra_core::hnsw_tuple::encode_compact_element(
+        level,
+        [heap.ip_blkid.bi_hi, heap.ip_blkid.bi_lo, heap.ip_posid],
+        v,
+        m,
+        links,
+    )
+}
+
+/// The room a level-0 compact element takes on a shared page, owner tag included.
+pub fn compact_base_room(dims: usize, m: usize) -> usize {
+    item_room(OWNER_BYTES + element_size(dims, sutra_core::hnsw_tuple::compact_m(m), 0))
 }
 
 /// Encodes an element tuple of heap row `heap`.

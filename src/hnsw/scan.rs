@@ -246,7 +246,9 @@ impl ScanState {
                 ps.done = true;
                 continue;
             };
+            graph.set_owner(ps.part.at);
             let found = search(&mut graph, q, entry, level, ef);
+            graph.scan_shared(&ps.part, Some(q), &self.emitted, &mut batch);
             if found.len() < ef.min(count) || ef >= count {
                 // The graph gave what it can: read the partition exactly next, or stop.
                 if ps.exact_next {

@@ -14,25 +14,13 @@ use sutra_core::hnsw::{reach, select_neighbors};
 use super::graph::{DiskGraph, IdMap, IdSet};
 use super::insert::{write_links, LinkList};
 use super::pages::{
-    all_partitions, item, item_mut, max_offset, next_block, page_kind, read_meta, update_partition, ElementData,
-    ElementView, Locked, Meta, Partition, Tid, Wal, FLAG_DELETED, GRAPH_LOCK, KIND_ELEMENTS, NO_BLOCK,
+    all_partitions, element_item, element_item_mut, max_offset, partition_pages, read_meta, update_partition,
+    ElementData, ElementView, Locked, Meta, Partition, Tid, Wal, FLAG_DELETED, GRAPH_LOCK,
 };
 
-/// The pages of a partition's chain, in order, stopping at a cycle or a foreign page.
+/// The pages of a partition's elements (see [`partition_pages`]).
 pub fn chain(index: pg_sys::Relation, p: &Partition) -> Vec<u32> {
-    let mut out = Vec::new();
-    let mut block = p.head.head_block;
-    // SAFETY: an open relation.
-    let nblocks = unsafe { pg_sys::RelationGetNumberOfBlocksInFork(index, pg_sys::ForkNumber::MAIN_FORKNUM) };
-    while block != NO_BLOCK && block < nblocks && out.len() <= nblocks as usize {
-        let b = Locked::read(index, block, false);
-        if page_kind(b.page()) != Some(KIND_ELEMENTS) {
-            break;
-        }
-        out.push(block);
-        block = next_block(b.page());
-    }
-    out
+    partition_pages(index, p)
 }
 
 struct PartVacuum {
@@ -79,7 +67,9 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
             let page = b.page();
             let mut doomed = Vec::new();
             for off in 1..=max_offset(page) {
-                let Some(e) = item(page, off).and_then(|x| ElementView::new(x, dims, m)) else { continue };
+                let Some(e) = element_item(page, off, pv.part.at).and_then(|x| ElementView::new(x, dims, m)) else {
+                    continue;
+                };
                 if e.deleted() {
                     continue;
                 }
@@ -98,7 +88,7 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
                 let mut wal = Wal::start(index);
                 let copy = wal.register(&b, false);
                 for &off in &doomed {
-                    if let Some(bytes) = item_mut(copy, off) {
+                    if let Some(bytes) = element_item_mut(copy, off, pv.part.at) {
                         bytes[0] |= FLAG_DELETED;
                     }
                     dead.insert(Tid { block, offset: off }.pack());
@@ -124,9 +114,10 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
     // 2. Repair links and entry points.
     let mut graph = DiskGraph::new(index, &meta, true);
     for pv in &work {
+        graph.set_owner(pv.part.at);
         for block in chain(index, &pv.part) {
             pg_sys::vacuum_delay_point();
-            repair_page(index, &meta, &mut graph, block, &dead);
+            repair_page(index, &meta, &mut graph, block, pv.part.at, &dead);
         }
         let dead_count = pv.dead as u64;
         let best = pv.best;
@@ -145,6 +136,7 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
     // reachable element.
     for pv in &work {
         if let Some(p) = super::pages::read_partition(index, pv.part.at) {
+            graph.set_owner(p.at);
             connect_partition(index, &meta, &mut graph, &p);
         }
     }
@@ -157,7 +149,7 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
             let mut wal = Wal::start(index);
             let copy = wal.register(&b, false);
             for &off in offsets.iter().rev() {
-                if item(copy, off).is_some_and(|x| x[0] & FLAG_DELETED != 0) {
+                if element_item(copy, off, pv.part.at).is_some_and(|x| x[0] & FLAG_DELETED != 0) {
                     pg_sys::PageIndexTupleDeleteNoCompact(copy, off);
                     removed += 1.0;
                 }
@@ -172,13 +164,13 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
 
 /// Replaces, in every live element of `block`, links to deleted elements by the best of the
 /// remaining links and the deleted elements' own links.
-fn repair_page(index: pg_sys::Relation, meta: &Meta, graph: &mut DiskGraph, block: u32, dead: &IdSet) {
+fn repair_page(index: pg_sys::Relation, meta: &Meta, graph: &mut DiskGraph, block: u32, owner: Tid, dead: &IdSet) {
     let (dims, m) = (meta.dims as usize, meta.m as usize);
     let b = Locked::read(index, block, false);
     let page = b.page();
     let mut todo = Vec::new();
     for off in 1..=max_offset(page) {
-        let Some(e) = item(page, off).and_then(|x| ElementView::new(x, dims, m)) else { continue };
+        let Some(e) = element_item(page, off, owner).and_then(|x| ElementView::new(x, dims, m)) else { continue };
         if e.deleted() {
             continue;
         }
@@ -186,7 +178,11 @@ fn repair_page(index: pg_sys::Relation, meta: &Meta, graph: &mut DiskGraph, bloc
             let mut links = Vec::new();
             e.links(l, &mut links);
             if links.iter().any(|t| dead.contains(&t.pack())) {
-                todo.push((off, l, LinkList { slots: e.slot_bytes(l).to_vec(), vector: e.vector().to_vec(), links }));
+                todo.push((
+                    off,
+                    l,
+                    LinkList { slots: e.slot_bytes(l).to_vec(), vector: e.vector().to_vec(), links, cap: e.slots(l) },
+                ));
             }
         }
     }
@@ -198,7 +194,7 @@ fn repair_page(index: pg_sys::Relation, meta: &Meta, graph: &mut DiskGraph, bloc
             if dead.contains(&t.pack()) {
                 let mut theirs = Vec::new();
                 let bb = Locked::read(index, t.block, false);
-                if let Some(e) = item(bb.page(), t.offset).and_then(|x| ElementView::new(x, dims, m)) {
+                if let Some(e) = element_item(bb.page(), t.offset, owner).and_then(|x| ElementView::new(x, dims, m)) {
                     e.links(level, &mut theirs);
                 }
                 drop(bb);
@@ -211,9 +207,9 @@ fn repair_page(index: pg_sys::Relation, meta: &Meta, graph: &mut DiskGraph, bloc
         ids.dedup();
         let cands = graph.scored(&read.vector, &ids);
         let kept: Vec<Tid> =
-            select_neighbors(&cands, meta.slots(level), |a, b| graph.between(a, b)).iter().map(|s| s.id).collect();
+            select_neighbors(&cands, read.cap, |a, b| graph.between(a, b)).iter().map(|s| s.id).collect();
         // Nobody else writes links while VACUUM holds the graph lock, so the list is unchanged.
-        write_links(index, meta, me, level, &read, &kept);
+        write_links(index, meta, me, owner, level, &read, &kept);
     }
 }
 
@@ -255,7 +251,7 @@ pub fn partition_elements(index: pg_sys::Relation, meta: &Meta, p: &Partition) -
         let b = Locked::read(index, block, false);
         let page = b.page();
         for off in 1..=max_offset(page) {
-            let Some(e) = item(page, off).and_then(|x| ElementView::new(x, dims, m)) else { continue };
+            let Some(e) = element_item(page, off, p.at).and_then(|x| ElementView::new(x, dims, m)) else { continue };
             let links = (0..=e.level())
                 .map(|l| {
                     let mut v = Vec::new();
