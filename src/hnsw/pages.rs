@@ -784,13 +784,7 @@ pub fn encode_compact_element(
     m: usize,
     links: &[Vec<Tid>],
 ) -> Vec<u8> {
-    sutra_core::hnsw_tuple::encode_compact_element(
-        level,
-        [heap.ip_blkid.bi_hi, heap.ip_blkid.bi_lo, heap.ip_posid],
-        v,
-        m,
-        links,
-    )
+    sutra_core::hnsw_tuple::encode_compact_element(level, heap_tid(heap), v, m, links)
 }
 
 /// The room a level-0 compact element takes on a shared page, owner tag included.
@@ -806,11 +800,10 @@ pub fn encode_element(
     m: usize,
     links: &[Vec<Tid>],
 ) -> Vec<u8> {
-    sutra_core::hnsw_tuple::encode_element(
-        level,
-        [heap.ip_blkid.bi_hi, heap.ip_blkid.bi_lo, heap.ip_posid],
-        v,
-        m,
-        links,
-    )
+    sutra_core::hnsw_tuple::encode_element(level, heap_tid(heap), v, m, links)
+}
+
+/// A heap tid as element tuples store it.
+fn heap_tid(heap: &pg_sys::ItemPointerData) -> sutra_core::hnsw_tuple::HeapTid {
+    [heap.ip_blkid.bi_hi, heap.ip_blkid.bi_lo, heap.ip_posid]
 }
