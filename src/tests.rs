@@ -134,6 +134,25 @@ mod tests {
         Spi::run("SELECT id FROM old_format ORDER BY embedding OPERATOR(sutra.<->) '[0,0]' LIMIT 1").unwrap();
     }
 
+    /// The backend caches of tenant status, keys, members, settings and limits hold at most
+    /// MAX_ENTRIES entries and forget an older generation: a backend that serves very many tenants
+    /// does not grow with them.
+    #[pg_test]
+    fn backend_caches_are_bounded() {
+        use crate::backend::GenerationMap;
+        let max = GenerationMap::<u32, u32>::MAX_ENTRIES as u32;
+        let mut map = GenerationMap::new();
+        for k in 0..max {
+            map.insert(1, k, k);
+        }
+        assert_eq!((map.get(1, &0), map.get(1, &(max - 1))), (Some(0), Some(max - 1)));
+        map.insert(1, max, max);
+        assert_eq!((map.get(1, &0), map.get(1, &(max - 1)), map.get(1, &max)), (None, None, Some(max)));
+        assert_eq!(map.get(2, &max), None);
+        map.insert(2, 7, 7);
+        assert_eq!((map.get(2, &7), map.get(1, &max)), (Some(7), None));
+    }
+
     /// sutra.tenant_id exists, and takes no value sutra did not sign.
     #[pg_test(error = "invalid tenant context")]
     fn forged_tenant_context_is_refused() {

@@ -8,7 +8,6 @@
 //! workers behave as they do for any setting.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::sync::OnceLock;
 
@@ -16,7 +15,7 @@ use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 use sutra_core::tenant_context::{self, Context, ContextError, Grant, Scopes};
 
-use crate::backend::{now_unix, random_bytes};
+use crate::backend::{now_unix, random_bytes, GenerationMap};
 use crate::error::{raise_detail, raise_hint};
 
 /// The current value of `sutra.tenant_id` (owned by the GUC machinery).
@@ -196,17 +195,20 @@ thread_local! {
 }
 
 thread_local! {
-    /// Status of the tenants this backend has seen in a context (`active`, `suspended`, ...).
-    /// Cleared when `sutra.tenants` changes (a relcache invalidation its trigger sends).
-    static STATUS: RefCell<HashMap<String, String>> = RefCell::new(HashMap::new());
+    /// Status of the tenants this backend has seen in a context (`active`, `suspended`, ...),
+    /// as of the status generation, which moves on when `sutra.tenants` changes (a relcache
+    /// invalidation its trigger sends). Like the two maps below, it holds at most
+    /// `GenerationMap::MAX_ENTRIES` entries, so a backend that serves many tenants does not grow
+    /// with them.
+    static STATUS: RefCell<GenerationMap<String, String>> = RefCell::new(GenerationMap::new());
     /// Until when the API keys that granted contexts here are valid (Unix seconds; 0 when
-    /// revoked or gone, i64::MAX without expiry), cleared with STATUS (revoking a key or changing
-    /// its expiry sends the same invalidation).
-    static KEYS: RefCell<HashMap<String, i64>> = RefCell::new(HashMap::new());
+    /// revoked or gone, i64::MAX without expiry), of the same generation (revoking a key or
+    /// changing its expiry sends the same invalidation).
+    static KEYS: RefCell<GenerationMap<String, i64>> = RefCell::new(GenerationMap::new());
     /// The scopes of the roles of the members that granted contexts here, by (tenant, user);
-    /// `None` for a user who is not a member. Cleared with STATUS (changes of
+    /// `None` for a user who is not a member; of the same generation (changes of
     /// `sutra.tenant_members` send the same invalidation).
-    static MEMBERS: RefCell<HashMap<(String, String), Option<Scopes>>> = RefCell::new(HashMap::new());
+    static MEMBERS: RefCell<GenerationMap<(String, String), Option<Scopes>>> = RefCell::new(GenerationMap::new());
     /// The tenant whose rows sutra is purging in this backend: its contexts count as active.
     static PURGING: RefCell<Option<String>> = const { RefCell::new(None) };
     /// The oid of `sutra.tenants`, learnt on the first lookup.
@@ -218,9 +220,7 @@ thread_local! {
 unsafe extern "C-unwind" fn tenants_invalidated(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     let tenants = TENANTS_OID.with(|c| c.get());
     if relid == pg_sys::InvalidOid || relid == tenants {
-        STATUS.with(|c| c.borrow_mut().clear());
-        KEYS.with(|c| c.borrow_mut().clear());
-        MEMBERS.with(|c| c.borrow_mut().clear());
+        // The caches below are of the generation: the next one starts them afresh.
         STATUS_GENERATION.with(|g| g.set(g.get() + 1));
     }
 }
@@ -251,7 +251,7 @@ unsafe fn schema_oid() -> pg_sys::Oid {
 
 /// The status of a tenant (`None` when it no longer exists), cached per backend.
 pub fn tenant_status(tenant: &str) -> Option<String> {
-    if let Some(s) = STATUS.with(|c| c.borrow().get(tenant).cloned()) {
+    if let Some(s) = STATUS.with(|c| c.borrow().get(status_generation(), &tenant.to_string())) {
         return Some(s);
     }
     // SAFETY: only resolves the table's oid for the invalidation callback.
@@ -269,14 +269,14 @@ pub fn tenant_status(tenant: &str) -> Option<String> {
         }
     };
     if let Some(s) = &status {
-        STATUS.with(|c| c.borrow_mut().insert(tenant.to_string(), s.clone()));
+        STATUS.with(|c| c.borrow_mut().insert(status_generation(), tenant.to_string(), s.clone()));
     }
     status
 }
 
 /// Whether the API key `key_id` is still valid (exists, not revoked), cached per backend.
 fn key_valid(key_id: &str) -> bool {
-    let until = match KEYS.with(|c| c.borrow().get(key_id).copied()) {
+    let until = match KEYS.with(|c| c.borrow().get(status_generation(), &key_id.to_string())) {
         Some(until) => until,
         None => {
             // SAFETY: only resolves the tenants table's oid for the invalidation callback.
@@ -292,7 +292,7 @@ fn key_valid(key_id: &str) -> bool {
             .ok()
             .flatten()
             .unwrap_or(0);
-            KEYS.with(|c| c.borrow_mut().insert(key_id.to_string(), until));
+            KEYS.with(|c| c.borrow_mut().insert(status_generation(), key_id.to_string(), until));
             until
         }
     };
@@ -303,7 +303,7 @@ fn key_valid(key_id: &str) -> bool {
 /// cached per backend until members change.
 pub fn member_scopes(tenant: &str, user: &str) -> Option<Scopes> {
     let key = (tenant.to_string(), user.to_string());
-    if let Some(scopes) = MEMBERS.with(|c| c.borrow().get(&key).copied()) {
+    if let Some(scopes) = MEMBERS.with(|c| c.borrow().get(status_generation(), &key)) {
         return scopes;
     }
     // SAFETY: only resolves the tenants table's oid for the invalidation callback.
@@ -319,7 +319,7 @@ pub fn member_scopes(tenant: &str, user: &str) -> Option<Scopes> {
         crate::error::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not read tenant members: {e}"))
     });
     let scopes = names.map(|n| Scopes::from_names(n.iter().map(String::as_str)).unwrap_or_default());
-    MEMBERS.with(|c| c.borrow_mut().insert(key, scopes));
+    MEMBERS.with(|c| c.borrow_mut().insert(status_generation(), key, scopes));
     scopes
 }
 
