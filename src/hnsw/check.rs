@@ -5,8 +5,8 @@ use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 
 use super::graph::IdSet;
-use super::pages::{all_partitions, read_meta, Key, KeyKind};
-use super::vacuum::{chain, partition_elements, unreached};
+use super::pages::{all_partitions, partition_pages, read_meta, Key, KeyKind};
+use super::vacuum::{partition_elements, unreached};
 use super::{index_shape, prepare_vector, row_of, IndexShape, FLAT_LIMIT};
 use crate::error::raise;
 
@@ -259,7 +259,7 @@ fn hnsw_stats(
     let rows: Vec<_> = all_partitions(rel, &meta)
         .iter()
         .map(|p| {
-            let pages = chain(rel, p).len() as i64;
+            let pages = partition_pages(rel, p).len() as i64;
             let levels = p.head.entry().map_or(0, |(_, l)| l as i32 + 1);
             let kind = if p.head.count as usize <= FLAT_LIMIT { "flat" } else { "graph" };
             (key_text(meta.key_kind(), &p.key), p.head.count as i64, pages, levels, kind.to_string())

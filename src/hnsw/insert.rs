@@ -62,8 +62,10 @@ pub fn insert_vector(index: pg_sys::Relation, meta: &Meta, key: &Key, v: &[f32],
         };
         let ids: Vec<Vec<Tid>> = links.iter().map(|l| l.iter().map(|s| s.id).collect()).collect();
         let tuple = encode_element(level, heap, v, m, &ids);
-        let compact = encode_compact_element(level, heap, v, m, &ids);
-        match append_element(index, meta, &part, &tuple, &compact, level, entry.is_none()) {
+        // The shared-page form, only for a partition without pages of its own (it never loses them).
+        let shared = (meta.shares_pages() && part.head.head_block == NO_BLOCK)
+            .then(|| shared_item(part.at, &encode_compact_element(level, heap, v, m, &ids)));
+        match append_element(index, meta, &part, &tuple, shared.as_deref(), level, entry.is_none()) {
             Some(id) => break (id, links),
             // Another backend gave the empty partition its first element meanwhile: search again
             // from it, so that this element is linked.
@@ -83,9 +85,10 @@ pub fn insert_vector(index: pg_sys::Relation, meta: &Meta, key: &Key, v: &[f32],
     unsafe { pg_sys::UnlockPage(index, GRAPH_LOCK, pg_sys::ShareLock as i32) };
 }
 
-/// Appends an element to the partition: `compact` on a shared page while the partition is small
-/// (its shared page, or the index's current one, or a new one), else `tuple` on its last own page
-/// (a new page when full); makes it the entry point when it is the first or reaches a higher
+/// Appends an element to the partition: `shared` (its shared-page item, when the caller found the
+/// partition without pages of its own) on a shared page while the partition is small (its shared
+/// page, or the index's current one, or a new one), else `tuple` on its last own page (a new page
+/// when full); makes it the entry point when it is the first or reaches a higher
 /// level. Returns `None` without writing when `expect_empty` and the partition got an entry point
 /// meanwhile.
 pub fn append_element(
@@ -93,7 +96,7 @@ pub fn append_element(
     meta: &Meta,
     part: &Partition,
     tuple: &[u8],
-    compact: &[u8],
+    shared: Option<&[u8]>,
     level: usize,
     expect_empty: bool,
 ) -> Option<Tid> {
@@ -114,16 +117,15 @@ pub fn append_element(
     let mut new_shared_tail = None;
     // A small partition without pages of its own: its shared page, else the index's current
     // shared page, else a new shared page (which becomes the current one).
-    let shared = shared_item(part.at, compact);
-    let room = item_room(shared.len());
+    let room = shared.map_or(0, |item| item_room(item.len()));
     let base_room = compact_base_room(meta.dims as usize, meta.m as usize);
-    if meta.shares_pages() && head.head_block == NO_BLOCK && fits_shared(head.count as usize + 1, room) {
+    if let Some(shared) = shared.filter(|_| head.head_block == NO_BLOCK && fits_shared(head.count as usize + 1, room)) {
         let candidate = if head.shared_block != 0 { head.shared_block } else { read_meta(index).shared_tail };
         if candidate != 0 && candidate != NO_BLOCK {
             let t = Locked::read(index, candidate, true);
             if page_kind(t.page()) == Some(KIND_SHARED) && shared_room_for(t.page(), part.at, room, base_room) {
                 let tpage = wal.register(&t, false);
-                if let Some(off) = add_item(tpage, &shared) {
+                if let Some(off) = add_item(tpage, shared) {
                     placed = Some(Tid { block: t.block(), offset: off });
                 }
             }
@@ -133,7 +135,7 @@ pub fn append_element(
             let fresh = Locked::extend(index, pg_sys::ForkNumber::MAIN_FORKNUM);
             let fpage = wal.register(&fresh, true);
             init_page(fpage, KIND_SHARED);
-            let Some(off) = add_item(fpage, &shared) else {
+            let Some(off) = add_item(fpage, shared) else {
                 drop(wal);
                 raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "sutra_hnsw element does not fit an empty page");
             };

@@ -18,11 +18,6 @@ use super::pages::{
     ElementData, ElementView, Locked, Meta, Partition, Tid, Wal, FLAG_DELETED, GRAPH_LOCK,
 };
 
-/// The pages of a partition's elements (see [`partition_pages`]).
-pub fn chain(index: pg_sys::Relation, p: &Partition) -> Vec<u32> {
-    partition_pages(index, p)
-}
-
 struct PartVacuum {
     part: Partition,
     dead: usize,
@@ -61,7 +56,7 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
     // 1. Mark the elements of dead rows.
     for part in all_partitions(index, &meta) {
         let mut pv = PartVacuum { part, dead: 0, best: None, pages: Vec::new() };
-        for block in chain(index, &pv.part) {
+        for block in partition_pages(index, &pv.part) {
             pg_sys::vacuum_delay_point();
             let b = Locked::read(index, block, true);
             let page = b.page();
@@ -115,7 +110,7 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
     let mut graph = DiskGraph::new(index, &meta, true);
     for pv in &work {
         graph.set_owner(pv.part.at);
-        for block in chain(index, &pv.part) {
+        for block in partition_pages(index, &pv.part) {
             pg_sys::vacuum_delay_point();
             repair_page(index, &meta, &mut graph, block, pv.part.at, &dead);
         }
@@ -247,7 +242,7 @@ pub struct StoredElement {
 pub fn partition_elements(index: pg_sys::Relation, meta: &Meta, p: &Partition) -> IdMap<StoredElement> {
     let (dims, m) = (meta.dims as usize, meta.m as usize);
     let mut out = IdMap::default();
-    for block in chain(index, p) {
+    for block in partition_pages(index, p) {
         let b = Locked::read(index, block, false);
         let page = b.page();
         for off in 1..=max_offset(page) {

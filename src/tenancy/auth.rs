@@ -273,6 +273,21 @@ fn jwt_secret() -> Vec<u8> {
     }
 }
 
+/// A token that does not verify, or lacks a claim: recorded, and refused with a DETAIL that says
+/// what is wrong with it.
+fn token_invalid(e: jwt::JwtError) -> ! {
+    let detail = match e {
+        jwt::JwtError::Malformed(what) => format!("The token is malformed: {what}."),
+        jwt::JwtError::Algorithm(alg) => format!("Algorithm \"{alg}\" is not accepted; only HS256 is."),
+        jwt::JwtError::BadSignature => "The signature does not match.".to_string(),
+        jwt::JwtError::Expired => "The token has expired.".to_string(),
+        jwt::JwtError::NotYetValid => "The token is not valid yet (nbf).".to_string(),
+        jwt::JwtError::Claim(c) => format!("Claim \"{c}\" is missing or invalid."),
+    };
+    failures::record(None, "invalid token");
+    raise_detail(PgSqlErrorCode::ERRCODE_INVALID_PASSWORD, "JWT authentication failed", detail)
+}
+
 /// A verified token's refusal, after its signature held: the reason is recorded, and the DETAIL
 /// says it (the token's issuer is trusted, so nothing is given away).
 fn token_refused(reason: &str, detail: String) -> ! {
@@ -286,14 +301,7 @@ fn token_refused(reason: &str, detail: String) -> ! {
 /// the issuer vouches for the user and the token's scopes apply as they are.
 fn token_grant(claims: jwt::Claims, tenant: &str) -> (Scopes, Option<Grant>) {
     if crate::guc::JWT_MEMBERSHIP.get() == crate::guc::JwtMembership::Trusted {
-        let scopes = claims.scopes.unwrap_or_else(|| {
-            failures::record(None, "invalid token");
-            raise_detail(
-                PgSqlErrorCode::ERRCODE_INVALID_PASSWORD,
-                "JWT authentication failed",
-                "Claim \"scopes\" is missing or invalid.",
-            )
-        });
+        let scopes = claims.scopes.unwrap_or_else(|| token_invalid(jwt::JwtError::Claim("scopes")));
         return (scopes, claims.subject.map(Grant::User));
     }
     let Some(user) = claims.subject else {
@@ -331,18 +339,7 @@ fn authenticate_jwt(token: &str, local: default!(Option<bool>, "NULL"), session:
     hide_credential(token);
     let session = session_scope(local, session);
     let secret = jwt_secret();
-    let claims = jwt::verify_hs256(token, &secret, now_unix()).unwrap_or_else(|e| {
-        let detail = match e {
-            jwt::JwtError::Malformed(what) => format!("The token is malformed: {what}."),
-            jwt::JwtError::Algorithm(alg) => format!("Algorithm \"{alg}\" is not accepted; only HS256 is."),
-            jwt::JwtError::BadSignature => "The signature does not match.".to_string(),
-            jwt::JwtError::Expired => "The token has expired.".to_string(),
-            jwt::JwtError::NotYetValid => "The token is not valid yet (nbf).".to_string(),
-            jwt::JwtError::Claim(c) => format!("Claim \"{c}\" is missing or invalid."),
-        };
-        failures::record(None, "invalid token");
-        raise_detail(PgSqlErrorCode::ERRCODE_INVALID_PASSWORD, "JWT authentication failed", detail)
-    });
+    let claims = jwt::verify_hs256(token, &secret, now_unix()).unwrap_or_else(|e| token_invalid(e));
     let Some((tenant, status)) = find_tenant(&claims.tenant) else {
         failures::record(None, "token for an unknown tenant");
         raise_detail(

@@ -249,78 +249,71 @@ unsafe fn schema_oid() -> pg_sys::Oid {
     pg_sys::get_namespace_oid(c"sutra".as_ptr(), true)
 }
 
+/// `key`'s value in one of the caches above, as of the status generation; else what `fetch`
+/// reads, kept when there is one.
+fn cached<K: std::hash::Hash + Eq, V: Clone>(
+    cache: &'static std::thread::LocalKey<RefCell<GenerationMap<K, V>>>,
+    key: K,
+    fetch: impl FnOnce() -> Option<V>,
+) -> Option<V> {
+    if let Some(v) = cache.with(|c| c.borrow().get(status_generation(), &key)) {
+        return Some(v);
+    }
+    // SAFETY: only resolves the tenants table's oid for the invalidation callback.
+    unsafe { tenants_oid() };
+    let v = fetch()?;
+    cache.with(|c| c.borrow_mut().insert(status_generation(), key, v.clone()));
+    Some(v)
+}
+
 /// The status of a tenant (`None` when it no longer exists), cached per backend.
 pub fn tenant_status(tenant: &str) -> Option<String> {
-    if let Some(s) = STATUS.with(|c| c.borrow().get(status_generation(), &tenant.to_string())) {
-        return Some(s);
-    }
-    // SAFETY: only resolves the table's oid for the invalidation callback.
-    unsafe { tenants_oid() };
-    let status = crate::backend::caller::as_superuser(|| {
-        Spi::get_one_with_args::<String>(
-            "SELECT (SELECT status FROM sutra.tenants WHERE id = $1::uuid)",
-            &[tenant.into()],
-        )
-    });
-    let status = match status {
-        Ok(s) => s,
-        Err(e) => {
+    cached(&STATUS, tenant.to_string(), || {
+        crate::backend::caller::as_superuser(|| {
+            Spi::get_one_with_args::<String>(
+                "SELECT (SELECT status FROM sutra.tenants WHERE id = $1::uuid)",
+                &[tenant.into()],
+            )
+        })
+        .unwrap_or_else(|e| {
             crate::error::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not read tenant status: {e}"))
-        }
-    };
-    if let Some(s) = &status {
-        STATUS.with(|c| c.borrow_mut().insert(status_generation(), tenant.to_string(), s.clone()));
-    }
-    status
+        })
+    })
 }
 
 /// Whether the API key `key_id` is still valid (exists, not revoked), cached per backend.
 fn key_valid(key_id: &str) -> bool {
-    let until = match KEYS.with(|c| c.borrow().get(status_generation(), &key_id.to_string())) {
-        Some(until) => until,
-        None => {
-            // SAFETY: only resolves the tenants table's oid for the invalidation callback.
-            unsafe { tenants_oid() };
-            let until = crate::backend::caller::as_superuser(|| {
-                Spi::get_one_with_args::<i64>(
-                    "SELECT coalesce((SELECT CASE WHEN revoked_at IS NOT NULL THEN 0
-                                                  ELSE coalesce(extract(epoch FROM expires_at)::int8, 9223372036854775807) END
-                                      FROM sutra.api_key_store WHERE key_id = $1), 0)",
-                    &[key_id.into()],
-                )
-            })
-            .ok()
-            .flatten()
-            .unwrap_or(0);
-            KEYS.with(|c| c.borrow_mut().insert(status_generation(), key_id.to_string(), until));
-            until
-        }
-    };
-    now_unix() < until
+    let until = cached(&KEYS, key_id.to_string(), || {
+        let until = crate::backend::caller::as_superuser(|| {
+            Spi::get_one_with_args::<i64>(
+                "SELECT coalesce((SELECT CASE WHEN revoked_at IS NOT NULL THEN 0
+                                              ELSE coalesce(extract(epoch FROM expires_at)::int8, 9223372036854775807) END
+                                  FROM sutra.api_key_store WHERE key_id = $1), 0)",
+                &[key_id.into()],
+            )
+        });
+        Some(until.ok().flatten().unwrap_or(0))
+    });
+    now_unix() < until.unwrap_or(0)
 }
 
 /// The scopes the role of `user` in `tenant` grants, or `None` when the user is not a member;
 /// cached per backend until members change.
 pub fn member_scopes(tenant: &str, user: &str) -> Option<Scopes> {
-    let key = (tenant.to_string(), user.to_string());
-    if let Some(scopes) = MEMBERS.with(|c| c.borrow().get(status_generation(), &key)) {
-        return scopes;
-    }
-    // SAFETY: only resolves the tenants table's oid for the invalidation callback.
-    unsafe { tenants_oid() };
-    let names = crate::backend::caller::as_superuser(|| {
-        Spi::get_one_with_args::<Vec<String>>(
-            "SELECT (SELECT sutra.role_scopes(m.role) FROM sutra.tenant_members m
-                     WHERE m.tenant_id = $1::uuid AND m.user_id = $2)",
-            &[tenant.into(), user.into()],
-        )
+    cached(&MEMBERS, (tenant.to_string(), user.to_string()), || {
+        let names = crate::backend::caller::as_superuser(|| {
+            Spi::get_one_with_args::<Vec<String>>(
+                "SELECT (SELECT sutra.role_scopes(m.role) FROM sutra.tenant_members m
+                         WHERE m.tenant_id = $1::uuid AND m.user_id = $2)",
+                &[tenant.into(), user.into()],
+            )
+        })
+        .unwrap_or_else(|e| {
+            crate::error::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not read tenant members: {e}"))
+        });
+        Some(names.map(|n| Scopes::from_names(n.iter().map(String::as_str)).unwrap_or_default()))
     })
-    .unwrap_or_else(|e| {
-        crate::error::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not read tenant members: {e}"))
-    });
-    let scopes = names.map(|n| Scopes::from_names(n.iter().map(String::as_str)).unwrap_or_default());
-    MEMBERS.with(|c| c.borrow_mut().insert(status_generation(), key, scopes));
-    scopes
+    .flatten()
 }
 
 /// Runs `f` with contexts of `tenant` counting as active whatever its status (purging a deleted
@@ -452,40 +445,30 @@ pub fn status_generation() -> u64 {
     STATUS_GENERATION.with(|g| g.get())
 }
 
-/// The tenant of the current context if its signature and expiry hold, without raising and
-/// without looking at tenant status (for the executor hooks, which only meter and limit).
-pub fn peek_tenant() -> Option<pgrx::Uuid> {
+/// `f` of the current context and its tenant's uuid if its signature and expiry hold, without
+/// raising and without looking at tenant status (a value this backend verified is not checked
+/// again).
+fn peek<R>(f: impl Fn(&Context, pgrx::Uuid) -> R) -> Option<R> {
     let value = raw_value();
     if value.is_empty() {
         return None;
     }
     let now = now_unix();
-    if let Some(uuid) =
-        VERIFIED.with(|c| c.borrow().as_ref().filter(|v| v.value == value && now < v.ctx.expires).map(|v| v.uuid))
-    {
-        return Some(uuid);
-    }
-    tenant_context::verify(value, &secret(), now).ok().map(|c| uuid_of(&c.tenant))
+    let cached = VERIFIED
+        .with(|c| c.borrow().as_ref().filter(|v| v.value == value && now < v.ctx.expires).map(|v| f(&v.ctx, v.uuid)));
+    cached.or_else(|| tenant_context::verify(value, &secret(), now).ok().map(|c| f(&c, uuid_of(&c.tenant))))
+}
+
+/// The tenant of the current context if its signature and expiry hold, without raising and
+/// without looking at tenant status (for the executor hooks, which only meter and limit).
+pub fn peek_tenant() -> Option<pgrx::Uuid> {
+    peek(|_, uuid| uuid)
 }
 
 /// The user of the current context, if a user granted it, without raising and without looking
 /// at tenant status or membership (for audit rows, written in any state).
 pub fn peek_user() -> Option<String> {
-    let value = raw_value();
-    if value.is_empty() {
-        return None;
-    }
-    let now = now_unix();
-    let cached = VERIFIED.with(|c| {
-        c.borrow()
-            .as_ref()
-            .filter(|v| v.value == value && now < v.ctx.expires)
-            .map(|v| v.ctx.grant.as_ref().and_then(Grant::user).map(str::to_string))
-    });
-    match cached {
-        Some(user) => user,
-        None => tenant_context::verify(value, &secret(), now).ok()?.grant?.user().map(str::to_string),
-    }
+    peek(|c, _| c.grant.as_ref().and_then(Grant::user).map(str::to_string)).flatten()
 }
 
 fn expired() -> ! {

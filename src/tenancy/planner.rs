@@ -57,15 +57,12 @@ unsafe extern "C-unwind" fn planner(
 ) -> *mut pg_sys::PlannedStmt {
     let tenant = if crate::guc::TENANT_PRUNING.get() { super::context::peek_tenant() } else { None };
     if let Some(tenant) = tenant {
-        let namespace = pg_sys::get_namespace_oid(c"sutra".as_ptr(), true);
-        if namespace != pg_sys::InvalidOid {
-            let mut walk = Walk { tenant: *tenant.as_bytes(), namespace, added: false };
-            // SAFETY: the planner's own query tree, which it may modify (plan caches plan a
-            // copy); the walker only appends to security quals.
-            walker(parse as *mut pg_sys::Node, &mut walk as *mut Walk as *mut c_void);
-            if walk.added {
-                PLANNED_FOR.with(|p| p.set(Some(walk.tenant)));
-            }
+        let mut walk = Walk { tenant: *tenant.as_bytes(), namespace: None, added: false };
+        // SAFETY: the planner's own query tree, which it may modify (plan caches plan a copy);
+        // the walker only appends to security quals.
+        walker(parse as *mut pg_sys::Node, &mut walk as *mut Walk as *mut c_void);
+        if walk.added {
+            PLANNED_FOR.with(|p| p.set(Some(walk.tenant)));
         }
     }
     match PREV_PLANNER {
@@ -77,9 +74,16 @@ unsafe extern "C-unwind" fn planner(
 
 struct Walk {
     tenant: [u8; 16],
-    /// The oid of schema `sutra`.
-    namespace: pg_sys::Oid,
+    /// The oid of schema `sutra`, looked up at the first partitioned table with security quals.
+    namespace: Option<pg_sys::Oid>,
     added: bool,
+}
+
+impl Walk {
+    fn namespace(&mut self) -> pg_sys::Oid {
+        // SAFETY: a catalog lookup by a constant name, inside the planner's transaction.
+        *self.namespace.get_or_insert_with(|| unsafe { pg_sys::get_namespace_oid(c"sutra".as_ptr(), true) })
+    }
 }
 
 /// Visits every query of the tree (subqueries, CTEs, sublinks), adding the constant to the
@@ -113,7 +117,7 @@ unsafe fn add_constant(rte: *mut pg_sys::RangeTblEntry, rti: pg_sys::Index, walk
     }
     let quals = PgList::<pg_sys::Node>::from_pg((*rte).securityQuals);
     for qual in quals.iter_ptr() {
-        if let Some((opno, var)) = tenant_policy(qual, rti, walk.namespace) {
+        if let Some((opno, var)) = tenant_policy(qual, rti, walk.namespace()) {
             let bytes = pg_sys::palloc(16) as *mut u8;
             std::ptr::copy_nonoverlapping(walk.tenant.as_ptr(), bytes, 16);
             let value = pg_sys::makeConst(
