@@ -132,6 +132,16 @@ CREATE TRIGGER member_changed AFTER INSERT OR UPDATE OR DELETE ON tenant_members
 -- The user of the context (sutra.current_user_id()) in audit rows.
 ALTER TABLE audit_log ADD COLUMN user_id text;
 
+-- What every node of a Citus cluster checks tenant contexts against (sql/tenancy/citus.sql).
+CREATE TABLE cluster_grants (
+    kind text NOT NULL CHECK (kind IN ('tenant', 'key', 'member')),
+    id text NOT NULL,
+    value text,
+    PRIMARY KEY (kind, id)
+);
+COMMENT ON TABLE cluster_grants IS 'tenant status, key validity and member scopes every node of a Citus cluster checks contexts against';
+REVOKE ALL ON cluster_grants FROM PUBLIC;
+
 -- Functions, as a fresh 0.2.0 install defines them.
 CREATE OR REPLACE FUNCTION sutra._cap_refused(tenant uuid, "limit" text, value double precision, limit_value double precision)
  RETURNS void
@@ -962,6 +972,9 @@ BEGIN
     IF (SELECT count(*) FROM pg_policy p WHERE p.polrelid = tbl AND p.polname LIKE 'sutra_tenant_%') < 4 THEN
         RETURN QUERY SELECT 'error', tbl::text, 'a sutra_tenant_* policy is missing';
     END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = tbl AND g.tgname = 'sutra_quota_row') THEN
+        RETURN QUERY SELECT 'warning', tbl::text, 'row quotas do not count this table (a table of a Citus database)';
+    END IF;
     IF NOT sutra._has_tenant_btree(tbl, col_num) THEN
         RETURN QUERY SELECT 'warning', tbl::text,
             format('no btree index led by %I: every query under row level security reads the whole table', col);
@@ -1167,6 +1180,8 @@ DECLARE
     col_type regtype;
     col_num int2;
     indexed boolean;
+    missing boolean;
+    citus boolean := EXISTS (SELECT 1 FROM pg_extension e WHERE e.extname = 'citus');
     short_name text := (SELECT c.relname FROM pg_class c WHERE c.oid = tbl);
 BEGIN
     IF (SELECT c.relkind FROM pg_class c WHERE c.oid = tbl) NOT IN ('r', 'p') THEN
@@ -1190,8 +1205,13 @@ BEGIN
         RAISE EXCEPTION 'column "%" of % is of type %, not uuid', tenant_column, tbl, col_type
             USING ERRCODE = '42804';
     ELSE
-        EXECUTE format('UPDATE %s SET %I = %L WHERE %I IS NULL', tbl, tenant_column,
-                       '00000000-0000-0000-0000-000000000000', tenant_column);
+        -- Only when there is something to fill: Citus refuses any UPDATE of the column a table is
+        -- distributed by, even one that changes no row.
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I IS NULL)', tbl, tenant_column) INTO missing;
+        IF missing THEN
+            EXECUTE format('UPDATE %s SET %I = %L WHERE %I IS NULL', tbl, tenant_column,
+                           '00000000-0000-0000-0000-000000000000', tenant_column);
+        END IF;
         EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', tbl, tenant_column);
     END IF;
     EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT sutra.current_tenant()', tbl, tenant_column);
@@ -1207,8 +1227,10 @@ BEGIN
         EXECUTE format('CREATE INDEX %I ON %s (%I)',
                        left(short_name || '_' || tenant_column, 53) || '_sutra_idx', tbl, tenant_column);
     END IF;
-    -- Quota accounting (sql/usage.sql): AFTER ROW, so that COPY keeps its batched inserts.
-    IF NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = tbl AND g.tgname = 'sutra_quota_row') THEN
+    -- Quota accounting (sql/usage.sql): AFTER ROW, so that COPY keeps its batched inserts. Not in
+    -- a Citus database: Citus refuses to distribute a table with triggers (and would run them on
+    -- the workers, against each worker's limits); row quotas do not cover its tenant tables yet.
+    IF NOT citus AND NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = tbl AND g.tgname = 'sutra_quota_row') THEN
         EXECUTE format('CREATE TRIGGER sutra_quota_row AFTER INSERT OR UPDATE OR DELETE ON %s '
                        'FOR EACH ROW EXECUTE FUNCTION sutra._quota_row(%L)', tbl, tenant_column);
         EXECUTE format('CREATE TRIGGER sutra_quota_truncate BEFORE TRUNCATE ON %s '
@@ -1216,6 +1238,10 @@ BEGIN
     END IF;
     INSERT INTO sutra.tenant_tables AS t (table_name, tenant_column) VALUES (tbl, tenant_column)
     ON CONFLICT (table_name) DO UPDATE SET tenant_column = EXCLUDED.tenant_column;
+    -- On a Citus coordinator: every node checks contexts against the coordinator's tenants.
+    IF citus THEN
+        PERFORM sutra._citus_setup();
+    END IF;
 END $function$;
 
 CREATE OR REPLACE FUNCTION sutra.members(tenant text DEFAULT NULL::text)
@@ -1806,6 +1832,140 @@ CREATE OR REPLACE FUNCTION sutra.usage_summary(tenant uuid, from_ts timestamp wi
  STABLE
 AS $function$ SELECT * FROM sutra.usage_summary(tenant::text, from_ts, to_ts, granularity, group_by) $function$;
 
+CREATE OR REPLACE FUNCTION sutra._apply_tenant_policies(tbl regclass, tenant_column name)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    -- The tenant of the context, looked up once per query (an InitPlan). Citus refuses subqueries
+    -- in the policies of distributed tables: in a Citus database the policies call the function
+    -- directly, and sutra's planner hook adds the tenant as a constant, which routes the query to
+    -- the tenant's shard.
+    fmt text := CASE WHEN EXISTS (SELECT 1 FROM pg_extension e WHERE e.extname = 'citus')
+                     THEN 'sutra.current_tenant(%L)' ELSE '(SELECT sutra.current_tenant(%L))' END;
+    rd text := format(fmt, 'read');
+    wr text := format(fmt, 'write');
+BEGIN
+    PERFORM sutra._drop_tenant_policies(tbl);
+    EXECUTE format('CREATE POLICY sutra_tenant_select ON %s FOR SELECT USING (%I = %s)', tbl, tenant_column, rd);
+    EXECUTE format('CREATE POLICY sutra_tenant_insert ON %s FOR INSERT WITH CHECK (%I = %s)', tbl, tenant_column, wr);
+    EXECUTE format('CREATE POLICY sutra_tenant_update ON %s FOR UPDATE USING (%I = %s) WITH CHECK (%I = %s)',
+                   tbl, tenant_column, wr, tenant_column, wr);
+    EXECUTE format('CREATE POLICY sutra_tenant_delete ON %s FOR DELETE USING (%I = %s)', tbl, tenant_column, wr);
+    -- Last and in one statement: the partition event trigger sees the table complete and stops.
+    EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY', tbl);
+END $function$;
+
+CREATE OR REPLACE FUNCTION sutra._citus_coordinator()
+ RETURNS boolean
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+    -- citus_is_coordinator exists only where the citus extension does: looked up only then.
+    IF NOT EXISTS (SELECT 1 FROM pg_extension e WHERE e.extname = 'citus') THEN
+        RETURN false;
+    END IF;
+    RETURN citus_is_coordinator();
+END $function$;
+
+CREATE OR REPLACE FUNCTION sutra._cluster_grants_distributed()
+ RETURNS boolean
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension e WHERE e.extname = 'citus') THEN
+        RETURN false;
+    END IF;
+    RETURN EXISTS (SELECT 1 FROM pg_dist_partition p WHERE p.logicalrelid = 'sutra.cluster_grants'::regclass);
+END $function$;
+
+CREATE OR REPLACE FUNCTION sutra._cluster_grant_rows()
+ RETURNS TABLE(kind text, id text, value text)
+ LANGUAGE sql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    SELECT 'tenant', t.id::text, t.status FROM sutra.tenants t
+    UNION ALL
+    SELECT 'key', k.key_id, CASE WHEN k.revoked_at IS NOT NULL THEN '0'
+                                 ELSE coalesce(extract(epoch FROM k.expires_at)::int8, 9223372036854775807)::text END
+    FROM sutra.api_key_store k
+    UNION ALL
+    SELECT 'member', m.tenant_id::text || '/' || m.user_id, array_to_string(sutra.role_scopes(m.role), ',')
+    FROM sutra.tenant_members m
+$function$;
+
+CREATE OR REPLACE FUNCTION sutra._citus_setup()
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+ SET client_min_messages TO 'warning'
+AS $function$
+BEGIN
+    IF NOT sutra._citus_coordinator() OR sutra._cluster_grants_distributed() THEN
+        RETURN;
+    END IF;
+    DELETE FROM sutra.cluster_grants;
+    INSERT INTO sutra.cluster_grants SELECT * FROM sutra._cluster_grant_rows();
+    PERFORM create_reference_table('sutra.cluster_grants');
+    -- The coordinator's own rows moved into the shards.
+    PERFORM truncate_local_data_after_distributing_table('sutra.cluster_grants');
+END $function$;
+
+CREATE OR REPLACE FUNCTION sutra._cluster_grants_sync()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    k text;
+    old_id text;
+    new_id text;
+    v text;
+BEGIN
+    IF TG_RELID NOT IN ('sutra.tenants'::regclass, 'sutra.api_key_store'::regclass, 'sutra.tenant_members'::regclass) THEN
+        RAISE EXCEPTION 'sutra._cluster_grants_sync is a trigger of sutra''s own tables only'
+            USING ERRCODE = '42501';
+    END IF;
+    IF NOT sutra._cluster_grants_distributed() THEN
+        RETURN NULL;
+    END IF;
+    IF TG_RELID = 'sutra.tenants'::regclass THEN
+        k := 'tenant';
+        IF TG_OP <> 'INSERT' THEN old_id := OLD.id::text; END IF;
+        IF TG_OP <> 'DELETE' THEN new_id := NEW.id::text; v := NEW.status; END IF;
+    ELSIF TG_RELID = 'sutra.api_key_store'::regclass THEN
+        k := 'key';
+        IF TG_OP <> 'INSERT' THEN old_id := OLD.key_id; END IF;
+        IF TG_OP <> 'DELETE' THEN
+            new_id := NEW.key_id;
+            v := CASE WHEN NEW.revoked_at IS NOT NULL THEN '0'
+                      ELSE coalesce(extract(epoch FROM NEW.expires_at)::int8, 9223372036854775807)::text END;
+        END IF;
+    ELSE
+        k := 'member';
+        IF TG_OP <> 'INSERT' THEN old_id := OLD.tenant_id::text || '/' || OLD.user_id; END IF;
+        IF TG_OP <> 'DELETE' THEN
+            new_id := NEW.tenant_id::text || '/' || NEW.user_id;
+            v := array_to_string(sutra.role_scopes(NEW.role), ',');
+        END IF;
+    END IF;
+    IF old_id IS NOT NULL AND old_id IS DISTINCT FROM new_id THEN
+        DELETE FROM sutra.cluster_grants g WHERE g.kind = k AND g.id = old_id;
+    END IF;
+    IF new_id IS NOT NULL THEN
+        INSERT INTO sutra.cluster_grants AS g (kind, id, value) VALUES (k, new_id, v)
+        ON CONFLICT (kind, id) DO UPDATE SET value = EXCLUDED.value WHERE g.value IS DISTINCT FROM EXCLUDED.value;
+    END IF;
+    RETURN NULL;
+END $function$;
 -- Usage events: quantities and idempotency keys within range (record_usage refused others since
 -- 0.2.0), and no default partition: its events move to their month's partition.
 DO $$
@@ -1964,3 +2124,10 @@ REVOKE ALL ON FUNCTION _tenant_settings(uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _settings_tenant(text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _members_tenant(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _keep_an_owner(uuid, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION _cluster_grants_sync() FROM PUBLIC;
+CREATE TRIGGER cluster_grants AFTER INSERT OR DELETE OR UPDATE OF id, status ON tenants
+    FOR EACH ROW EXECUTE FUNCTION _cluster_grants_sync();
+CREATE TRIGGER cluster_grants AFTER INSERT OR DELETE OR UPDATE OF key_id, revoked_at, expires_at ON api_key_store
+    FOR EACH ROW EXECUTE FUNCTION _cluster_grants_sync();
+CREATE TRIGGER cluster_grants AFTER INSERT OR DELETE OR UPDATE ON tenant_members
+    FOR EACH ROW EXECUTE FUNCTION _cluster_grants_sync();

@@ -73,6 +73,7 @@ extension_sql_file!(
     requires = ["tenancy_secrets", settings::setting, settings::feature_enabled]
 );
 extension_sql_file!("../sql/tenancy/members.sql", name = "tenancy_members", requires = ["tenancy_settings"]);
+extension_sql_file!("../sql/tenancy/citus.sql", name = "tenancy_citus", requires = ["tenancy_members"]);
 // Last: limits, usage and the reports, over everything above.
 extension_sql_file!("../sql/usage.sql", name = "usage", finalize);
 
@@ -95,6 +96,7 @@ pub extern "C-unwind" fn _PG_init() {
     hnsw::init();
     // Last: reserving the prefix removes any sutra.* placeholder not defined above.
     guc::init(&[tenancy::context::define_parameters]);
+    tenancy::context::check_cluster_settings();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

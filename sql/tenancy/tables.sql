@@ -127,16 +127,22 @@ $$;
 -- Row level security, forced, and sutra's four policies on one table (or partition).
 CREATE FUNCTION _apply_tenant_policies(tbl regclass, tenant_column name) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- The tenant of the context, looked up once per query (an InitPlan). Citus refuses subqueries
+    -- in the policies of distributed tables: in a Citus database the policies call the function
+    -- directly, and sutra's planner hook adds the tenant as a constant, which routes the query to
+    -- the tenant's shard.
+    fmt text := CASE WHEN EXISTS (SELECT 1 FROM pg_extension e WHERE e.extname = 'citus')
+                     THEN 'sutra.current_tenant(%L)' ELSE '(SELECT sutra.current_tenant(%L))' END;
+    rd text := format(fmt, 'read');
+    wr text := format(fmt, 'write');
 BEGIN
     PERFORM sutra._drop_tenant_policies(tbl);
-    EXECUTE format('CREATE POLICY sutra_tenant_select ON %s FOR SELECT USING (%I = (SELECT sutra.current_tenant(''read'')))',
-                   tbl, tenant_column);
-    EXECUTE format('CREATE POLICY sutra_tenant_insert ON %s FOR INSERT WITH CHECK (%I = (SELECT sutra.current_tenant(''write'')))',
-                   tbl, tenant_column);
-    EXECUTE format('CREATE POLICY sutra_tenant_update ON %s FOR UPDATE USING (%I = (SELECT sutra.current_tenant(''write'')))'
-                   ' WITH CHECK (%I = (SELECT sutra.current_tenant(''write'')))', tbl, tenant_column, tenant_column);
-    EXECUTE format('CREATE POLICY sutra_tenant_delete ON %s FOR DELETE USING (%I = (SELECT sutra.current_tenant(''write'')))',
-                   tbl, tenant_column);
+    EXECUTE format('CREATE POLICY sutra_tenant_select ON %s FOR SELECT USING (%I = %s)', tbl, tenant_column, rd);
+    EXECUTE format('CREATE POLICY sutra_tenant_insert ON %s FOR INSERT WITH CHECK (%I = %s)', tbl, tenant_column, wr);
+    EXECUTE format('CREATE POLICY sutra_tenant_update ON %s FOR UPDATE USING (%I = %s) WITH CHECK (%I = %s)',
+                   tbl, tenant_column, wr, tenant_column, wr);
+    EXECUTE format('CREATE POLICY sutra_tenant_delete ON %s FOR DELETE USING (%I = %s)', tbl, tenant_column, wr);
     -- Last and in one statement: the partition event trigger sees the table complete and stops.
     EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY', tbl);
 END $$;
@@ -156,6 +162,8 @@ DECLARE
     col_type regtype;
     col_num int2;
     indexed boolean;
+    missing boolean;
+    citus boolean := EXISTS (SELECT 1 FROM pg_extension e WHERE e.extname = 'citus');
     short_name text := (SELECT c.relname FROM pg_class c WHERE c.oid = tbl);
 BEGIN
     IF (SELECT c.relkind FROM pg_class c WHERE c.oid = tbl) NOT IN ('r', 'p') THEN
@@ -179,8 +187,13 @@ BEGIN
         RAISE EXCEPTION 'column "%" of % is of type %, not uuid', tenant_column, tbl, col_type
             USING ERRCODE = '42804';
     ELSE
-        EXECUTE format('UPDATE %s SET %I = %L WHERE %I IS NULL', tbl, tenant_column,
-                       '00000000-0000-0000-0000-000000000000', tenant_column);
+        -- Only when there is something to fill: Citus refuses any UPDATE of the column a table is
+        -- distributed by, even one that changes no row.
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I IS NULL)', tbl, tenant_column) INTO missing;
+        IF missing THEN
+            EXECUTE format('UPDATE %s SET %I = %L WHERE %I IS NULL', tbl, tenant_column,
+                           '00000000-0000-0000-0000-000000000000', tenant_column);
+        END IF;
         EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', tbl, tenant_column);
     END IF;
     EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT sutra.current_tenant()', tbl, tenant_column);
@@ -196,8 +209,10 @@ BEGIN
         EXECUTE format('CREATE INDEX %I ON %s (%I)',
                        left(short_name || '_' || tenant_column, 53) || '_sutra_idx', tbl, tenant_column);
     END IF;
-    -- Quota accounting (sql/usage.sql): AFTER ROW, so that COPY keeps its batched inserts.
-    IF NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = tbl AND g.tgname = 'sutra_quota_row') THEN
+    -- Quota accounting (sql/usage.sql): AFTER ROW, so that COPY keeps its batched inserts. Not in
+    -- a Citus database: Citus refuses to distribute a table with triggers (and would run them on
+    -- the workers, against each worker's limits); row quotas do not cover its tenant tables yet.
+    IF NOT citus AND NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = tbl AND g.tgname = 'sutra_quota_row') THEN
         EXECUTE format('CREATE TRIGGER sutra_quota_row AFTER INSERT OR UPDATE OR DELETE ON %s '
                        'FOR EACH ROW EXECUTE FUNCTION sutra._quota_row(%L)', tbl, tenant_column);
         EXECUTE format('CREATE TRIGGER sutra_quota_truncate BEFORE TRUNCATE ON %s '
@@ -205,6 +220,10 @@ BEGIN
     END IF;
     INSERT INTO sutra.tenant_tables AS t (table_name, tenant_column) VALUES (tbl, tenant_column)
     ON CONFLICT (table_name) DO UPDATE SET tenant_column = EXCLUDED.tenant_column;
+    -- On a Citus coordinator: every node checks contexts against the coordinator's tenants.
+    IF citus THEN
+        PERFORM sutra._citus_setup();
+    END IF;
 END $$;
 
 -- Undoes enable_tenancy's security: policies, row level security and the registration. The
@@ -257,6 +276,9 @@ BEGIN
     END IF;
     IF (SELECT count(*) FROM pg_policy p WHERE p.polrelid = tbl AND p.polname LIKE 'sutra_tenant_%') < 4 THEN
         RETURN QUERY SELECT 'error', tbl::text, 'a sutra_tenant_* policy is missing';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = tbl AND g.tgname = 'sutra_quota_row') THEN
+        RETURN QUERY SELECT 'warning', tbl::text, 'row quotas do not count this table (a table of a Citus database)';
     END IF;
     IF NOT sutra._has_tenant_btree(tbl, col_num) THEN
         RETURN QUERY SELECT 'warning', tbl::text,

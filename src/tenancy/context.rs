@@ -15,6 +15,7 @@ use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 use sutra_core::tenant_context::{self, Context, ContextError, Grant, Scopes};
 
+use super::citus;
 use crate::backend::{now_unix, random_bytes, GenerationMap};
 use crate::error::{raise_detail, raise_hint};
 
@@ -41,13 +42,35 @@ fn secret() -> Vec<u8> {
 
 /// Sets a GUC check-hook failure message (the hook itself must not raise).
 unsafe fn check_failure(code: PgSqlErrorCode, message: &str, detail: &str) -> bool {
+    check_failure_hint(code, message, detail, NO_CONTEXT_HINT)
+}
+
+unsafe fn check_failure_hint(code: PgSqlErrorCode, message: &str, detail: &str, hint: &str) -> bool {
     let m = CString::new(message).unwrap_or_default();
     let d = CString::new(detail).unwrap_or_default();
+    let h = CString::new(hint).unwrap_or_default();
     pg_sys::GUC_check_errcode(code as i32);
     pg_sys::GUC_check_errmsg_string = pg_sys::pstrdup(m.as_ptr());
     pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(d.as_ptr());
-    pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(CString::new(NO_CONTEXT_HINT).unwrap_or_default().as_ptr());
+    pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(h.as_ptr());
     false
+}
+
+/// The secret is the random one of this server: contexts it signs verify nowhere else.
+fn secret_is_random() -> bool {
+    // SAFETY: the GUC machinery keeps this pointer valid (or null) between statements.
+    unsafe { CONTEXT_SECRET.as_ref().is_none_or(|p| *p == 0) }
+}
+
+/// Warns in the server log at start when this server is meant to be a node of a Citus cluster
+/// but has no `sutra.context_secret`: contexts issued on one node would be refused on the others.
+/// Called from `_PG_init`, after the parameters are defined.
+pub fn check_cluster_settings() {
+    if citus::loaded() && secret_is_random() {
+        pgrx::warning!(
+            "sutra.context_secret is empty: tenant contexts issued on this server will not verify on other nodes of the Citus cluster"
+        );
+    }
 }
 
 /// Check hook of `sutra.tenant_id`: only the empty value or a value sutra signed is accepted.
@@ -88,6 +111,12 @@ unsafe extern "C-unwind" fn check_tenant_id(
             PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
             "tenant context has expired",
             "sutra.tenant_id holds a tenant context past its expiry.",
+        ),
+        Err(ContextError::BadSignature) if citus::loaded() => check_failure_hint(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "invalid tenant context",
+            "Its signature does not verify with this server's sutra.context_secret: it was forged, or issued by a node with another secret.",
+            "Every node of a Citus cluster needs the same sutra.context_secret in postgresql.conf.",
         ),
         Err(_) => check_failure(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -269,6 +298,9 @@ fn cached<K: std::hash::Hash + Eq, V: Clone>(
 /// The status of a tenant (`None` when it no longer exists), cached per backend.
 pub fn tenant_status(tenant: &str) -> Option<String> {
     cached(&STATUS, tenant.to_string(), || {
+        if citus::is_worker() {
+            return citus::grant("tenant", tenant);
+        }
         crate::backend::caller::as_superuser(|| {
             Spi::get_one_with_args::<String>(
                 "SELECT (SELECT status FROM sutra.tenants WHERE id = $1::uuid)",
@@ -284,6 +316,9 @@ pub fn tenant_status(tenant: &str) -> Option<String> {
 /// Whether the API key `key_id` is still valid (exists, not revoked), cached per backend.
 fn key_valid(key_id: &str) -> bool {
     let until = cached(&KEYS, key_id.to_string(), || {
+        if citus::is_worker() {
+            return Some(citus::grant("key", key_id).and_then(|u| u.parse().ok()).unwrap_or(0));
+        }
         let until = crate::backend::caller::as_superuser(|| {
             Spi::get_one_with_args::<i64>(
                 "SELECT coalesce((SELECT CASE WHEN revoked_at IS NOT NULL THEN 0
@@ -301,6 +336,10 @@ fn key_valid(key_id: &str) -> bool {
 /// cached per backend until members change.
 pub fn member_scopes(tenant: &str, user: &str) -> Option<Scopes> {
     cached(&MEMBERS, (tenant.to_string(), user.to_string()), || {
+        if citus::is_worker() {
+            let names = citus::grant("member", &format!("{tenant}/{user}"));
+            return Some(names.map(|n| Scopes::from_names(n.split(',').filter(|s| !s.is_empty())).unwrap_or_default()));
+        }
         let names = crate::backend::caller::as_superuser(|| {
             Spi::get_one_with_args::<Vec<String>>(
                 "SELECT (SELECT sutra.role_scopes(m.role) FROM sutra.tenant_members m
@@ -400,6 +439,10 @@ fn current_checked() -> Option<(Scopes, pgrx::Uuid)> {
         return None;
     }
     let now = now_unix();
+    // A worker learns of changes on the coordinator only by reading again: once per transaction.
+    if citus::is_worker() && citus::new_transaction() {
+        STATUS_GENERATION.with(|g| g.set(g.get() + 1));
+    }
     let generation = STATUS_GENERATION.with(|g| g.get());
     let hit = VERIFIED.with(|c| {
         c.borrow().as_ref().filter(|v| v.value == value).map(|v| (v.ctx.scopes, v.uuid, v.ctx.expires, v.active_at))
@@ -527,8 +570,13 @@ pub fn put(
         crate::backend::events::before_issue(&uuid_of(tenant));
     }
     // The caller checked the credential and the tenant; the check hook finds the value verified.
-    remember(signed, ctx, STATUS_GENERATION.with(|g| g.get()));
-    set_tenant_id(&value, action);
+    remember(signed.clone(), ctx, STATUS_GENERATION.with(|g| g.get()));
+    if action == pg_sys::GucAction::GUC_ACTION_LOCAL && citus::loaded() {
+        // A statement Citus forwards to the transaction's workers.
+        citus::set_local("sutra.tenant_id", &signed);
+    } else {
+        set_tenant_id(&value, action);
+    }
 }
 
 /// Sets `sutra.tenant_id` as a SET in the session would (the check hook still runs).
@@ -606,4 +654,9 @@ fn current_scopes() -> Vec<String> {
 #[pg_extern(volatile)]
 fn clear_tenant() {
     set_tenant_id(c"", pg_sys::GucAction::GUC_ACTION_SET);
+    // SAFETY: reads a flag of this backend's transaction state.
+    if citus::loaded() && unsafe { pg_sys::IsTransactionBlock() } {
+        // The workers of this transaction drop the context too.
+        citus::set_local("sutra.tenant_id", "");
+    }
 }

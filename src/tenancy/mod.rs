@@ -6,6 +6,7 @@
 //! tables and purges.
 
 pub mod auth;
+pub mod citus;
 pub mod context;
 pub mod copy;
 pub mod failures;
@@ -17,6 +18,7 @@ pub mod settings;
 
 /// Defines the tenancy parameters and registers cache invalidation. Called from `_PG_init`.
 pub fn init() {
+    citus::init();
     context::init();
     failures::init();
     copy::init();

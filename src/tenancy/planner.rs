@@ -107,17 +107,19 @@ unsafe extern "C-unwind" fn walker(node: *mut pg_sys::Node, cx: *mut c_void) -> 
 }
 
 /// Adds `column = '<tenant>'` to the security quals of range table entry `rti` when one of them
-/// is sutra's tenant policy qual and the relation is partitioned.
+/// is sutra's tenant policy qual and the relation is partitioned or distributed by Citus.
 unsafe fn add_constant(rte: *mut pg_sys::RangeTblEntry, rti: pg_sys::Index, walk: &mut Walk) {
-    if (*rte).rtekind != pg_sys::RTEKind::RTE_RELATION
-        || (*rte).relkind as u8 != pg_sys::RELKIND_PARTITIONED_TABLE
-        || (*rte).securityQuals.is_null()
-    {
+    if (*rte).rtekind != pg_sys::RTEKind::RTE_RELATION || (*rte).securityQuals.is_null() {
         return;
     }
+    let partitioned = (*rte).relkind as u8 == pg_sys::RELKIND_PARTITIONED_TABLE;
     let quals = PgList::<pg_sys::Node>::from_pg((*rte).securityQuals);
     for qual in quals.iter_ptr() {
-        if let Some((opno, var)) = tenant_policy(qual, rti, walk.namespace()) {
+        let Some((opno, var, direct)) = tenant_policy(qual, rti, walk.namespace()) else { continue };
+        // A Citus database's policies call the function directly (Citus refuses subqueries in
+        // policies): there the constant routes the query to the tenant's shard, whatever the
+        // table's kind.
+        if partitioned || direct {
             let bytes = pg_sys::palloc(16) as *mut u8;
             std::ptr::copy_nonoverlapping(walk.tenant.as_ptr(), bytes, 16);
             let value = pg_sys::makeConst(
@@ -148,12 +150,13 @@ unsafe fn add_constant(rte: *mut pg_sys::RangeTblEntry, rti: pg_sys::Index, walk
 }
 
 /// The operator and the tenant column of `qual` when it is sutra's policy qual on entry `rti`:
-/// `<uuid column of rti> = (SELECT sutra.current_tenant(...))`.
+/// `<uuid column of rti> = (SELECT sutra.current_tenant(...))`, or, directly,
+/// `<uuid column of rti> = sutra.current_tenant(...)` (then the third value is true).
 unsafe fn tenant_policy(
     qual: *mut pg_sys::Node,
     rti: pg_sys::Index,
     namespace: pg_sys::Oid,
-) -> Option<(pg_sys::Oid, *mut pg_sys::Var)> {
+) -> Option<(pg_sys::Oid, *mut pg_sys::Var, bool)> {
     if qual.is_null() || (*qual).type_ != pg_sys::NodeTag::T_OpExpr {
         return None;
     }
@@ -163,11 +166,17 @@ unsafe fn tenant_policy(
         return None;
     }
     let (left, right) = (args.get_ptr(0)?, args.get_ptr(1)?);
-    if (*left).type_ != pg_sys::NodeTag::T_Var || (*right).type_ != pg_sys::NodeTag::T_SubLink {
+    if (*left).type_ != pg_sys::NodeTag::T_Var {
         return None;
     }
     let var = left as *mut pg_sys::Var;
     if (*var).varno as pg_sys::Index != rti || (*var).varlevelsup != 0 || (*var).vartype != pg_sys::UUIDOID {
+        return None;
+    }
+    if (*right).type_ == pg_sys::NodeTag::T_FuncExpr {
+        return is_current_tenant(right, namespace).then_some(((*op).opno, var, true));
+    }
+    if (*right).type_ != pg_sys::NodeTag::T_SubLink {
         return None;
     }
     let sublink = right as *mut pg_sys::SubLink;
@@ -182,13 +191,17 @@ unsafe fn tenant_policy(
     }
     let target = targets.get_ptr(0)?;
     let expr = (*target).expr as *mut pg_sys::Node;
+    is_current_tenant(expr, namespace).then_some(((*op).opno, var, false))
+}
+
+/// Whether `expr` is a call of `sutra.current_tenant`.
+unsafe fn is_current_tenant(expr: *mut pg_sys::Node, namespace: pg_sys::Oid) -> bool {
     if expr.is_null() || (*expr).type_ != pg_sys::NodeTag::T_FuncExpr {
-        return None;
+        return false;
     }
     let func = (*(expr as *mut pg_sys::FuncExpr)).funcid;
     let name = pg_sys::get_func_name(func);
-    let ours = !name.is_null()
+    !name.is_null()
         && std::ffi::CStr::from_ptr(name).to_bytes() == b"current_tenant"
-        && pg_sys::get_func_namespace(func) == namespace;
-    ours.then_some(((*op).opno, var))
+        && pg_sys::get_func_namespace(func) == namespace
 }

@@ -1,0 +1,120 @@
+-- Tenancy on a Citus cluster (src/tenancy/citus.rs, docs/citus.md). Contexts are issued on the
+-- coordinator, which alone holds credentials; a worker checks each transaction's context against
+-- what the coordinator keeps here: the status of each tenant, until when each API key is valid
+-- (Unix seconds, 0 once revoked), the scopes of each member's role. On a Citus cluster this table
+-- is a reference table, so each change reaches every node in the coordinator's transaction. On
+-- a server without Citus it stays empty.
+CREATE TABLE cluster_grants (
+    kind text NOT NULL CHECK (kind IN ('tenant', 'key', 'member')),
+    id text NOT NULL,
+    value text,
+    PRIMARY KEY (kind, id)
+);
+COMMENT ON TABLE cluster_grants IS 'tenant status, key validity and member scopes every node of a Citus cluster checks contexts against';
+REVOKE ALL ON cluster_grants FROM PUBLIC;
+
+-- Whether this database is the coordinator of a Citus cluster.
+CREATE FUNCTION _citus_coordinator() RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- citus_is_coordinator exists only where the citus extension does: looked up only then.
+    IF NOT EXISTS (SELECT 1 FROM pg_extension e WHERE e.extname = 'citus') THEN
+        RETURN false;
+    END IF;
+    RETURN citus_is_coordinator();
+END $$;
+
+-- Whether sutra.cluster_grants is a Citus reference table (set up by _citus_setup).
+CREATE FUNCTION _cluster_grants_distributed() RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension e WHERE e.extname = 'citus') THEN
+        RETURN false;
+    END IF;
+    RETURN EXISTS (SELECT 1 FROM pg_dist_partition p WHERE p.logicalrelid = 'sutra.cluster_grants'::regclass);
+END $$;
+
+-- The rows of cluster_grants, as the catalog has them now.
+CREATE FUNCTION _cluster_grant_rows() RETURNS TABLE (kind text, id text, value text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'tenant', t.id::text, t.status FROM sutra.tenants t
+    UNION ALL
+    SELECT 'key', k.key_id, CASE WHEN k.revoked_at IS NOT NULL THEN '0'
+                                 ELSE coalesce(extract(epoch FROM k.expires_at)::int8, 9223372036854775807)::text END
+    FROM sutra.api_key_store k
+    UNION ALL
+    SELECT 'member', m.tenant_id::text || '/' || m.user_id, array_to_string(sutra.role_scopes(m.role), ',')
+    FROM sutra.tenant_members m
+$$;
+
+-- Makes sutra.cluster_grants a reference table filled from the catalog, once, on a Citus
+-- coordinator; does nothing elsewhere. sutra.enable_tenancy calls it, so that the first tenant
+-- table of a cluster brings it along. Runs as the extension's owner: it takes no input and only
+-- ever does this.
+CREATE FUNCTION _citus_setup() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+BEGIN
+    IF NOT sutra._citus_coordinator() OR sutra._cluster_grants_distributed() THEN
+        RETURN;
+    END IF;
+    DELETE FROM sutra.cluster_grants;
+    INSERT INTO sutra.cluster_grants SELECT * FROM sutra._cluster_grant_rows();
+    PERFORM create_reference_table('sutra.cluster_grants');
+    -- The coordinator's own rows moved into the shards.
+    PERFORM truncate_local_data_after_distributing_table('sutra.cluster_grants');
+END $$;
+
+-- Trigger on sutra.tenants, sutra.api_key_store and sutra.tenant_members: writes the change to
+-- cluster_grants once it is a reference table. Runs as the extension's owner, so that whoever may
+-- change the catalog need not write cluster_grants; it refuses to run for any other table.
+CREATE FUNCTION _cluster_grants_sync() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k text;
+    old_id text;
+    new_id text;
+    v text;
+BEGIN
+    IF TG_RELID NOT IN ('sutra.tenants'::regclass, 'sutra.api_key_store'::regclass, 'sutra.tenant_members'::regclass) THEN
+        RAISE EXCEPTION 'sutra._cluster_grants_sync is a trigger of sutra''s own tables only'
+            USING ERRCODE = '42501';
+    END IF;
+    IF NOT sutra._cluster_grants_distributed() THEN
+        RETURN NULL;
+    END IF;
+    IF TG_RELID = 'sutra.tenants'::regclass THEN
+        k := 'tenant';
+        IF TG_OP <> 'INSERT' THEN old_id := OLD.id::text; END IF;
+        IF TG_OP <> 'DELETE' THEN new_id := NEW.id::text; v := NEW.status; END IF;
+    ELSIF TG_RELID = 'sutra.api_key_store'::regclass THEN
+        k := 'key';
+        IF TG_OP <> 'INSERT' THEN old_id := OLD.key_id; END IF;
+        IF TG_OP <> 'DELETE' THEN
+            new_id := NEW.key_id;
+            v := CASE WHEN NEW.revoked_at IS NOT NULL THEN '0'
+                      ELSE coalesce(extract(epoch FROM NEW.expires_at)::int8, 9223372036854775807)::text END;
+        END IF;
+    ELSE
+        k := 'member';
+        IF TG_OP <> 'INSERT' THEN old_id := OLD.tenant_id::text || '/' || OLD.user_id; END IF;
+        IF TG_OP <> 'DELETE' THEN
+            new_id := NEW.tenant_id::text || '/' || NEW.user_id;
+            v := array_to_string(sutra.role_scopes(NEW.role), ',');
+        END IF;
+    END IF;
+    IF old_id IS NOT NULL AND old_id IS DISTINCT FROM new_id THEN
+        DELETE FROM sutra.cluster_grants g WHERE g.kind = k AND g.id = old_id;
+    END IF;
+    IF new_id IS NOT NULL THEN
+        INSERT INTO sutra.cluster_grants AS g (kind, id, value) VALUES (k, new_id, v)
+        ON CONFLICT (kind, id) DO UPDATE SET value = EXCLUDED.value WHERE g.value IS DISTINCT FROM EXCLUDED.value;
+    END IF;
+    RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION _cluster_grants_sync() FROM PUBLIC;
+CREATE TRIGGER cluster_grants AFTER INSERT OR DELETE OR UPDATE OF id, status ON tenants
+    FOR EACH ROW EXECUTE FUNCTION _cluster_grants_sync();
+CREATE TRIGGER cluster_grants AFTER INSERT OR DELETE OR UPDATE OF key_id, revoked_at, expires_at ON api_key_store
+    FOR EACH ROW EXECUTE FUNCTION _cluster_grants_sync();
+CREATE TRIGGER cluster_grants AFTER INSERT OR DELETE OR UPDATE ON tenant_members
+    FOR EACH ROW EXECUTE FUNCTION _cluster_grants_sync();

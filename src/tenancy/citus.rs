@@ -1,0 +1,137 @@
+//! sutra on a Citus cluster: the tenant context travels to the workers of a transaction, and a
+//! worker checks it against the cluster's tenants and keys.
+//!
+//! Citus forwards to the workers of a transaction only real `SET LOCAL` statements, and only
+//! with `citus.propagate_set_commands = 'local'`; a parameter set from C (as sutra sets
+//! `sutra.tenant_id` on one node) never reaches them. So on a node where Citus is loaded, a
+//! transaction's context is set by running `SET LOCAL sutra.tenant_id = '<signed value>'`, with
+//! that Citus setting turned on for the transaction. A worker verifies the value with the secret
+//! every node shares (`sutra.context_secret`).
+//!
+//! Credentials (API keys, members, the key pepper) live on the coordinator only: contexts are
+//! issued there. What a worker needs to check a context on every transaction (the tenant's
+//! status, whether the key that granted it is still valid, the member's role) is kept by the
+//! coordinator in `sutra.cluster_grants`, a Citus reference table: each change to tenants, keys
+//! or members is written there in the same distributed transaction, so every node sees it from
+//! its next transaction (see `sql/tenancy/citus.sql`).
+
+use std::cell::{Cell, RefCell};
+use std::ffi::CString;
+
+use pgrx::prelude::*;
+
+/// Whether Citus was loaded before sutra (it must come first in `shared_preload_libraries`).
+/// Set in the postmaster; backends inherit it.
+static mut LOADED: bool = false;
+
+thread_local! {
+    /// Whether this node is a Citus worker (`Some` once known; a backend serves one database).
+    static WORKER: Cell<Option<bool>> = const { Cell::new(None) };
+    /// The local transaction a worker last read the cluster's grants in.
+    static READ_IN: Cell<u32> = const { Cell::new(0) };
+    /// The name of this node's shard of `sutra.cluster_grants`, once looked up.
+    static GRANTS_SHARD: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Notes whether Citus is loaded. Called from `_PG_init`, after Citus's own.
+pub fn init() {
+    // SAFETY: _PG_init runs single-threaded in the postmaster; GetConfigOption with missing_ok
+    // returns null for a parameter no loaded library defined.
+    unsafe {
+        LOADED = !pg_sys::GetConfigOption(c"citus.propagate_set_commands".as_ptr(), true, false).is_null();
+    }
+}
+
+/// Whether Citus is loaded in this server.
+pub fn loaded() -> bool {
+    // SAFETY: written once by the postmaster before any backend exists.
+    unsafe { LOADED }
+}
+
+/// Runs `SET LOCAL <name> = '<value>'` as a statement, so that Citus forwards it to every
+/// worker the transaction uses (those already connected and those it connects to later).
+pub fn set_local(name: &str, value: &str) {
+    // SAFETY: sets a parameter Citus defined, for the current transaction only, as a SET LOCAL
+    // in the session would; a refused value raises a PostgreSQL ERROR.
+    unsafe {
+        pg_sys::set_config_option(
+            c"citus.propagate_set_commands".as_ptr(),
+            c"local".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_LOCAL,
+            true,
+            pgrx::PgLogLevel::ERROR as i32,
+            false,
+        );
+    }
+    let literal = value.replace('\'', "''");
+    let statement = CString::new(format!("SET LOCAL {name} = '{literal}'")).expect("no NUL in a setting");
+    Spi::run(statement.to_str().expect("utf-8")).unwrap_or_else(|e| {
+        crate::error::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not set {name}: {e}"))
+    });
+}
+
+/// Whether this server is a Citus worker: Citus is loaded and installed in this database, and
+/// the database is not the coordinator's.
+pub fn is_worker() -> bool {
+    if !loaded() {
+        return false;
+    }
+    if let Some(w) = WORKER.with(|w| w.get()) {
+        return w;
+    }
+    let worker = crate::backend::caller::as_superuser(|| {
+        Spi::get_one::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')
+                    AND NOT pg_catalog.citus_is_coordinator()",
+        )
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    WORKER.with(|w| w.set(Some(worker)));
+    worker
+}
+
+/// On a worker: whether this is a transaction in which the cluster's grants have not been read
+/// yet (what the coordinator changed is seen from the next transaction on).
+pub fn new_transaction() -> bool {
+    // SAFETY: MyProc is this backend's own PGPROC, valid for the life of the backend.
+    let lxid = unsafe { (*pg_sys::MyProc).lxid };
+    READ_IN.with(|r| r.replace(lxid) != lxid)
+}
+
+/// What the coordinator recorded for a grant of `kind` (`tenant`, `key` or `member`) and `id`.
+///
+/// Read from this node's copy of the reference table (its shard) directly: the check runs inside
+/// the queries Citus sends to shards, where Citus refuses a query on a distributed table.
+pub fn grant(kind: &str, id: &str) -> Option<String> {
+    let shard = GRANTS_SHARD.with(|s| s.borrow().clone()).unwrap_or_else(|| {
+        let name = crate::backend::caller::as_superuser(|| {
+            Spi::get_one::<String>(
+                "SELECT pg_catalog.shard_name(s.logicalrelid, s.shardid) FROM pg_catalog.pg_dist_shard s
+                 WHERE s.logicalrelid = 'sutra.cluster_grants'::regclass",
+            )
+        })
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| {
+            crate::error::raise_hint(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "sutra.cluster_grants is not a reference table on this worker",
+                "sutra.enable_tenancy on the coordinator makes it one; until then a worker refuses every tenant context.",
+            )
+        });
+        GRANTS_SHARD.with(|s| *s.borrow_mut() = Some(name.clone()));
+        name
+    });
+    let query = format!("SELECT (SELECT value FROM {shard} WHERE kind = $1 AND id = $2)");
+    crate::backend::caller::as_superuser(|| Spi::get_one_with_args::<String>(&query, &[kind.into(), id.into()]))
+        .unwrap_or_else(|e| {
+            crate::error::raise(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("could not read the cluster's tenant grants on this worker: {e}"),
+            )
+        })
+}
