@@ -120,7 +120,15 @@ for dir in "$CLUSTER" "$PLAIN"; do
     cluster_stop "$dir" || SUITES_FAILED+=("stop of $(basename "$dir")")
 done
 
-# 5. The Debian package: built, installed with apt, the SQL tour on a fresh cluster (package-test.sh).
+# 5. sutra on a Citus cluster, when Citus is installed (built by hand: docs/citus.md); otherwise
+# the script says it skipped.
+run_suite citus env SUTRA_CITUS_INSTALLED=1 bash "$REPO/scripts/citus-test.sh" || true
+p=0
+f=1
+read -r p f < <(sed -nE 's/^([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$RESULTS/citus.log" | tail -n 1) || true
+count citus "$p" "$f"
+
+# 6. The Debian package: built, installed with apt, the SQL tour on a fresh cluster (package-test.sh).
 if run_suite package bash scripts/package-test.sh && grep -qx 'package: ok' "$RESULTS/package.log"; then
     count package 1 0
 else

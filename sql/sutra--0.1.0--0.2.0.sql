@@ -1181,6 +1181,7 @@ DECLARE
     col_num int2;
     indexed boolean;
     missing boolean;
+    prior text;
     citus boolean := EXISTS (SELECT 1 FROM pg_extension e WHERE e.extname = 'citus');
     short_name text := (SELECT c.relname FROM pg_class c WHERE c.oid = tbl);
 BEGIN
@@ -1214,7 +1215,17 @@ BEGIN
         END IF;
         EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', tbl, tenant_column);
     END IF;
-    EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT sutra.current_tenant()', tbl, tenant_column);
+    IF citus AND sutra._citus_distribution_column(tbl) = tenant_column THEN
+        -- Citus refuses to change the distribution column of a distributed table. The default
+        -- matters where inserts are planned: here, on the coordinator (inserts planned on a
+        -- worker name the tenant column, or fail on its NOT NULL).
+        prior := current_setting('citus.enable_ddl_propagation');
+        PERFORM set_config('citus.enable_ddl_propagation', 'off', true);
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT sutra.current_tenant()', tbl, tenant_column);
+        PERFORM set_config('citus.enable_ddl_propagation', prior, true);
+    ELSE
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT sutra.current_tenant()', tbl, tenant_column);
+    END IF;
     -- The table and each of its partitions: a partition read or written directly applies its
     -- own policies, not its parent's.
     PERFORM sutra._apply_tenant_policies(m, tenant_column) FROM sutra._table_and_partitions(tbl) m;
@@ -1238,9 +1249,11 @@ BEGIN
     END IF;
     INSERT INTO sutra.tenant_tables AS t (table_name, tenant_column) VALUES (tbl, tenant_column)
     ON CONFLICT (table_name) DO UPDATE SET tenant_column = EXCLUDED.tenant_column;
-    -- On a Citus coordinator: every node checks contexts against the coordinator's tenants.
-    IF citus THEN
-        PERFORM sutra._citus_setup();
+    -- On a Citus coordinator, every node checks contexts against the coordinator's tenants.
+    IF citus AND sutra._citus_coordinator() AND NOT sutra._cluster_grants_distributed() THEN
+        RAISE WARNING 'the workers of this Citus cluster cannot check tenant contexts yet'
+            USING DETAIL = 'sutra.cluster_grants is not a reference table: every worker refuses every tenant context.',
+                  HINT = 'A superuser runs SELECT sutra.citus_setup() on the coordinator.';
     END IF;
 END $function$;
 
@@ -1900,24 +1913,6 @@ AS $function$
     FROM sutra.tenant_members m
 $function$;
 
-CREATE OR REPLACE FUNCTION sutra._citus_setup()
- RETURNS void
- LANGUAGE plpgsql
- SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pg_temp'
- SET client_min_messages TO 'warning'
-AS $function$
-BEGIN
-    IF NOT sutra._citus_coordinator() OR sutra._cluster_grants_distributed() THEN
-        RETURN;
-    END IF;
-    DELETE FROM sutra.cluster_grants;
-    INSERT INTO sutra.cluster_grants SELECT * FROM sutra._cluster_grant_rows();
-    PERFORM create_reference_table('sutra.cluster_grants');
-    -- The coordinator's own rows moved into the shards.
-    PERFORM truncate_local_data_after_distributing_table('sutra.cluster_grants');
-END $function$;
-
 CREATE OR REPLACE FUNCTION sutra._cluster_grants_sync()
  RETURNS trigger
  LANGUAGE plpgsql
@@ -1965,6 +1960,35 @@ BEGIN
         ON CONFLICT (kind, id) DO UPDATE SET value = EXCLUDED.value WHERE g.value IS DISTINCT FROM EXCLUDED.value;
     END IF;
     RETURN NULL;
+END $function$;
+CREATE OR REPLACE FUNCTION sutra._citus_distribution_column(tbl regclass)
+ RETURNS name
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension e WHERE e.extname = 'citus') THEN
+        RETURN NULL;
+    END IF;
+    RETURN (SELECT column_to_column_name(p.logicalrelid, p.partkey) FROM pg_dist_partition p
+            WHERE p.logicalrelid = tbl AND p.partkey IS NOT NULL);
+END $function$;
+CREATE OR REPLACE FUNCTION sutra.citus_setup()
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+ SET client_min_messages TO 'warning'
+AS $function$
+BEGIN
+    IF NOT sutra._citus_coordinator() OR sutra._cluster_grants_distributed() THEN
+        RETURN;
+    END IF;
+    DELETE FROM sutra.cluster_grants;
+    INSERT INTO sutra.cluster_grants SELECT * FROM sutra._cluster_grant_rows();
+    PERFORM create_reference_table('sutra.cluster_grants');
+    -- The coordinator's own rows moved into the shards.
+    PERFORM truncate_local_data_after_distributing_table('sutra.cluster_grants');
 END $function$;
 -- Usage events: quantities and idempotency keys within range (record_usage refused others since
 -- 0.2.0), and no default partition: its events move to their month's partition.
@@ -2125,6 +2149,7 @@ REVOKE ALL ON FUNCTION _settings_tenant(text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _members_tenant(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _keep_an_owner(uuid, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _cluster_grants_sync() FROM PUBLIC;
+REVOKE ALL ON FUNCTION citus_setup() FROM PUBLIC;
 CREATE TRIGGER cluster_grants AFTER INSERT OR DELETE OR UPDATE OF id, status ON tenants
     FOR EACH ROW EXECUTE FUNCTION _cluster_grants_sync();
 CREATE TRIGGER cluster_grants AFTER INSERT OR DELETE OR UPDATE OF key_id, revoked_at, expires_at ON api_key_store

@@ -51,6 +51,27 @@ def test_no_underscore_helper_with_elevated_rights_is_callable(env):
     assert rows == []
 
 
+def test_cluster_grants_trigger_writes_only_sutras_own_changes(env):
+    """The definer trigger that writes what every Citus node checks contexts against cannot be
+    attached by a table owner to a table of its own, to declare a suspended tenant active or a
+    revoked key valid; granted by mistake, it still refuses any table but sutra's."""
+    owner = env.connect(env.owner)
+    owner.execute("CREATE TABLE tenants (id uuid, status text)")
+    try:
+        expect_error(owner, "42501", "permission denied for function",
+                     "CREATE TRIGGER t AFTER INSERT ON tenants FOR EACH ROW EXECUTE FUNCTION sutra._cluster_grants_sync()")
+        env.su.execute(sql.SQL("GRANT EXECUTE ON FUNCTION sutra._cluster_grants_sync() TO {}").format(
+            sql.Identifier(env.owner)))
+        owner.execute("CREATE TRIGGER t AFTER INSERT ON tenants FOR EACH ROW EXECUTE FUNCTION sutra._cluster_grants_sync()")
+        expect_error(owner, "42501", "trigger of sutra's own tables only",
+                     sql.SQL("INSERT INTO tenants VALUES ({}, 'active')").format(sql.Literal(str(env.b))))
+        assert env.su.execute("SELECT count(*) FROM sutra.cluster_grants").fetchone()[0] == 0
+    finally:
+        env.su.execute(sql.SQL("REVOKE EXECUTE ON FUNCTION sutra._cluster_grants_sync() FROM {}").format(
+            sql.Identifier(env.owner)))
+        owner.execute("DROP TABLE tenants")
+
+
 @pytest.fixture
 def spy_operators(env):
     """Operators `=` for uuid and text in the owner's schema that report who runs them."""

@@ -24,7 +24,7 @@ BEGIN
     RETURN citus_is_coordinator();
 END $$;
 
--- Whether sutra.cluster_grants is a Citus reference table (set up by _citus_setup).
+-- Whether sutra.cluster_grants is a Citus reference table (set up by citus_setup).
 CREATE FUNCTION _cluster_grants_distributed() RETURNS boolean
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -32,6 +32,17 @@ BEGIN
         RETURN false;
     END IF;
     RETURN EXISTS (SELECT 1 FROM pg_dist_partition p WHERE p.logicalrelid = 'sutra.cluster_grants'::regclass);
+END $$;
+
+-- The column Citus distributes table tbl by, or null.
+CREATE FUNCTION _citus_distribution_column(tbl regclass) RETURNS name
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension e WHERE e.extname = 'citus') THEN
+        RETURN NULL;
+    END IF;
+    RETURN (SELECT column_to_column_name(p.logicalrelid, p.partkey) FROM pg_dist_partition p
+            WHERE p.logicalrelid = tbl AND p.partkey IS NOT NULL);
 END $$;
 
 -- The rows of cluster_grants, as the catalog has them now.
@@ -48,11 +59,10 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- Makes sutra.cluster_grants a reference table filled from the catalog, once, on a Citus
--- coordinator; does nothing elsewhere. sutra.enable_tenancy calls it, so that the first tenant
--- table of a cluster brings it along. Runs as the extension's owner: it takes no input and only
--- ever does this.
-CREATE FUNCTION _citus_setup() RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+-- coordinator; does nothing elsewhere. sutra runs it after CREATE EXTENSION sutra (or citus) on
+-- a server where Citus is loaded; a superuser may run it again (it is idempotent).
+CREATE FUNCTION citus_setup() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
 BEGIN
     IF NOT sutra._citus_coordinator() OR sutra._cluster_grants_distributed() THEN
         RETURN;
@@ -63,6 +73,7 @@ BEGIN
     -- The coordinator's own rows moved into the shards.
     PERFORM truncate_local_data_after_distributing_table('sutra.cluster_grants');
 END $$;
+REVOKE ALL ON FUNCTION citus_setup() FROM PUBLIC;
 
 -- Trigger on sutra.tenants, sutra.api_key_store and sutra.tenant_members: writes the change to
 -- cluster_grants once it is a reference table. Runs as the extension's owner, so that whoever may

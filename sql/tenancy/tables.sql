@@ -163,6 +163,7 @@ DECLARE
     col_num int2;
     indexed boolean;
     missing boolean;
+    prior text;
     citus boolean := EXISTS (SELECT 1 FROM pg_extension e WHERE e.extname = 'citus');
     short_name text := (SELECT c.relname FROM pg_class c WHERE c.oid = tbl);
 BEGIN
@@ -196,7 +197,17 @@ BEGIN
         END IF;
         EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', tbl, tenant_column);
     END IF;
-    EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT sutra.current_tenant()', tbl, tenant_column);
+    IF citus AND sutra._citus_distribution_column(tbl) = tenant_column THEN
+        -- Citus refuses to change the distribution column of a distributed table. The default
+        -- matters where inserts are planned: here, on the coordinator (inserts planned on a
+        -- worker name the tenant column, or fail on its NOT NULL).
+        prior := current_setting('citus.enable_ddl_propagation');
+        PERFORM set_config('citus.enable_ddl_propagation', 'off', true);
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT sutra.current_tenant()', tbl, tenant_column);
+        PERFORM set_config('citus.enable_ddl_propagation', prior, true);
+    ELSE
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT sutra.current_tenant()', tbl, tenant_column);
+    END IF;
     -- The table and each of its partitions: a partition read or written directly applies its
     -- own policies, not its parent's.
     PERFORM sutra._apply_tenant_policies(m, tenant_column) FROM sutra._table_and_partitions(tbl) m;
@@ -220,9 +231,11 @@ BEGIN
     END IF;
     INSERT INTO sutra.tenant_tables AS t (table_name, tenant_column) VALUES (tbl, tenant_column)
     ON CONFLICT (table_name) DO UPDATE SET tenant_column = EXCLUDED.tenant_column;
-    -- On a Citus coordinator: every node checks contexts against the coordinator's tenants.
-    IF citus THEN
-        PERFORM sutra._citus_setup();
+    -- On a Citus coordinator, every node checks contexts against the coordinator's tenants.
+    IF citus AND sutra._citus_coordinator() AND NOT sutra._cluster_grants_distributed() THEN
+        RAISE WARNING 'the workers of this Citus cluster cannot check tenant contexts yet'
+            USING DETAIL = 'sutra.cluster_grants is not a reference table: every worker refuses every tenant context.',
+                  HINT = 'A superuser runs SELECT sutra.citus_setup() on the coordinator.';
     END IF;
 END $$;
 

@@ -13,7 +13,8 @@
 //! status, whether the key that granted it is still valid, the member's role) is kept by the
 //! coordinator in `sutra.cluster_grants`, a Citus reference table: each change to tenants, keys
 //! or members is written there in the same distributed transaction, so every node sees it from
-//! its next transaction (see `sql/tenancy/citus.sql`).
+//! its next transaction (see `sql/tenancy/citus.sql`). `CREATE EXTENSION sutra` on the
+//! coordinator makes it one.
 
 use std::cell::{Cell, RefCell};
 use std::ffi::CString;
@@ -40,6 +41,7 @@ pub fn init() {
     unsafe {
         LOADED = !pg_sys::GetConfigOption(c"citus.propagate_set_commands".as_ptr(), true, false).is_null();
     }
+    crate::backend::utility::register(after_create_extension);
 }
 
 /// Whether Citus is loaded in this server.
@@ -120,7 +122,7 @@ pub fn grant(kind: &str, id: &str) -> Option<String> {
             crate::error::raise_hint(
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                 "sutra.cluster_grants is not a reference table on this worker",
-                "sutra.enable_tenancy on the coordinator makes it one; until then a worker refuses every tenant context.",
+                "CREATE EXTENSION sutra on the coordinator makes it one (or SELECT sutra.citus_setup() there); until then a worker refuses every tenant context.",
             )
         });
         GRANTS_SHARD.with(|s| *s.borrow_mut() = Some(name.clone()));
@@ -134,4 +136,28 @@ pub fn grant(kind: &str, id: &str) -> Option<String> {
                 format!("could not read the cluster's tenant grants on this worker: {e}"),
             )
         })
+}
+
+/// `ProcessUtility` handler: after `CREATE EXTENSION sutra` or `CREATE EXTENSION citus` (the
+/// other one being there), on a coordinator, makes `sutra.cluster_grants` a reference table. Citus
+/// has by then created the extension on the workers too.
+unsafe fn after_create_extension(call: &crate::backend::utility::Utility, next: &dyn Fn()) {
+    let stmt = call.statement::<pg_sys::CreateExtensionStmt>(pg_sys::NodeTag::T_CreateExtensionStmt);
+    next();
+    let Some(stmt) = stmt else { return };
+    if !loaded() || (*stmt).extname.is_null() {
+        return;
+    }
+    let name = std::ffi::CStr::from_ptr((*stmt).extname).to_bytes();
+    if name != b"sutra" && name != b"citus" {
+        return;
+    }
+    // Run as the user who created the extension (a superuser: neither extension is trusted).
+    let both =
+        Spi::get_one::<bool>("SELECT count(*) = 2 FROM pg_catalog.pg_extension WHERE extname IN ('sutra', 'citus')");
+    if both.ok().flatten() == Some(true) {
+        Spi::run("SELECT sutra.citus_setup()").unwrap_or_else(|e| {
+            crate::error::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not set up sutra on Citus: {e}"))
+        });
+    }
 }

@@ -1,0 +1,278 @@
+"""sutra on Citus: a coordinator and two workers (scripts/citus-test.sh).
+
+Every test has a row of another tenant in the same distributed table that would show if
+isolation broke, and reads through the coordinator, directly on the workers, or both.
+"""
+
+import re
+import time
+
+import psycopg
+import pytest
+
+from psycopg import sql
+
+from conftest import node, nodes
+
+ACME_ROWS = ["acme one", "acme two", "acme three"]
+
+
+@pytest.fixture(scope="module")
+def app():
+    """sutra installed on the coordinator (so on every node), a tenant table `notes` made a tenant
+    table and then distributed (the natural order), tenants acme and globex with a key each."""
+    with node(0) as c:
+        c.execute("SET client_min_messages = warning")
+        c.execute("CREATE EXTENSION sutra")
+        c.execute("CREATE ROLE app LOGIN")
+        c.execute("GRANT USAGE ON SCHEMA sutra TO app")
+        c.execute("CREATE TABLE notes (id bigserial, tenant_id uuid NOT NULL, body text, PRIMARY KEY (tenant_id, id))")
+        c.execute("GRANT ALL ON notes TO app")
+        c.execute("GRANT ALL ON SEQUENCE notes_id_seq TO app")
+        c.execute("SELECT sutra.enable_tenancy('notes')")
+        c.execute("SELECT create_distributed_table('notes', 'tenant_id')")
+        acme = c.execute("SELECT sutra.create_tenant('acme')").fetchone()[0]
+        globex = c.execute("SELECT sutra.create_tenant('globex')").fetchone()[0]
+        keys = {
+            "acme": c.execute("SELECT sutra.create_api_key('acme', 'app')").fetchone()[0],
+            "globex": c.execute("SELECT sutra.create_api_key('globex', 'app')").fetchone()[0],
+        }
+        for body in ACME_ROWS:
+            c.execute("INSERT INTO notes (tenant_id, body) VALUES (%s, %s)", (acme, body))
+        # The hidden row: another tenant's, in the same table.
+        c.execute("INSERT INTO notes (tenant_id, body) VALUES (%s, 'globex secret')", (globex,))
+    return {"acme": acme, "globex": globex, "keys": keys}
+
+
+def shard_node(tenant):
+    """The index (1 or 2) of the worker holding `tenant`'s shard of notes."""
+    with node(0) as c:
+        port = c.execute(
+            "SELECT nodeport FROM pg_dist_shard_placement WHERE shardid = get_shard_id_for_distribution_column('notes', %s)",
+            (tenant,),
+        ).fetchone()[0]
+    return [p for _, p in nodes()].index(str(port))
+
+
+def in_context(conn, key):
+    """Authenticates `key` for the transaction conn has open; returns the signed context."""
+    conn.execute("SELECT sutra.authenticate(%s)", (key,))
+    return conn.execute("SELECT current_setting('sutra.tenant_id')").fetchone()[0]
+
+
+def set_context(conn, value):
+    """A SET LOCAL of sutra.tenant_id, as a client connected directly to a worker can send."""
+    conn.execute(sql.SQL("SET LOCAL sutra.tenant_id = {}").format(sql.Literal(value)))
+
+
+def explain(conn, query):
+    return "\n".join(r[0] for r in conn.execute("EXPLAIN " + query).fetchall())
+
+
+def test_setup_in_the_natural_order(app):
+    with node(0) as c:
+        kinds = dict(c.execute("SELECT logicalrelid::text, partmethod FROM pg_dist_partition").fetchall())
+        assert kinds["notes"] == "h"
+        assert kinds["sutra.cluster_grants"] == "n", "the cluster's grants are a reference table"
+        assert [r for r in c.execute("SELECT * FROM sutra.check_tenancy('notes') WHERE severity = 'error'")] == []
+    for i in (1, 2):
+        with node(i) as w:
+            # Each worker's shards carry the tenant policies, forced.
+            shards = w.execute(
+                "SELECT c.relname, c.relrowsecurity AND c.relforcerowsecurity,"
+                " (SELECT count(*) FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname LIKE 'sutra_tenant_%')"
+                " FROM pg_class c WHERE c.relname ~ '^notes_[0-9]+$' AND c.relkind = 'r'"
+            ).fetchall()
+            assert shards, f"worker {i} holds shards of notes"
+            assert all(forced and policies == 4 for _, forced, policies in shards), shards
+
+
+def test_setup_in_the_other_order(app):
+    with node(0) as c:
+        c.execute("CREATE TABLE docs (id bigserial, tenant_id uuid NOT NULL, title text, PRIMARY KEY (tenant_id, id))")
+        c.execute("SELECT create_distributed_table('docs', 'tenant_id')")
+        c.execute("INSERT INTO docs (tenant_id, title) VALUES (%s, 'globex doc'), (%s, 'acme doc')",
+                  (app["globex"], app["acme"]))
+        c.execute("GRANT ALL ON docs TO app")
+        c.execute("GRANT ALL ON SEQUENCE docs_id_seq TO app")
+        c.execute("SELECT sutra.enable_tenancy('docs')")
+    with node(0, "app", autocommit=False) as a:
+        in_context(a, app["keys"]["acme"])
+        assert [r[0] for r in a.execute("SELECT title FROM docs")] == ["acme doc"]
+        a.execute("INSERT INTO docs (title) VALUES ('acme doc 2')")
+        assert a.execute("SELECT count(*) FROM docs").fetchone()[0] == 2
+        a.commit()
+
+
+def test_context_reaches_the_workers(app):
+    with node(0, "app", autocommit=False) as a:
+        in_context(a, app["keys"]["acme"])
+        assert sorted(r[0] for r in a.execute("SELECT body FROM notes")) == sorted(ACME_ROWS)
+        # A fan-out query (no tenant constant can route a join on id alone) sees the tenant too.
+        a.execute("SET LOCAL sutra.tenant_pruning = off")
+        assert a.execute("SELECT count(*) FROM notes").fetchone()[0] == len(ACME_ROWS)
+        assert a.execute("SELECT count(*) FROM notes WHERE body = 'globex secret'").fetchone()[0] == 0
+        a.rollback()
+    with node(0, "app", autocommit=False) as a:
+        # Without a context, every worker refuses.
+        with pytest.raises(psycopg.Error, match="no tenant context"):
+            a.execute("SELECT count(*) FROM notes")
+
+
+def test_writes_land_in_the_tenant_shard(app):
+    with node(0, "app", autocommit=False) as a:
+        in_context(a, app["keys"]["globex"])
+        a.execute("INSERT INTO notes (body) VALUES ('globex two')")
+        with pytest.raises(psycopg.Error, match="row-level security"):
+            a.execute("INSERT INTO notes (tenant_id, body) VALUES (%s, 'planted')", (app["acme"],))
+        a.rollback()
+    with node(0, "app", autocommit=False) as a:
+        in_context(a, app["keys"]["globex"])
+        assert a.execute("UPDATE notes SET body = body").rowcount == 1
+        assert a.execute("DELETE FROM notes WHERE body LIKE 'acme%'").rowcount == 0
+        a.rollback()
+
+
+def test_tenant_query_routes_to_one_shard(app):
+    with node(0, "app", autocommit=False) as a:
+        in_context(a, app["keys"]["acme"])
+        plan = explain(a, "SELECT body FROM notes")
+        assert "Task Count: 1" in plan, plan
+        a.execute("SET LOCAL sutra.tenant_pruning = off")
+        plan = explain(a, "SELECT body FROM notes")
+        assert "Task Count: 8" in plan, "without the hook, row level security alone fans out:\n" + plan
+        a.rollback()
+
+
+def test_forged_context_refused_on_a_worker(app):
+    with node(0, "app", autocommit=False) as a:
+        real = in_context(a, app["keys"]["acme"])
+        a.rollback()
+    # Another tenant in a context signed for acme: the signature no longer matches.
+    forged = real.replace(str(app["acme"]), str(app["globex"]))
+    for i in (1, 2):
+        with node(i, "app", autocommit=False) as w:
+            with pytest.raises(psycopg.Error, match="invalid tenant context") as e:
+                set_context(w, forged)
+            assert "same sutra.context_secret" in (e.value.diag.message_hint or "")
+
+
+def test_context_from_a_node_with_another_secret(app):
+    """A worker whose secret differs refuses the coordinator's contexts, and says why."""
+    worker = shard_node(app["acme"])
+    with node(worker) as w:
+        w.execute("ALTER SYSTEM SET sutra.context_secret = 'another-secret-another-secret-another-secret'")
+        w.execute("SELECT pg_reload_conf()")
+    try:
+        time.sleep(0.5)
+        with node(0, "app", autocommit=False) as a:
+            in_context(a, app["keys"]["acme"])
+            with pytest.raises(psycopg.Error) as e:
+                a.execute("SELECT count(*) FROM notes")
+            assert "invalid tenant context" in str(e.value)
+            assert "same sutra.context_secret" in (e.value.diag.message_hint or "")
+    finally:
+        with node(worker) as w:
+            w.execute("ALTER SYSTEM RESET sutra.context_secret")
+            w.execute("SELECT pg_reload_conf()")
+        time.sleep(0.5)
+    with node(0, "app", autocommit=False) as a:
+        in_context(a, app["keys"]["acme"])
+        assert a.execute("SELECT count(*) FROM notes").fetchone()[0] == len(ACME_ROWS)
+
+
+def direct_count(worker, context):
+    """Counts notes on a worker's own shards (the names Citus gives them), in `context`."""
+    with node(worker, "app", autocommit=False) as w:
+        set_context(w, context)
+        shards = [r[0] for r in w.execute(
+            "SELECT c.relname FROM pg_class c WHERE c.relname ~ '^notes_[0-9]+$' AND c.relkind = 'r'")]
+        return sum(w.execute(f"SELECT count(*) FROM {s}").fetchone()[0] for s in shards)
+
+
+def test_suspended_tenant_is_refused_by_every_node(app):
+    worker = shard_node(app["acme"])
+    with node(0, "app", autocommit=False) as a:
+        context = in_context(a, app["keys"]["acme"])
+        a.rollback()
+    assert direct_count(worker, context) == len(ACME_ROWS)
+    with node(0) as c:
+        c.execute("SELECT sutra.suspend_tenant('acme')")
+    try:
+        # Directly on the worker, with the context issued before the suspension.
+        with pytest.raises(psycopg.Error, match="is suspended"):
+            direct_count(worker, context)
+        # Through the coordinator: no new context, and the old one is refused too.
+        with node(0, "app", autocommit=False) as a:
+            with pytest.raises(psycopg.Error, match="is suspended"):
+                in_context(a, app["keys"]["acme"])
+    finally:
+        with node(0) as c:
+            c.execute("SELECT sutra.resume_tenant('acme')")
+    assert direct_count(worker, context) == len(ACME_ROWS)
+
+
+def test_revoked_key_is_refused_by_every_node(app):
+    with node(0) as c:
+        key = c.execute("SELECT sutra.create_api_key('acme', 'short-lived')").fetchone()[0]
+    worker = shard_node(app["acme"])
+    with node(0, "app", autocommit=False) as a:
+        context = in_context(a, key)
+        a.rollback()
+    assert direct_count(worker, context) == len(ACME_ROWS)
+    key_id = re.match(r"sk_([0-9a-f]{16})_", key).group(1)
+    with node(0) as c:
+        c.execute("SELECT sutra.revoke_api_key(%s)", (key_id,))
+    with pytest.raises(psycopg.Error, match="has been revoked"):
+        direct_count(worker, context)
+
+
+def test_cluster_grants_match_the_coordinator(app):
+    with node(0) as c:
+        want = sorted(c.execute("SELECT * FROM sutra._cluster_grant_rows()").fetchall())
+    for i in (1, 2):
+        with node(i) as w:
+            assert sorted(w.execute("SELECT kind, id, value FROM sutra.cluster_grants").fetchall()) == want
+
+
+def test_hnsw_index_per_shard(app):
+    with node(0) as c:
+        c.execute("CREATE TABLE chunks (id bigserial, tenant_id uuid NOT NULL, embedding sutra.vector(3),"
+                  " PRIMARY KEY (tenant_id, id))")
+        c.execute("SELECT sutra.enable_tenancy('chunks')")
+        c.execute("SELECT create_distributed_table('chunks', 'tenant_id')")
+        c.execute("GRANT ALL ON chunks TO app")
+        c.execute("GRANT ALL ON SEQUENCE chunks_id_seq TO app")
+        c.execute("INSERT INTO chunks (tenant_id, embedding) SELECT %s, ARRAY[i, 0, 0]::real[]::sutra.vector"
+                  " FROM generate_series(1, 50) i", (app["acme"],))
+        # The other tenant's vector is the nearest to the query.
+        c.execute("INSERT INTO chunks (tenant_id, embedding) VALUES (%s, '[0,0,0]')", (app["globex"],))
+        c.execute("CREATE INDEX ON chunks USING sutra_hnsw (tenant_id, embedding sutra.vector_l2_ops)")
+    with node(0, "app", autocommit=False) as a:
+        in_context(a, app["keys"]["acme"])
+        a.execute("SET LOCAL search_path = public, sutra")
+        a.execute("SET LOCAL enable_seqscan = off")
+        query = "SELECT embedding::text FROM chunks ORDER BY embedding <-> '[0,0,0]' LIMIT 3"
+        plan = explain(a, query)
+        assert "Task Count: 1" in plan and "Index Scan using chunks_tenant_id_embedding_idx" in plan, plan
+        assert re.search(r"Index Cond: \(tenant_id = '[0-9a-f-]+'::uuid\)", plan), plan
+        assert [r[0] for r in a.execute(query)] == ["[1,0,0]", "[2,0,0]", "[3,0,0]"]
+        a.rollback()
+
+
+def test_isolated_tenant_keeps_its_guarantees(app):
+    with node(0) as c:
+        c.execute("SET client_min_messages = warning")
+        c.execute("SELECT isolate_tenant_to_new_shard('notes', %s, 'CASCADE', shard_transfer_mode => 'block_writes')",
+                  (app["acme"],))
+    with node(0, "app", autocommit=False) as a:
+        in_context(a, app["keys"]["acme"])
+        assert "Task Count: 1" in explain(a, "SELECT body FROM notes")
+        assert sorted(r[0] for r in a.execute("SELECT body FROM notes")) == sorted(ACME_ROWS)
+        a.rollback()
+    worker = shard_node(app["acme"])
+    with node(worker) as w:
+        # The new shards carry the policies, forced, like the others.
+        assert w.execute(
+            "SELECT bool_and(c.relrowsecurity AND c.relforcerowsecurity) FROM pg_class c"
+            " WHERE c.relname ~ '^notes_[0-9]+$' AND c.relkind = 'r'").fetchone()[0]
