@@ -1932,6 +1932,12 @@ BEGIN
     IF NOT sutra._cluster_grants_distributed() THEN
         RETURN NULL;
     END IF;
+    -- The coordinator holds the cluster's tenants, keys and members; a worker's own would be
+    -- known to it alone.
+    IF NOT sutra._citus_coordinator() THEN
+        RAISE EXCEPTION 'tenants, API keys and members of a Citus cluster change on its coordinator only'
+            USING ERRCODE = '0A000', HINT = 'Connect to the coordinator to run this.';
+    END IF;
     IF TG_RELID = 'sutra.tenants'::regclass THEN
         k := 'tenant';
         IF TG_OP <> 'INSERT' THEN old_id := OLD.id::text; END IF;

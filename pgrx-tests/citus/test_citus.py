@@ -276,3 +276,16 @@ def test_isolated_tenant_keeps_its_guarantees(app):
         assert w.execute(
             "SELECT bool_and(c.relrowsecurity AND c.relforcerowsecurity) FROM pg_class c"
             " WHERE c.relname ~ '^notes_[0-9]+$' AND c.relkind = 'r'").fetchone()[0]
+
+
+def test_catalog_changes_on_the_coordinator_only(app):
+    """A worker's own tenants or keys would be known to it alone: sutra refuses them there."""
+    with node(1) as w:
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="on its coordinator only"):
+            w.execute("SELECT sutra.create_tenant('rogue')")
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="on its coordinator only"):
+            w.execute("UPDATE sutra.tenants SET status = 'suspended' WHERE slug = 'default'")
+        # And a key of the coordinator does not authenticate on a worker: it holds no credentials.
+        with w.transaction():
+            with pytest.raises(psycopg.Error):
+                w.execute("SELECT sutra.authenticate(%s)", (app["keys"]["acme"],))
