@@ -172,6 +172,44 @@ cluster_stop() {
     return 1
 }
 
+# citus_installed: whether Citus is installed in the system PostgreSQL (built by hand: docs/citus.md).
+citus_installed() { [ -f "$("$PG_CONFIG" --pkglibdir)/citus.so" ]; }
+
+# citus_cluster_start DIR PORT [CONF_LINE...]: a Citus cluster of throwaway clusters under DIR, a
+# coordinator on PORT and two workers on PORT+1 and PORT+2, each with 'citus,sutra' preloaded, one
+# random sutra.context_secret, the CONF_LINEs, a database app with Citus in it, and the workers
+# added. Sets CITUS_NODES (their directories, coordinator first) and CITUS_PORTS.
+citus_cluster_start() {
+    local dir=$1 port=$2
+    shift 2
+    local secret i
+    secret="sutra-cluster-secret-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+    CITUS_NODES=("$dir/coordinator" "$dir/worker1" "$dir/worker2")
+    CITUS_PORTS=("$port" $((port + 1)) $((port + 2)))
+    mkdir -p "$dir"
+    is_root && chown postgres: "$dir"
+    for i in 0 1 2; do
+        # citus.local_hostname: how a node reaches itself (shard splits): its socket directory.
+        cluster_start "${CITUS_NODES[$i]}" "${CITUS_PORTS[$i]}" "shared_preload_libraries = 'citus,sutra'" \
+            "sutra.context_secret = '$secret'" "wal_level = logical" "max_prepared_transactions = 50" \
+            "citus.local_hostname = '${CITUS_NODES[$i]}'" "$@"
+        as_pg "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "${CITUS_NODES[$i]}" -p "${CITUS_PORTS[$i]}" -U postgres \
+            -d postgres -c "CREATE DATABASE app" -c "\\c app" -c "SET client_min_messages = warning" \
+            -c "CREATE EXTENSION citus" >/dev/null
+    done
+    as_pg "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "${CITUS_NODES[0]}" -p "$port" -U postgres -d app \
+        -c "SELECT citus_set_coordinator_host('${CITUS_NODES[0]}', $port)" \
+        -c "SELECT citus_add_node('${CITUS_NODES[1]}', ${CITUS_PORTS[1]})" \
+        -c "SELECT citus_add_node('${CITUS_NODES[2]}', ${CITUS_PORTS[2]})" >/dev/null
+}
+
+# citus_cluster_stop: stops the nodes citus_cluster_start started; fails if one did not stop.
+citus_cluster_stop() {
+    local failed=0 n
+    for n in "${CITUS_NODES[@]}"; do cluster_stop "$n" || failed=1; done
+    return $failed
+}
+
 # bench_cluster NAME PORT [CONF_LINE...]: the cluster a benchmark runs on. With SUTRA_BENCH_HOST
 # and SUTRA_BENCH_PORT set, that running cluster (sutra installed and preloaded): nothing is built
 # or started. Otherwise the release build is installed first (unless SUTRA_BENCH_INSTALLED=1:

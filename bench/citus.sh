@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# A tenant's query on a Citus cluster (a coordinator and two workers, throwaway clusters on this
+# machine, ports 54670-54672) against the same query on one server (port 54673), on the same
+# data: 1,000 tenants, 100 rows each, a tenant table distributed by tenant_id into 32 shards
+# (Citus's default) or, on one server, a plain table. Each pgbench transaction is what a pooled
+# application does:
+#   BEGIN; SELECT sutra.set_tenant(<random tenant>); SELECT body FROM notes WHERE id = <one of
+#   its rows>; COMMIT;
+# and on Citus runs twice: with sutra's planner hook (the query routes to the tenant's shard) and
+# without it (sutra.tenant_pruning = off: row level security alone, every shard is asked). Prints
+# transactions per second and mean latency of each, one client, and the ratios.
+# Needs Citus installed (docs/citus.md); without it, says so and exits 0.
+# Run: bench/citus.sh   (builds and installs the release build first; about 2 minutes)
+# SUTRA_BENCH_INSTALLED=1 uses the sutra already installed. BENCH_SECONDS (default 10) sets the
+# length of each pgbench run.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
+
+if ! citus_installed; then
+    echo "bench/citus.sh: skipped: Citus is not installed (docs/citus.md says how to build it)"
+    exit 0
+fi
+SECS=${BENCH_SECONDS:-10}
+if [ -z "${SUTRA_BENCH_INSTALLED:-}" ]; then
+    setup_toolchain
+    install_extension --release >/dev/null 2>&1
+fi
+DIR="$(pg_workdir)/bench-citus"
+SINGLE="$DIR/single"
+WORK=$(mktemp -d)
+chmod 755 "$WORK"
+CITUS_NODES=()
+trap 'citus_cluster_stop || true; cluster_stop "$SINGLE" || true; rm -rf "$WORK"' EXIT
+citus_cluster_start "$DIR" 54670 "shared_buffers = 256MB"
+cluster_start "$SINGLE" 54673 "shared_buffers = 256MB"
+as_pg "$PG_BIN/psql" -X -q -h "$SINGLE" -p 54673 -U postgres -d postgres -c "CREATE DATABASE app"
+
+# setup HOST PORT DISTRIBUTE: the tenants, the table and its rows, and role bench.
+setup() {
+    local distribute=""
+    [ "$3" = 1 ] && distribute="SELECT create_distributed_table('notes', 'tenant_id');"
+    as_pg "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$1" -p "$2" -U postgres -d app >/dev/null <<SQL
+SET client_min_messages = warning;
+CREATE EXTENSION sutra;
+CREATE ROLE bench LOGIN NOBYPASSRLS IN ROLE sutra_service;
+SELECT count(sutra.create_tenant(format('t%s', n), id => ('00000000-0000-4000-8000-' || lpad(n::text, 12, '0'))::uuid))
+FROM generate_series(1, 1000) n;
+CREATE TABLE notes (id bigint NOT NULL, tenant_id uuid NOT NULL, body text NOT NULL, PRIMARY KEY (tenant_id, id));
+SELECT sutra.enable_tenancy('notes');
+$distribute
+INSERT INTO notes SELECT (n - 1) * 100 + i, ('00000000-0000-4000-8000-' || lpad(n::text, 12, '0'))::uuid, 'note ' || i
+FROM generate_series(1, 1000) n, generate_series(1, 100) i;
+GRANT SELECT ON notes TO bench;
+VACUUM ANALYZE notes;
+SQL
+}
+setup "${CITUS_NODES[0]}" "${CITUS_PORTS[0]}" 1
+setup "$SINGLE" 54673 0
+
+cat >"$WORK/tx.sql" <<'SQL'
+\set n random(1, 1000)
+\set i random(1, 100)
+BEGIN;
+SELECT sutra.set_tenant(('00000000-0000-4000-8000-' || lpad(:n::text, 12, '0'))::uuid);
+SELECT body FROM notes WHERE id = (:n - 1) * 100 + :i;
+COMMIT;
+SQL
+chmod 644 "$WORK/tx.sql"
+# run HOST PORT PRUNING: "tps latency_ms" of one pgbench run.
+run() {
+    as_pg env PGOPTIONS="-c sutra.tenant_pruning=$3" "$PG_BIN/pgbench" -n -c 1 -T "$SECS" -M simple \
+        -f "$WORK/tx.sql" -h "$1" -p "$2" -U bench app 2>&1 |
+        awk '/^latency average/ {l = $4} /^tps = .*without initial/ {t = $3} END {print t, l}'
+}
+# What each plan looks like, for the record.
+as_pg "$PG_BIN/psql" -X -q -A -t -h "${CITUS_NODES[0]}" -p "${CITUS_PORTS[0]}" -U bench -d app -c "BEGIN" \
+    -c "SELECT sutra.set_tenant('t1') IS NULL" -c "EXPLAIN SELECT body FROM notes WHERE id = 5" \
+    -c "SET LOCAL sutra.tenant_pruning = off" -c "EXPLAIN SELECT body FROM notes WHERE id = 5" -c "COMMIT" |
+    grep -E "Task Count" | sed 's/^/plan: /'
+read -r single_tps single_ms < <(run "$SINGLE" 54673 on)
+read -r router_tps router_ms < <(run "${CITUS_NODES[0]}" "${CITUS_PORTS[0]}" on)
+read -r fanout_tps fanout_ms < <(run "${CITUS_NODES[0]}" "${CITUS_PORTS[0]}" off)
+printf '%-44s %10s %12s\n' "1,000 tenants, one client, ${SECS}s each" "tps" "latency ms"
+printf '%-44s %10s %12s\n' "one server (sutra, no Citus)" "$single_tps" "$single_ms"
+printf '%-44s %10s %12s\n' "Citus, sutra routes to the tenant's shard" "$router_tps" "$router_ms"
+printf '%-44s %10s %12s\n' "Citus, row level security alone (fan-out)" "$fanout_tps" "$fanout_ms"
+awk -v s="$single_tps" -v r="$router_tps" -v f="$fanout_tps" 'BEGIN {
+    printf "router / one server: %.2fx tps; router / fan-out: %.2fx tps\n", r / s, r / f }'
+echo "reproduce: bench/citus.sh"
