@@ -8,7 +8,8 @@
 #   its rows>; COMMIT;
 # and on Citus runs twice: with sutra's planner hook (the query routes to the tenant's shard) and
 # without it (sutra.tenant_pruning = off: row level security alone, every shard is asked). Prints
-# transactions per second and mean latency of each, one client, and the ratios.
+# transactions per second and mean latency of each, one client, and the ratios; also Citus's own
+# router query (the tenant in the WHERE clause, as the superuser, no context) for what Citus costs.
 # Needs Citus installed (docs/citus.md); without it, says so and exits 0.
 # Run: bench/citus.sh   (builds and installs the release build first; about 2 minutes)
 # SUTRA_BENCH_INSTALLED=1 uses the sutra already installed. BENCH_SECONDS (default 10) sets the
@@ -65,11 +66,20 @@ SELECT sutra.set_tenant(('00000000-0000-4000-8000-' || lpad(:n::text, 12, '0')):
 SELECT body FROM notes WHERE id = (:n - 1) * 100 + :i;
 COMMIT;
 SQL
-chmod 644 "$WORK/tx.sql"
-# run HOST PORT PRUNING: "tps latency_ms" of one pgbench run.
+# Citus's own router query, for what Citus itself costs: the tenant named in the WHERE clause, as
+# the superuser (no row level security, no context).
+cat >"$WORK/plain.sql" <<'SQL'
+\set n random(1, 1000)
+\set i random(1, 100)
+BEGIN;
+SELECT body FROM notes WHERE tenant_id = ('00000000-0000-4000-8000-' || lpad(:n::text, 12, '0'))::uuid AND id = (:n - 1) * 100 + :i;
+COMMIT;
+SQL
+chmod 644 "$WORK/tx.sql" "$WORK/plain.sql"
+# run HOST PORT PRUNING [SCRIPT USER]: "tps latency_ms" of one pgbench run.
 run() {
     as_pg env PGOPTIONS="-c sutra.tenant_pruning=$3" "$PG_BIN/pgbench" -n -c 1 -T "$SECS" -M simple \
-        -f "$WORK/tx.sql" -h "$1" -p "$2" -U bench app 2>&1 |
+        -f "$WORK/${4:-tx}.sql" -h "$1" -p "$2" -U "${5:-bench}" app 2>&1 |
         awk '/^latency average/ {l = $4} /^tps = .*without initial/ {t = $3} END {print t, l}'
 }
 # What each plan looks like, for the record.
@@ -80,10 +90,12 @@ as_pg "$PG_BIN/psql" -X -q -A -t -h "${CITUS_NODES[0]}" -p "${CITUS_PORTS[0]}" -
 read -r single_tps single_ms < <(run "$SINGLE" 54673 on)
 read -r router_tps router_ms < <(run "${CITUS_NODES[0]}" "${CITUS_PORTS[0]}" on)
 read -r fanout_tps fanout_ms < <(run "${CITUS_NODES[0]}" "${CITUS_PORTS[0]}" off)
+read -r plain_tps plain_ms < <(run "${CITUS_NODES[0]}" "${CITUS_PORTS[0]}" on plain postgres)
 printf '%-44s %10s %12s\n' "1,000 tenants, one client, ${SECS}s each" "tps" "latency ms"
 printf '%-44s %10s %12s\n' "one server (sutra, no Citus)" "$single_tps" "$single_ms"
 printf '%-44s %10s %12s\n' "Citus, sutra routes to the tenant's shard" "$router_tps" "$router_ms"
 printf '%-44s %10s %12s\n' "Citus, row level security alone (fan-out)" "$fanout_tps" "$fanout_ms"
-awk -v s="$single_tps" -v r="$router_tps" -v f="$fanout_tps" 'BEGIN {
-    printf "router / one server: %.2fx tps; router / fan-out: %.2fx tps\n", r / s, r / f }'
+printf '%-44s %10s %12s\n' "Citus alone: tenant in WHERE, no sutra context" "$plain_tps" "$plain_ms"
+awk -v s="$single_tps" -v r="$router_tps" -v f="$fanout_tps" -v p="$plain_tps" 'BEGIN {
+    printf "router / one server: %.2fx tps; router / fan-out: %.2fx tps; router / Citus alone: %.2fx tps\n", r / s, r / f, r / p }'
 echo "reproduce: bench/citus.sh"

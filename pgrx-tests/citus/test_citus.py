@@ -289,3 +289,29 @@ def test_catalog_changes_on_the_coordinator_only(app):
         with w.transaction():
             with pytest.raises(psycopg.Error):
                 w.execute("SELECT sutra.authenticate(%s)", (app["keys"]["acme"],))
+
+
+def test_moved_shard_keeps_its_guarantees(app):
+    """A tenant's shard moved to the other worker: still one task, still the tenant's rows only,
+    and the context still checked there."""
+    before = shard_node(app["globex"])
+    after = 2 if before == 1 else 1
+    (src_host, src_port), (dst_host, dst_port) = nodes()[before], nodes()[after]
+    with node(0) as c:
+        shard = c.execute("SELECT get_shard_id_for_distribution_column('notes', %s)", (app["globex"],)).fetchone()[0]
+        c.execute("SELECT citus_move_shard_placement(%s, %s, %s, %s, %s, shard_transfer_mode => 'block_writes')",
+                  (shard, src_host, int(src_port), dst_host, int(dst_port)))
+    assert shard_node(app["globex"]) == after
+    with node(0, "app", autocommit=False) as a:
+        context = in_context(a, app["keys"]["globex"])
+        assert "Task Count: 1" in explain(a, "SELECT body FROM notes")
+        assert [r[0] for r in a.execute("SELECT body FROM notes")] == ["globex secret"]
+        a.rollback()
+    with node(0) as c:
+        c.execute("SELECT sutra.suspend_tenant('globex')")
+    try:
+        with pytest.raises(psycopg.Error, match="is suspended"):
+            direct_count(after, context)
+    finally:
+        with node(0) as c:
+            c.execute("SELECT sutra.resume_tenant('globex')")

@@ -1,12 +1,14 @@
 //! The planner hook: a tenant table partitioned by its tenant column is planned for the session's
-//! tenant only.
+//! tenant only, and a tenant table distributed by Citus is routed to the tenant's shard.
 //!
 //! Row level security adds `tenant_id = (SELECT sutra.current_tenant(scope))` to every scan of a
 //! tenant table. That value is known only when the query runs, so the planner plans every
 //! partition and the executor skips all but one (run-time pruning): planning grows with the
 //! number of partitions. When the session has a verified context, this hook adds
 //! `tenant_id = '<that tenant>'` next to sutra's own policy qual on each scanned partitioned
-//! tenant table, and the planner prunes the other partitions.
+//! tenant table, and the planner prunes the other partitions. In a Citus database the policies
+//! call `sutra.current_tenant(scope)` directly (Citus refuses subqueries in policies) and the
+//! constant goes next to them on every tenant table: Citus then routes the query to one shard.
 //!
 //! The added qual only ever narrows: it goes where sutra's policy already restricts the scan to
 //! the current tenant (the same relation, the same column, the same security barrier), and only
