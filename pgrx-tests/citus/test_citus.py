@@ -8,6 +8,7 @@ import re
 import time
 
 import psycopg
+from psycopg.types.json import Jsonb
 import pytest
 
 from psycopg import sql
@@ -315,3 +316,48 @@ def test_moved_shard_keeps_its_guarantees(app):
     finally:
         with node(0) as c:
             c.execute("SELECT sutra.resume_tenant('globex')")
+
+
+def counters(i, tenant):
+    """The live usage counters of `tenant` on node i (zeros when the node never saw it)."""
+    with node(i) as c:
+        row = c.execute("SELECT statements, rows_read, rows_written, vector_searches FROM sutra._tenant_counters()"
+                        " WHERE tenant_id = %s", (tenant,)).fetchone()
+    return row or (0, 0, 0, 0)
+
+
+@pytest.fixture
+def metered(app):
+    """A tenant of its own, with a key, limited to bursts of 4 statements."""
+    with node(0) as c:
+        tenant = c.execute("SELECT sutra.create_tenant('metered')").fetchone()[0]
+        key = c.execute("SELECT sutra.create_api_key('metered', 'app')").fetchone()[0]
+        c.execute("SELECT sutra.update_tenant('metered', quota_overrides => %s)",
+                  (Jsonb({"ops_per_second": 0.01, "burst": 4}),))
+    yield tenant, key
+    with node(0) as c:
+        c.execute("SELECT sutra.drop_tenant('metered', purge => true)")
+
+
+def test_statements_are_charged_where_the_session_is(app, metered):
+    """A fan-out statement is one statement of the tenant's, charged to its rate limit and metered
+    once, on the coordinator; the workers that ran its tasks charge nothing."""
+    tenant, key = metered
+    before = [counters(i, tenant) for i in range(3)]
+    with node(0, "app", autocommit=False) as a:
+        a.execute("SELECT sutra.authenticate(%s)", (key,))
+        a.execute("INSERT INTO notes (body) SELECT 'metered ' || i FROM generate_series(1, 5) i")
+        a.execute("SET LOCAL sutra.tenant_pruning = off")
+        # Asks all 8 shards: before, each worker charged its tasks and refused past the burst.
+        assert a.execute("SELECT count(*) FROM notes").fetchone()[0] == 5
+        assert a.execute("SELECT count(*) FROM notes").fetchone()[0] == 5
+        assert a.execute("SELECT count(*) FROM notes").fetchone()[0] == 5
+        with pytest.raises(psycopg.Error) as e:
+            a.execute("SELECT count(*) FROM notes")
+        assert e.value.sqlstate == "53400"
+        a.rollback()
+    after = [counters(i, tenant) for i in range(3)]
+    coordinator = [x - y for x, y in zip(after[0], before[0])]
+    assert coordinator[0] == 4 and coordinator[2] == 5, coordinator
+    for i in (1, 2):
+        assert after[i][:3] == before[i][:3], f"worker {i} charged the coordinator's statements"

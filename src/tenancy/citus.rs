@@ -161,3 +161,42 @@ unsafe fn after_create_extension(call: &crate::backend::utility::Utility, next: 
         });
     }
 }
+
+/// Whether this session is one Citus opened from another node (or this one) to run part of a
+/// statement of a session there: Citus names those connections `citus_internal gpid=<n>`. Their
+/// statements are charged (limits, metering) where that session runs, not again here.
+pub fn internal_connection() -> bool {
+    if !loaded() {
+        return false;
+    }
+    // SAFETY: application_name is a GUC string PostgreSQL keeps valid (or null) between statements.
+    let name = unsafe { pg_sys::application_name.as_ref().map(|p| std::ffi::CStr::from_ptr(p).to_bytes()) };
+    name.is_some_and(|n| n.starts_with(b"citus_internal gpid="))
+}
+
+/// The tenant column of relation `relid` when it is a shard of a distributed tenant table: a
+/// shard Citus's catalog knows, carrying sutra's tenant policies, of a table distributed by that
+/// column. Citus writes rows into shards with COPY, which sutra then runs under the policies as it
+/// does for tenant tables (the registration of the table is the coordinator's).
+pub fn shard_tenant_column(relid: pg_sys::Oid) -> Option<String> {
+    if !loaded() {
+        return None;
+    }
+    crate::backend::caller::as_superuser(|| {
+        Spi::get_one_with_args::<String>(
+            "SELECT (SELECT pg_catalog.column_to_column_name(p.logicalrelid, p.partkey)
+                     FROM pg_catalog.pg_dist_shard s JOIN pg_catalog.pg_dist_partition p USING (logicalrelid)
+                     WHERE s.shardid = substring(c.relname FROM '_([0-9]+)$')::int8
+                       AND pg_catalog.shard_name(s.logicalrelid, s.shardid, false)::regclass = c.oid
+                       AND p.partkey IS NOT NULL
+                       AND (SELECT count(*) FROM pg_catalog.pg_policy y WHERE y.polrelid = c.oid
+                            AND y.polname ~ '^sutra_tenant_(select|insert|update|delete)$') = 4)
+             FROM pg_catalog.pg_class c
+             WHERE c.oid = $1 AND c.relname ~ '_[0-9]+$'
+               AND pg_catalog.to_regclass('pg_catalog.pg_dist_shard') IS NOT NULL",
+            &[relid.into()],
+        )
+    })
+    .ok()
+    .flatten()
+}

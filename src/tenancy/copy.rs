@@ -87,6 +87,7 @@ unsafe fn tenant_column_under_rls(relation: *mut pg_sys::RangeVar) -> Option<Str
         )
     })
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not read tenant tables: {e}")))
+    .or_else(|| super::citus::shard_tenant_column(relid))
 }
 
 /// Whether a COPY into the table must go through INSERT: when the table or any of its partitions

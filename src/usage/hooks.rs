@@ -6,7 +6,8 @@
 //! and its rows; an aborted statement is settled by the transaction callback, so nothing leaks a
 //! slot. A session attaches to its tenant when it gets the tenant's context (53300 past the
 //! connection limit) and detaches when the context goes, or at exit; connection time is metered
-//! then and at each statement. Parallel workers and nested statements are not charged again.
+//! then and at each statement. Parallel workers and nested statements are not charged again, nor
+//! are the statements Citus runs on a node for a session connected to another one.
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -22,7 +23,7 @@ use super::shmem::{self, Metric, Pin, Refusal, Slot};
 use crate::backend::caller::in_parallel_worker;
 use crate::backend::{ms_ceil, now_ns};
 use crate::error::{raise_detail, raise_hint};
-use crate::tenancy::context;
+use crate::tenancy::{citus, context};
 
 static mut PREV_START: pg_sys::ExecutorStart_hook_type = None;
 static mut PREV_END: pg_sys::ExecutorEnd_hook_type = None;
@@ -47,11 +48,14 @@ pub fn meter_vector_search() {
     if !crate::guc::METERING.get() {
         return;
     }
-    HOLD.with(|h| {
-        if let Some(slot) = h.borrow().as_ref() {
-            meter::add(slot, Metric::VectorSearches, 1);
+    let held = HOLD.with(|h| h.borrow().as_ref().map(|slot| meter::add(slot, Metric::VectorSearches, 1)).is_some());
+    // On Citus the search runs on the node holding the tenant's shard, for a statement charged on
+    // the node the session is connected to: the search is counted here, once.
+    if !held && citus::internal_connection() {
+        if let Some(Ok(slot)) = context::peek_tenant().map(|t| shmem::slot(shmem::my_db(), t.as_bytes())) {
+            meter::add(&slot, Metric::VectorSearches, 1);
         }
-    });
+    }
 }
 
 pub fn init() {
@@ -143,7 +147,8 @@ fn settle(rows: Option<(Metric, u64)>) {
 unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: i32) {
     let depth = DEPTH.with(|d| d.get());
     if depth == 0 && !in_parallel_worker() && eflags & pg_sys::EXEC_FLAG_EXPLAIN_ONLY as i32 == 0 {
-        if let Some(tenant) = context::peek_tenant() {
+        // A statement Citus runs here for a session on another node was charged there.
+        if let Some(tenant) = context::peek_tenant().filter(|_| !citus::internal_connection()) {
             admit(tenant);
         }
     }
@@ -223,6 +228,10 @@ pub fn reserve_connection(tenant: &pgrx::Uuid) {
 /// The session's context changed to `tenant` (or to none): moves its connection. Called from the
 /// parameter's assign hook, so it must not fail.
 pub fn attach(tenant: Option<[u8; 16]>) {
+    // Citus's own connection holds the context of a session on another node, which counts there.
+    if citus::internal_connection() {
+        return;
+    }
     let current = ATTACHED.with(|a| a.borrow().as_ref().map(|(_, t, _)| *t));
     if current == tenant {
         return;
