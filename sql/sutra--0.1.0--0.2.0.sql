@@ -1996,6 +1996,59 @@ BEGIN
     -- The coordinator's own rows moved into the shards.
     PERFORM truncate_local_data_after_distributing_table('sutra.cluster_grants');
 END $function$;
+CREATE OR REPLACE FUNCTION sutra._hnsw_placements(index regclass, fn text)
+ RETURNS TABLE(node text, shard text, result json)
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    tbl regclass := (SELECT i.indrelid FROM pg_index i WHERE i.indexrelid = index);
+    schema_name text := (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = index);
+    index_name text := (SELECT c.relname FROM pg_class c WHERE c.oid = index);
+    r record;
+BEGIN
+    IF tbl IS NULL OR (SELECT a.amname FROM pg_class c JOIN pg_am a ON a.oid = c.relam WHERE c.oid = index) <> 'sutra_hnsw' THEN
+        RAISE EXCEPTION '"%" is not a sutra_hnsw index', index USING ERRCODE = '42809';
+    END IF;
+    IF sutra._citus_distribution_column(tbl) IS NULL THEN
+        RAISE EXCEPTION 'index % is not on a table distributed by Citus', index USING ERRCODE = '42809',
+            HINT = format('sutra.%s reports an index of this server.', fn);
+    END IF;
+    -- Citus names a shard's index <index>_<shard id>, in the schema of the index. The command is
+    -- formatted twice before it runs (here, then by Citus with the shard's name for %s), and runs
+    -- format() itself: hence %%%%I.
+    FOR r IN SELECT * FROM run_command_on_placements(tbl, format(
+            'SELECT coalesce(json_agg(s), ''[]'') FROM sutra.%s(format(''%%%%I.%%%%I'', %L, %L || ''_'' || substring(%L from ''_([0-9]+)"?$''))::regclass) s',
+            fn, schema_name, index_name, '%s')) LOOP
+        IF NOT r.success THEN
+            RAISE EXCEPTION 'sutra.% failed on %:%: %', fn, r.nodename, r.nodeport, r.result;
+        END IF;
+        node := r.nodename || ':' || r.nodeport;
+        shard := pg_catalog.shard_name(tbl, r.shardid);
+        result := r.result::json;
+        RETURN NEXT;
+    END LOOP;
+END $function$;
+CREATE OR REPLACE FUNCTION sutra.cluster_hnsw_stats(index regclass)
+ RETURNS TABLE(node text, shard text, partition text, elements bigint, pages bigint, levels integer, kind text)
+ LANGUAGE sql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    SELECT p.node, p.shard, s.partition, s.elements, s.pages, s.levels, s.kind
+    FROM sutra._hnsw_placements(index, 'hnsw_stats') p,
+         json_to_recordset(p.result) AS s(partition text, elements bigint, pages bigint, levels integer, kind text)
+    ORDER BY 2, 3
+$function$;
+CREATE OR REPLACE FUNCTION sutra.cluster_hnsw_check(index regclass)
+ RETURNS TABLE(node text, shard text, partitions bigint, elements bigint, heap_rows bigint, unreachable bigint, problems text[])
+ LANGUAGE sql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    SELECT p.node, p.shard, s.partitions, s.elements, s.heap_rows, s.unreachable, s.problems
+    FROM sutra._hnsw_placements(index, 'hnsw_check') p,
+         json_to_recordset(p.result) AS s(partitions bigint, elements bigint, heap_rows bigint, unreachable bigint, problems text[])
+    ORDER BY 2
+$function$;
 -- Usage events: quantities and idempotency keys within range (record_usage refused others since
 -- 0.2.0), and no default partition: its events move to their month's partition.
 DO $$
@@ -2156,6 +2209,7 @@ REVOKE ALL ON FUNCTION _members_tenant(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _keep_an_owner(uuid, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _cluster_grants_sync() FROM PUBLIC;
 REVOKE ALL ON FUNCTION citus_setup() FROM PUBLIC;
+REVOKE ALL ON FUNCTION cluster_hnsw_check(regclass) FROM PUBLIC;
 CREATE TRIGGER cluster_grants AFTER INSERT OR DELETE OR UPDATE OF id, status ON tenants
     FOR EACH ROW EXECUTE FUNCTION _cluster_grants_sync();
 CREATE TRIGGER cluster_grants AFTER INSERT OR DELETE OR UPDATE OF key_id, revoked_at, expires_at ON api_key_store

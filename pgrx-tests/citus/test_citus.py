@@ -259,6 +259,19 @@ def test_hnsw_index_per_shard(app):
         assert re.search(r"Index Cond: \(tenant_id = '[0-9a-f-]+'::uuid\)", plan), plan
         assert [r[0] for r in a.execute(query)] == ["[1,0,0]", "[2,0,0]", "[3,0,0]"]
         a.rollback()
+    # From the coordinator, per shard: every row of both tenants is in some shard's index.
+    with node(0) as c:
+        stats = c.execute("SELECT node, shard, elements FROM sutra.cluster_hnsw_stats('chunks_tenant_id_embedding_idx')").fetchall()
+        # One row per tenant partition of each shard's index; empty shards have none.
+        assert sum(e for _, _, e in stats) == 51, stats
+        assert all(s.startswith("chunks_") for _, s, _ in stats), stats
+        checks = c.execute("SELECT shard, heap_rows, problems FROM sutra.cluster_hnsw_check('chunks_tenant_id_embedding_idx')").fetchall()
+        assert len(checks) == 8 and sum(h for _, h, _ in checks) == 51
+        assert all(p == [] for _, _, p in checks), checks
+        with pytest.raises(psycopg.Error, match="not on a table distributed by Citus"):
+            c.execute("CREATE TABLE local_chunks (tenant_id uuid, embedding sutra.vector(3))")
+            c.execute("CREATE INDEX local_chunks_idx ON local_chunks USING sutra_hnsw (tenant_id, embedding sutra.vector_l2_ops)")
+            c.execute("SELECT * FROM sutra.cluster_hnsw_stats('local_chunks_idx')")
 
 
 def test_isolated_tenant_keeps_its_guarantees(app):

@@ -135,3 +135,60 @@ CREATE TRIGGER cluster_grants AFTER INSERT OR DELETE OR UPDATE OF key_id, revoke
     FOR EACH ROW EXECUTE FUNCTION _cluster_grants_sync();
 CREATE TRIGGER cluster_grants AFTER INSERT OR DELETE OR UPDATE ON tenant_members
     FOR EACH ROW EXECUTE FUNCTION _cluster_grants_sync();
+
+-- The shards of a sutra_hnsw index of a distributed table, each with its node: the placement,
+-- the shard's table, and what each placement's own function returns. Runs as the caller on every
+-- placement (Citus's run_command_on_placements).
+CREATE FUNCTION _hnsw_placements(index regclass, fn text)
+RETURNS TABLE (node text, shard text, result json)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    tbl regclass := (SELECT i.indrelid FROM pg_index i WHERE i.indexrelid = index);
+    schema_name text := (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = index);
+    index_name text := (SELECT c.relname FROM pg_class c WHERE c.oid = index);
+    r record;
+BEGIN
+    IF tbl IS NULL OR (SELECT a.amname FROM pg_class c JOIN pg_am a ON a.oid = c.relam WHERE c.oid = index) <> 'sutra_hnsw' THEN
+        RAISE EXCEPTION '"%" is not a sutra_hnsw index', index USING ERRCODE = '42809';
+    END IF;
+    IF sutra._citus_distribution_column(tbl) IS NULL THEN
+        RAISE EXCEPTION 'index % is not on a table distributed by Citus', index USING ERRCODE = '42809',
+            HINT = format('sutra.%s reports an index of this server.', fn);
+    END IF;
+    -- Citus names a shard's index <index>_<shard id>, in the schema of the index. The command is
+    -- formatted twice before it runs (here, then by Citus with the shard's name for %s), and runs
+    -- format() itself: hence %%%%I.
+    FOR r IN SELECT * FROM run_command_on_placements(tbl, format(
+            'SELECT coalesce(json_agg(s), ''[]'') FROM sutra.%s(format(''%%%%I.%%%%I'', %L, %L || ''_'' || substring(%L from ''_([0-9]+)"?$''))::regclass) s',
+            fn, schema_name, index_name, '%s')) LOOP
+        IF NOT r.success THEN
+            RAISE EXCEPTION 'sutra.% failed on %:%: %', fn, r.nodename, r.nodeport, r.result;
+        END IF;
+        node := r.nodename || ':' || r.nodeport;
+        shard := pg_catalog.shard_name(tbl, r.shardid);
+        result := r.result::json;
+        RETURN NEXT;
+    END LOOP;
+END $$;
+
+-- sutra.hnsw_stats of every shard of a sutra_hnsw index on a distributed table.
+CREATE FUNCTION cluster_hnsw_stats(index regclass)
+RETURNS TABLE (node text, shard text, partition text, elements bigint, pages bigint, levels integer, kind text)
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT p.node, p.shard, s.partition, s.elements, s.pages, s.levels, s.kind
+    FROM sutra._hnsw_placements(index, 'hnsw_stats') p,
+         json_to_recordset(p.result) AS s(partition text, elements bigint, pages bigint, levels integer, kind text)
+    ORDER BY 2, 3
+$$;
+
+-- sutra.hnsw_check of every shard of a sutra_hnsw index on a distributed table (the caller must
+-- own the table, as for hnsw_check).
+CREATE FUNCTION cluster_hnsw_check(index regclass)
+RETURNS TABLE (node text, shard text, partitions bigint, elements bigint, heap_rows bigint, unreachable bigint, problems text[])
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT p.node, p.shard, s.partitions, s.elements, s.heap_rows, s.unreachable, s.problems
+    FROM sutra._hnsw_placements(index, 'hnsw_check') p,
+         json_to_recordset(p.result) AS s(partitions bigint, elements bigint, heap_rows bigint, unreachable bigint, problems text[])
+    ORDER BY 2
+$$;
+REVOKE ALL ON FUNCTION cluster_hnsw_check(regclass) FROM PUBLIC;
