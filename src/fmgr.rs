@@ -79,6 +79,25 @@ pub mod standard {
             cursor_options: i32,
             bound_params: pg_sys::ParamListInfo,
         ) -> *mut pg_sys::PlannedStmt;
+        #[link_name = "pg_plan_query"]
+        pub fn pg_plan_query(
+            query: *mut pg_sys::Query,
+            query_string: *const c_char,
+            cursor_options: i32,
+            bound_params: pg_sys::ParamListInfo,
+        ) -> *mut pg_sys::PlannedStmt;
+        #[allow(clippy::too_many_arguments)]
+        #[link_name = "ExplainOnePlan"]
+        pub fn explain_one_plan(
+            plannedstmt: *mut pg_sys::PlannedStmt,
+            into: *mut pg_sys::IntoClause,
+            es: *mut pg_sys::ExplainState,
+            query_string: *const c_char,
+            params: pg_sys::ParamListInfo,
+            query_env: *mut pg_sys::QueryEnvironment,
+            planduration: *const pg_sys::instr_time,
+            bufusage: *const pg_sys::BufferUsage,
+        );
         #[link_name = "standard_ExecutorEnd"]
         pub fn executor_end(query_desc: *mut pg_sys::QueryDesc);
         #[link_name = "standard_ProcessUtility"]

@@ -78,6 +78,9 @@ pub unsafe extern "C-unwind" fn amcostestimate(
     // partitions take reading them whole.
     *startup = read * per_element + partitions * PER_PARTITION + read_pages * uncached * page_cost;
     *total = *startup + (partitions * partition - read).max(0.0) * per_element + costs.indexTotalCost * 0.01;
+    if keyless {
+        super::explain::note_keyless((*info).indexoid, partitions, *startup);
+    }
     *selectivity = costs.indexSelectivity;
     *correlation = 0.0;
     *pages = read_pages;

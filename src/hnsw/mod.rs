@@ -14,6 +14,7 @@
 pub mod build;
 pub mod check;
 pub mod cost;
+pub mod explain;
 pub mod graph;
 pub mod handler;
 pub mod insert;
@@ -36,6 +37,7 @@ pub const FLAT_LIMIT: usize = 1000;
 
 pub fn init() {
     options::init_reloptions();
+    explain::init();
 }
 
 /// What an index's definition says: its columns, metric and options.

@@ -39,7 +39,7 @@ FROM generate_series(1, 3000) i;
 CREATE INDEX hk_tenant_embedding ON hk USING sutra_hnsw (tenant, embedding vector_l2_ops);
 ANALYZE hk;
 SELECT partitions FROM hnsw_check('hk_tenant_embedding');
--- Without the key: every one of 1,500 partitions; the planner sorts instead.
+-- Without the key: every one of 1,500 partitions; the planner sorts instead, and EXPLAIN says why.
 EXPLAIN (COSTS OFF) SELECT id FROM hk ORDER BY embedding <-> (SELECT embedding FROM hk WHERE id = 3) LIMIT 10;
 -- With it: one partition.
 EXPLAIN (COSTS OFF) SELECT id FROM hk WHERE tenant = 3 ORDER BY embedding <-> (SELECT embedding FROM hk WHERE id = 3) LIMIT 10;
