@@ -11,8 +11,9 @@
 # transactions per second and mean latency of each, one client, and the ratios; also Citus's own
 # router query (the tenant in the WHERE clause, as the superuser, no context) for what Citus costs.
 # Needs Citus installed (docs/citus.md); without it, says so and exits 0.
-# Run: bench/citus.sh   (builds and installs the release build first; about 2 minutes)
-# SUTRA_BENCH_INSTALLED=1 uses the sutra already installed. BENCH_SECONDS (default 10) sets the
+# Three rounds of the four runs, interleaved; the median of each.
+# Run: bench/citus.sh   (builds and installs the release build first; about 3 minutes)
+# SUTRA_BENCH_INSTALLED=1 uses the sutra already installed. BENCH_SECONDS (default 5) sets the
 # length of each pgbench run.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
@@ -21,7 +22,7 @@ if ! citus_installed; then
     echo "bench/citus.sh: skipped: Citus is not installed (docs/citus.md says how to build it)"
     exit 0
 fi
-SECS=${BENCH_SECONDS:-10}
+SECS=${BENCH_SECONDS:-5}
 if [ -z "${SUTRA_BENCH_INSTALLED:-}" ]; then
     setup_toolchain
     install_extension --release >/dev/null 2>&1
@@ -87,15 +88,24 @@ as_pg "$PG_BIN/psql" -X -q -A -t -h "${CITUS_NODES[0]}" -p "${CITUS_PORTS[0]}" -
     -c "SELECT sutra.set_tenant('t1') IS NULL" -c "EXPLAIN SELECT body FROM notes WHERE id = 5" \
     -c "SET LOCAL sutra.tenant_pruning = off" -c "EXPLAIN SELECT body FROM notes WHERE id = 5" -c "COMMIT" |
     grep -E "Task Count" | sed 's/^/plan: /'
-read -r single_tps single_ms < <(run "$SINGLE" 54673 on)
-read -r router_tps router_ms < <(run "${CITUS_NODES[0]}" "${CITUS_PORTS[0]}" on)
-read -r fanout_tps fanout_ms < <(run "${CITUS_NODES[0]}" "${CITUS_PORTS[0]}" off)
-read -r plain_tps plain_ms < <(run "${CITUS_NODES[0]}" "${CITUS_PORTS[0]}" on plain postgres)
-printf '%-44s %10s %12s\n' "1,000 tenants, one client, ${SECS}s each" "tps" "latency ms"
-printf '%-44s %10s %12s\n' "one server (sutra, no Citus)" "$single_tps" "$single_ms"
-printf '%-44s %10s %12s\n' "Citus, sutra routes to the tenant's shard" "$router_tps" "$router_ms"
-printf '%-44s %10s %12s\n' "Citus, row level security alone (fan-out)" "$fanout_tps" "$fanout_ms"
-printf '%-44s %10s %12s\n' "Citus alone: tenant in WHERE, no sutra context" "$plain_tps" "$plain_ms"
+# Three rounds, the four runs interleaved in each; the median of each.
+for round in 1 2 3; do
+    run "$SINGLE" 54673 on >>"$WORK/single"
+    run "${CITUS_NODES[0]}" "${CITUS_PORTS[0]}" on >>"$WORK/router"
+    run "${CITUS_NODES[0]}" "${CITUS_PORTS[0]}" off >>"$WORK/fanout"
+    run "${CITUS_NODES[0]}" "${CITUS_PORTS[0]}" on plain postgres >>"$WORK/plain"
+done
+# med NAME: the median tps and latency of a run's rounds.
+med() { echo "$(cut -d' ' -f1 "$WORK/$1" | median) $(cut -d' ' -f2 "$WORK/$1" | median)"; }
+read -r single_tps single_ms < <(med single)
+read -r router_tps router_ms < <(med router)
+read -r fanout_tps fanout_ms < <(med fanout)
+read -r plain_tps plain_ms < <(med plain)
+printf '%-46s %10s %12s\n' "1,000 tenants, one client, median of 3 x ${SECS}s" "tps" "latency ms"
+printf '%-46s %10.0f %12.3f\n' "one server (sutra, no Citus)" "$single_tps" "$single_ms"
+printf '%-46s %10.0f %12.3f\n' "Citus, sutra routes to the tenant's shard" "$router_tps" "$router_ms"
+printf '%-46s %10.0f %12.3f\n' "Citus, row level security alone (fan-out)" "$fanout_tps" "$fanout_ms"
+printf '%-46s %10.0f %12.3f\n' "Citus alone: tenant in WHERE, no sutra context" "$plain_tps" "$plain_ms"
 awk -v s="$single_tps" -v r="$router_tps" -v f="$fanout_tps" -v p="$plain_tps" 'BEGIN {
     printf "router / one server: %.2fx tps; router / fan-out: %.2fx tps; router / Citus alone: %.2fx tps\n", r / s, r / f, r / p }'
 echo "reproduce: bench/citus.sh"

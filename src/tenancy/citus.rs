@@ -32,6 +32,8 @@ thread_local! {
     static READ_IN: Cell<u32> = const { Cell::new(0) };
     /// The name of this node's shard of `sutra.cluster_grants`, once looked up.
     static GRANTS_SHARD: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// The lookup in that shard, prepared.
+    static GRANT_LOOKUP: RefCell<Option<pgrx::spi::OwnedPreparedStatement>> = const { RefCell::new(None) };
 }
 
 /// Notes whether Citus is loaded. Called from `_PG_init`, after Citus's own.
@@ -128,14 +130,31 @@ pub fn grant(kind: &str, id: &str) -> Option<String> {
         GRANTS_SHARD.with(|s| *s.borrow_mut() = Some(name.clone()));
         name
     });
-    let query = format!("SELECT (SELECT value FROM {shard} WHERE kind = $1 AND id = $2)");
-    crate::backend::caller::as_superuser(|| Spi::get_one_with_args::<String>(&query, &[kind.into(), id.into()]))
-        .unwrap_or_else(|e| {
-            crate::error::raise(
-                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-                format!("could not read the cluster's tenant grants on this worker: {e}"),
-            )
+    // Prepared once per backend: the lookup runs on every transaction of a worker.
+    let query = format!("SELECT value FROM {shard} WHERE kind = $1 AND id = $2");
+    let read = || -> Result<Option<String>, pgrx::spi::Error> {
+        Spi::connect(|client| {
+            GRANT_LOOKUP.with(|cell| {
+                let mut cell = cell.borrow_mut();
+                if cell.is_none() {
+                    *cell =
+                        Some(client.prepare(query.as_str(), &[pg_sys::TEXTOID.into(), pg_sys::TEXTOID.into()])?.keep());
+                }
+                let stmt = cell.as_ref().expect("prepared above");
+                let table = client.select(stmt, Some(1), &[kind.into(), id.into()])?;
+                match table.into_iter().next() {
+                    Some(row) => row.get::<String>(1),
+                    None => Ok(None),
+                }
+            })
         })
+    };
+    crate::backend::caller::as_superuser(read).unwrap_or_else(|e| {
+        crate::error::raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("could not read the cluster's tenant grants on this worker: {e}"),
+        )
+    })
 }
 
 /// `ProcessUtility` handler: after `CREATE EXTENSION sutra` or `CREATE EXTENSION citus` (the
