@@ -374,3 +374,36 @@ def test_statements_are_charged_where_the_session_is(app, metered):
     assert coordinator[0] == 4 and coordinator[2] == 5, coordinator
     for i in (1, 2):
         assert after[i][:3] == before[i][:3], f"worker {i} charged the coordinator's statements"
+
+
+def test_partitioned_tenant_table(app):
+    """A tenant table partitioned by time, made a tenant table and then distributed: every
+    partition's shards carry the policies, a partition added later too, and a tenant's query
+    routes to one shard per partition it reads."""
+    with node(0) as c:
+        c.execute("CREATE TABLE events (tenant_id uuid NOT NULL, at date NOT NULL, what text,"
+                  " PRIMARY KEY (tenant_id, at)) PARTITION BY RANGE (at)")
+        c.execute("CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')")
+        c.execute("SELECT sutra.enable_tenancy('events')")
+        c.execute("SELECT create_distributed_table('events', 'tenant_id')")
+        c.execute("CREATE TABLE events_2027 PARTITION OF events FOR VALUES FROM ('2027-01-01') TO ('2028-01-01')")
+        c.execute("GRANT ALL ON events TO app")
+        c.execute("INSERT INTO events VALUES (%s, '2026-05-01', 'globex 2026'), (%s, '2027-05-01', 'globex 2027'),"
+                  " (%s, '2026-06-01', 'acme 2026'), (%s, '2027-06-01', 'acme 2027')",
+                  (app["globex"], app["globex"], app["acme"], app["acme"]))
+        assert [r for r in c.execute("SELECT * FROM sutra.check_tenancy('events') WHERE severity = 'error'")] == []
+    with node(0, "app", autocommit=False) as a:
+        in_context(a, app["keys"]["acme"])
+        assert sorted(r[0] for r in a.execute("SELECT what FROM events")) == ["acme 2026", "acme 2027"]
+        assert "Task Count: 1" in explain(a, "SELECT what FROM events WHERE at >= '2027-01-01'")
+        a.execute("INSERT INTO events (at, what) VALUES ('2027-07-01', 'acme later')")
+        with pytest.raises(psycopg.Error, match="row-level security"):
+            a.execute("INSERT INTO events VALUES (%s, '2027-08-01', 'planted')", (app["globex"],))
+        a.rollback()
+    for i in (1, 2):
+        with node(i) as w:
+            shards = w.execute(
+                "SELECT c.relname, c.relrowsecurity AND c.relforcerowsecurity,"
+                " (SELECT count(*) FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname LIKE 'sutra_tenant_%')"
+                " FROM pg_class c WHERE c.relname ~ '^events_(2026|2027)_[0-9]+$' AND c.relkind = 'r'").fetchall()
+            assert shards and all(forced and policies == 4 for _, forced, policies in shards), shards
