@@ -59,14 +59,7 @@ SQL
 setup "${CITUS_NODES[0]}" "${CITUS_PORTS[0]}" 1
 setup "$SINGLE" 54673 0
 
-cat >"$WORK/tx.sql" <<'SQL'
-\set n random(1, 1000)
-\set i random(1, 100)
-BEGIN;
-SELECT sutra.set_tenant(('00000000-0000-4000-8000-' || lpad(:n::text, 12, '0'))::uuid);
-SELECT body FROM notes WHERE id = (:n - 1) * 100 + :i;
-COMMIT;
-SQL
+tenant_tx_script "$WORK/tx.sql"
 # Citus's own router query, for what Citus itself costs: the tenant named in the WHERE clause, as
 # the superuser (no row level security, no context).
 cat >"$WORK/plain.sql" <<'SQL'
@@ -76,7 +69,7 @@ BEGIN;
 SELECT body FROM notes WHERE tenant_id = ('00000000-0000-4000-8000-' || lpad(:n::text, 12, '0'))::uuid AND id = (:n - 1) * 100 + :i;
 COMMIT;
 SQL
-chmod 644 "$WORK/tx.sql" "$WORK/plain.sql"
+chmod 644 "$WORK/plain.sql"
 # run HOST PORT PRUNING [SCRIPT USER]: "tps latency_ms" of one pgbench run.
 run() {
     as_pg env PGOPTIONS="-c sutra.tenant_pruning=$3" "$PG_BIN/pgbench" -n -c 1 -T "$SECS" -M simple \

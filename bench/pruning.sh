@@ -45,15 +45,7 @@ sql -c "SELECT sutra.enable_tenancy('notes')" >/dev/null
 sql -c "INSERT INTO notes SELECT (n - 1) * 100 + i, ('00000000-0000-4000-8000-' || lpad(n::text, 12, '0'))::uuid, 'note ' || i
         FROM generate_series(1, 1000) n, generate_series(1, 100) i" -c "VACUUM ANALYZE notes" -c "GRANT SELECT ON notes TO $APP"
 
-cat >"$WORK/tx.sql" <<'SQL'
-\set n random(1, 1000)
-\set i random(1, 100)
-BEGIN;
-SELECT sutra.set_tenant(('00000000-0000-4000-8000-' || lpad(:n::text, 12, '0'))::uuid);
-SELECT body FROM notes WHERE id = (:n - 1) * 100 + :i;
-COMMIT;
-SQL
-chmod 644 "$WORK/tx.sql"
+tenant_tx_script "$WORK/tx.sql"
 # tps MODE PRUNING: transactions per second of one pgbench run.
 tps() {
     client env PGOPTIONS="-c sutra.tenant_pruning=$2" "$PG_BIN/pgbench" -n -c 1 -T "$SECS" -M "$1" -f "$WORK/tx.sql" \

@@ -257,6 +257,21 @@ bench_cleanup() {
     rm -rf "$dir"
 }
 
+# tenant_tx_script FILE: the pgbench script of a pooled application's transaction over 1,000
+# tenants (uuid 00000000-0000-4000-8000-<n>) of 100 rows each in table notes (id (n - 1) * 100 + i):
+# a context for a random tenant, then one of its rows by id.
+tenant_tx_script() {
+    cat >"$1" <<'SQL'
+\set n random(1, 1000)
+\set i random(1, 100)
+BEGIN;
+SELECT sutra.set_tenant(('00000000-0000-4000-8000-' || lpad(:n::text, 12, '0'))::uuid);
+SELECT body FROM notes WHERE id = (:n - 1) * 100 + :i;
+COMMIT;
+SQL
+    chmod 644 "$1"
+}
+
 # stmt_ms OUTPUT MARKER: pgbench's (-r) mean latency in ms of the statement whose text has MARKER.
 stmt_ms() { awk -v m="$2" 'index($0, m) && $1 ~ /^[0-9.]+$/ {print $1; exit}' <<<"$1"; }
 

@@ -1182,7 +1182,7 @@ DECLARE
     indexed boolean;
     missing boolean;
     prior text;
-    citus boolean := EXISTS (SELECT 1 FROM pg_extension e WHERE e.extname = 'citus');
+    citus boolean := sutra._citus_installed();
     short_name text := (SELECT c.relname FROM pg_class c WHERE c.oid = tbl);
 BEGIN
     IF (SELECT c.relkind FROM pg_class c WHERE c.oid = tbl) NOT IN ('r', 'p') THEN
@@ -1855,7 +1855,7 @@ DECLARE
     -- in the policies of distributed tables: in a Citus database the policies call the function
     -- directly, and sutra's planner hook adds the tenant as a constant, which routes the query to
     -- the tenant's shard.
-    fmt text := CASE WHEN EXISTS (SELECT 1 FROM pg_extension e WHERE e.extname = 'citus')
+    fmt text := CASE WHEN sutra._citus_installed()
                      THEN 'sutra.current_tenant(%L)' ELSE '(SELECT sutra.current_tenant(%L))' END;
     rd text := format(fmt, 'read');
     wr text := format(fmt, 'write');
@@ -1878,7 +1878,7 @@ CREATE OR REPLACE FUNCTION sutra._citus_coordinator()
 AS $function$
 BEGIN
     -- citus_is_coordinator exists only where the citus extension does: looked up only then.
-    IF NOT EXISTS (SELECT 1 FROM pg_extension e WHERE e.extname = 'citus') THEN
+    IF NOT sutra._citus_installed() THEN
         RETURN false;
     END IF;
     RETURN citus_is_coordinator();
@@ -1891,7 +1891,7 @@ CREATE OR REPLACE FUNCTION sutra._cluster_grants_distributed()
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_extension e WHERE e.extname = 'citus') THEN
+    IF NOT sutra._citus_installed() THEN
         RETURN false;
     END IF;
     RETURN EXISTS (SELECT 1 FROM pg_dist_partition p WHERE p.logicalrelid = 'sutra.cluster_grants'::regclass);
@@ -1974,7 +1974,7 @@ CREATE OR REPLACE FUNCTION sutra._citus_distribution_column(tbl regclass)
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_extension e WHERE e.extname = 'citus') THEN
+    IF NOT sutra._citus_installed() THEN
         RETURN NULL;
     END IF;
     RETURN (SELECT column_to_column_name(p.logicalrelid, p.partkey) FROM pg_dist_partition p
@@ -2048,6 +2048,14 @@ AS $function$
     FROM sutra._hnsw_placements(index, 'hnsw_check') p,
          json_to_recordset(p.result) AS s(partitions bigint, elements bigint, heap_rows bigint, unreachable bigint, problems text[])
     ORDER BY 2
+$function$;
+CREATE OR REPLACE FUNCTION sutra._citus_installed()
+ RETURNS boolean
+ LANGUAGE sql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    SELECT EXISTS (SELECT 1 FROM pg_extension e WHERE e.extname = 'citus')
 $function$;
 -- Usage events: quantities and idempotency keys within range (record_usage refused others since
 -- 0.2.0), and no default partition: its events move to their month's partition.

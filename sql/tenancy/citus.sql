@@ -13,12 +13,18 @@ CREATE TABLE cluster_grants (
 COMMENT ON TABLE cluster_grants IS 'tenant status, key validity and member scopes every node of a Citus cluster checks contexts against';
 REVOKE ALL ON cluster_grants FROM PUBLIC;
 
+-- Whether Citus is installed in this database.
+CREATE FUNCTION _citus_installed() RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_extension e WHERE e.extname = 'citus')
+$$;
+
 -- Whether this database is the coordinator of a Citus cluster.
 CREATE FUNCTION _citus_coordinator() RETURNS boolean
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     -- citus_is_coordinator exists only where the citus extension does: looked up only then.
-    IF NOT EXISTS (SELECT 1 FROM pg_extension e WHERE e.extname = 'citus') THEN
+    IF NOT sutra._citus_installed() THEN
         RETURN false;
     END IF;
     RETURN citus_is_coordinator();
@@ -28,7 +34,7 @@ END $$;
 CREATE FUNCTION _cluster_grants_distributed() RETURNS boolean
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_extension e WHERE e.extname = 'citus') THEN
+    IF NOT sutra._citus_installed() THEN
         RETURN false;
     END IF;
     RETURN EXISTS (SELECT 1 FROM pg_dist_partition p WHERE p.logicalrelid = 'sutra.cluster_grants'::regclass);
@@ -38,7 +44,7 @@ END $$;
 CREATE FUNCTION _citus_distribution_column(tbl regclass) RETURNS name
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_extension e WHERE e.extname = 'citus') THEN
+    IF NOT sutra._citus_installed() THEN
         RETURN NULL;
     END IF;
     RETURN (SELECT column_to_column_name(p.logicalrelid, p.partkey) FROM pg_dist_partition p

@@ -132,7 +132,7 @@ DECLARE
     -- in the policies of distributed tables: in a Citus database the policies call the function
     -- directly, and sutra's planner hook adds the tenant as a constant, which routes the query to
     -- the tenant's shard.
-    fmt text := CASE WHEN EXISTS (SELECT 1 FROM pg_extension e WHERE e.extname = 'citus')
+    fmt text := CASE WHEN sutra._citus_installed()
                      THEN 'sutra.current_tenant(%L)' ELSE '(SELECT sutra.current_tenant(%L))' END;
     rd text := format(fmt, 'read');
     wr text := format(fmt, 'write');
@@ -164,7 +164,7 @@ DECLARE
     indexed boolean;
     missing boolean;
     prior text;
-    citus boolean := EXISTS (SELECT 1 FROM pg_extension e WHERE e.extname = 'citus');
+    citus boolean := sutra._citus_installed();
     short_name text := (SELECT c.relname FROM pg_class c WHERE c.oid = tbl);
 BEGIN
     IF (SELECT c.relkind FROM pg_class c WHERE c.oid = tbl) NOT IN ('r', 'p') THEN
