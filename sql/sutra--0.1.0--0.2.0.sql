@@ -1215,6 +1215,11 @@ BEGIN
         END IF;
         EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', tbl, tenant_column);
     END IF;
+    IF citus AND sutra._citus_distribution_column(tbl) <> tenant_column THEN
+        RAISE EXCEPTION 'table % is distributed by column %, not by its tenant column %', tbl,
+            sutra._citus_distribution_column(tbl), tenant_column USING ERRCODE = '0A000',
+            HINT = 'A tenant table of a Citus cluster is distributed by its tenant column: create_distributed_table(table, tenant column).';
+    END IF;
     IF citus AND sutra._citus_distribution_column(tbl) = tenant_column THEN
         -- Citus refuses to change the distribution column of a distributed table. The default
         -- matters where inserts are planned: here, on the coordinator (inserts planned on a
@@ -1852,11 +1857,12 @@ CREATE OR REPLACE FUNCTION sutra._apply_tenant_policies(tbl regclass, tenant_col
 AS $function$
 DECLARE
     -- The tenant of the context, looked up once per query (an InitPlan). Citus refuses subqueries
-    -- in the policies of distributed tables: in a Citus database the policies call the function
-    -- directly, and sutra's planner hook adds the tenant as a constant, which routes the query to
-    -- the tenant's shard.
+    -- in the policies of distributed tables: in a Citus database the policies call
+    -- current_tenant_checked directly (parallel restricted: the process that runs the query checks
+    -- the context in full), and sutra's planner hook adds the tenant as a constant, which routes
+    -- the query to the tenant's shard.
     fmt text := CASE WHEN sutra._citus_installed()
-                     THEN 'sutra.current_tenant(%L)' ELSE '(SELECT sutra.current_tenant(%L))' END;
+                     THEN 'sutra.current_tenant_checked(%L)' ELSE '(SELECT sutra.current_tenant(%L))' END;
     rd text := format(fmt, 'read');
     wr text := format(fmt, 'write');
 BEGIN
@@ -2006,7 +2012,11 @@ DECLARE
     schema_name text := (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = index);
     index_name text := (SELECT c.relname FROM pg_class c WHERE c.oid = index);
     r record;
+    ran record;
 BEGIN
+    IF fn NOT IN ('hnsw_stats', 'hnsw_check') THEN
+        RAISE EXCEPTION 'unknown function "%"', fn USING ERRCODE = '22023';
+    END IF;
     IF tbl IS NULL OR (SELECT a.amname FROM pg_class c JOIN pg_am a ON a.oid = c.relam WHERE c.oid = index) <> 'sutra_hnsw' THEN
         RAISE EXCEPTION '"%" is not a sutra_hnsw index', index USING ERRCODE = '42809';
     END IF;
@@ -2014,18 +2024,19 @@ BEGIN
         RAISE EXCEPTION 'index % is not on a table distributed by Citus', index USING ERRCODE = '42809',
             HINT = format('sutra.%s reports an index of this server.', fn);
     END IF;
-    -- Citus names a shard's index <index>_<shard id>, in the schema of the index. The command is
-    -- formatted twice before it runs (here, then by Citus with the shard's name for %s), and runs
-    -- format() itself: hence %%%%I.
-    FOR r IN SELECT * FROM run_command_on_placements(tbl, format(
-            'SELECT coalesce(json_agg(s), ''[]'') FROM sutra.%s(format(''%%%%I.%%%%I'', %L, %L || ''_'' || substring(%L from ''_([0-9]+)"?$''))::regclass) s',
-            fn, schema_name, index_name, '%s')) LOOP
-        IF NOT r.success THEN
-            RAISE EXCEPTION 'sutra.% failed on %:%: %', fn, r.nodename, r.nodeport, r.result;
+    FOR r IN SELECT s.shardid, p.nodename, p.nodeport
+             FROM pg_dist_shard s JOIN pg_dist_shard_placement p USING (shardid)
+             WHERE s.logicalrelid = tbl ORDER BY s.shardid, p.nodename, p.nodeport LOOP
+        -- Citus names a shard's index <index>_<shard id>, in the schema of the index.
+        SELECT * INTO ran FROM master_run_on_worker(ARRAY[r.nodename], ARRAY[r.nodeport],
+            ARRAY[format('SELECT coalesce(json_agg(s), %L) FROM sutra.%I(%L::regclass) s', '[]', fn,
+                         format('%I.%I', schema_name, index_name || '_' || r.shardid))], false);
+        IF NOT ran.success THEN
+            RAISE EXCEPTION 'sutra.% failed on %:%: %', fn, r.nodename, r.nodeport, ran.result;
         END IF;
         node := r.nodename || ':' || r.nodeport;
-        shard := pg_catalog.shard_name(tbl, r.shardid);
-        result := r.result::json;
+        shard := shard_name(tbl, r.shardid);
+        result := ran.result::json;
         RETURN NEXT;
     END LOOP;
 END $function$;
@@ -2057,6 +2068,11 @@ CREATE OR REPLACE FUNCTION sutra._citus_installed()
 AS $function$
     SELECT EXISTS (SELECT 1 FROM pg_extension e WHERE e.extname = 'citus')
 $function$;
+CREATE OR REPLACE FUNCTION sutra.current_tenant_checked(scope text)
+ RETURNS uuid
+ LANGUAGE c
+ STABLE PARALLEL RESTRICTED STRICT
+AS 'MODULE_PATHNAME', $function$current_tenant_checked_wrapper$function$;
 -- Usage events: quantities and idempotency keys within range (record_usage refused others since
 -- 0.2.0), and no default partition: its events move to their month's partition.
 DO $$

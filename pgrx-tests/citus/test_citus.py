@@ -182,10 +182,19 @@ def test_context_from_a_node_with_another_secret(app):
         assert a.execute("SELECT count(*) FROM notes").fetchone()[0] == len(ACME_ROWS)
 
 
-def direct_count(worker, context):
-    """Counts notes on a worker's own shards (the names Citus gives them), in `context`."""
+PARALLEL = ["SET LOCAL parallel_setup_cost = 0", "SET LOCAL parallel_tuple_cost = 0",
+            "SET LOCAL min_parallel_table_scan_size = 0", "SET LOCAL max_parallel_workers_per_gather = 2",
+            "SET LOCAL parallel_leader_participation = off", "SET LOCAL enable_indexscan = off",
+            "SET LOCAL enable_bitmapscan = off"]
+
+
+def direct_count(worker, context, parallel=False):
+    """Counts notes on a worker's own shards (the names Citus gives them), in `context`; with
+    `parallel`, in parallel workers only (the leader takes no part)."""
     with node(worker, "app", autocommit=False) as w:
         set_context(w, context)
+        for setting in PARALLEL if parallel else []:
+            w.execute(setting)
         shards = [r[0] for r in w.execute(
             "SELECT c.relname FROM pg_class c WHERE c.relname ~ '^notes_[0-9]+$' AND c.relkind = 'r'")]
         return sum(w.execute(f"SELECT count(*) FROM {s}").fetchone()[0] for s in shards)
@@ -200,9 +209,20 @@ def test_suspended_tenant_is_refused_by_every_node(app):
     with node(0) as c:
         c.execute("SELECT sutra.suspend_tenant('acme')")
     try:
-        # Directly on the worker, with the context issued before the suspension.
+        # Directly on the worker, with the context issued before the suspension, also when the
+        # rows are read by parallel workers alone (they do not look tenant status up).
         with pytest.raises(psycopg.Error, match="is suspended"):
             direct_count(worker, context)
+        with pytest.raises(psycopg.Error, match="is suspended"):
+            direct_count(worker, context, parallel=True)
+        with node(worker, "app", autocommit=False) as w:
+            set_context(w, context)
+            for setting in PARALLEL:
+                w.execute(setting)
+            shard = w.execute("SELECT c.relname FROM pg_class c WHERE c.relname ~ '^notes_[0-9]+$'"
+                              " AND c.relkind = 'r' LIMIT 1").fetchone()[0]
+            # sutra's policy keeps the scan in the process that checks the context.
+            assert "Parallel" not in explain(w, f"SELECT count(*) FROM {shard}")
         # Through the coordinator: no new context, and the old one is refused too.
         with node(0, "app", autocommit=False) as a:
             with pytest.raises(psycopg.Error, match="is suspended"):
@@ -407,3 +427,70 @@ def test_partitioned_tenant_table(app):
                 " (SELECT count(*) FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname LIKE 'sutra_tenant_%')"
                 " FROM pg_class c WHERE c.relname ~ '^events_(2026|2027)_[0-9]+$' AND c.relkind = 'r'").fetchall()
             assert shards and all(forced and policies == 4 for _, forced, policies in shards), shards
+
+
+def test_copy_through_the_coordinator(app):
+    """COPY into a distributed tenant table through the coordinator reaches the tenant's shard
+    (Citus copies into the shards, where the policies apply), and refuses another tenant's rows."""
+    with node(0, "app", autocommit=False) as a:
+        in_context(a, app["keys"]["acme"])
+        with a.cursor().copy("COPY notes (body) FROM STDIN") as copy:
+            copy.write_row(["acme copied"])
+        assert [r[0] for r in a.execute("SELECT body FROM notes WHERE body = 'acme copied'")] == ["acme copied"]
+        a.rollback()
+    with node(0, "app", autocommit=False) as a:
+        in_context(a, app["keys"]["acme"])
+        with pytest.raises(psycopg.Error):
+            with a.cursor().copy("COPY notes (tenant_id, body) FROM STDIN") as copy:
+                copy.write_row([str(app["globex"]), "planted"])
+        a.rollback()
+    with node(0) as c:
+        assert c.execute("SELECT count(*) FROM notes WHERE body IN ('acme copied', 'planted')").fetchone()[0] == 0
+
+
+def test_tenant_table_distributed_by_another_column(app):
+    """A tenant table distributed by a column other than its tenant column: enable_tenancy refuses
+    it, and made a tenant table first, its shards' COPY path does not take the distribution column
+    for the tenant column (a row naming another tenant is refused)."""
+    with node(0) as c:
+        c.execute("CREATE TABLE keyed (id uuid NOT NULL, tenant_id uuid NOT NULL, body text)")
+        c.execute("SELECT create_distributed_table('keyed', 'id')")
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="not by its tenant column"):
+            c.execute("SELECT sutra.enable_tenancy('keyed')")
+        c.execute("CREATE TABLE keyed2 (id uuid NOT NULL, tenant_id uuid NOT NULL, body text)")
+        c.execute("SELECT sutra.enable_tenancy('keyed2')")
+        c.execute("SELECT create_distributed_table('keyed2', 'id')")
+        c.execute("GRANT ALL ON keyed2 TO app")
+    with node(0, "app", autocommit=False) as a:
+        in_context(a, app["keys"]["acme"])
+        # id is acme's uuid, tenant_id the victim's: through Citus's COPY into the shards.
+        with pytest.raises(psycopg.Error):
+            a.execute("INSERT INTO keyed2 SELECT %s, %s, 'planted' FROM generate_series(1, 2)", (app["acme"], app["globex"]))
+        a.rollback()
+    with node(0) as c:
+        assert c.execute("SELECT count(*) FROM keyed2").fetchone()[0] == 0
+
+
+def test_cluster_hnsw_stats_of_an_awkward_name(app):
+    """Shard and index names with quotes are names, never SQL."""
+    with node(0) as c:
+        c.execute("""CREATE TABLE "it's" (id bigserial, tenant_id uuid NOT NULL, embedding sutra.vector(2), PRIMARY KEY (tenant_id, id))""")
+        c.execute("""SELECT create_distributed_table('"it''s"', 'tenant_id')""")
+        c.execute("""INSERT INTO "it's" (tenant_id, embedding) VALUES (%s, '[1,2]')""", (app["acme"],))
+        c.execute("""CREATE INDEX "q'idx" ON "it's" USING sutra_hnsw (tenant_id, embedding sutra.vector_l2_ops)""")
+        stats = c.execute("""SELECT sum(elements) FROM sutra.cluster_hnsw_stats('"q''idx"')""").fetchone()[0]
+        assert stats == 1
+
+
+def test_a_client_named_like_citus_is_charged_on_the_coordinator(app, metered):
+    tenant, key = metered
+    before = counters(0, tenant)
+    host, port = nodes()[0]
+    # Citus itself refuses distributed queries from a connection so named; its other statements
+    # are the tenant's, charged on the coordinator as any other.
+    with psycopg.connect(host=host, port=port, user="app", dbname="app", application_name="citus_internal gpid=1") as a:
+        a.execute("SELECT sutra.authenticate(%s)", (key,))
+        a.execute("SELECT 1")
+        a.execute("SELECT 2")
+        a.rollback()
+    assert counters(0, tenant)[0] == before[0] + 2

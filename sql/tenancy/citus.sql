@@ -143,8 +143,9 @@ CREATE TRIGGER cluster_grants AFTER INSERT OR DELETE OR UPDATE ON tenant_members
     FOR EACH ROW EXECUTE FUNCTION _cluster_grants_sync();
 
 -- The shards of a sutra_hnsw index of a distributed table, each with its node: the placement,
--- the shard's table, and what each placement's own function returns. Runs as the caller on every
--- placement (Citus's run_command_on_placements).
+-- the shard's table, and what `fn` (hnsw_stats or hnsw_check) returns there, as json. Runs as the
+-- caller on every placement, one command per shard built here from the catalog (Citus's
+-- master_run_on_worker sends it as it is).
 CREATE FUNCTION _hnsw_placements(index regclass, fn text)
 RETURNS TABLE (node text, shard text, result json)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -153,7 +154,11 @@ DECLARE
     schema_name text := (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = index);
     index_name text := (SELECT c.relname FROM pg_class c WHERE c.oid = index);
     r record;
+    ran record;
 BEGIN
+    IF fn NOT IN ('hnsw_stats', 'hnsw_check') THEN
+        RAISE EXCEPTION 'unknown function "%"', fn USING ERRCODE = '22023';
+    END IF;
     IF tbl IS NULL OR (SELECT a.amname FROM pg_class c JOIN pg_am a ON a.oid = c.relam WHERE c.oid = index) <> 'sutra_hnsw' THEN
         RAISE EXCEPTION '"%" is not a sutra_hnsw index', index USING ERRCODE = '42809';
     END IF;
@@ -161,18 +166,19 @@ BEGIN
         RAISE EXCEPTION 'index % is not on a table distributed by Citus', index USING ERRCODE = '42809',
             HINT = format('sutra.%s reports an index of this server.', fn);
     END IF;
-    -- Citus names a shard's index <index>_<shard id>, in the schema of the index. The command is
-    -- formatted twice before it runs (here, then by Citus with the shard's name for %s), and runs
-    -- format() itself: hence %%%%I.
-    FOR r IN SELECT * FROM run_command_on_placements(tbl, format(
-            'SELECT coalesce(json_agg(s), ''[]'') FROM sutra.%s(format(''%%%%I.%%%%I'', %L, %L || ''_'' || substring(%L from ''_([0-9]+)"?$''))::regclass) s',
-            fn, schema_name, index_name, '%s')) LOOP
-        IF NOT r.success THEN
-            RAISE EXCEPTION 'sutra.% failed on %:%: %', fn, r.nodename, r.nodeport, r.result;
+    FOR r IN SELECT s.shardid, p.nodename, p.nodeport
+             FROM pg_dist_shard s JOIN pg_dist_shard_placement p USING (shardid)
+             WHERE s.logicalrelid = tbl ORDER BY s.shardid, p.nodename, p.nodeport LOOP
+        -- Citus names a shard's index <index>_<shard id>, in the schema of the index.
+        SELECT * INTO ran FROM master_run_on_worker(ARRAY[r.nodename], ARRAY[r.nodeport],
+            ARRAY[format('SELECT coalesce(json_agg(s), %L) FROM sutra.%I(%L::regclass) s', '[]', fn,
+                         format('%I.%I', schema_name, index_name || '_' || r.shardid))], false);
+        IF NOT ran.success THEN
+            RAISE EXCEPTION 'sutra.% failed on %:%: %', fn, r.nodename, r.nodeport, ran.result;
         END IF;
         node := r.nodename || ':' || r.nodeport;
-        shard := pg_catalog.shard_name(tbl, r.shardid);
-        result := r.result::json;
+        shard := shard_name(tbl, r.shardid);
+        result := ran.result::json;
         RETURN NEXT;
     END LOOP;
 END $$;

@@ -129,11 +129,12 @@ CREATE FUNCTION _apply_tenant_policies(tbl regclass, tenant_column name) RETURNS
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     -- The tenant of the context, looked up once per query (an InitPlan). Citus refuses subqueries
-    -- in the policies of distributed tables: in a Citus database the policies call the function
-    -- directly, and sutra's planner hook adds the tenant as a constant, which routes the query to
-    -- the tenant's shard.
+    -- in the policies of distributed tables: in a Citus database the policies call
+    -- current_tenant_checked directly (parallel restricted: the process that runs the query checks
+    -- the context in full), and sutra's planner hook adds the tenant as a constant, which routes
+    -- the query to the tenant's shard.
     fmt text := CASE WHEN sutra._citus_installed()
-                     THEN 'sutra.current_tenant(%L)' ELSE '(SELECT sutra.current_tenant(%L))' END;
+                     THEN 'sutra.current_tenant_checked(%L)' ELSE '(SELECT sutra.current_tenant(%L))' END;
     rd text := format(fmt, 'read');
     wr text := format(fmt, 'write');
 BEGIN
@@ -196,6 +197,11 @@ BEGIN
                            '00000000-0000-0000-0000-000000000000', tenant_column);
         END IF;
         EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', tbl, tenant_column);
+    END IF;
+    IF citus AND sutra._citus_distribution_column(tbl) <> tenant_column THEN
+        RAISE EXCEPTION 'table % is distributed by column %, not by its tenant column %', tbl,
+            sutra._citus_distribution_column(tbl), tenant_column USING ERRCODE = '0A000',
+            HINT = 'A tenant table of a Citus cluster is distributed by its tenant column: create_distributed_table(table, tenant column).';
     END IF;
     IF citus AND sutra._citus_distribution_column(tbl) = tenant_column THEN
         -- Citus refuses to change the distribution column of a distributed table. The default

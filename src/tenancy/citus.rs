@@ -32,6 +32,8 @@ thread_local! {
     static READ_IN: Cell<u32> = const { Cell::new(0) };
     /// The name of this node's shard of `sutra.cluster_grants`, once looked up.
     static GRANTS_SHARD: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// Whether this backend serves a connection Citus opened from another node (decided once).
+    static INTERNAL: Cell<Option<bool>> = const { Cell::new(None) };
     /// The lookup in that shard, prepared.
     static GRANT_LOOKUP: RefCell<Option<pgrx::spi::OwnedPreparedStatement>> = const { RefCell::new(None) };
 }
@@ -85,14 +87,21 @@ pub fn is_worker() -> bool {
     if let Some(w) = WORKER.with(|w| w.get()) {
         return w;
     }
-    let worker = crate::backend::caller::as_superuser(|| {
-        Spi::get_one::<bool>(
-            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')
-                    AND NOT pg_catalog.citus_is_coordinator()",
+    // citus_is_coordinator exists only where the citus extension does: asked only then.
+    let worker = crate::backend::caller::as_superuser(|| -> Result<Option<bool>, pgrx::spi::Error> {
+        if Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus')")?
+            != Some(true)
+        {
+            return Ok(Some(false));
+        }
+        Spi::get_one::<bool>("SELECT NOT pg_catalog.citus_is_coordinator()")
+    })
+    .unwrap_or_else(|e| {
+        crate::error::raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("could not tell whether this node is a Citus worker: {e}"),
         )
     })
-    .ok()
-    .flatten()
     .unwrap_or(false);
     WORKER.with(|w| w.set(Some(worker)));
     worker
@@ -181,21 +190,33 @@ unsafe fn after_create_extension(call: &crate::backend::utility::Utility, next: 
     }
 }
 
-/// Whether this session is one Citus opened from another node (or this one) to run part of a
-/// statement of a session there: Citus names those connections `citus_internal gpid=<n>`. Their
-/// statements are charged (limits, metering) where that session runs, not again here.
+/// Whether this session is one Citus opened to this worker to run part of a statement of a
+/// session on another node: Citus names those connections `citus_internal gpid=<n>`. Their
+/// statements are charged (limits, metering) where that session runs, not again here. Decided
+/// once per backend, at its first statement (`note_connection`), from the name the connection
+/// had then, and only on a worker: on a coordinator no connection is exempt, whatever its name.
 pub fn internal_connection() -> bool {
-    if !loaded() {
-        return false;
+    INTERNAL.with(|i| i.get()).unwrap_or(false)
+}
+
+/// Decides `internal_connection` for this backend, if not done yet. Called where a query may run
+/// (at the start of a statement), never from a parameter's hook.
+pub fn note_connection() {
+    if !loaded() || INTERNAL.with(|i| i.get()).is_some() {
+        return;
     }
     // SAFETY: application_name is a GUC string PostgreSQL keeps valid (or null) between statements.
     let name = unsafe { pg_sys::application_name.as_ref().map(|p| std::ffi::CStr::from_ptr(p).to_bytes()) };
-    name.is_some_and(|n| n.starts_with(b"citus_internal gpid="))
+    let named = name.is_some_and(|n| n.starts_with(b"citus_internal gpid="));
+    // Decided (not internal) before the lookup: its own statements pass the executor hook too.
+    INTERNAL.with(|i| i.set(Some(false)));
+    let internal = named && is_worker();
+    INTERNAL.with(|i| i.set(Some(internal)));
 }
 
 /// The tenant column of relation `relid` when it is a shard of a distributed tenant table: a
-/// shard Citus's catalog knows, carrying sutra's tenant policies, of a table distributed by that
-/// column. Citus writes rows into shards with COPY, which sutra then runs under the policies as it
+/// shard Citus's catalog knows, carrying sutra's tenant policies on the column the table is
+/// distributed by. Citus writes rows into shards with COPY, which sutra then runs under the policies as it
 /// does for tenant tables (the registration of the table is the coordinator's).
 pub fn shard_tenant_column(relid: pg_sys::Oid) -> Option<String> {
     if !loaded() {
@@ -209,7 +230,12 @@ pub fn shard_tenant_column(relid: pg_sys::Oid) -> Option<String> {
                        AND pg_catalog.shard_name(s.logicalrelid, s.shardid, false)::regclass = c.oid
                        AND p.partkey IS NOT NULL
                        AND (SELECT count(*) FROM pg_catalog.pg_policy y WHERE y.polrelid = c.oid
-                            AND y.polname ~ '^sutra_tenant_(select|insert|update|delete)$') = 4)
+                            AND y.polname ~ '^sutra_tenant_(select|insert|update|delete)$') = 4
+                       -- sutra's insert policy checks the column the table is distributed by.
+                       AND (SELECT pg_catalog.pg_get_expr(y.polwithcheck, y.polrelid) FROM pg_catalog.pg_policy y
+                            WHERE y.polrelid = c.oid AND y.polname = 'sutra_tenant_insert')
+                           = pg_catalog.format('(%s = sutra.current_tenant_checked(''write''::text))',
+                                              pg_catalog.quote_ident(pg_catalog.column_to_column_name(p.logicalrelid, p.partkey))))
              FROM pg_catalog.pg_class c
              WHERE c.oid = $1 AND c.relname ~ '_[0-9]+$'
                AND pg_catalog.to_regclass('pg_catalog.pg_dist_shard') IS NOT NULL",
@@ -218,4 +244,22 @@ pub fn shard_tenant_column(relid: pg_sys::Oid) -> Option<String> {
     })
     .ok()
     .flatten()
+}
+
+/// Whether relation `relid` is a table Citus distributes (its rows live in shards): Citus runs a
+/// COPY into it, and sutra's COPY path applies on the shards.
+pub fn distributed(relid: pg_sys::Oid) -> bool {
+    if !loaded() {
+        return false;
+    }
+    crate::backend::caller::as_superuser(|| {
+        Spi::get_one_with_args::<bool>(
+            "SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL
+                    AND EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1::regclass)",
+            &[relid.into()],
+        )
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(false)
 }

@@ -576,6 +576,12 @@ pub fn put(
         citus::set_local("sutra.tenant_id", &signed);
     } else {
         set_tenant_id(&value, action);
+        // SAFETY: reads a flag of this backend's transaction state.
+        if action == pg_sys::GucAction::GUC_ACTION_SET && citus::loaded() && unsafe { pg_sys::IsTransactionBlock() } {
+            // The workers of this transaction move to the new context too (a session context
+            // itself never reaches them: Citus forwards SET LOCAL only).
+            citus::set_local("sutra.tenant_id", &signed);
+        }
     }
 }
 
@@ -615,6 +621,16 @@ fn current_tenant_with_scope(scope: &str) -> pgrx::Uuid {
         )
     });
     require_scope(wanted, scope)
+}
+
+/// `sutra.current_tenant_checked(scope)`: `current_tenant(scope)`, never run in a parallel worker
+/// (PARALLEL RESTRICTED), so that the process running the query checks the context in full: the
+/// tenant's status, the key, the member. The policies of a Citus database call it directly, once
+/// per row, where Citus refuses the `(SELECT sutra.current_tenant(scope))` the leader evaluates
+/// elsewhere; a parallel worker checks only the signature and expiry.
+#[pg_extern(stable, parallel_restricted)]
+fn current_tenant_checked(scope: &str) -> pgrx::Uuid {
+    current_tenant_with_scope(scope)
 }
 
 /// The current tenant, if the context holds `wanted` (called `name`); an error otherwise.

@@ -42,7 +42,7 @@ unsafe fn copy_from(call: &Utility, next: &dyn Fn()) {
     TARGET.with(|t| *t.borrow_mut() = None);
     if let Some(copy) = call.statement::<pg_sys::CopyStmt>(pg_sys::NodeTag::T_CopyStmt) {
         if (*copy).is_from && !(*copy).relation.is_null() {
-            if let Some(column) = tenant_column_under_rls((*copy).relation) {
+            if let Some(column) = tenant_column_under_rls((*copy).relation).filter(|_| !citus_table((*copy).relation)) {
                 let processed = if has_before_insert_row_triggers((*copy).relation) {
                     copy_through_insert(call, copy)
                 } else {
@@ -88,6 +88,13 @@ unsafe fn tenant_column_under_rls(relation: *mut pg_sys::RangeVar) -> Option<Str
     })
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not read tenant tables: {e}")))
     .or_else(|| super::citus::shard_tenant_column(relid))
+}
+
+/// Whether the COPY's table is distributed by Citus: Citus then sends the rows to the shards,
+/// where this path applies to each shard's COPY.
+unsafe fn citus_table(relation: *mut pg_sys::RangeVar) -> bool {
+    let relid = pg_sys::RangeVarGetRelidExtended(relation, pg_sys::NoLock as _, 0, None, std::ptr::null_mut());
+    super::citus::distributed(relid)
 }
 
 /// Whether a COPY into the table must go through INSERT: when the table or any of its partitions

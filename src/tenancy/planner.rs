@@ -7,7 +7,7 @@
 //! number of partitions. When the session has a verified context, this hook adds
 //! `tenant_id = '<that tenant>'` next to sutra's own policy qual on each scanned partitioned
 //! tenant table, and the planner prunes the other partitions. In a Citus database the policies
-//! call `sutra.current_tenant(scope)` directly (Citus refuses subqueries in policies) and the
+//! call `sutra.current_tenant_checked(scope)` directly (Citus refuses subqueries in policies) and the
 //! constant goes next to them on every tenant table: Citus then routes the query to one shard.
 //!
 //! The added qual only ever narrows: it goes where sutra's policy already restricts the scan to
@@ -153,7 +153,7 @@ unsafe fn add_constant(rte: *mut pg_sys::RangeTblEntry, rti: pg_sys::Index, walk
 
 /// The operator and the tenant column of `qual` when it is sutra's policy qual on entry `rti`:
 /// `<uuid column of rti> = (SELECT sutra.current_tenant(...))`, or, directly,
-/// `<uuid column of rti> = sutra.current_tenant(...)` (then the third value is true).
+/// `<uuid column of rti> = sutra.current_tenant_checked(...)` (then the third value is true).
 unsafe fn tenant_policy(
     qual: *mut pg_sys::Node,
     rti: pg_sys::Index,
@@ -196,7 +196,7 @@ unsafe fn tenant_policy(
     is_current_tenant(expr, namespace).then_some(((*op).opno, var, false))
 }
 
-/// Whether `expr` is a call of `sutra.current_tenant`.
+/// Whether `expr` is a call of `sutra.current_tenant` or `sutra.current_tenant_checked`.
 unsafe fn is_current_tenant(expr: *mut pg_sys::Node, namespace: pg_sys::Oid) -> bool {
     if expr.is_null() || (*expr).type_ != pg_sys::NodeTag::T_FuncExpr {
         return false;
@@ -204,6 +204,6 @@ unsafe fn is_current_tenant(expr: *mut pg_sys::Node, namespace: pg_sys::Oid) -> 
     let func = (*(expr as *mut pg_sys::FuncExpr)).funcid;
     let name = pg_sys::get_func_name(func);
     !name.is_null()
-        && std::ffi::CStr::from_ptr(name).to_bytes() == b"current_tenant"
+        && matches!(std::ffi::CStr::from_ptr(name).to_bytes(), b"current_tenant" | b"current_tenant_checked")
         && pg_sys::get_func_namespace(func) == namespace
 }

@@ -147,7 +147,11 @@ fn settle(rows: Option<(Metric, u64)>) {
 unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: i32) {
     let depth = DEPTH.with(|d| d.get());
     if depth == 0 && !in_parallel_worker() && eflags & pg_sys::EXEC_FLAG_EXPLAIN_ONLY as i32 == 0 {
-        // A statement Citus runs here for a session on another node was charged there.
+        // A statement Citus runs here for a session on another node was charged there. Telling
+        // may run a query: that nested statement must not be charged.
+        DEPTH.with(|d| d.set(depth + 1));
+        citus::note_connection();
+        DEPTH.with(|d| d.set(depth));
         if let Some(tenant) = context::peek_tenant().filter(|_| !citus::internal_connection()) {
             admit(tenant);
         }
