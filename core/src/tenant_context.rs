@@ -192,6 +192,12 @@ fn mac(secret: &[u8], payload: &str) -> HmacSha256 {
     m
 }
 
+/// A secret of its own for `purpose`, derived from `secret` (HMAC-SHA256 of the purpose): a value
+/// signed with it does not verify with `secret`, nor the other way round.
+pub fn derive_secret(secret: &[u8], purpose: &str) -> Vec<u8> {
+    mac(secret, purpose).finalize().into_bytes().to_vec()
+}
+
 /// Signs a context. `ctx.tenant` must be a canonical uuid.
 pub fn sign(ctx: &Context, secret: &[u8]) -> String {
     debug_assert!(is_canonical_uuid(&ctx.tenant));
@@ -388,5 +394,29 @@ mod tests {
         assert!(!is_canonical_uuid(&TENANT.to_uppercase()));
         assert!(!is_canonical_uuid(&TENANT.replace('-', "")));
         assert!(!is_canonical_uuid("5f0c6a2e-8d5b-4b8e-9a51-0c1d2e3f4a5"));
+    }
+}
+
+#[cfg(test)]
+mod derived_secret_tests {
+    use super::*;
+
+    #[test]
+    fn a_value_signed_with_a_derived_secret_verifies_only_with_it() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let derived = derive_secret(secret, "forwarded");
+        assert_ne!(derived.as_slice(), secret.as_slice());
+        assert_eq!(derived, derive_secret(secret, "forwarded"));
+        assert_ne!(derived, derive_secret(secret, "other"));
+        let ctx = Context {
+            tenant: "00000000-0000-4000-8000-000000000001".into(),
+            scopes: Scopes::READ,
+            expires: 100,
+            grant: None,
+        };
+        let value = sign(&ctx, &derived);
+        assert_eq!(verify(&value, &derived, 1), Ok(ctx.clone()));
+        assert_eq!(verify(&value, secret, 1), Err(ContextError::BadSignature));
+        assert_eq!(verify(&sign(&ctx, secret), &derived, 1), Err(ContextError::BadSignature));
     }
 }

@@ -19,9 +19,10 @@ def nodes():
     return list(zip(hosts.split(","), ports.split(",")))
 
 
-def node(i, user="postgres", autocommit=True):
+def node(i, user="postgres", autocommit=True, application_name="pytest"):
     """A connection to database app on node i (0: the coordinator, 1 and 2: the workers)."""
     host, port = nodes()[i]
     # Citus hides shards from pg_class for clients; the tests look at them.
     return psycopg.connect(host=host, port=port, user=user, dbname="app", autocommit=autocommit,
+                           application_name=application_name,
                            options="-c citus.show_shards_for_app_name_prefixes=*")

@@ -188,10 +188,16 @@ PARALLEL = ["SET LOCAL parallel_setup_cost = 0", "SET LOCAL parallel_tuple_cost 
             "SET LOCAL enable_bitmapscan = off"]
 
 
+# The name Citus gives its own connections: a client that can reach a worker and takes it is
+# the strongest direct attacker (a forwarded context is refused on any other connection).
+AS_CITUS = "citus_internal gpid=10000000001"
+
+
 def direct_count(worker, context, parallel=False):
-    """Counts notes on a worker's own shards (the names Citus gives them), in `context`; with
-    `parallel`, in parallel workers only (the leader takes no part)."""
-    with node(worker, "app", autocommit=False) as w:
+    """Counts notes on a worker's own shards (the names Citus gives them), in `context`, on a
+    connection named as Citus's own; with `parallel`, in parallel workers only (the leader takes
+    no part)."""
+    with node(worker, "app", autocommit=False, application_name=AS_CITUS) as w:
         set_context(w, context)
         for setting in PARALLEL if parallel else []:
             w.execute(setting)
@@ -215,7 +221,7 @@ def test_suspended_tenant_is_refused_by_every_node(app):
             direct_count(worker, context)
         with pytest.raises(psycopg.Error, match="is suspended"):
             direct_count(worker, context, parallel=True)
-        with node(worker, "app", autocommit=False) as w:
+        with node(worker, "app", autocommit=False, application_name=AS_CITUS) as w:
             set_context(w, context)
             for setting in PARALLEL:
                 w.execute(setting)
@@ -494,3 +500,26 @@ def test_a_client_named_like_citus_is_charged_on_the_coordinator(app, metered):
         a.execute("SELECT 2")
         a.rollback()
     assert counters(0, tenant)[0] == before[0] + 2
+
+
+def test_forwarded_context_is_refused_outside_citus_connections(app):
+    """What the coordinator forwards, which workers see as statement text, is signed with a secret
+    of its own: another session cannot take it up, on the coordinator or on a worker, unless it
+    connects to a worker under Citus's name (keep workers off the clients' network)."""
+    with node(0, "app", autocommit=False) as a:
+        forwarded = in_context(a, app["keys"]["acme"])
+        a.rollback()
+    worker = shard_node(app["acme"])
+    for i in (0, worker):
+        with node(i, "app", autocommit=False) as s:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="invalid tenant context"):
+                set_context(s, forwarded)
+    assert direct_count(worker, forwarded) == len(ACME_ROWS)
+    # A context the session holds for itself (session => true, outside a transaction) is the
+    # ordinary kind: it is the one that verifies everywhere.
+    with node(0, "app") as a:
+        a.execute("SELECT sutra.authenticate(%s, session => true)", (app["keys"]["acme"],))
+        own = a.execute("SELECT current_setting('sutra.tenant_id')").fetchone()[0]
+    assert own != forwarded
+    with node(worker, "app", autocommit=False) as w:
+        set_context(w, own)

@@ -199,15 +199,21 @@ pub fn internal_connection() -> bool {
     INTERNAL.with(|i| i.get()).unwrap_or(false)
 }
 
+/// Whether this session's name says Citus opened it (`citus_internal gpid=...`); any client can
+/// take that name, so on its own it decides nothing but which signatures are tried.
+pub fn named_internal() -> bool {
+    // SAFETY: application_name is a GUC string PostgreSQL keeps valid (or null) between statements.
+    let name = unsafe { pg_sys::application_name.as_ref().map(|p| std::ffi::CStr::from_ptr(p).to_bytes()) };
+    name.is_some_and(|n| n.starts_with(b"citus_internal gpid="))
+}
+
 /// Decides `internal_connection` for this backend, if not done yet. Called where a query may run
 /// (at the start of a statement), never from a parameter's hook.
 pub fn note_connection() {
     if !loaded() || INTERNAL.with(|i| i.get()).is_some() {
         return;
     }
-    // SAFETY: application_name is a GUC string PostgreSQL keeps valid (or null) between statements.
-    let name = unsafe { pg_sys::application_name.as_ref().map(|p| std::ffi::CStr::from_ptr(p).to_bytes()) };
-    let named = name.is_some_and(|n| n.starts_with(b"citus_internal gpid="));
+    let named = named_internal();
     // Decided (not internal) before the lookup: its own statements pass the executor hook too.
     INTERNAL.with(|i| i.set(Some(false)));
     let internal = named && is_worker();

@@ -40,6 +40,32 @@ fn secret() -> Vec<u8> {
     }
 }
 
+/// The purpose the secret of forwarded contexts is derived for.
+const FORWARDED: &str = "sutra context forwarded to Citus workers";
+
+/// The secret a coordinator signs the contexts it forwards to Citus workers with: derived from
+/// `sutra.context_secret`, so every node has it, and another one, so that a forwarded value, which
+/// workers see as statement text, is refused by every session but the ones Citus opens.
+fn forwarded_secret() -> Vec<u8> {
+    tenant_context::derive_secret(&secret(), FORWARDED)
+}
+
+/// Verifies `value` with the secret or, where forwarded contexts are taken, with the forwarded
+/// secret: in a parallel worker (its leader took the value) and on a connection Citus opened
+/// (named `citus_internal gpid=...`), which `strict` also requires to be on a Citus worker.
+fn verify_value(value: &str, now: i64, strict: bool) -> Result<Context, ContextError> {
+    match tenant_context::verify(value, &secret(), now) {
+        Err(ContextError::BadSignature)
+            if citus::loaded()
+                && (crate::backend::caller::in_parallel_worker()
+                    || (citus::named_internal() && (!strict || citus::is_worker()))) =>
+        {
+            tenant_context::verify(value, &forwarded_secret(), now)
+        }
+        other => other,
+    }
+}
+
 /// Sets a GUC check-hook failure message (the hook itself must not raise).
 unsafe fn check_failure(code: PgSqlErrorCode, message: &str, detail: &str) -> bool {
     check_failure_hint(code, message, detail, NO_CONTEXT_HINT)
@@ -105,7 +131,7 @@ unsafe extern "C-unwind" fn check_tenant_id(
             return true;
         }
     }
-    match tenant_context::verify(&value, &secret(), now) {
+    match verify_value(&value, now, false) {
         Ok(_) => true,
         Err(ContextError::Expired) => check_failure(
             PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
@@ -455,7 +481,10 @@ fn current_checked() -> Option<(Scopes, pgrx::Uuid)> {
             return Some((scopes, uuid));
         }
     }
-    let ctx = match tenant_context::verify(value, &secret(), now) {
+    // A value verified (or issued) here before keeps its signature: only the tenant's status,
+    // the key and the member are checked again.
+    let known = VERIFIED.with(|c| c.borrow().as_ref().filter(|v| v.value == value).map(|v| v.ctx.clone()));
+    let ctx = match known.map(Ok).unwrap_or_else(|| verify_value(value, now, true)) {
         Ok(ctx) => ctx,
         Err(ContextError::Expired) => expired(),
         // The check hook let it in, so the secret changed since (a reload).
@@ -499,7 +528,7 @@ fn peek<R>(f: impl Fn(&Context, pgrx::Uuid) -> R) -> Option<R> {
     let now = now_unix();
     let cached = VERIFIED
         .with(|c| c.borrow().as_ref().filter(|v| v.value == value && now < v.ctx.expires).map(|v| f(&v.ctx, v.uuid)));
-    cached.or_else(|| tenant_context::verify(value, &secret(), now).ok().map(|c| f(&c, uuid_of(&c.tenant))))
+    cached.or_else(|| verify_value(value, now, false).ok().map(|c| f(&c, uuid_of(&c.tenant))))
 }
 
 /// The tenant of the current context if its signature and expiry hold, without raising and
@@ -570,18 +599,22 @@ pub fn put(
         crate::backend::events::before_issue(&uuid_of(tenant));
     }
     // The caller checked the credential and the tenant; the check hook finds the value verified.
-    remember(signed.clone(), ctx, STATUS_GENERATION.with(|g| g.get()));
-    if action == pg_sys::GucAction::GUC_ACTION_LOCAL && citus::loaded() {
-        // A statement Citus forwards to the transaction's workers.
-        citus::set_local("sutra.tenant_id", &signed);
-    } else {
+    let generation = STATUS_GENERATION.with(|g| g.get());
+    // SAFETY: reads a flag of this backend's transaction state.
+    let forward = citus::loaded()
+        && (action == pg_sys::GucAction::GUC_ACTION_LOCAL
+            || (action == pg_sys::GucAction::GUC_ACTION_SET && unsafe { pg_sys::IsTransactionBlock() }));
+    if action != pg_sys::GucAction::GUC_ACTION_LOCAL || !forward {
+        remember(signed, ctx.clone(), generation);
         set_tenant_id(&value, action);
-        // SAFETY: reads a flag of this backend's transaction state.
-        if action == pg_sys::GucAction::GUC_ACTION_SET && citus::loaded() && unsafe { pg_sys::IsTransactionBlock() } {
-            // The workers of this transaction move to the new context too (a session context
-            // itself never reaches them: Citus forwards SET LOCAL only).
-            citus::set_local("sutra.tenant_id", &signed);
-        }
+    }
+    if forward {
+        // A statement Citus forwards to the transaction's workers (for a session context, for
+        // the rest of this transaction: Citus forwards SET LOCAL only), with the forwarded
+        // secret's signature.
+        let forwarded = tenant_context::sign(&ctx, &forwarded_secret());
+        remember(forwarded.clone(), ctx, generation);
+        citus::set_local("sutra.tenant_id", &forwarded);
     }
 }
 
