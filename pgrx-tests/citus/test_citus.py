@@ -523,3 +523,30 @@ def test_forwarded_context_is_refused_outside_citus_connections(app):
     assert own != forwarded
     with node(worker, "app", autocommit=False) as w:
         set_context(w, own)
+
+
+def test_database_without_citus_on_a_citus_server(app):
+    """Citus is loaded in the server but not installed in this database: sutra works there as on
+    any server (a COPY into a tenant table does not look for Citus's catalog)."""
+    host, port = nodes()[0]
+    with node(0) as c:
+        c.execute("CREATE DATABASE plain")
+    try:
+        with psycopg.connect(host=host, port=port, user="postgres", dbname="plain", autocommit=True) as c:
+            c.execute("CREATE EXTENSION sutra")
+            c.execute("CREATE TABLE t (id int, tenant_id uuid)")
+            c.execute("SELECT sutra.enable_tenancy('t')")
+            c.execute("GRANT ALL ON t TO app")
+            key = c.execute("SELECT sutra.create_api_key('default', 'k')").fetchone()[0]
+            other = c.execute("SELECT sutra.create_tenant('other')").fetchone()[0]
+            c.execute("INSERT INTO t VALUES (0, %s)", (other,))
+        with psycopg.connect(host=host, port=port, user="app", dbname="plain") as a:
+            a.execute("SELECT sutra.authenticate(%s)", (key,))
+            with a.cursor().copy("COPY t (id) FROM STDIN") as copy:
+                copy.write_row([1])
+                copy.write_row([2])
+            assert a.execute("SELECT count(*) FROM t").fetchone()[0] == 2
+            a.commit()
+    finally:
+        with node(0) as c:
+            c.execute("DROP DATABASE plain WITH (FORCE)")

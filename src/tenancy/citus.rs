@@ -17,7 +17,6 @@
 //! coordinator makes it one.
 
 use std::cell::{Cell, RefCell};
-use std::ffi::CString;
 
 use pgrx::prelude::*;
 
@@ -30,11 +29,9 @@ thread_local! {
     static WORKER: Cell<Option<bool>> = const { Cell::new(None) };
     /// The local transaction a worker last read the cluster's grants in.
     static READ_IN: Cell<u32> = const { Cell::new(0) };
-    /// The name of this node's shard of `sutra.cluster_grants`, once looked up.
-    static GRANTS_SHARD: RefCell<Option<String>> = const { RefCell::new(None) };
     /// Whether this backend serves a connection Citus opened from another node (decided once).
     static INTERNAL: Cell<Option<bool>> = const { Cell::new(None) };
-    /// The lookup in that shard, prepared.
+    /// The lookup in this node's shard of `sutra.cluster_grants`, prepared.
     static GRANT_LOOKUP: RefCell<Option<pgrx::spi::OwnedPreparedStatement>> = const { RefCell::new(None) };
 }
 
@@ -72,10 +69,21 @@ pub fn set_local(name: &str, value: &str) {
         );
     }
     let literal = value.replace('\'', "''");
-    let statement = CString::new(format!("SET LOCAL {name} = '{literal}'")).expect("no NUL in a setting");
-    Spi::run(statement.to_str().expect("utf-8")).unwrap_or_else(|e| {
+    Spi::run(&format!("SET LOCAL {name} = '{literal}'")).unwrap_or_else(|e| {
         crate::error::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not set {name}: {e}"))
     });
+}
+
+/// Whether the citus extension is installed in this database (Citus may be loaded in the server
+/// and absent from a database: its catalog tables are then missing too).
+fn installed() -> bool {
+    crate::backend::caller::as_superuser(|| {
+        Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus')")
+    })
+    .unwrap_or_else(|e| {
+        crate::error::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not read pg_extension: {e}"))
+    })
+    .unwrap_or(false)
 }
 
 /// Whether this server is a Citus worker: Citus is loaded and installed in this database, and
@@ -88,21 +96,17 @@ pub fn is_worker() -> bool {
         return w;
     }
     // citus_is_coordinator exists only where the citus extension does: asked only then.
-    let worker = crate::backend::caller::as_superuser(|| -> Result<Option<bool>, pgrx::spi::Error> {
-        if Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus')")?
-            != Some(true)
-        {
-            return Ok(Some(false));
-        }
-        Spi::get_one::<bool>("SELECT NOT pg_catalog.citus_is_coordinator()")
-    })
-    .unwrap_or_else(|e| {
-        crate::error::raise(
-            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-            format!("could not tell whether this node is a Citus worker: {e}"),
-        )
-    })
-    .unwrap_or(false);
+    let worker = installed()
+        && crate::backend::caller::as_superuser(|| {
+            Spi::get_one::<bool>("SELECT NOT pg_catalog.citus_is_coordinator()")
+        })
+        .unwrap_or_else(|e| {
+            crate::error::raise(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("could not tell whether this node is a Citus worker: {e}"),
+            )
+        })
+        .unwrap_or(false);
     WORKER.with(|w| w.set(Some(worker)));
     worker
 }
@@ -120,32 +124,13 @@ pub fn new_transaction() -> bool {
 /// Read from this node's copy of the reference table (its shard) directly: the check runs inside
 /// the queries Citus sends to shards, where Citus refuses a query on a distributed table.
 pub fn grant(kind: &str, id: &str) -> Option<String> {
-    let shard = GRANTS_SHARD.with(|s| s.borrow().clone()).unwrap_or_else(|| {
-        let name = crate::backend::caller::as_superuser(|| {
-            Spi::get_one::<String>(
-                "SELECT pg_catalog.shard_name(s.logicalrelid, s.shardid) FROM pg_catalog.pg_dist_shard s
-                 WHERE s.logicalrelid = 'sutra.cluster_grants'::regclass",
-            )
-        })
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| {
-            crate::error::raise_hint(
-                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                "sutra.cluster_grants is not a reference table on this worker",
-                "CREATE EXTENSION sutra on the coordinator makes it one (or SELECT sutra.citus_setup() there); until then a worker refuses every tenant context.",
-            )
-        });
-        GRANTS_SHARD.with(|s| *s.borrow_mut() = Some(name.clone()));
-        name
-    });
     // Prepared once per backend: the lookup runs on every transaction of a worker.
-    let query = format!("SELECT value FROM {shard} WHERE kind = $1 AND id = $2");
     let read = || -> Result<Option<String>, pgrx::spi::Error> {
         Spi::connect(|client| {
             GRANT_LOOKUP.with(|cell| {
                 let mut cell = cell.borrow_mut();
                 if cell.is_none() {
+                    let query = format!("SELECT value FROM {} WHERE kind = $1 AND id = $2", grants_shard());
                     *cell =
                         Some(client.prepare(query.as_str(), &[pg_sys::TEXTOID.into(), pg_sys::TEXTOID.into()])?.keep());
                 }
@@ -162,6 +147,23 @@ pub fn grant(kind: &str, id: &str) -> Option<String> {
         crate::error::raise(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
             format!("could not read the cluster's tenant grants on this worker: {e}"),
+        )
+    })
+}
+
+/// The name of this node's shard of `sutra.cluster_grants`; raises when it has none.
+fn grants_shard() -> String {
+    Spi::get_one::<String>(
+        "SELECT pg_catalog.shard_name(s.logicalrelid, s.shardid) FROM pg_catalog.pg_dist_shard s
+         WHERE s.logicalrelid = 'sutra.cluster_grants'::regclass",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| {
+        crate::error::raise_hint(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "sutra.cluster_grants is not a reference table on this worker",
+            "CREATE EXTENSION sutra on the coordinator makes it one (or SELECT sutra.citus_setup() there); until then a worker refuses every tenant context.",
         )
     })
 }
@@ -225,7 +227,7 @@ pub fn note_connection() {
 /// distributed by. Citus writes rows into shards with COPY, which sutra then runs under the policies as it
 /// does for tenant tables (the registration of the table is the coordinator's).
 pub fn shard_tenant_column(relid: pg_sys::Oid) -> Option<String> {
-    if !loaded() {
+    if !loaded() || !installed() {
         return None;
     }
     crate::backend::caller::as_superuser(|| {
@@ -243,8 +245,7 @@ pub fn shard_tenant_column(relid: pg_sys::Oid) -> Option<String> {
                            = pg_catalog.format('(%s = sutra.current_tenant_checked(''write''::text))',
                                               pg_catalog.quote_ident(pg_catalog.column_to_column_name(p.logicalrelid, p.partkey))))
              FROM pg_catalog.pg_class c
-             WHERE c.oid = $1 AND c.relname ~ '_[0-9]+$'
-               AND pg_catalog.to_regclass('pg_catalog.pg_dist_shard') IS NOT NULL",
+             WHERE c.oid = $1 AND c.relname ~ '_[0-9]+$'",
             &[relid.into()],
         )
     })
@@ -255,13 +256,12 @@ pub fn shard_tenant_column(relid: pg_sys::Oid) -> Option<String> {
 /// Whether relation `relid` is a table Citus distributes (its rows live in shards): Citus runs a
 /// COPY into it, and sutra's COPY path applies on the shards.
 pub fn distributed(relid: pg_sys::Oid) -> bool {
-    if !loaded() {
+    if !loaded() || !installed() {
         return false;
     }
     crate::backend::caller::as_superuser(|| {
         Spi::get_one_with_args::<bool>(
-            "SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL
-                    AND EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1::regclass)",
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1::regclass)",
             &[relid.into()],
         )
     })
