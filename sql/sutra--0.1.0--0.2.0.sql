@@ -1183,6 +1183,8 @@ DECLARE
     missing boolean;
     prior text;
     citus boolean := sutra._citus_installed();
+    -- The column Citus distributes the table by, if it does.
+    distributed_by name := sutra._citus_distribution_column(tbl);
     short_name text := (SELECT c.relname FROM pg_class c WHERE c.oid = tbl);
 BEGIN
     IF (SELECT c.relkind FROM pg_class c WHERE c.oid = tbl) NOT IN ('r', 'p') THEN
@@ -1215,12 +1217,12 @@ BEGIN
         END IF;
         EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', tbl, tenant_column);
     END IF;
-    IF citus AND sutra._citus_distribution_column(tbl) <> tenant_column THEN
+    IF distributed_by <> tenant_column THEN
         RAISE EXCEPTION 'table % is distributed by column %, not by its tenant column %', tbl,
-            sutra._citus_distribution_column(tbl), tenant_column USING ERRCODE = '0A000',
+            distributed_by, tenant_column USING ERRCODE = '0A000',
             HINT = 'A tenant table of a Citus cluster is distributed by its tenant column: create_distributed_table(table, tenant column).';
     END IF;
-    IF citus AND sutra._citus_distribution_column(tbl) = tenant_column THEN
+    IF distributed_by = tenant_column THEN
         -- Citus refuses to change the distribution column of a distributed table. The default
         -- matters where inserts are planned: here, on the coordinator (inserts planned on a
         -- worker name the tenant column, or fail on its NOT NULL).
