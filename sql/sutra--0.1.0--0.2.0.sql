@@ -134,12 +134,12 @@ ALTER TABLE audit_log ADD COLUMN user_id text;
 
 -- What every node of a Citus cluster checks tenant contexts against (sql/tenancy/citus.sql).
 CREATE TABLE cluster_grants (
-    kind text NOT NULL CHECK (kind IN ('tenant', 'key', 'member')),
+    kind text NOT NULL CHECK (kind IN ('tenant', 'key', 'member', 'limits')),
     id text NOT NULL,
     value text,
     PRIMARY KEY (kind, id)
 );
-COMMENT ON TABLE cluster_grants IS 'tenant status, key validity and member scopes every node of a Citus cluster checks contexts against';
+COMMENT ON TABLE cluster_grants IS 'tenant status, key validity, member scopes and tenant limits every node of a Citus cluster checks against';
 REVOKE ALL ON cluster_grants FROM PUBLIC;
 
 -- Functions, as a fresh 0.2.0 install defines them.
@@ -1907,19 +1907,23 @@ END $function$;
 
 CREATE OR REPLACE FUNCTION sutra._cluster_grant_rows()
  RETURNS TABLE(kind text, id text, value text)
- LANGUAGE sql
+ LANGUAGE plpgsql
  STABLE
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
+BEGIN
+    RETURN QUERY
     SELECT 'tenant', t.id::text, t.status FROM sutra.tenants t
+    UNION ALL
+    SELECT 'limits', t.id::text, sutra._limits(t.id)::text FROM sutra.tenants t
     UNION ALL
     SELECT 'key', k.key_id, CASE WHEN k.revoked_at IS NOT NULL THEN '0'
                                  ELSE coalesce(extract(epoch FROM k.expires_at)::int8, 9223372036854775807)::text END
     FROM sutra.api_key_store k
     UNION ALL
     SELECT 'member', m.tenant_id::text || '/' || m.user_id, array_to_string(sutra.role_scopes(m.role), ',')
-    FROM sutra.tenant_members m
-$function$;
+    FROM sutra.tenant_members m;
+END $function$;
 
 CREATE OR REPLACE FUNCTION sutra._cluster_grants_sync()
  RETURNS trigger
@@ -1928,12 +1932,11 @@ CREATE OR REPLACE FUNCTION sutra._cluster_grants_sync()
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 DECLARE
-    k text;
     old_id text;
     new_id text;
-    v text;
 BEGIN
-    IF TG_RELID NOT IN ('sutra.tenants'::regclass, 'sutra.api_key_store'::regclass, 'sutra.tenant_members'::regclass) THEN
+    IF TG_RELID NOT IN ('sutra.tenants'::regclass, 'sutra.plans'::regclass, 'sutra.api_key_store'::regclass,
+                        'sutra.tenant_members'::regclass) THEN
         RAISE EXCEPTION 'sutra._cluster_grants_sync is a trigger of sutra''s own tables only'
             USING ERRCODE = '42501';
     END IF;
@@ -1943,35 +1946,27 @@ BEGIN
     -- The coordinator holds the cluster's tenants, keys and members; a worker's own would be
     -- known to it alone.
     IF NOT sutra._citus_coordinator() THEN
-        RAISE EXCEPTION 'tenants, API keys and members of a Citus cluster change on its coordinator only'
+        RAISE EXCEPTION 'tenants, plans, API keys and members of a Citus cluster change on its coordinator only'
             USING ERRCODE = '0A000', HINT = 'Connect to the coordinator to run this.';
     END IF;
     IF TG_RELID = 'sutra.tenants'::regclass THEN
-        k := 'tenant';
         IF TG_OP <> 'INSERT' THEN old_id := OLD.id::text; END IF;
-        IF TG_OP <> 'DELETE' THEN new_id := NEW.id::text; v := NEW.status; END IF;
+        IF TG_OP <> 'DELETE' THEN new_id := NEW.id::text; END IF;
+        PERFORM sutra._cluster_grant_put('tenant', old_id, new_id, NEW.status);
+        PERFORM sutra._cluster_grant_put('limits', old_id, new_id, sutra._limits(NEW.id)::text);
+    ELSIF TG_RELID = 'sutra.plans'::regclass THEN
+        PERFORM sutra._cluster_grant_put('limits', t.id::text, t.id::text, sutra._limits(t.id)::text)
+        FROM sutra.tenants t WHERE t.plan = NEW.name;
     ELSIF TG_RELID = 'sutra.api_key_store'::regclass THEN
-        k := 'key';
         IF TG_OP <> 'INSERT' THEN old_id := OLD.key_id; END IF;
-        IF TG_OP <> 'DELETE' THEN
-            new_id := NEW.key_id;
-            v := CASE WHEN NEW.revoked_at IS NOT NULL THEN '0'
-                      ELSE coalesce(extract(epoch FROM NEW.expires_at)::int8, 9223372036854775807)::text END;
-        END IF;
+        IF TG_OP <> 'DELETE' THEN new_id := NEW.key_id; END IF;
+        PERFORM sutra._cluster_grant_put('key', old_id, new_id,
+            CASE WHEN NEW.revoked_at IS NOT NULL THEN '0'
+                 ELSE coalesce(extract(epoch FROM NEW.expires_at)::int8, 9223372036854775807)::text END);
     ELSE
-        k := 'member';
         IF TG_OP <> 'INSERT' THEN old_id := OLD.tenant_id::text || '/' || OLD.user_id; END IF;
-        IF TG_OP <> 'DELETE' THEN
-            new_id := NEW.tenant_id::text || '/' || NEW.user_id;
-            v := array_to_string(sutra.role_scopes(NEW.role), ',');
-        END IF;
-    END IF;
-    IF old_id IS NOT NULL AND old_id IS DISTINCT FROM new_id THEN
-        DELETE FROM sutra.cluster_grants g WHERE g.kind = k AND g.id = old_id;
-    END IF;
-    IF new_id IS NOT NULL THEN
-        INSERT INTO sutra.cluster_grants AS g (kind, id, value) VALUES (k, new_id, v)
-        ON CONFLICT (kind, id) DO UPDATE SET value = EXCLUDED.value WHERE g.value IS DISTINCT FROM EXCLUDED.value;
+        IF TG_OP <> 'DELETE' THEN new_id := NEW.tenant_id::text || '/' || NEW.user_id; END IF;
+        PERFORM sutra._cluster_grant_put('member', old_id, new_id, array_to_string(sutra.role_scopes(NEW.role), ','));
     END IF;
     RETURN NULL;
 END $function$;
@@ -2075,6 +2070,97 @@ CREATE OR REPLACE FUNCTION sutra.current_tenant_checked(scope text)
  LANGUAGE c
  STABLE PARALLEL RESTRICTED STRICT
 AS 'MODULE_PATHNAME', $function$current_tenant_checked_wrapper$function$;
+CREATE OR REPLACE FUNCTION sutra._cluster_grant_put(k text, old_id text, new_id text, v text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- PL/pgSQL: Citus plans the statements of SQL functions without their parameters.
+    IF old_id IS NOT NULL AND old_id IS DISTINCT FROM new_id THEN
+        DELETE FROM sutra.cluster_grants g WHERE g.kind = k AND g.id = old_id;
+    END IF;
+    IF new_id IS NOT NULL THEN
+        INSERT INTO sutra.cluster_grants AS g (kind, id, value) VALUES (k, new_id, v)
+        ON CONFLICT (kind, id) DO UPDATE SET value = EXCLUDED.value WHERE g.value IS DISTINCT FROM EXCLUDED.value;
+    END IF;
+END $$;
+CREATE OR REPLACE FUNCTION sutra._citus_shard_quota_triggers(shard regclass)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    col name := (SELECT a.attname FROM pg_attribute a JOIN pg_policy y ON y.polrelid = a.attrelid
+                 WHERE a.attrelid = shard AND a.attnum > 0 AND NOT a.attisdropped AND y.polname = 'sutra_tenant_insert'
+                   AND pg_get_expr(y.polwithcheck, y.polrelid)
+                       = format('(%s = sutra.current_tenant_checked(''write''::text))', quote_ident(a.attname)));
+BEGIN
+    IF col IS NULL OR (SELECT c.relispartition FROM pg_class c WHERE c.oid = shard)
+       OR EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = shard AND g.tgname = 'sutra_quota_row') THEN
+        RETURN;
+    END IF;
+    EXECUTE format('CREATE TRIGGER sutra_quota_row AFTER INSERT OR UPDATE OR DELETE ON %s '
+                   'FOR EACH ROW EXECUTE FUNCTION sutra._quota_row(%L)', shard, col);
+    EXECUTE format('CREATE TRIGGER sutra_quota_truncate BEFORE TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION sutra._quota_truncate(%L)', shard, col);
+END $function$;
+CREATE OR REPLACE FUNCTION sutra._cluster_quota_counts(t uuid)
+ RETURNS TABLE(table_name oid, rows bigint, bytes bigint, vectors bigint)
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    answers jsonb;
+    failed text;
+BEGIN
+    answers := (SELECT jsonb_agg(jsonb_build_object('node', r.nodename || ':' || r.nodeport, 'success', r.success,
+                                                    'result', r.result))
+                FROM run_command_on_workers(format(
+                    $q$SELECT coalesce(json_agg(json_build_array(q.table_name::regclass::text, q.rows, q.bytes,
+                                                                 q.vectors)), '[]')
+                       FROM sutra._quota_counts(%L) q$q$, t)) r);
+    SELECT string_agg((a ->> 'node') || ': ' || (a ->> 'result'), '; ') INTO failed
+    FROM jsonb_array_elements(coalesce(answers, '[]')) a WHERE NOT (a ->> 'success')::boolean;
+    IF failed IS NOT NULL THEN
+        RAISE EXCEPTION 'could not read the quota counts of tenant % on every node', t
+            USING ERRCODE = '08000', DETAIL = failed;
+    END IF;
+    RETURN QUERY
+    WITH counts AS (
+        SELECT e ->> 0 AS shard, (e ->> 1)::bigint AS r, (e ->> 2)::bigint AS b, (e ->> 3)::bigint AS v
+        FROM jsonb_array_elements(coalesce(answers, '[]')) a, jsonb_array_elements((a ->> 'result')::jsonb) e
+    )
+    SELECT s.logicalrelid::oid, sum(c.r)::bigint, sum(c.b)::bigint, sum(c.v)::bigint
+    FROM counts c LEFT JOIN pg_dist_shard s ON s.shardid = substring(c.shard FROM '_([0-9]+)$')::int8
+    WHERE c.shard IS NULL OR s.logicalrelid IS NOT NULL
+    GROUP BY s.logicalrelid;
+END $function$;
+CREATE OR REPLACE FUNCTION sutra.quota_usage(tenant text)
+RETURNS TABLE (limit_name text, used bigint, limit_value bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t uuid := (sutra._tenant_row(tenant)).id;
+    l jsonb := sutra._limits(t);
+    counts jsonb;
+    c record;
+BEGIN
+    PERFORM sutra._require_usage_reader(t);
+    IF sutra._citus_coordinator() THEN
+        counts := (SELECT coalesce(jsonb_agg(to_jsonb(q)), '[]') FROM sutra._cluster_quota_counts(t) q);
+    ELSE
+        counts := (SELECT coalesce(jsonb_agg(to_jsonb(q)), '[]') FROM sutra._quota_counts(t) q);
+    END IF;
+    SELECT * INTO c FROM jsonb_to_recordset(counts) q(table_name oid, rows bigint, bytes bigint, vectors bigint)
+    WHERE q.table_name IS NULL;
+    RETURN QUERY VALUES ('rows_total', c.rows, (l ->> 'rows_total')::bigint),
+                        ('storage_bytes', c.bytes, (l ->> 'storage_bytes')::bigint),
+                        ('vectors', c.vectors, (l ->> 'vectors')::bigint);
+    RETURN QUERY SELECT 'rows_per_table:' || q.table_name::regclass::text, q.rows, (l ->> 'rows_per_table')::bigint
+                 FROM jsonb_to_recordset(counts) q(table_name oid, rows bigint, bytes bigint, vectors bigint)
+                 WHERE q.table_name IS NOT NULL ORDER BY 1;
+END $$;
+REVOKE ALL ON FUNCTION sutra._cluster_grant_put(text, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sutra._citus_shard_quota_triggers(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sutra._cluster_quota_counts(uuid) FROM PUBLIC;
+
 -- Usage events: quantities and idempotency keys within range (record_usage refused others since
 -- 0.2.0), and no default partition: its events move to their month's partition.
 DO $$
@@ -2236,7 +2322,9 @@ REVOKE ALL ON FUNCTION _keep_an_owner(uuid, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION _cluster_grants_sync() FROM PUBLIC;
 REVOKE ALL ON FUNCTION citus_setup() FROM PUBLIC;
 REVOKE ALL ON FUNCTION cluster_hnsw_check(regclass) FROM PUBLIC;
-CREATE TRIGGER cluster_grants AFTER INSERT OR DELETE OR UPDATE OF id, status ON tenants
+CREATE TRIGGER cluster_grants AFTER INSERT OR DELETE OR UPDATE OF id, status, plan, quota_overrides ON tenants
+    FOR EACH ROW EXECUTE FUNCTION _cluster_grants_sync();
+CREATE TRIGGER cluster_grants AFTER UPDATE OF limits ON plans
     FOR EACH ROW EXECUTE FUNCTION _cluster_grants_sync();
 CREATE TRIGGER cluster_grants AFTER INSERT OR DELETE OR UPDATE OF key_id, revoked_at, expires_at ON api_key_store
     FOR EACH ROW EXECUTE FUNCTION _cluster_grants_sync();

@@ -91,6 +91,49 @@ REVOKE ALL ON FUNCTION _count_tenant_rows(uuid, oid) FROM PUBLIC;
 -- BEFORE TRUNCATE: the rows about to go leave every tenant's counts (src/usage/quota.rs).
 CREATE FUNCTION _quota_truncate() RETURNS trigger AS 'MODULE_PATHNAME', 'sutra_quota_truncate' LANGUAGE C;
 
+-- On a Citus worker: gives a shard of a tenant table the quota triggers of its table, counting
+-- the tenant column that sutra's insert policy there checks. sutra runs it as Citus creates that
+-- policy on a shard (src/usage/quota.rs); the shell table on the coordinator has no rows and no
+-- triggers. The shard of a partition has its parent's (cloned): one made before the parent's
+-- policies, with a row trigger of its own, gives that up (_citus_shard_attach does so on ATTACH).
+-- Reads no pg_class: Citus hides shards there from sessions other than its own.
+CREATE FUNCTION _citus_shard_quota_triggers(shard regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    col name := (SELECT a.attname FROM pg_attribute a JOIN pg_policy y ON y.polrelid = a.attrelid
+                 WHERE a.attrelid = shard AND a.attnum > 0 AND NOT a.attisdropped AND y.polname = 'sutra_tenant_insert'
+                   AND pg_get_expr(y.polwithcheck, y.polrelid)
+                       = format('(%s = sutra.current_tenant_checked(''write''::text))', quote_ident(a.attname)));
+    part regclass;
+BEGIN
+    IF col IS NULL OR coalesce(pg_partition_root(shard), shard) <> shard
+       OR EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = shard AND g.tgname = 'sutra_quota_row') THEN
+        RETURN;
+    END IF;
+    FOR part IN SELECT t.relid FROM pg_partition_tree(shard) t WHERE t.relid <> shard LOOP
+        PERFORM sutra._citus_shard_attach(shard, part, true);
+    END LOOP;
+    EXECUTE format('CREATE TRIGGER sutra_quota_row AFTER INSERT OR UPDATE OR DELETE ON %s '
+                   'FOR EACH ROW EXECUTE FUNCTION sutra._quota_row(%L)', shard, col);
+    EXECUTE format('CREATE TRIGGER sutra_quota_truncate BEFORE TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION sutra._quota_truncate(%L)', shard, col);
+END $$;
+
+-- On a Citus worker, before shard part becomes a partition of shard parent: part gives up a row
+-- quota trigger of its own when parent has one (PostgreSQL clones the parent's, of the same name).
+CREATE FUNCTION _citus_shard_attach(parent regclass, part regclass, parent_has_trigger boolean DEFAULT false)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF (parent_has_trigger OR EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = parent AND g.tgname = 'sutra_quota_row'))
+       AND EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = part AND g.tgname = 'sutra_quota_row'
+                   AND g.tgparentid = 0 AND g.tgfoid = 'sutra._quota_row()'::regprocedure) THEN
+        EXECUTE format('DROP TRIGGER sutra_quota_row ON %s', part);
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION _citus_shard_attach(regclass, regclass, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION _citus_shard_quota_triggers(regclass) FROM PUBLIC;
+
 -- Recounts a tenant's rows, bytes and vectors from its tables and replaces the counts quotas
 -- are enforced on (writes in flight meanwhile are not in the recount: run it when quiet).
 CREATE FUNCTION reconcile_usage(tenant text)
@@ -113,22 +156,63 @@ CREATE FUNCTION reconcile_usage(tenant uuid)
 RETURNS TABLE (table_name regclass, rows bigint, bytes bigint, vectors bigint)
 LANGUAGE sql AS $$ SELECT * FROM sutra.reconcile_usage(tenant::text) $$;
 
--- A tenant's quota counts against its limits.
+-- On a Citus coordinator: a tenant's quota counts on every worker, where the shards holding its
+-- rows count them (table null: the totals). A worker that cannot answer fails the call.
+CREATE FUNCTION _cluster_quota_counts(t uuid)
+RETURNS TABLE (table_name oid, rows bigint, bytes bigint, vectors bigint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    answers jsonb;
+    failed text;
+BEGIN
+    answers := (SELECT jsonb_agg(jsonb_build_object('node', r.nodename || ':' || r.nodeport, 'success', r.success,
+                                                    'result', r.result))
+                FROM run_command_on_workers(format(
+                    $q$SELECT coalesce(json_agg(json_build_array(q.table_name::regclass::text, q.rows, q.bytes,
+                                                                 q.vectors)), '[]')
+                       FROM sutra._quota_counts(%L) q$q$, t)) r);
+    SELECT string_agg((a ->> 'node') || ': ' || (a ->> 'result'), '; ') INTO failed
+    FROM jsonb_array_elements(coalesce(answers, '[]')) a WHERE NOT (a ->> 'success')::boolean;
+    IF failed IS NOT NULL THEN
+        RAISE EXCEPTION 'could not read the quota counts of tenant % on every node', t
+            USING ERRCODE = '08000', DETAIL = failed;
+    END IF;
+    RETURN QUERY
+    WITH counts AS (
+        SELECT e ->> 0 AS shard, (e ->> 1)::bigint AS r, (e ->> 2)::bigint AS b, (e ->> 3)::bigint AS v
+        FROM jsonb_array_elements(coalesce(answers, '[]')) a, jsonb_array_elements((a ->> 'result')::jsonb) e
+    )
+    SELECT s.logicalrelid::oid, sum(c.r)::bigint, sum(c.b)::bigint, sum(c.v)::bigint
+    FROM counts c LEFT JOIN pg_dist_shard s ON s.shardid = substring(c.shard FROM '_([0-9]+)$')::int8
+    WHERE c.shard IS NULL OR s.logicalrelid IS NOT NULL
+    GROUP BY s.logicalrelid;
+END $$;
+REVOKE ALL ON FUNCTION _cluster_quota_counts(uuid) FROM PUBLIC;
+
+-- A tenant's quota counts against its limits (on a Citus coordinator: across the cluster).
 CREATE FUNCTION quota_usage(tenant text)
 RETURNS TABLE (limit_name text, used bigint, limit_value bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t uuid := (sutra._tenant_row(tenant)).id;
     l jsonb := sutra._limits(t);
+    counts jsonb;
     c record;
 BEGIN
     PERFORM sutra._require_usage_reader(t);
-    SELECT * INTO c FROM sutra._quota_counts(t) q WHERE q.table_name IS NULL;
+    IF sutra._citus_coordinator() THEN
+        counts := (SELECT coalesce(jsonb_agg(to_jsonb(q)), '[]') FROM sutra._cluster_quota_counts(t) q);
+    ELSE
+        counts := (SELECT coalesce(jsonb_agg(to_jsonb(q)), '[]') FROM sutra._quota_counts(t) q);
+    END IF;
+    SELECT * INTO c FROM jsonb_to_recordset(counts) q(table_name oid, rows bigint, bytes bigint, vectors bigint)
+    WHERE q.table_name IS NULL;
     RETURN QUERY VALUES ('rows_total', c.rows, (l ->> 'rows_total')::bigint),
                         ('storage_bytes', c.bytes, (l ->> 'storage_bytes')::bigint),
                         ('vectors', c.vectors, (l ->> 'vectors')::bigint);
     RETURN QUERY SELECT 'rows_per_table:' || q.table_name::regclass::text, q.rows, (l ->> 'rows_per_table')::bigint
-                 FROM sutra._quota_counts(t) q WHERE q.table_name IS NOT NULL ORDER BY 1;
+                 FROM jsonb_to_recordset(counts) q(table_name oid, rows bigint, bytes bigint, vectors bigint)
+                 WHERE q.table_name IS NOT NULL ORDER BY 1;
 END $$;
 CREATE FUNCTION quota_usage(tenant uuid)
 RETURNS TABLE (limit_name text, used bigint, limit_value bigint)

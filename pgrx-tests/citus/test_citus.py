@@ -550,3 +550,127 @@ def test_database_without_citus_on_a_citus_server(app):
     finally:
         with node(0) as c:
             c.execute("DROP DATABASE plain WITH (FORCE)")
+
+
+def quota_usage(tenant):
+    with node(0) as c:
+        return {name: (used, limit) for name, used, limit in
+                c.execute("SELECT * FROM sutra.quota_usage(%s)", (tenant,)).fetchall()}
+
+
+def test_row_quotas_across_the_cluster(app):
+    """Row quotas of a distributed tenant table are counted once, on the shards holding the rows,
+    against the limits set on the coordinator: raised there, they apply on the next transaction.
+    The other tenant's rows in the same table do not count."""
+    with node(0) as c:
+        tenant = c.execute("SELECT sutra.create_tenant('quoted')").fetchone()[0]
+        key = c.execute("SELECT sutra.create_api_key('quoted', 'app')").fetchone()[0]
+        c.execute("SELECT sutra.update_tenant('quoted', quota_overrides => %s)", (Jsonb({"rows_per_table": 3}),))
+        c.execute("CREATE TABLE quoted_notes (id bigserial, tenant_id uuid NOT NULL, body text,"
+                  " PRIMARY KEY (tenant_id, id))")
+        c.execute("SELECT sutra.enable_tenancy('quoted_notes')")
+        c.execute("SELECT create_distributed_table('quoted_notes', 'tenant_id')")
+        c.execute("GRANT ALL ON quoted_notes TO app")
+        c.execute("GRANT ALL ON SEQUENCE quoted_notes_id_seq TO app")
+        # Another tenant's rows in the same shards would fill the quota if they counted.
+        c.execute("INSERT INTO quoted_notes (tenant_id, body) SELECT %s, 'acme ' || i FROM generate_series(1, 5) i",
+                  (app["acme"],))
+    for i in (1, 2):
+        with node(i) as w:
+            # Every shard of the table carries the quota triggers; the coordinator's table has none.
+            shards = w.execute(
+                "SELECT c.relname, EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid"
+                " AND g.tgname = 'sutra_quota_row') FROM pg_class c"
+                " WHERE c.relname ~ '^quoted_notes_[0-9]+$' AND c.relkind = 'r'").fetchall()
+            assert shards and all(t for _, t in shards), shards
+    with node(0, "app", autocommit=False) as a:
+        a.execute("SELECT sutra.authenticate(%s)", (key,))
+        a.execute("INSERT INTO quoted_notes (body) VALUES ('one')")
+        a.execute("INSERT INTO quoted_notes (body) VALUES ('two'), ('three')")
+        a.commit()
+    with node(0, "app", autocommit=False) as a:
+        a.execute("SELECT sutra.authenticate(%s)", (key,))
+        with pytest.raises(psycopg.Error, match="quota exceeded") as e:
+            a.execute("INSERT INTO quoted_notes (body) VALUES ('four')")
+        assert e.value.sqlstate == "53100"
+        a.rollback()
+    assert quota_usage(tenant)["rows_per_table:public.quoted_notes"] == (3, 3)
+    with node(0) as c:
+        c.execute("SELECT sutra.update_tenant('quoted', quota_overrides => %s)", (Jsonb({"rows_per_table": 5}),))
+    with node(0, "app", autocommit=False) as a:
+        a.execute("SELECT sutra.authenticate(%s)", (key,))
+        with a.cursor().copy("COPY quoted_notes (body) FROM STDIN") as copy:
+            copy.write_row(["four"])
+            copy.write_row(["five"])
+        a.commit()
+    with node(0, "app", autocommit=False) as a:
+        a.execute("SELECT sutra.authenticate(%s)", (key,))
+        with pytest.raises(psycopg.Error, match="quota exceeded"):
+            a.execute("INSERT INTO quoted_notes (body) VALUES ('six')")
+        a.rollback()
+    with node(0, "app", autocommit=False) as a:
+        a.execute("SELECT sutra.authenticate(%s)", (key,))
+        a.execute("DELETE FROM quoted_notes WHERE body = 'five'")
+        a.execute("INSERT INTO quoted_notes (body) VALUES ('five again')")
+        a.commit()
+    usage = quota_usage(tenant)
+    assert usage["rows_per_table:public.quoted_notes"] == (5, 5), usage
+    assert usage["rows_total"][0] == 5, usage
+    with node(0) as c:
+        assert c.execute("SELECT count(*) FROM quoted_notes WHERE tenant_id = %s", (tenant,)).fetchone()[0] == 5
+        assert c.execute("SELECT count(*) FROM quoted_notes WHERE tenant_id = %s", (app["acme"],)).fetchone()[0] == 5
+
+
+def test_quota_counts_follow_a_moved_shard(app):
+    """A shard moved to the other node: the rows are counted there, once, and no longer on the
+    node they left; the quota still holds."""
+    with node(0) as c:
+        tenant = c.execute("SELECT id FROM sutra.tenants WHERE slug = 'quoted'").fetchone()[0]
+        key = c.execute("SELECT sutra.create_api_key('quoted', 'app')").fetchone()[0]
+        before = [p for _, p in nodes()].index(str(c.execute(
+            "SELECT nodeport FROM pg_dist_shard_placement"
+            " WHERE shardid = get_shard_id_for_distribution_column('quoted_notes', %s)", (tenant,)).fetchone()[0]))
+        after = 2 if before == 1 else 1
+        (src_host, src_port), (dst_host, dst_port) = nodes()[before], nodes()[after]
+        shard = c.execute("SELECT get_shard_id_for_distribution_column('quoted_notes', %s)", (tenant,)).fetchone()[0]
+        c.execute("SET client_min_messages = warning")
+        c.execute("SELECT citus_move_shard_placement(%s, %s, %s, %s, %s, shard_transfer_mode => 'block_writes')",
+                  (shard, src_host, int(src_port), dst_host, int(dst_port)))
+        c.execute("CALL citus_cleanup_orphaned_resources()")
+    assert quota_usage(tenant)["rows_per_table:public.quoted_notes"] == (5, 5)
+    with node(0, "app", autocommit=False) as a:
+        a.execute("SELECT sutra.authenticate(%s)", (key,))
+        with pytest.raises(psycopg.Error, match="quota exceeded"):
+            a.execute("INSERT INTO quoted_notes (body) VALUES ('six')")
+        a.rollback()
+
+
+def test_vector_searches_are_counted_once_on_the_coordinator(app):
+    """A nearest-neighbour search through the coordinator is one vector search of the tenant's,
+    metered on the coordinator with its statement, routed to one shard or asked of every shard;
+    the workers that ran it count none."""
+    with node(0) as c:
+        c.execute("CREATE TABLE passages (id bigserial, tenant_id uuid NOT NULL, embedding sutra.vector(2),"
+                  " PRIMARY KEY (tenant_id, id))")
+        c.execute("SELECT sutra.enable_tenancy('passages')")
+        c.execute("SELECT create_distributed_table('passages', 'tenant_id')")
+        c.execute("GRANT ALL ON passages TO app")
+        c.execute("INSERT INTO passages (tenant_id, embedding) SELECT %s, ARRAY[i, 0]::real[]::sutra.vector"
+                  " FROM generate_series(1, 20) i", (app["acme"],))
+        c.execute("INSERT INTO passages (tenant_id, embedding) VALUES (%s, '[0,0]')", (app["globex"],))
+        c.execute("CREATE INDEX ON passages USING sutra_hnsw (tenant_id, embedding sutra.vector_l2_ops)")
+    before = [counters(i, app["acme"]) for i in range(3)]
+    with node(0, "app", autocommit=False) as a:
+        in_context(a, app["keys"]["acme"])
+        a.execute("SET LOCAL enable_seqscan = off")
+        query = "SELECT embedding::text FROM passages ORDER BY embedding OPERATOR(sutra.<->) '[0,0]' LIMIT 2"
+        assert [r[0] for r in a.execute(query)] == ["[1,0]", "[2,0]"]
+        a.execute("SET LOCAL sutra.tenant_pruning = off")
+        assert [r[0] for r in a.execute(query)] == ["[1,0]", "[2,0]"]
+        # Not a search: no ORDER BY a distance.
+        a.execute("SELECT count(*) FROM passages")
+        a.rollback()
+    after = [counters(i, app["acme"]) for i in range(3)]
+    assert after[0][3] - before[0][3] == 2, (before[0], after[0])
+    for i in (1, 2):
+        assert after[i][3] == before[i][3], f"worker {i} counted the coordinator's searches"

@@ -1,16 +1,17 @@
 -- Tenancy on a Citus cluster (src/tenancy/citus.rs, docs/citus.md). Contexts are issued on the
 -- coordinator, which alone holds credentials; a worker checks each transaction's context against
 -- what the coordinator keeps here: the status of each tenant, until when each API key is valid
--- (Unix seconds, 0 once revoked), the scopes of each member's role. On a Citus cluster this table
--- is a reference table, so each change reaches every node in the coordinator's transaction. On
--- a server without Citus it stays empty.
+-- (Unix seconds, 0 once revoked), the scopes of each member's role, and the limits in force for
+-- each tenant (sutra._limits, which the quota triggers on a worker's shards check). On a Citus
+-- cluster this table is a reference table, so each change reaches every node in the
+-- coordinator's transaction. On a server without Citus it stays empty.
 CREATE TABLE cluster_grants (
-    kind text NOT NULL CHECK (kind IN ('tenant', 'key', 'member')),
+    kind text NOT NULL CHECK (kind IN ('tenant', 'key', 'member', 'limits')),
     id text NOT NULL,
     value text,
     PRIMARY KEY (kind, id)
 );
-COMMENT ON TABLE cluster_grants IS 'tenant status, key validity and member scopes every node of a Citus cluster checks contexts against';
+COMMENT ON TABLE cluster_grants IS 'tenant status, key validity, member scopes and tenant limits every node of a Citus cluster checks against';
 REVOKE ALL ON cluster_grants FROM PUBLIC;
 
 -- Whether Citus is installed in this database.
@@ -53,16 +54,20 @@ END $$;
 
 -- The rows of cluster_grants, as the catalog has them now.
 CREATE FUNCTION _cluster_grant_rows() RETURNS TABLE (kind text, id text, value text)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
     SELECT 'tenant', t.id::text, t.status FROM sutra.tenants t
+    UNION ALL
+    SELECT 'limits', t.id::text, sutra._limits(t.id)::text FROM sutra.tenants t
     UNION ALL
     SELECT 'key', k.key_id, CASE WHEN k.revoked_at IS NOT NULL THEN '0'
                                  ELSE coalesce(extract(epoch FROM k.expires_at)::int8, 9223372036854775807)::text END
     FROM sutra.api_key_store k
     UNION ALL
     SELECT 'member', m.tenant_id::text || '/' || m.user_id, array_to_string(sutra.role_scopes(m.role), ',')
-    FROM sutra.tenant_members m
-$$;
+    FROM sutra.tenant_members m;
+END $$;
 
 -- Makes sutra.cluster_grants a reference table filled from the catalog, once, on a Citus
 -- coordinator; does nothing elsewhere. sutra runs it after CREATE EXTENSION sutra (or citus) on
@@ -81,18 +86,33 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION citus_setup() FROM PUBLIC;
 
--- Trigger on sutra.tenants, sutra.api_key_store and sutra.tenant_members: writes the change to
--- cluster_grants once it is a reference table. Runs as the extension's owner, so that whoever may
--- change the catalog need not write cluster_grants; it refuses to run for any other table.
+-- Writes one row of cluster_grants: kind k under new_id (none: deleted), moved from old_id.
+CREATE FUNCTION _cluster_grant_put(k text, old_id text, new_id text, v text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- PL/pgSQL: Citus plans the statements of SQL functions without their parameters.
+    IF old_id IS NOT NULL AND old_id IS DISTINCT FROM new_id THEN
+        DELETE FROM sutra.cluster_grants g WHERE g.kind = k AND g.id = old_id;
+    END IF;
+    IF new_id IS NOT NULL THEN
+        INSERT INTO sutra.cluster_grants AS g (kind, id, value) VALUES (k, new_id, v)
+        ON CONFLICT (kind, id) DO UPDATE SET value = EXCLUDED.value WHERE g.value IS DISTINCT FROM EXCLUDED.value;
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION _cluster_grant_put(text, text, text, text) FROM PUBLIC;
+
+-- Trigger on sutra.tenants, sutra.plans, sutra.api_key_store and sutra.tenant_members: writes the
+-- change to cluster_grants once it is a reference table. Runs as the extension's owner, so that
+-- whoever may change the catalog need not write cluster_grants; it refuses to run for any other
+-- table. A change of a plan's limits rewrites the limits of each tenant on the plan.
 CREATE FUNCTION _cluster_grants_sync() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    k text;
     old_id text;
     new_id text;
-    v text;
 BEGIN
-    IF TG_RELID NOT IN ('sutra.tenants'::regclass, 'sutra.api_key_store'::regclass, 'sutra.tenant_members'::regclass) THEN
+    IF TG_RELID NOT IN ('sutra.tenants'::regclass, 'sutra.plans'::regclass, 'sutra.api_key_store'::regclass,
+                        'sutra.tenant_members'::regclass) THEN
         RAISE EXCEPTION 'sutra._cluster_grants_sync is a trigger of sutra''s own tables only'
             USING ERRCODE = '42501';
     END IF;
@@ -102,40 +122,34 @@ BEGIN
     -- The coordinator holds the cluster's tenants, keys and members; a worker's own would be
     -- known to it alone.
     IF NOT sutra._citus_coordinator() THEN
-        RAISE EXCEPTION 'tenants, API keys and members of a Citus cluster change on its coordinator only'
+        RAISE EXCEPTION 'tenants, plans, API keys and members of a Citus cluster change on its coordinator only'
             USING ERRCODE = '0A000', HINT = 'Connect to the coordinator to run this.';
     END IF;
     IF TG_RELID = 'sutra.tenants'::regclass THEN
-        k := 'tenant';
         IF TG_OP <> 'INSERT' THEN old_id := OLD.id::text; END IF;
-        IF TG_OP <> 'DELETE' THEN new_id := NEW.id::text; v := NEW.status; END IF;
+        IF TG_OP <> 'DELETE' THEN new_id := NEW.id::text; END IF;
+        PERFORM sutra._cluster_grant_put('tenant', old_id, new_id, NEW.status);
+        PERFORM sutra._cluster_grant_put('limits', old_id, new_id, sutra._limits(NEW.id)::text);
+    ELSIF TG_RELID = 'sutra.plans'::regclass THEN
+        PERFORM sutra._cluster_grant_put('limits', t.id::text, t.id::text, sutra._limits(t.id)::text)
+        FROM sutra.tenants t WHERE t.plan = NEW.name;
     ELSIF TG_RELID = 'sutra.api_key_store'::regclass THEN
-        k := 'key';
         IF TG_OP <> 'INSERT' THEN old_id := OLD.key_id; END IF;
-        IF TG_OP <> 'DELETE' THEN
-            new_id := NEW.key_id;
-            v := CASE WHEN NEW.revoked_at IS NOT NULL THEN '0'
-                      ELSE coalesce(extract(epoch FROM NEW.expires_at)::int8, 9223372036854775807)::text END;
-        END IF;
+        IF TG_OP <> 'DELETE' THEN new_id := NEW.key_id; END IF;
+        PERFORM sutra._cluster_grant_put('key', old_id, new_id,
+            CASE WHEN NEW.revoked_at IS NOT NULL THEN '0'
+                 ELSE coalesce(extract(epoch FROM NEW.expires_at)::int8, 9223372036854775807)::text END);
     ELSE
-        k := 'member';
         IF TG_OP <> 'INSERT' THEN old_id := OLD.tenant_id::text || '/' || OLD.user_id; END IF;
-        IF TG_OP <> 'DELETE' THEN
-            new_id := NEW.tenant_id::text || '/' || NEW.user_id;
-            v := array_to_string(sutra.role_scopes(NEW.role), ',');
-        END IF;
-    END IF;
-    IF old_id IS NOT NULL AND old_id IS DISTINCT FROM new_id THEN
-        DELETE FROM sutra.cluster_grants g WHERE g.kind = k AND g.id = old_id;
-    END IF;
-    IF new_id IS NOT NULL THEN
-        INSERT INTO sutra.cluster_grants AS g (kind, id, value) VALUES (k, new_id, v)
-        ON CONFLICT (kind, id) DO UPDATE SET value = EXCLUDED.value WHERE g.value IS DISTINCT FROM EXCLUDED.value;
+        IF TG_OP <> 'DELETE' THEN new_id := NEW.tenant_id::text || '/' || NEW.user_id; END IF;
+        PERFORM sutra._cluster_grant_put('member', old_id, new_id, array_to_string(sutra.role_scopes(NEW.role), ','));
     END IF;
     RETURN NULL;
 END $$;
 REVOKE ALL ON FUNCTION _cluster_grants_sync() FROM PUBLIC;
-CREATE TRIGGER cluster_grants AFTER INSERT OR DELETE OR UPDATE OF id, status ON tenants
+CREATE TRIGGER cluster_grants AFTER INSERT OR DELETE OR UPDATE OF id, status, plan, quota_overrides ON tenants
+    FOR EACH ROW EXECUTE FUNCTION _cluster_grants_sync();
+CREATE TRIGGER cluster_grants AFTER UPDATE OF limits ON plans
     FOR EACH ROW EXECUTE FUNCTION _cluster_grants_sync();
 CREATE TRIGGER cluster_grants AFTER INSERT OR DELETE OR UPDATE OF key_id, revoked_at, expires_at ON api_key_store
     FOR EACH ROW EXECUTE FUNCTION _cluster_grants_sync();

@@ -17,6 +17,7 @@
 //! coordinator makes it one.
 
 use std::cell::{Cell, RefCell};
+use std::ffi::CStr;
 
 use pgrx::prelude::*;
 
@@ -230,27 +231,170 @@ pub fn shard_tenant_column(relid: pg_sys::Oid) -> Option<String> {
     if !loaded() || !installed() {
         return None;
     }
+    // Citus hides shards from pg_class in sessions other than its own: the name comes from the
+    // relation cache, and the query reads no pg_class.
+    // SAFETY: a relation cache lookup by oid; null when there is no such relation.
+    let name = unsafe {
+        let name = pg_sys::get_rel_name(relid);
+        if name.is_null() {
+            return None;
+        }
+        CStr::from_ptr(name).to_string_lossy().into_owned()
+    };
+    let shard: i64 = name.rsplit_once('_')?.1.parse().ok()?;
     crate::backend::caller::as_superuser(|| {
         Spi::get_one_with_args::<String>(
-            "SELECT (SELECT pg_catalog.column_to_column_name(p.logicalrelid, p.partkey)
-                     FROM pg_catalog.pg_dist_shard s JOIN pg_catalog.pg_dist_partition p USING (logicalrelid)
-                     WHERE s.shardid = substring(c.relname FROM '_([0-9]+)$')::int8
-                       AND pg_catalog.shard_name(s.logicalrelid, s.shardid, false)::regclass = c.oid
-                       AND p.partkey IS NOT NULL
-                       AND (SELECT count(*) FROM pg_catalog.pg_policy y WHERE y.polrelid = c.oid
-                            AND y.polname ~ '^sutra_tenant_(select|insert|update|delete)$') = 4
-                       -- sutra's insert policy checks the column the table is distributed by.
-                       AND (SELECT pg_catalog.pg_get_expr(y.polwithcheck, y.polrelid) FROM pg_catalog.pg_policy y
-                            WHERE y.polrelid = c.oid AND y.polname = 'sutra_tenant_insert')
-                           = pg_catalog.format('(%s = sutra.current_tenant_checked(''write''::text))',
-                                              pg_catalog.quote_ident(pg_catalog.column_to_column_name(p.logicalrelid, p.partkey))))
-             FROM pg_catalog.pg_class c
-             WHERE c.oid = $1 AND c.relname ~ '_[0-9]+$'",
-            &[relid.into()],
+            &format!(
+                "SELECT pg_catalog.column_to_column_name(p.logicalrelid, p.partkey)
+                 FROM pg_catalog.pg_dist_shard s JOIN pg_catalog.pg_dist_partition p USING (logicalrelid)
+                 WHERE s.shardid = $2
+                   AND pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid, false)) = $1::regclass
+                   AND p.partkey IS NOT NULL AND {SUTRA_POLICIES}"
+            ),
+            &[relid.into(), shard.into()],
         )
     })
     .ok()
     .flatten()
+}
+
+/// The condition that shard `$1` of table `p` carries sutra's four tenant policies, its insert
+/// policy checking the column the table is distributed by.
+const SUTRA_POLICIES: &str = "(SELECT count(*) FROM pg_catalog.pg_policy y WHERE y.polrelid = $1
+                               AND y.polname ~ '^sutra_tenant_(select|insert|update|delete)$') = 4
+    AND (SELECT pg_catalog.pg_get_expr(y.polwithcheck, y.polrelid) FROM pg_catalog.pg_policy y
+         WHERE y.polrelid = $1 AND y.polname = 'sutra_tenant_insert')
+        = pg_catalog.format('(%s = sutra.current_tenant_checked(''write''::text))',
+                            pg_catalog.quote_ident(pg_catalog.column_to_column_name(p.logicalrelid, p.partkey)))";
+
+/// The shards of distributed tenant tables this node holds, each with its tenant column (the
+/// tables a worker's quota counts read; partitions are read through their parent's shard).
+pub fn local_tenant_shards() -> Vec<(pg_sys::Oid, String)> {
+    if !loaded() || !installed() {
+        return Vec::new();
+    }
+    crate::backend::caller::as_superuser(|| {
+        Spi::connect(|client| {
+            // No pg_class: Citus hides shards there from sessions other than its own. Shard names
+            // qualified (false: public too), whatever the search path.
+            let rows = client.select(
+                "SELECT x.shard, pg_catalog.convert_from(
+                            substring(t.tgargs FROM 1 FOR position('\\x00'::bytea IN t.tgargs) - 1), 'UTF8')
+                 FROM (SELECT pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid, false))::oid AS shard
+                       FROM pg_catalog.pg_dist_shard s) x
+                 JOIN pg_catalog.pg_trigger t ON t.tgrelid = x.shard AND t.tgname = 'sutra_quota_row' AND t.tgnargs = 1
+                 WHERE coalesce(pg_catalog.pg_partition_root(x.shard)::oid, x.shard) = x.shard",
+                None,
+                &[],
+            )?;
+            let mut out = Vec::new();
+            for row in rows {
+                // The quota trigger's one argument: the tenant column.
+                if let (Some(oid), Some(column)) = (row.get::<pg_sys::Oid>(1)?, row.get::<String>(2)?) {
+                    out.push((oid, column));
+                }
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+    })
+    .unwrap_or_default()
+}
+
+thread_local! {
+    /// The ordering operators of sutra_hnsw (the distances an index search orders by).
+    static DISTANCES: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+}
+
+/// `:opno <oid> ` for each distance sutra_hnsw orders by, as a plan's text shows it.
+fn distance_operators() -> Vec<String> {
+    if let Some(ops) = DISTANCES.with(|d| d.borrow().clone()) {
+        return ops;
+    }
+    let ops: Vec<String> = crate::backend::caller::as_superuser(|| {
+        Spi::connect(|client| {
+            let rows = client.select(
+                "SELECT a.amopopr FROM pg_catalog.pg_amop a JOIN pg_catalog.pg_am m ON m.oid = a.amopmethod
+                 WHERE m.amname = 'sutra_hnsw' AND a.amoppurpose = 'o'",
+                None,
+                &[],
+            )?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.extend(row.get::<pg_sys::Oid>(1)?.map(|o| format!(":opno {} ", o.to_u32())));
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+    })
+    .unwrap_or_default();
+    DISTANCES.with(|d| *d.borrow_mut() = Some(ops.clone()));
+    ops
+}
+
+/// The pointers a PostgreSQL list holds.
+///
+/// # Safety
+/// `list` is null or a valid pointer list.
+unsafe fn pointers(list: *mut pg_sys::List) -> Vec<*mut std::ffi::c_void> {
+    if list.is_null() {
+        return Vec::new();
+    }
+    (0..(*list).length as usize).map(|i| (*(*list).elements.add(i)).ptr_value).collect()
+}
+
+/// The vector searches a statement on a coordinator runs through Citus: one for each Citus scan
+/// whose query to the workers orders by a distance sutra_hnsw serves (a nearest-neighbour search,
+/// on one shard or on each). On Citus a statement is metered on the node its session is
+/// connected to: the searches on the workers are counted here, once per statement.
+///
+/// # Safety
+/// `pstmt` is the planned statement being started.
+pub unsafe fn vector_searches(pstmt: *mut pg_sys::PlannedStmt) -> u64 {
+    if !loaded() || pstmt.is_null() {
+        return 0;
+    }
+    let mut scans = Vec::new();
+    let mut plans: Vec<*mut pg_sys::Plan> = vec![(*pstmt).planTree];
+    plans.extend(pointers((*pstmt).subplans).into_iter().map(|p| p as *mut pg_sys::Plan));
+    while let Some(plan) = plans.pop() {
+        if plan.is_null() {
+            continue;
+        }
+        plans.push((*plan).lefttree);
+        plans.push((*plan).righttree);
+        let children = match (*plan).type_ {
+            pg_sys::NodeTag::T_Append => pointers((*(plan as *mut pg_sys::Append)).appendplans),
+            pg_sys::NodeTag::T_MergeAppend => pointers((*(plan as *mut pg_sys::MergeAppend)).mergeplans),
+            pg_sys::NodeTag::T_SubqueryScan => vec![(*(plan as *mut pg_sys::SubqueryScan)).subplan as *mut _],
+            pg_sys::NodeTag::T_CustomScan => {
+                let scan = plan as *mut pg_sys::CustomScan;
+                let methods = (*scan).methods;
+                if !methods.is_null()
+                    && !(*methods).CustomName.is_null()
+                    && CStr::from_ptr((*methods).CustomName).to_bytes().starts_with(b"Citus")
+                {
+                    scans.extend(pointers((*scan).custom_private).first().copied());
+                }
+                pointers((*scan).custom_plans)
+            }
+            _ => Vec::new(),
+        };
+        plans.extend(children.into_iter().map(|p| p as *mut pg_sys::Plan));
+    }
+    if scans.is_empty() {
+        return 0;
+    }
+    let distances = distance_operators();
+    let mut searches = 0;
+    for plan in scans.into_iter().filter(|p| !p.is_null()) {
+        // Citus's distributed plan, as text: its queries to the workers, with their ORDER BY.
+        let text = pg_sys::nodeToString(plan as *const std::ffi::c_void);
+        let t = CStr::from_ptr(text).to_string_lossy();
+        if t.contains(":sortClause (") && distances.iter().any(|d| t.contains(d.as_str())) {
+            searches += 1;
+        }
+        pg_sys::pfree(text as *mut std::ffi::c_void);
+    }
+    searches
 }
 
 /// Whether relation `relid` is a table Citus distributes (its rows live in shards): Citus runs a

@@ -48,14 +48,9 @@ pub fn meter_vector_search() {
     if !crate::guc::METERING.get() {
         return;
     }
-    let held = HOLD.with(|h| h.borrow().as_ref().map(|slot| meter::add(slot, Metric::VectorSearches, 1)).is_some());
-    // On Citus the search runs on the node holding the tenant's shard, for a statement charged on
-    // the node the session is connected to: the search is counted here, once.
-    if !held && citus::internal_connection() {
-        if let Some(Ok(slot)) = context::peek_tenant().map(|t| shmem::slot(shmem::my_db(), t.as_bytes())) {
-            meter::add(&slot, Metric::VectorSearches, 1);
-        }
-    }
+    // A search Citus runs here for a session on another node was counted there, with its
+    // statement (`citus::vector_searches`): no statement holds a count here.
+    HOLD.with(|h| h.borrow().as_ref().map(|slot| meter::add(slot, Metric::VectorSearches, 1)));
 }
 
 pub fn init() {
@@ -152,8 +147,23 @@ unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, e
         DEPTH.with(|d| d.set(depth + 1));
         citus::note_connection();
         DEPTH.with(|d| d.set(depth));
-        if let Some(tenant) = context::peek_tenant().filter(|_| !citus::internal_connection()) {
-            admit(tenant);
+        if let Some(tenant) = context::peek_tenant() {
+            if !citus::internal_connection() {
+                admit(tenant);
+                // Looking up sutra_hnsw's distances may run a query, not to be charged.
+                DEPTH.with(|d| d.set(depth + 1));
+                let searches = citus::vector_searches((*query_desc).plannedstmt);
+                DEPTH.with(|d| d.set(depth));
+                if searches > 0 && crate::guc::METERING.get() {
+                    HOLD.with(|h| h.borrow().as_ref().map(|slot| meter::add(slot, Metric::VectorSearches, searches)));
+                }
+            } else if (*query_desc).operation != pg_sys::CmdType::CMD_SELECT {
+                // Citus writes a tenant's rows into this node's shards: the quota triggers there
+                // count them against the counts of what this node holds, known before the rows.
+                DEPTH.with(|d| d.set(depth + 1));
+                super::quota::ensure_tenant_known(&tenant);
+                DEPTH.with(|d| d.set(depth));
+            }
         }
     }
     DEPTH.with(|d| d.set(depth + 1));

@@ -1,6 +1,7 @@
 //! The limits in force for a tenant, as this backend knows them: read from `sutra._limits()` on
 //! first use and kept until `sutra.tenants` or `sutra.plans` change (the same invalidation that
 //! ends a suspended tenant's sessions), so a plan or override change applies at once everywhere.
+//! A Citus worker reads them from `sutra.cluster_grants`, once per transaction.
 
 use std::cell::RefCell;
 
@@ -26,11 +27,18 @@ fn cached(tenant: &pgrx::Uuid) -> (Limits, Value) {
     if let Some(l) = CACHE.with(|c| c.borrow().get(generation, &key)) {
         return l;
     }
-    let json = as_superuser(|| Spi::get_one_with_args::<pgrx::JsonB>("SELECT sutra._limits($1)", &[(*tenant).into()]))
-        .ok()
-        .flatten()
-        .map(|j| j.0)
-        .unwrap_or(Value::Null);
+    // A Citus worker has the limits the coordinator keeps for the cluster, not its own.
+    let json = if crate::tenancy::citus::is_worker() {
+        crate::tenancy::citus::grant("limits", &tenant.to_string())
+            .and_then(|v| serde_json::from_str(&v).ok())
+            .unwrap_or(Value::Null)
+    } else {
+        as_superuser(|| Spi::get_one_with_args::<pgrx::JsonB>("SELECT sutra._limits($1)", &[(*tenant).into()]))
+            .ok()
+            .flatten()
+            .map(|j| j.0)
+            .unwrap_or(Value::Null)
+    };
     let caps: serde_json::Map<String, Value> = CAP_KEYS
         .iter()
         .filter_map(|k| json.get(*k).map(|v| (k.to_string(), v.clone())))

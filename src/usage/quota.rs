@@ -90,6 +90,94 @@ pub fn init() {
         pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
         pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
     }
+    crate::backend::utility::register(on_shard_ddl);
+}
+
+/// Before `ALTER TABLE parent ATTACH PARTITION part` on a Citus worker: a shard about to become
+/// a partition gives up a row quota trigger of its own for its parent's.
+unsafe fn before_attach(alter: *mut pg_sys::AlterTableStmt) {
+    if pg_sys::creating_extension || !crate::tenancy::citus::loaded() || !crate::tenancy::citus::is_worker() {
+        return;
+    }
+    let cmds = (*alter).cmds;
+    for i in 0..if cmds.is_null() { 0 } else { (*cmds).length as usize } {
+        let cmd = (*(*cmds).elements.add(i)).ptr_value as *mut pg_sys::AlterTableCmd;
+        if (*cmd).subtype != pg_sys::AlterTableType::AT_AttachPartition || (*cmd).def.is_null() {
+            continue;
+        }
+        let part = (*((*cmd).def as *mut pg_sys::PartitionCmd)).name;
+        let missing_ok = pg_sys::RVROption::RVR_MISSING_OK as _;
+        let parent = pg_sys::RangeVarGetRelidExtended(
+            (*alter).relation,
+            pg_sys::NoLock as _,
+            missing_ok,
+            None,
+            std::ptr::null_mut(),
+        );
+        let part = pg_sys::RangeVarGetRelidExtended(part, pg_sys::NoLock as _, missing_ok, None, std::ptr::null_mut());
+        if parent == pg_sys::InvalidOid || part == pg_sys::InvalidOid {
+            continue;
+        }
+        as_superuser(|| Spi::run_with_args("SELECT sutra._citus_shard_attach($1, $2)", &[parent.into(), part.into()]))
+            .unwrap_or_else(|e| {
+                crate::error::raise(
+                    PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                    format!("could not attach a shard's quota triggers to its parent's: {e}"),
+                )
+            });
+    }
+}
+
+/// `ProcessUtility` handler on a Citus worker. Citus creates a shard of a tenant table with the
+/// table's policies but without its triggers (it refuses to distribute a table with triggers):
+/// when it creates sutra's insert policy on a shard, the shard gets the quota triggers, so the
+/// rows are counted where they are stored, once. A shard made or dropped here (placed, moved,
+/// split) changes what this node holds without its rows passing the triggers: the node's counts
+/// are then recounted from its shards on next use.
+unsafe fn on_shard_ddl(call: &crate::backend::utility::Utility, next: &dyn Fn()) {
+    let policy = call
+        .statement::<pg_sys::CreatePolicyStmt>(pg_sys::NodeTag::T_CreatePolicyStmt)
+        .filter(|p| {
+            !(**p).policy_name.is_null() && CStr::from_ptr((**p).policy_name).to_bytes() == b"sutra_tenant_insert"
+        })
+        .map(|p| (*p).table);
+    let dropped = call
+        .statement::<pg_sys::DropStmt>(pg_sys::NodeTag::T_DropStmt)
+        .is_some_and(|d| (*d).removeType == pg_sys::ObjectType::OBJECT_TABLE);
+    if let Some(alter) = call.statement::<pg_sys::AlterTableStmt>(pg_sys::NodeTag::T_AlterTableStmt) {
+        before_attach(alter);
+    }
+    next();
+    // An extension's script (Citus's own among them) makes no shards.
+    if (policy.is_none() && !dropped)
+        || pg_sys::creating_extension
+        || !crate::tenancy::citus::loaded()
+        || !crate::tenancy::citus::is_worker()
+    {
+        return;
+    }
+    if let Some(table) = policy {
+        // The policy exists now, on the relation the statement named.
+        let relid = pg_sys::RangeVarGetRelidExtended(table, pg_sys::NoLock as _, 0, None, std::ptr::null_mut());
+        as_superuser(|| Spi::run_with_args("SELECT sutra._citus_shard_quota_triggers($1)", &[relid.into()]))
+            .unwrap_or_else(|e| {
+                crate::error::raise(
+                    PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                    format!("could not add quota triggers to a shard of a tenant table: {e}"),
+                )
+            });
+    }
+    let db = shmem::my_db();
+    shmem::for_each_slot(|s| {
+        if s.db() == db {
+            s.quota.forget();
+        }
+    });
+    shmem::for_each_table_slot(|t| {
+        if t.db() == db {
+            t.quota.forget();
+        }
+    });
 }
 
 /// Takes deltas back from the counts they went to (pinned since).
@@ -166,8 +254,12 @@ thread_local! {
     static TENANT_TABLES: RefCell<Option<(u64, TenantTables)>> = const { RefCell::new(None) };
 }
 
-/// The registered tenant tables and their tenant columns.
+/// The registered tenant tables and their tenant columns; on a Citus worker, the shards of
+/// tenant tables it holds.
 fn tenant_tables() -> TenantTables {
+    if crate::tenancy::citus::is_worker() {
+        return crate::tenancy::citus::local_tenant_shards();
+    }
     let generation = crate::tenancy::context::status_generation();
     if let Some(tables) =
         TENANT_TABLES.with(|t| t.borrow().as_ref().filter(|(g, _)| *g == generation).map(|(_, v)| v.clone()))
@@ -290,6 +382,11 @@ fn crossed(tenant: &pgrx::Uuid, what: &str, limit: i64, before: i64, after: i64,
     let line = (limit as f64 * threshold).ceil() as i64;
     if before < line && after >= line {
         pgrx::warning!("tenant {tenant} has used {after} of its {what} limit of {limit}");
+        // A Citus worker's audit log is not the cluster's, and a NOTIFY there would stop the
+        // coordinator's two-phase commit: the warning reaches the client through the coordinator.
+        if crate::tenancy::citus::is_worker() {
+            return;
+        }
         let details =
             format!(r#"{{"limit": "{what}", "value": {after}, "limit_value": {limit}, "threshold": {threshold}}}"#);
         // Audited, and notified on channel sutra_limits, in the writing transaction.
@@ -346,24 +443,37 @@ thread_local! {
     static REGISTERED: RefCell<GenerationMap<pg_sys::Oid, bool>> = RefCell::new(GenerationMap::new());
 }
 
-/// Whether `relid` is a registered tenant table or a partition of one. The quota triggers count
-/// rows of registered tables only: attached by hand to any other table, they do nothing, so no
-/// table's owner can move another tenant's counts.
+/// Whether `relid` is a registered tenant table or a partition of one (on a Citus worker: a shard
+/// of a distributed tenant table, or a partition of one). The quota triggers count rows of those
+/// tables only: attached by hand to any other table, they do nothing, so no table's owner can
+/// move another tenant's counts.
 fn registered(relid: pg_sys::Oid) -> bool {
     let generation = crate::tenancy::context::status_generation();
     if let Some(known) = REGISTERED.with(|r| r.borrow().get(generation, &relid)) {
         return known;
     }
-    let known = crate::backend::caller::with_catalog_search_path(|| {
-        Spi::get_one_with_args::<bool>(
-            "SELECT EXISTS (SELECT 1 FROM sutra.tenant_tables t
-                            WHERE t.table_name = coalesce(pg_partition_root($1), $1::regclass))",
+    let root = crate::backend::caller::with_catalog_search_path(|| {
+        Spi::get_one_with_args::<pg_sys::Oid>(
+            "SELECT coalesce(pg_partition_root($1), $1::regclass)::oid",
             &[relid.into()],
         )
     })
     .ok()
     .flatten()
-    .unwrap_or(false);
+    .unwrap_or(relid);
+    let known = if crate::tenancy::citus::is_worker() {
+        crate::tenancy::citus::shard_tenant_column(root).is_some()
+    } else {
+        crate::backend::caller::with_catalog_search_path(|| {
+            Spi::get_one_with_args::<bool>(
+                "SELECT EXISTS (SELECT 1 FROM sutra.tenant_tables t WHERE t.table_name = $1::regclass)",
+                &[root.into()],
+            )
+        })
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+    };
     REGISTERED.with(|r| r.borrow_mut().insert(generation, relid, known));
     known
 }
