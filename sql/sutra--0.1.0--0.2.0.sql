@@ -972,8 +972,10 @@ BEGIN
     IF (SELECT count(*) FROM pg_policy p WHERE p.polrelid = tbl AND p.polname LIKE 'sutra_tenant_%') < 4 THEN
         RETURN QUERY SELECT 'error', tbl::text, 'a sutra_tenant_* policy is missing';
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = tbl AND g.tgname = 'sutra_quota_row') THEN
-        RETURN QUERY SELECT 'warning', tbl::text, 'row quotas do not count this table (a table of a Citus database)';
+    -- A distributed table's shards carry the quota triggers (added on the workers).
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = tbl AND g.tgname = 'sutra_quota_row')
+       AND sutra._citus_distribution_column(tbl) IS NULL THEN
+        RETURN QUERY SELECT 'warning', tbl::text, 'row quotas do not count this table (a table of a Citus database that is not distributed)';
     END IF;
     IF NOT sutra._has_tenant_btree(tbl, col_num) THEN
         RETURN QUERY SELECT 'warning', tbl::text,
@@ -1246,8 +1248,8 @@ BEGIN
                        left(short_name || '_' || tenant_column, 53) || '_sutra_idx', tbl, tenant_column);
     END IF;
     -- Quota accounting (sql/usage.sql): AFTER ROW, so that COPY keeps its batched inserts. Not in
-    -- a Citus database: Citus refuses to distribute a table with triggers (and would run them on
-    -- the workers, against each worker's limits); row quotas do not cover its tenant tables yet.
+    -- a Citus database: Citus refuses to distribute a table with triggers; sutra adds them to each
+    -- shard on the workers as Citus creates it (_citus_shard_quota_triggers).
     IF NOT citus AND NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = tbl AND g.tgname = 'sutra_quota_row') THEN
         EXECUTE format('CREATE TRIGGER sutra_quota_row AFTER INSERT OR UPDATE OR DELETE ON %s '
                        'FOR EACH ROW EXECUTE FUNCTION sutra._quota_row(%L)', tbl, tenant_column);
@@ -2083,7 +2085,7 @@ BEGIN
     END IF;
 END $$;
 CREATE OR REPLACE FUNCTION sutra._citus_shard_quota_triggers(shard regclass)
- RETURNS void
+ RETURNS boolean
  LANGUAGE plpgsql
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
@@ -2092,15 +2094,24 @@ DECLARE
                  WHERE a.attrelid = shard AND a.attnum > 0 AND NOT a.attisdropped AND y.polname = 'sutra_tenant_insert'
                    AND pg_get_expr(y.polwithcheck, y.polrelid)
                        = format('(%s = sutra.current_tenant_checked(''write''::text))', quote_ident(a.attname)));
+    o record := pg_identify_object('pg_class'::regclass, shard, 0);
+    part regclass;
 BEGIN
-    IF col IS NULL OR (SELECT c.relispartition FROM pg_class c WHERE c.oid = shard)
+    -- A shard is named after its table with the shard's number (Citus's catalog does not know
+    -- it yet as it is made); the shell table of a distributed table is not.
+    IF col IS NULL OR o.name !~ '_[0-9]+$'
+       OR coalesce(pg_partition_root(shard), shard) <> shard
        OR EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = shard AND g.tgname = 'sutra_quota_row') THEN
-        RETURN;
+        RETURN false;
     END IF;
+    FOR part IN SELECT t.relid FROM pg_partition_tree(shard) t WHERE t.relid <> shard LOOP
+        PERFORM sutra._citus_shard_attach(shard, part, true);
+    END LOOP;
     EXECUTE format('CREATE TRIGGER sutra_quota_row AFTER INSERT OR UPDATE OR DELETE ON %s '
                    'FOR EACH ROW EXECUTE FUNCTION sutra._quota_row(%L)', shard, col);
     EXECUTE format('CREATE TRIGGER sutra_quota_truncate BEFORE TRUNCATE ON %s '
                    'FOR EACH STATEMENT EXECUTE FUNCTION sutra._quota_truncate(%L)', shard, col);
+    RETURN true;
 END $function$;
 CREATE OR REPLACE FUNCTION sutra._cluster_quota_counts(t uuid)
  RETURNS TABLE(table_name oid, rows bigint, bytes bigint, vectors bigint)
@@ -2157,10 +2168,19 @@ BEGIN
                  FROM jsonb_to_recordset(counts) q(table_name oid, rows bigint, bytes bigint, vectors bigint)
                  WHERE q.table_name IS NOT NULL ORDER BY 1;
 END $$;
-REVOKE ALL ON FUNCTION sutra._cluster_grant_put(text, text, text, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION sutra._citus_shard_quota_triggers(regclass) FROM PUBLIC;
-REVOKE ALL ON FUNCTION sutra._cluster_quota_counts(uuid) FROM PUBLIC;
 
+CREATE OR REPLACE FUNCTION sutra._citus_shard_attach(parent regclass, part regclass, parent_has_trigger boolean DEFAULT false)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+    IF (parent_has_trigger OR EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = parent AND g.tgname = 'sutra_quota_row'))
+       AND EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = part AND g.tgname = 'sutra_quota_row'
+                   AND g.tgparentid = 0 AND g.tgfoid = 'sutra._quota_row()'::regprocedure) THEN
+        EXECUTE format('DROP TRIGGER sutra_quota_row ON %s', part);
+    END IF;
+END $function$;
 -- Usage events: quantities and idempotency keys within range (record_usage refused others since
 -- 0.2.0), and no default partition: its events move to their month's partition.
 DO $$
@@ -2330,3 +2350,9 @@ CREATE TRIGGER cluster_grants AFTER INSERT OR DELETE OR UPDATE OF key_id, revoke
     FOR EACH ROW EXECUTE FUNCTION _cluster_grants_sync();
 CREATE TRIGGER cluster_grants AFTER INSERT OR DELETE OR UPDATE ON tenant_members
     FOR EACH ROW EXECUTE FUNCTION _cluster_grants_sync();
+
+-- sutra's own helpers on a Citus cluster: not for PUBLIC.
+REVOKE ALL ON FUNCTION sutra._cluster_grant_put(text, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sutra._citus_shard_quota_triggers(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sutra._citus_shard_attach(regclass, regclass, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sutra._cluster_quota_counts(uuid) FROM PUBLIC;

@@ -97,18 +97,22 @@ CREATE FUNCTION _quota_truncate() RETURNS trigger AS 'MODULE_PATHNAME', 'sutra_q
 -- triggers. The shard of a partition has its parent's (cloned): one made before the parent's
 -- policies, with a row trigger of its own, gives that up (_citus_shard_attach does so on ATTACH).
 -- Reads no pg_class: Citus hides shards there from sessions other than its own.
-CREATE FUNCTION _citus_shard_quota_triggers(shard regclass) RETURNS void
+CREATE FUNCTION _citus_shard_quota_triggers(shard regclass) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     col name := (SELECT a.attname FROM pg_attribute a JOIN pg_policy y ON y.polrelid = a.attrelid
                  WHERE a.attrelid = shard AND a.attnum > 0 AND NOT a.attisdropped AND y.polname = 'sutra_tenant_insert'
                    AND pg_get_expr(y.polwithcheck, y.polrelid)
                        = format('(%s = sutra.current_tenant_checked(''write''::text))', quote_ident(a.attname)));
+    o record := pg_identify_object('pg_class'::regclass, shard, 0);
     part regclass;
 BEGIN
-    IF col IS NULL OR coalesce(pg_partition_root(shard), shard) <> shard
+    -- A shard is named after its table with the shard's number (Citus's catalog does not know
+    -- it yet as it is made); the shell table of a distributed table is not.
+    IF col IS NULL OR o.name !~ '_[0-9]+$'
+       OR coalesce(pg_partition_root(shard), shard) <> shard
        OR EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = shard AND g.tgname = 'sutra_quota_row') THEN
-        RETURN;
+        RETURN false;
     END IF;
     FOR part IN SELECT t.relid FROM pg_partition_tree(shard) t WHERE t.relid <> shard LOOP
         PERFORM sutra._citus_shard_attach(shard, part, true);
@@ -117,6 +121,7 @@ BEGIN
                    'FOR EACH ROW EXECUTE FUNCTION sutra._quota_row(%L)', shard, col);
     EXECUTE format('CREATE TRIGGER sutra_quota_truncate BEFORE TRUNCATE ON %s '
                    'FOR EACH STATEMENT EXECUTE FUNCTION sutra._quota_truncate(%L)', shard, col);
+    RETURN true;
 END $$;
 
 -- On a Citus worker, before shard part becomes a partition of shard parent: part gives up a row

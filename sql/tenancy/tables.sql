@@ -229,8 +229,8 @@ BEGIN
                        left(short_name || '_' || tenant_column, 53) || '_sutra_idx', tbl, tenant_column);
     END IF;
     -- Quota accounting (sql/usage.sql): AFTER ROW, so that COPY keeps its batched inserts. Not in
-    -- a Citus database: Citus refuses to distribute a table with triggers (and would run them on
-    -- the workers, against each worker's limits); row quotas do not cover its tenant tables yet.
+    -- a Citus database: Citus refuses to distribute a table with triggers; sutra adds them to each
+    -- shard on the workers as Citus creates it (_citus_shard_quota_triggers).
     IF NOT citus AND NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = tbl AND g.tgname = 'sutra_quota_row') THEN
         EXECUTE format('CREATE TRIGGER sutra_quota_row AFTER INSERT OR UPDATE OR DELETE ON %s '
                        'FOR EACH ROW EXECUTE FUNCTION sutra._quota_row(%L)', tbl, tenant_column);
@@ -298,8 +298,10 @@ BEGIN
     IF (SELECT count(*) FROM pg_policy p WHERE p.polrelid = tbl AND p.polname LIKE 'sutra_tenant_%') < 4 THEN
         RETURN QUERY SELECT 'error', tbl::text, 'a sutra_tenant_* policy is missing';
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = tbl AND g.tgname = 'sutra_quota_row') THEN
-        RETURN QUERY SELECT 'warning', tbl::text, 'row quotas do not count this table (a table of a Citus database)';
+    -- A distributed table's shards carry the quota triggers (added on the workers).
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = tbl AND g.tgname = 'sutra_quota_row')
+       AND sutra._citus_distribution_column(tbl) IS NULL THEN
+        RETURN QUERY SELECT 'warning', tbl::text, 'row quotas do not count this table (a table of a Citus database that is not distributed)';
     END IF;
     IF NOT sutra._has_tenant_btree(tbl, col_num) THEN
         RETURN QUERY SELECT 'warning', tbl::text,

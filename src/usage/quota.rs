@@ -93,12 +93,29 @@ pub fn init() {
     crate::backend::utility::register(on_shard_ddl);
 }
 
+/// Whether a DROP statement drops a shard of a distributed tenant table held here.
+unsafe fn drops_a_tenant_shard(drop: *mut pg_sys::DropStmt) -> bool {
+    if (*drop).removeType != pg_sys::ObjectType::OBJECT_TABLE {
+        return false;
+    }
+    let objects = (*drop).objects;
+    (0..if objects.is_null() { 0 } else { (*objects).length as usize }).any(|i| {
+        let names = (*(*objects).elements.add(i)).ptr_value as *mut pg_sys::List;
+        let relation = pg_sys::makeRangeVarFromNameList(names);
+        let relid = pg_sys::RangeVarGetRelidExtended(
+            relation,
+            pg_sys::NoLock as _,
+            pg_sys::RVROption::RVR_MISSING_OK as _,
+            None,
+            std::ptr::null_mut(),
+        );
+        relid != pg_sys::InvalidOid && crate::tenancy::citus::shard_tenant_column(relid).is_some()
+    })
+}
+
 /// Before `ALTER TABLE parent ATTACH PARTITION part` on a Citus worker: a shard about to become
 /// a partition gives up a row quota trigger of its own for its parent's.
 unsafe fn before_attach(alter: *mut pg_sys::AlterTableStmt) {
-    if pg_sys::creating_extension || !crate::tenancy::citus::loaded() || !crate::tenancy::citus::is_worker() {
-        return;
-    }
     let cmds = (*alter).cmds;
     for i in 0..if cmds.is_null() { 0 } else { (*cmds).length as usize } {
         let cmd = (*(*cmds).elements.add(i)).ptr_value as *mut pg_sys::AlterTableCmd;
@@ -141,31 +158,35 @@ unsafe fn on_shard_ddl(call: &crate::backend::utility::Utility, next: &dyn Fn())
             !(**p).policy_name.is_null() && CStr::from_ptr((**p).policy_name).to_bytes() == b"sutra_tenant_insert"
         })
         .map(|p| (*p).table);
-    let dropped = call
-        .statement::<pg_sys::DropStmt>(pg_sys::NodeTag::T_DropStmt)
-        .is_some_and(|d| (*d).removeType == pg_sys::ObjectType::OBJECT_TABLE);
-    if let Some(alter) = call.statement::<pg_sys::AlterTableStmt>(pg_sys::NodeTag::T_AlterTableStmt) {
+    let drop = call.statement::<pg_sys::DropStmt>(pg_sys::NodeTag::T_DropStmt);
+    let alter = call.statement::<pg_sys::AlterTableStmt>(pg_sys::NodeTag::T_AlterTableStmt);
+    // An extension's script (Citus's own among them) makes no shards.
+    let on_worker = (policy.is_some() || drop.is_some() || alter.is_some())
+        && !pg_sys::creating_extension
+        && crate::tenancy::citus::loaded()
+        && crate::tenancy::citus::is_worker();
+    if !on_worker {
+        return next();
+    }
+    if let Some(alter) = alter {
         before_attach(alter);
     }
+    let shard_dropped = drop.is_some_and(|d| drops_a_tenant_shard(d));
     next();
-    // An extension's script (Citus's own among them) makes no shards.
-    if (policy.is_none() && !dropped)
-        || pg_sys::creating_extension
-        || !crate::tenancy::citus::loaded()
-        || !crate::tenancy::citus::is_worker()
-    {
-        return;
-    }
-    if let Some(table) = policy {
+    let shard_made = policy.is_some_and(|table| {
         // The policy exists now, on the relation the statement named.
         let relid = pg_sys::RangeVarGetRelidExtended(table, pg_sys::NoLock as _, 0, None, std::ptr::null_mut());
-        as_superuser(|| Spi::run_with_args("SELECT sutra._citus_shard_quota_triggers($1)", &[relid.into()]))
+        as_superuser(|| Spi::get_one_with_args::<bool>("SELECT sutra._citus_shard_quota_triggers($1)", &[relid.into()]))
             .unwrap_or_else(|e| {
                 crate::error::raise(
                     PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
                     format!("could not add quota triggers to a shard of a tenant table: {e}"),
                 )
-            });
+            })
+            .unwrap_or(false)
+    });
+    if !shard_made && !shard_dropped {
+        return;
     }
     let db = shmem::my_db();
     shmem::for_each_slot(|s| {
