@@ -161,38 +161,74 @@ CREATE FUNCTION reconcile_usage(tenant uuid)
 RETURNS TABLE (table_name regclass, rows bigint, bytes bigint, vectors bigint)
 LANGUAGE sql AS $$ SELECT * FROM sutra.reconcile_usage(tenant::text) $$;
 
--- On a Citus coordinator: a tenant's quota counts on every worker, where the shards holding its
--- rows count them (table null: the totals). A worker that cannot answer fails the call.
-CREATE FUNCTION _cluster_quota_counts(t uuid)
-RETURNS TABLE (table_name oid, rows bigint, bytes bigint, vectors bigint)
+-- On a Citus coordinator: runs command, which returns one json array, on every worker, and
+-- returns the elements of all the answers. A worker that cannot answer fails the call (what:
+-- what the command reads, for the message).
+CREATE FUNCTION _worker_answers(command text, what text) RETURNS SETOF jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    answers jsonb;
+    answers jsonb := (SELECT jsonb_agg(jsonb_build_object('node', r.nodename || ':' || r.nodeport,
+                                                          'success', r.success, 'result', r.result))
+                      FROM run_command_on_workers(command) r);
     failed text;
 BEGIN
-    answers := (SELECT jsonb_agg(jsonb_build_object('node', r.nodename || ':' || r.nodeport, 'success', r.success,
-                                                    'result', r.result))
-                FROM run_command_on_workers(format(
-                    $q$SELECT coalesce(json_agg(json_build_array(q.table_name::regclass::text, q.rows, q.bytes,
-                                                                 q.vectors)), '[]')
-                       FROM sutra._quota_counts(%L) q$q$, t)) r);
     SELECT string_agg((a ->> 'node') || ': ' || (a ->> 'result'), '; ') INTO failed
     FROM jsonb_array_elements(coalesce(answers, '[]')) a WHERE NOT (a ->> 'success')::boolean;
     IF failed IS NOT NULL THEN
-        RAISE EXCEPTION 'could not read the quota counts of tenant % on every node', t
-            USING ERRCODE = '08000', DETAIL = failed;
+        RAISE EXCEPTION 'could not read % on every node', what USING ERRCODE = '08000', DETAIL = failed;
     END IF;
+    RETURN QUERY SELECT e FROM jsonb_array_elements(coalesce(answers, '[]')) a,
+                               jsonb_array_elements((a ->> 'result')::jsonb) e;
+END $$;
+REVOKE ALL ON FUNCTION _worker_answers(text, text) FROM PUBLIC;
+
+-- On a Citus coordinator: a tenant's quota counts on every worker, where the shards holding its
+-- rows count them (table null: the totals).
+CREATE FUNCTION _cluster_quota_counts(t uuid)
+RETURNS TABLE (table_name oid, rows bigint, bytes bigint, vectors bigint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- PL/pgSQL: Citus's catalog exists only where Citus does.
     RETURN QUERY
     WITH counts AS (
         SELECT e ->> 0 AS shard, (e ->> 1)::bigint AS r, (e ->> 2)::bigint AS b, (e ->> 3)::bigint AS v
-        FROM jsonb_array_elements(coalesce(answers, '[]')) a, jsonb_array_elements((a ->> 'result')::jsonb) e
+        FROM sutra._worker_answers(
+                 format($q$SELECT coalesce(json_agg(json_build_array(q.table_name::regclass::text, q.rows, q.bytes,
+                                                                     q.vectors)), '[]')
+                           FROM sutra._quota_counts(%L) q$q$, t),
+                 format('the quota counts of tenant %s', t)) e
     )
+    -- A shard's table: the one Citus's catalog numbers it for.
     SELECT s.logicalrelid::oid, sum(c.r)::bigint, sum(c.b)::bigint, sum(c.v)::bigint
     FROM counts c LEFT JOIN pg_dist_shard s ON s.shardid = substring(c.shard FROM '_([0-9]+)$')::int8
     WHERE c.shard IS NULL OR s.logicalrelid IS NOT NULL
     GROUP BY s.logicalrelid;
 END $$;
 REVOKE ALL ON FUNCTION _cluster_quota_counts(uuid) FROM PUBLIC;
+
+-- The quota totals of every tenant whose counts are known (sutra._quota_totals); on a Citus
+-- coordinator, added up over every node (the workers count the rows of their shards). Runs as
+-- the extension's owner (who may run commands on the workers) for sutra_service's reports.
+CREATE FUNCTION _stored_totals()
+RETURNS TABLE (tenant_id uuid, rows bigint, bytes bigint, vectors bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT sutra._citus_coordinator() THEN
+        RETURN QUERY SELECT * FROM sutra._quota_totals();
+        RETURN;
+    END IF;
+    RETURN QUERY
+    SELECT a.t, sum(a.r)::bigint, sum(a.b)::bigint, sum(a.v)::bigint
+    FROM (SELECT q.tenant_id AS t, q.rows AS r, q.bytes AS b, q.vectors AS v FROM sutra._quota_totals() q
+          UNION ALL
+          SELECT (e ->> 0)::uuid, (e ->> 1)::bigint, (e ->> 2)::bigint, (e ->> 3)::bigint
+          FROM sutra._worker_answers(
+                   $q$SELECT coalesce(json_agg(json_build_array(q.tenant_id, q.rows, q.bytes, q.vectors)), '[]')
+                      FROM sutra._quota_totals() q$q$, 'the quota counts') e) a
+    GROUP BY a.t;
+END $$;
+REVOKE ALL ON FUNCTION _stored_totals() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION _stored_totals() TO sutra_service;
 
 -- A tenant's quota counts against its limits (on a Citus coordinator: across the cluster).
 CREATE FUNCTION quota_usage(tenant text)
@@ -1008,7 +1044,7 @@ BEGIN
             FROM sutra._tenant_counters() c
         ), storage AS (
             SELECT q.tenant_id, q.rows AS stored_rows, q.bytes AS storage_bytes, q.vectors AS stored_vectors
-            FROM sutra._quota_totals() q
+            FROM sutra._stored_totals() q
         ), rows AS (
             -- Label values escaped as the text format wants (backslash, double quote, newline).
             SELECT to_jsonb(c) || coalesce(to_jsonb(s), '{}')
@@ -1097,7 +1133,7 @@ LANGUAGE sql VOLATILE SET jit = off SET search_path = pg_catalog, pg_temp AS $$
     WITH live_counts AS (
         SELECT * FROM sutra._tenant_counters()
     ), quota_totals AS (
-        SELECT * FROM sutra._quota_totals()
+        SELECT * FROM sutra._stored_totals()
     ), with_caps AS (
         SELECT t.id FROM sutra.tenants t
         WHERE t.plan IN (SELECT p.name FROM sutra.plans p WHERE p.limits ?| '{monthly,daily,monthly_cost,daily_cost}')

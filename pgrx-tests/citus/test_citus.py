@@ -619,6 +619,13 @@ def test_row_quotas_across_the_cluster(app):
     with node(0) as c:
         assert c.execute("SELECT count(*) FROM quoted_notes WHERE tenant_id = %s", (tenant,)).fetchone()[0] == 5
         assert c.execute("SELECT count(*) FROM quoted_notes WHERE tenant_id = %s", (app["acme"],)).fetchone()[0] == 5
+        # The coordinator's reports of stored rows add up the nodes too.
+        text = c.execute("SELECT sutra.metrics(1000)").fetchone()[0]
+        assert re.search(r'sutra_tenant_stored_rows\{[^}]*tenant="quoted"[^}]*\} 5\n', text), text
+        c.execute("SELECT sutra.update_tenant('quoted', quota_overrides => %s)",
+                  (Jsonb({"rows_per_table": 5, "rows_total": 6}),))
+        near = c.execute("SELECT limit_name, used FROM sutra.tenants_near_limits WHERE slug = 'quoted'").fetchall()
+        assert ("rows_total", 5) in [(n, int(u)) for n, u in near], near
 
 
 def test_quota_counts_follow_a_moved_shard(app):
