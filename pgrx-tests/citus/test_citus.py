@@ -652,6 +652,40 @@ def test_quota_counts_follow_a_moved_shard(app):
         a.rollback()
 
 
+def test_quota_counts_follow_a_split_shard(app):
+    """A shard split in two, the halves on both workers: the new shards carry the quota triggers,
+    the rows are counted once where they land, and the quota still holds."""
+    with node(0) as c:
+        tenant = c.execute("SELECT id FROM sutra.tenants WHERE slug = 'quoted'").fetchone()[0]
+        key = c.execute("SELECT sutra.create_api_key('quoted', 'app')").fetchone()[0]
+        shard, low, high = c.execute(
+            "SELECT shardid, shardminvalue::int8, shardmaxvalue::int8 FROM pg_dist_shard"
+            " WHERE shardid = get_shard_id_for_distribution_column('quoted_notes', %s)", (tenant,)).fetchone()
+        workers = [r[0] for r in c.execute("SELECT nodeid FROM pg_dist_node WHERE noderole = 'primary'"
+                                           " AND nodeport <> %s ORDER BY nodeport", (int(nodes()[0][1]),))]
+        count = "SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = 'quoted_notes'::regclass"
+        shards = c.execute(count).fetchone()[0]
+        c.execute("SET client_min_messages = warning")
+        c.execute("SELECT citus_split_shard_by_split_points(%s, ARRAY[%s], %s, 'block_writes')",
+                  (shard, str((low + high) // 2), workers))
+        c.execute("CALL citus_cleanup_orphaned_resources()")
+        assert c.execute(count).fetchone()[0] == shards + 1
+    for i in (1, 2):
+        with node(i) as w:
+            shards = w.execute(
+                "SELECT c.relname, EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid"
+                " AND g.tgname = 'sutra_quota_row') FROM pg_class c"
+                " WHERE c.relname ~ '^quoted_notes_[0-9]+$' AND c.relkind = 'r'").fetchall()
+            assert shards and all(t for _, t in shards), shards
+    assert quota_usage(tenant)["rows_per_table:public.quoted_notes"] == (5, 5)
+    with node(0, "app", autocommit=False) as a:
+        a.execute("SELECT sutra.authenticate(%s)", (key,))
+        assert a.execute("SELECT count(*) FROM quoted_notes").fetchone()[0] == 5
+        with pytest.raises(psycopg.Error, match="quota exceeded"):
+            a.execute("INSERT INTO quoted_notes (body) VALUES ('six')")
+        a.rollback()
+
+
 def test_vector_searches_are_counted_once_on_the_coordinator(app):
     """A nearest-neighbour search through the coordinator is one vector search of the tenant's,
     metered on the coordinator with its statement, routed to one shard or asked of every shard;
