@@ -552,6 +552,21 @@ def test_database_without_citus_on_a_citus_server(app):
             c.execute("DROP DATABASE plain WITH (FORCE)")
 
 
+def assert_shards_have_quota_triggers(table):
+    """Each worker holds shards of `table`, and every one carries sutra's row quota trigger."""
+    for i in (1, 2):
+        with node(i) as w:
+            shards = w.execute(
+                "SELECT c.relname, EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid"
+                " AND g.tgname = 'sutra_quota_row') FROM pg_class c"
+                " WHERE c.relname ~ %s AND c.relkind = 'r'", (f"^{table}_[0-9]+$",)).fetchall()
+            assert shards and all(t for _, t in shards), (i, shards)
+    with node(0) as c:
+        # The coordinator's table holds no rows, and no quota triggers (Citus would refuse them).
+        assert c.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = %s::regclass"
+                         " AND tgname LIKE 'sutra_quota%%'", (table,)).fetchone()[0] == 0
+
+
 def quota_usage(tenant):
     with node(0) as c:
         return {name: (used, limit) for name, used, limit in
@@ -575,14 +590,8 @@ def test_row_quotas_across_the_cluster(app):
         # Another tenant's rows in the same shards would fill the quota if they counted.
         c.execute("INSERT INTO quoted_notes (tenant_id, body) SELECT %s, 'acme ' || i FROM generate_series(1, 5) i",
                   (app["acme"],))
-    for i in (1, 2):
-        with node(i) as w:
-            # Every shard of the table carries the quota triggers; the coordinator's table has none.
-            shards = w.execute(
-                "SELECT c.relname, EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid"
-                " AND g.tgname = 'sutra_quota_row') FROM pg_class c"
-                " WHERE c.relname ~ '^quoted_notes_[0-9]+$' AND c.relkind = 'r'").fetchall()
-            assert shards and all(t for _, t in shards), shards
+    # Every shard of the table carries the quota triggers; the coordinator's table has none.
+    assert_shards_have_quota_triggers("quoted_notes")
     with node(0, "app", autocommit=False) as a:
         a.execute("SELECT sutra.authenticate(%s)", (key,))
         a.execute("INSERT INTO quoted_notes (body) VALUES ('one')")
@@ -670,13 +679,7 @@ def test_quota_counts_follow_a_split_shard(app):
                   (shard, str((low + high) // 2), workers))
         c.execute("CALL citus_cleanup_orphaned_resources()")
         assert c.execute(count).fetchone()[0] == shards + 1
-    for i in (1, 2):
-        with node(i) as w:
-            shards = w.execute(
-                "SELECT c.relname, EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid"
-                " AND g.tgname = 'sutra_quota_row') FROM pg_class c"
-                " WHERE c.relname ~ '^quoted_notes_[0-9]+$' AND c.relkind = 'r'").fetchall()
-            assert shards and all(t for _, t in shards), shards
+    assert_shards_have_quota_triggers("quoted_notes")
     assert quota_usage(tenant)["rows_per_table:public.quoted_notes"] == (5, 5)
     with node(0, "app", autocommit=False) as a:
         a.execute("SELECT sutra.authenticate(%s)", (key,))
