@@ -145,6 +145,17 @@ pub trait Graph {
     /// be read (removed by a concurrent VACUUM); such elements are skipped.
     fn distance(&mut self, q: &[f32], id: Self::Id) -> Option<f32>;
 
+    /// The distances from `q` to each of `ids`, in order, into `out` (cleared first): what
+    /// [`Graph::distance`] returns for each. A graph whose elements live in memory that is slow
+    /// to reach overrides it to fetch them all before scoring any.
+    fn distances(&mut self, q: &[f32], ids: &[Self::Id], out: &mut Vec<Option<f32>>) {
+        out.clear();
+        for &id in ids {
+            let d = self.distance(q, id);
+            out.push(d);
+        }
+    }
+
     /// Appends the neighbours of `id` at `level` to `out` (nothing when it cannot be read).
     fn neighbors(&mut self, id: Self::Id, level: usize, out: &mut Vec<Self::Id>);
 
@@ -178,17 +189,18 @@ pub fn search_layer<G: Graph>(
         }
     }
     let mut buf = Vec::new();
+    let mut dists = Vec::new();
     while let Some(Reverse(c)) = candidates.pop() {
         if results.len() >= ef && c.dist > results.peek().map_or(f32::INFINITY, |w| w.dist) {
             break;
         }
         buf.clear();
         g.neighbors(c.id, level, &mut buf);
-        for &n in &buf {
-            if !g.visit(n) {
-                continue;
-            }
-            let Some(d) = g.distance(q, n) else { continue };
+        // The unvisited neighbours, scored together (see `Graph::distances`).
+        buf.retain(|&n| g.visit(n));
+        g.distances(q, &buf, &mut dists);
+        for (&n, &d) in buf.iter().zip(dists.iter()) {
+            let Some(d) = d else { continue };
             if results.len() < ef || d < results.peek().map_or(f32::INFINITY, |w| w.dist) {
                 let s = Scored { dist: d, id: n };
                 candidates.push(Reverse(s));

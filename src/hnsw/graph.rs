@@ -5,7 +5,9 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use sutra_core::hnsw::{Graph, Scored, Space};
 
-use super::pages::{element_item, partition_pages, ElementData, ElementView, Locked, Meta, Partition, Tid};
+use super::pages::{
+    element_item, partition_pages, prefetch_item, ElementData, ElementView, Locked, Meta, Partition, PrefetchStage, Tid,
+};
 
 /// A hasher for element ids (packed block and offset): one multiplication, enough for keys
 /// that are not chosen by an adversary.
@@ -30,6 +32,10 @@ impl Hasher for IdHasher {
 
 pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 pub type IdSet = HashSet<u64, BuildHasherDefault<IdHasher>>;
+
+/// How many pages [`DiskGraph::distances`] pins at once: PostgreSQL keeps a backend's first
+/// eight pins in an array and looks further ones up in a hash table.
+const PIN_BATCH: usize = 6;
 
 /// What a search learned about an element when it scored it.
 #[derive(Clone, Copy)]
@@ -221,6 +227,49 @@ impl Graph for DiskGraph {
             map.insert(id.pack(), v);
         }
         Some(d)
+    }
+
+    /// Scores a node's neighbours together: every page is pinned and the lines each element's
+    /// scoring reads are requested from memory before the first is scored, so the waits for
+    /// them overlap instead of following one another (most of a search's time is those waits).
+    fn distances(&mut self, q: &[f32], ids: &[Tid], out: &mut Vec<Option<f32>>) {
+        out.clear();
+        if self.vectors.is_some() || ids.len() < 2 {
+            for &id in ids {
+                let d = self.distance(q, id);
+                out.push(d);
+            }
+            return;
+        }
+        // Scoring reads an element's header and vector, not its links.
+        let bytes = sutra_core::hnsw_tuple::ELEMENT_HEADER + 4 * self.dims;
+        let (space, dims, m, owner) = (self.space, self.dims, self.m, self.owner);
+        // A few at a time: a backend keeps its first pins in a small array, more in a hash table.
+        for chunk in ids.chunks(PIN_BATCH) {
+            let mut pinned = [0 as pg_sys::Buffer; PIN_BATCH];
+            for (slot, id) in pinned.iter_mut().zip(chunk) {
+                *slot = Locked::pin(self.index, id.block);
+            }
+            for (id, &buf) in chunk.iter().zip(&pinned) {
+                prefetch_item(buf, id.offset, PrefetchStage::Header, bytes);
+            }
+            for (id, &buf) in chunk.iter().zip(&pinned) {
+                prefetch_item(buf, id.offset, PrefetchStage::Item, bytes);
+            }
+            for (id, &buf) in chunk.iter().zip(&pinned) {
+                self.reads += 1;
+                let b = Locked::lock(buf);
+                let scored = element_item(b.page(), id.offset, owner)
+                    .and_then(|bytes| ElementView::new(bytes, dims, m))
+                    .map(|e| (space.distance(q, e.vector()), e.heap(), e.deleted()));
+                drop(b);
+                out.push(scored.map(|(d, heap, deleted)| {
+                    let node = self.nodes.entry(id.pack()).or_default();
+                    *node = Node { scored: true, deleted, heap, ..*node };
+                    d
+                }));
+            }
+        }
     }
 
     fn neighbors(&mut self, id: Tid, level: usize, out: &mut Vec<Tid>) {

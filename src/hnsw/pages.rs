@@ -192,6 +192,37 @@ pub struct Partition {
     pub key: Key,
 }
 
+/// A hasher for [`RECENT`]'s keys (relation and block packed in one integer): one
+/// multiplication.
+#[derive(Default)]
+struct BlockHasher(u64);
+
+impl std::hash::Hasher for BlockHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (n ^ (n >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// How many blocks [`RECENT`] remembers before it starts over (a few hundred kB).
+const RECENT_MAX: usize = 1 << 16;
+
+thread_local! {
+    /// The buffer each index block (relation file number, block) was in when this backend last
+    /// pinned it: a hint for `ReadRecentBuffer`, never trusted without its check.
+    static RECENT: RefCell<HashMap<u64, pg_sys::Buffer, std::hash::BuildHasherDefault<BlockHasher>>> =
+        RefCell::new(HashMap::default());
+}
+
 /// A pinned and locked buffer, released when dropped.
 pub struct Locked {
     pub buf: pg_sys::Buffer,
@@ -207,13 +238,11 @@ impl Locked {
         // SAFETY: index is an open relation; ReadBufferExtended raises an ERROR for a block past
         // the end, and the lock mode is one of the two buffer lock modes.
         unsafe {
-            let buf = pg_sys::ReadBufferExtended(
-                index,
-                fork,
-                block,
-                pg_sys::ReadBufferMode::RBM_NORMAL,
-                std::ptr::null_mut(),
-            );
+            let buf = if fork == pg_sys::ForkNumber::MAIN_FORKNUM {
+                Self::pin(index, block)
+            } else {
+                pg_sys::ReadBufferExtended(index, fork, block, pg_sys::ReadBufferMode::RBM_NORMAL, std::ptr::null_mut())
+            };
             pg_sys::LockBuffer(
                 buf,
                 if exclusive { pg_sys::BUFFER_LOCK_EXCLUSIVE } else { pg_sys::BUFFER_LOCK_SHARE } as i32,
@@ -245,6 +274,48 @@ impl Locked {
             }
             Locked { buf }
         }
+    }
+
+    /// Pins `block` of the main fork without locking it (see [`Locked::lock`]). The buffer that
+    /// held the block when this backend last read it is tried first (`ReadRecentBuffer`, which
+    /// pins it only if it still holds that block): a search reads thousands of pages, and the
+    /// lookup in the shared buffer table it saves is the costliest part of reading one.
+    pub fn pin(index: pg_sys::Relation, block: u32) -> pg_sys::Buffer {
+        // SAFETY: index is an open relation; ReadRecentBuffer checks the buffer's tag under its
+        // header lock before pinning it, so a stale or colliding entry only fails the check;
+        // ReadBufferExtended raises an ERROR for a block past the end. The pin is given back by
+        // the `Locked` made of it, or at transaction abort.
+        unsafe {
+            let node = (*index).rd_node;
+            let key = ((node.relNode.to_u32() as u64) << 32) | block as u64;
+            if let Some(recent) = RECENT.with(|r| r.borrow().get(&key).copied()) {
+                if pg_sys::ReadRecentBuffer(node, pg_sys::ForkNumber::MAIN_FORKNUM, block, recent) {
+                    return recent;
+                }
+            }
+            let buf = pg_sys::ReadBufferExtended(
+                index,
+                pg_sys::ForkNumber::MAIN_FORKNUM,
+                block,
+                pg_sys::ReadBufferMode::RBM_NORMAL,
+                std::ptr::null_mut(),
+            );
+            RECENT.with(|r| {
+                let mut r = r.borrow_mut();
+                if r.len() >= RECENT_MAX {
+                    r.clear();
+                }
+                r.insert(key, buf);
+            });
+            buf
+        }
+    }
+
+    /// Share-locks a buffer [`Locked::pin`] pinned; the guard unlocks and unpins it.
+    pub fn lock(buf: pg_sys::Buffer) -> Locked {
+        // SAFETY: buf is pinned by this backend and not locked by it.
+        unsafe { pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_SHARE as i32) };
+        Locked { buf }
     }
 
     pub fn block(&self) -> u32 {
@@ -376,6 +447,54 @@ pub fn item<'a>(page: pg_sys::Page, offset: u16) -> Option<&'a [u8]> {
         }
         Some(std::slice::from_raw_parts((page as *const u8).add(start), len))
     }
+}
+
+/// Asks the CPU to start loading the cache lines of page `buf` that reading item `offset` will
+/// touch: the page header with the line pointer, the special space, and the item's first `bytes`
+/// (what the reader needs of it; after an owner tag on a shared page). Only a
+/// hint: the page is pinned but not locked, so the line pointer read here may be changing; an
+/// address it yields is never dereferenced, and prefetching any address is harmless.
+pub fn prefetch_item(buf: pg_sys::Buffer, offset: u16, stage: PrefetchStage, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: buf is pinned, so its page stays in shared buffers at this address; prefetch
+    // instructions never fault. The line pointer is read with a volatile load of four bytes
+    // inside the page (offset bounded by the page), as a hint only.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let page = pg_sys::BufferGetPage(buf) as *const u8;
+        let slot = std::mem::size_of::<pg_sys::PageHeaderData>() + 4 * (offset.max(1) as usize - 1);
+        if slot + 4 > pg_sys::BLCKSZ as usize {
+            return;
+        }
+        match stage {
+            PrefetchStage::Header => {
+                _mm_prefetch::<_MM_HINT_T0>(page as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(page.add(slot) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(page.add(pg_sys::BLCKSZ as usize - 8) as *const i8);
+            }
+            PrefetchStage::Item => {
+                let raw = std::ptr::read_volatile(page.add(slot) as *const u32);
+                // ItemIdData: lp_off in the low 15 bits, lp_len in the high 15.
+                let (start, len) = ((raw & 0x7fff) as usize, (raw >> 17) as usize);
+                let end = (start + len.min(bytes + OWNER_BYTES)).min(pg_sys::BLCKSZ as usize);
+                let mut at = start & !63;
+                while at < end {
+                    _mm_prefetch::<_MM_HINT_T0>(page.add(at) as *const i8);
+                    at += 64;
+                }
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (buf, offset, stage, bytes);
+}
+
+/// What [`prefetch_item`] loads: the lines that locate the item, or (once those have arrived)
+/// the item's own.
+#[derive(Clone, Copy)]
+pub enum PrefetchStage {
+    Header,
+    Item,
 }
 
 /// Mutable bytes of item `offset` of a registered page copy.
