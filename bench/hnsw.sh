@@ -4,14 +4,17 @@
 # sides in one database, each with its own tables loaded by COPY from the same files). Cosine
 # distance, m = 16, ef_construction = 64 on both sides; PostgreSQL's default parallel maintenance
 # workers (pgvector builds in parallel with them).
-#   single: one tenant. 100,000 x 128 clustered vectors, 500 held-out queries from the same
-#     clusters, exact top 10 by numpy. Per side: CREATE INDEX wall clock, index size, recall@10 at
-#     ef_search 40 and 100 (sutra.hnsw_ef_search, hnsw.ef_search), and pgbench QPS with p50/p99
-#     latency (from per-transaction logs) at both ef_search with 1 and 2 clients: a random held-out
-#     query per transaction, -M prepared,
+#   single: one tenant, at 128 and then at 768 dimensions (single128: 128 only). 100,000
+#     clustered vectors, 500 held-out queries from the same clusters, exact top 10 by numpy. Per
+#     side: CREATE INDEX wall clock, index size, recall@10 over the ef_search sweep 20, 40, 80,
+#     160, 320 (sutra.hnsw_ef_search, hnsw.ef_search), and pgbench QPS with p50/p99 latency (from
+#     per-transaction logs) at each ef_search with 1 and 2 clients: a random held-out query per
+#     transaction, -M prepared,
 #       SELECT id FROM items ORDER BY embedding <=> (SELECT v FROM queries WHERE qid = :q) LIMIT 10
-#     then single-row inserts into the indexed table with 1 and 4 writers (pgbench, one row of
-#     20,000 fresh vectors from the same clusters per transaction): inserts/s, p50/p99.
+#     and the two compared at equal recall: the QPS of each at the lowest ef_search of the sweep
+#     that reaches recall@10 0.95, and the highest recall both reach. At 128 dimensions, then
+#     single-row inserts into the indexed table with 1 and 4 writers (pgbench, one row of 20,000
+#     fresh vectors from the same clusters per transaction): inserts/s, p50/p99.
 #   tenants: 1,000 tenants of power-law sizes (1 to ~13,000 rows), 200,000 x 128 rows, each
 #     tenant's vectors from 1 to 3 clusters that other tenants share. 100 queries in each size
 #     bucket (small < 100 rows, medium 100 to 1000, large > 1000), exact top 10 within the
@@ -39,8 +42,9 @@
 #   tiny: 50,000 tenants of 4 rows (200,000 x 128): index size and build time of sutra_hnsw
 #     (tenant_id, embedding) against pgvector's hnsw (embedding) plus a btree (tenant_id), the
 #     smallest pgvector setup that finds a tenant's rows.
-# Run: bench/hnsw.sh [single|tenants|tiny|all]   (default all; builds and installs the release
-#   build first; then about 10 minutes with both sides: 3 for single, 5.5 for tenants, 1.5 for tiny)
+# Run: bench/hnsw.sh [single|single128|tenants|tiny|all]   (default all; builds and installs the
+#   release build first; then about 25 minutes with both sides: 6 for single at 128 dimensions,
+#   11 at 768, 5.5 for tenants, 1.5 for tiny)
 # SUTRA_BENCH_INSTALLED=1: a throwaway cluster, using the sutra already installed (no build).
 # On a running cluster with sutra installed and preloaded (no build, no throwaway cluster):
 #   SUTRA_BENCH_HOST=/socket/dir SUTRA_BENCH_PORT=5432 bench/hnsw.sh
@@ -52,13 +56,14 @@ source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
 PARTS=${1:-all}
 case $PARTS in
-    single | tenants | tiny | all) ;;
-    *) echo "usage: bench/hnsw.sh [single|tenants|tiny|all]" >&2; exit 2 ;;
+    single | single128 | tenants | tiny | all) ;;
+    *) echo "usage: bench/hnsw.sh [single|single128|tenants|tiny|all]" >&2; exit 2 ;;
 esac
 DB=bench_hnsw
 APP=sutra_bench_hnsw
 SECS=${BENCH_SECONDS:-10}
 EFS=(40 100)
+EFS_SINGLE=(20 40 80 160 320)
 BENCH_PY="$REPO/bench/hnsw_bench.py"
 WORK=$(mktemp -d)
 chmod 755 "$WORK"
@@ -168,118 +173,150 @@ ratio() {
 
 # row LABEL SUTRA PGVECTOR RATIO: a line of part single's table.
 row() { printf '%-44s %14s %16s %15s\n' "$@"; }
-# at95 SIDE: QPS at the lowest ef_search whose recall reached 0.95.
-at95() { if [ -n "${R[ef95:$1]:-}" ]; then printf '%s (ef %s)' "${R[qps95:$1]}" "${R[ef95:$1]}"; else printf -- '-'; fi; }
 # trow ...: a line of part tenants' tables.
 trow() { printf '  %-42s %4s %9s %6s %6s %7s %8s %8s %9s  %s\n' "$@"; }
 
 # --- Part single: one tenant --------------------------------------------------------------------
+# single_at TARGET SIDE C: for SIDE, the lowest ef_search whose recall@10 reaches TARGET, and
+# its QPS with C clients ("ef qps"), or nothing.
+single_at() {
+    local target=$1 side=$2 c=$3 ef
+    for ef in "${EFS_SINGLE[@]}"; do
+        if awk -v r="${R[recall:$DIM:$side:$ef]:-0}" -v t="$target" 'BEGIN {exit !(r >= t)}'; then
+            printf '%s %s' "$ef" "${R[qps:$DIM:$side:$ef:$c]}"
+            return
+        fi
+    done
+}
+
+# equal_recall LABEL TARGET: the QPS of both sides at the lowest ef_search reaching TARGET, 1 and
+# 2 clients, and their ratio.
+equal_recall() {
+    local label=$1 target=$2 c s p s_ef s_qps p_ef p_qps
+    for c in 1 2; do
+        read -r s_ef s_qps <<<"$(single_at "$target" sutra "$c")"
+        read -r p_ef p_qps <<<"$(single_at "$target" pgv "$c")"
+        R[eq:s]=${s_qps:-}
+        R[eq:p]=${p_qps:-}
+        s=${s_qps:+$s_qps (ef $s_ef)}
+        p=${p_qps:+$p_qps (ef $p_ef)}
+        row "QPS at recall@10 >= $target ($label), $c client(s)" "${s:--}" "${p:--}" "$(ratio eq:s eq:p)"
+    done
+}
+
+# part_single DIMS [inserts]: one tenant at DIMS dimensions; with "inserts", single-row inserts
+# after the searches.
 part_single() {
-    local side ef c name q out info short
-    step "part single: generating the data"
-    info=$(py gen-single "$WORK/single")
+    local dims=$1 inserts=${2:-} side ef c name q out info short best_s best_p both
+    DIM=$dims
+    step "part single ($dims dims): generating the data"
+    info=$(BENCH_DIMS=$dims py gen-single "$WORK/single")
     for side in "${SIDES[@]}"; do
-        sql -c "CREATE TABLE items_$side (id bigint PRIMARY KEY, embedding ${TYPE[$side]}(128) NOT NULL)" \
-            -c "CREATE TABLE queries_$side (qid int PRIMARY KEY, v ${TYPE[$side]}(128) NOT NULL)"
+        sql -c "CREATE TABLE items_$side (id bigint PRIMARY KEY, embedding ${TYPE[$side]}($dims) NOT NULL)" \
+            -c "CREATE TABLE queries_$side (qid int PRIMARY KEY, v ${TYPE[$side]}($dims) NOT NULL)"
         sql -c "COPY items_$side FROM STDIN" <"$WORK/single/items.tsv"
         sql -c "COPY queries_$side FROM STDIN" <"$WORK/single/queries.tsv"
         sql -c "VACUUM ANALYZE items_$side, queries_$side"
     done
     for side in "${SIDES[@]}"; do
-        step "part single: building ${LABEL[$side]}"
+        step "part single ($dims dims): building ${LABEL[$side]}"
         build_index "items_${side}_hnsw" "CREATE INDEX items_${side}_hnsw ON items_$side
             USING ${AM[$side]} (embedding ${OPS[$side]}) WITH (m = 16, ef_construction = 64)"
+        R[build:$dims:$side]=${R[build:items_${side}_hnsw]}
+        R[size:$dims:$side]=${R[size:items_${side}_hnsw]}
         prewarm "items_$side" "items_${side}_hnsw" "queries_$side"
         q="SELECT id FROM items_$side ORDER BY embedding <=> (SELECT v FROM queries_$side WHERE qid = \$1) LIMIT 10"
         require_generic_plan postgres "SELECT 1" "items_${side}_hnsw" "$q" int 1
-        for ef in "${EFS[@]}"; do
+        for ef in "${EFS_SINGLE[@]}"; do
             out=$(py recall-single --dir "$WORK/single" --dsn "$(dsn)" --table "items_$side" \
                 --queries "queries_$side" --index "items_${side}_hnsw" --set "SET ${GUC[$side]} = $ef")
-            read -r "R[recall:$side:$ef]" short <<<"$out"
-            R[short:$side:$ef]=$(awk -v s="$short" 'BEGIN {printf "%.0f%%", s * 100}')
+            read -r "R[recall:$dims:$side:$ef]" short <<<"$out"
+            R[short:$dims:$side:$ef]=$(awk -v s="$short" 'BEGIN {printf "%.0f%%", s * 100}')
         done
         {
             echo '\set q random(1, 500)'
             echo "SELECT id FROM items_$side ORDER BY embedding <=> (SELECT v FROM queries_$side WHERE qid = :q) LIMIT 10;"
         } >"$WORK/single-$side.sql"
         chmod 644 "$WORK/single-$side.sql"
-        run_pgbench "warmup-single-$side" postgres 1 "-c ${GUC[$side]}=40" "$WORK/single-$side.sql" 2 >/dev/null
+        run_pgbench "warmup-single-$dims-$side" postgres 1 "-c ${GUC[$side]}=40" "$WORK/single-$side.sql" 2 >/dev/null
     done
     # The sides alternate within each setting, so that both see the same machine.
-    for ef in "${EFS[@]}"; do
+    for ef in "${EFS_SINGLE[@]}"; do
         for c in 1 2; do
             for side in "${SIDES[@]}"; do
-                step "part single: pgbench ${LABEL[$side]}, ef_search $ef, $c client(s)"
-                name="single-$side-$ef-$c"
+                step "part single ($dims dims): pgbench ${LABEL[$side]}, ef_search $ef, $c client(s)"
+                name="single-$dims-$side-$ef-$c"
                 out=$(run_pgbench "$name" postgres "$c" "-c ${GUC[$side]}=$ef" "$WORK/single-$side.sql")
-                read -r "R[qps:$side:$ef:$c]" "R[p50:$side:$ef:$c]" "R[p99:$side:$ef:$c]" _ <<<"$out"
+                read -r "R[qps:$dims:$side:$ef:$c]" "R[p50:$dims:$side:$ef:$c]" "R[p99:$dims:$side:$ef:$c]" _ <<<"$out"
             done
         done
     done
-    # Single-row inserts into the indexed table, 1 and 4 writers, the sides alternating: each
-    # transaction inserts one row of fresh.tsv (drawn from the same clusters) under a new id.
-    for side in "${SIDES[@]}"; do
-        sql -c "CREATE TABLE fresh_$side (k int PRIMARY KEY, v ${TYPE[$side]}(128) NOT NULL)" \
-            -c "CREATE SEQUENCE ins_$side START 1000001"
-        sql -c "COPY fresh_$side FROM STDIN" <"$WORK/single/fresh.tsv"
-        sql -c "VACUUM ANALYZE fresh_$side"
-        {
-            echo '\set n random(1, 20000)'
-            echo "INSERT INTO items_$side (id, embedding) SELECT nextval('ins_$side'), v FROM fresh_$side WHERE k = :n;"
-        } >"$WORK/insert-$side.sql"
-        chmod 644 "$WORK/insert-$side.sql"
-    done
-    for c in 1 4; do
+    if [ -n "$inserts" ]; then
+        # Single-row inserts into the indexed table, 1 and 4 writers, the sides alternating: each
+        # transaction inserts one row of fresh.tsv (drawn from the same clusters) under a new id.
         for side in "${SIDES[@]}"; do
-            step "part single: inserts into ${LABEL[$side]}, $c writer(s)"
-            out=$(run_pgbench "insert-$side-$c" postgres "$c" "" "$WORK/insert-$side.sql")
-            read -r "R[ins:$side:$c]" "R[insp50:$side:$c]" "R[insp99:$side:$c]" _ <<<"$out"
+            sql -c "CREATE TABLE fresh_$side (k int PRIMARY KEY, v ${TYPE[$side]}($dims) NOT NULL)" \
+                -c "CREATE SEQUENCE ins_$side START 1000001"
+            sql -c "COPY fresh_$side FROM STDIN" <"$WORK/single/fresh.tsv"
+            sql -c "VACUUM ANALYZE fresh_$side"
+            {
+                echo '\set n random(1, 20000)'
+                echo "INSERT INTO items_$side (id, embedding) SELECT nextval('ins_$side'), v FROM fresh_$side WHERE k = :n;"
+            } >"$WORK/insert-$side.sql"
+            chmod 644 "$WORK/insert-$side.sql"
         done
-    done
-    # QPS at recall@10 >= 0.95: the lowest measured ef_search that reaches it, 1 client.
-    for side in "${SIDES[@]}"; do
-        for ef in "${EFS[@]}"; do
-            if awk -v r="${R[recall:$side:$ef]}" 'BEGIN {exit !(r >= 0.95)}'; then
-                R[qps95:$side]=${R[qps:$side:$ef:1]}
-                R[ef95:$side]=$ef
-                break
-            fi
+        for c in 1 4; do
+            for side in "${SIDES[@]}"; do
+                step "part single ($dims dims): inserts into ${LABEL[$side]}, $c writer(s)"
+                out=$(run_pgbench "insert-$side-$c" postgres "$c" "" "$WORK/insert-$side.sql")
+                read -r "R[ins:$side:$c]" "R[insp50:$side:$c]" "R[insp99:$side:$c]" _ <<<"$out"
+            done
         done
-    done
+    fi
 
     echo
     echo "HNSW, one tenant: $info; cosine, m = 16, ef_construction = 64,"
     echo "max_parallel_maintenance_workers = $WORKERS; pgbench -M prepared, ${SECS}s per run, a random query per transaction"
     row "" "sutra_hnsw" "${LABEL[pgv]:-pgvector}" "sutra/pgvector"
-    row "build (CREATE INDEX), s  (lower: better)" "$(fig build:items_sutra_hnsw)" "$(fig build:items_pgv_hnsw)" \
-        "$(ratio build:items_sutra_hnsw build:items_pgv_hnsw)"
-    row "index size, MB  (lower: better)" "$(fig size:items_sutra_hnsw)" "$(fig size:items_pgv_hnsw)" \
-        "$(ratio size:items_sutra_hnsw size:items_pgv_hnsw)"
-    for ef in "${EFS[@]}"; do
-        row "recall@10, ef_search $ef" "$(fig "recall:sutra:$ef")" "$(fig "recall:pgv:$ef")" \
-            "$(ratio "recall:sutra:$ef" "recall:pgv:$ef")"
+    row "build (CREATE INDEX), s  (lower: better)" "$(fig build:$dims:sutra)" "$(fig build:$dims:pgv)" \
+        "$(ratio build:$dims:sutra build:$dims:pgv)"
+    row "index size, MB  (lower: better)" "$(fig size:$dims:sutra)" "$(fig size:$dims:pgv)" \
+        "$(ratio size:$dims:sutra size:$dims:pgv)"
+    for ef in "${EFS_SINGLE[@]}"; do
+        row "recall@10, ef_search $ef" "$(fig "recall:$dims:sutra:$ef")" "$(fig "recall:$dims:pgv:$ef")" \
+            "$(ratio "recall:$dims:sutra:$ef" "recall:$dims:pgv:$ef")"
     done
-    for ef in "${EFS[@]}"; do
+    for ef in "${EFS_SINGLE[@]}"; do
         for c in 1 2; do
-            row "QPS, ef_search $ef, $c client(s)" "$(fig "qps:sutra:$ef:$c")" "$(fig "qps:pgv:$ef:$c")" \
-                "$(ratio "qps:sutra:$ef:$c" "qps:pgv:$ef:$c")"
-            row "  p50 / p99 latency, ms  (lower: better)" "$(fig "p50:sutra:$ef:$c") / $(fig "p99:sutra:$ef:$c")" \
-                "$(fig "p50:pgv:$ef:$c") / $(fig "p99:pgv:$ef:$c")" \
-                "$(ratio "p50:sutra:$ef:$c" "p50:pgv:$ef:$c") / $(ratio "p99:sutra:$ef:$c" "p99:pgv:$ef:$c")"
+            row "QPS, ef_search $ef, $c client(s)" "$(fig "qps:$dims:sutra:$ef:$c")" "$(fig "qps:$dims:pgv:$ef:$c")" \
+                "$(ratio "qps:$dims:sutra:$ef:$c" "qps:$dims:pgv:$ef:$c")"
+            row "  p50 / p99 latency, ms  (lower: better)" \
+                "$(fig "p50:$dims:sutra:$ef:$c") / $(fig "p99:$dims:sutra:$ef:$c")" \
+                "$(fig "p50:$dims:pgv:$ef:$c") / $(fig "p99:$dims:pgv:$ef:$c")" \
+                "$(ratio "p50:$dims:sutra:$ef:$c" "p50:$dims:pgv:$ef:$c") / $(ratio "p99:$dims:sutra:$ef:$c" "p99:$dims:pgv:$ef:$c")"
         done
     done
-    row "QPS at recall@10 >= 0.95, 1 client" "$(at95 sutra)" "$(at95 pgv)" "$(ratio qps95:sutra qps95:pgv)"
-    echo "(at the lowest measured ef_search whose recall@10 reaches 0.95, '-' when none does; queries returning fewer" \
-        "than 10 rows at ef 40 / 100: sutra $(fig short:sutra:40) / $(fig short:sutra:100), pgvector $(fig short:pgv:40) / $(fig short:pgv:100))"
-    for c in 1 4; do
-        row "single-row inserts/s, $c writer(s)" "$(fig "ins:sutra:$c")" "$(fig "ins:pgv:$c")" \
-            "$(ratio "ins:sutra:$c" "ins:pgv:$c")"
-        row "  p50 / p99 latency, ms  (lower: better)" "$(fig "insp50:sutra:$c") / $(fig "insp99:sutra:$c")" \
-            "$(fig "insp50:pgv:$c") / $(fig "insp99:pgv:$c")" \
-            "$(ratio "insp50:sutra:$c" "insp50:pgv:$c") / $(ratio "insp99:sutra:$c" "insp99:pgv:$c")"
-    done
+    # Equal recall: 0.95, and the highest recall both sides reach over the sweep.
+    best_s=$(for ef in "${EFS_SINGLE[@]}"; do echo "${R[recall:$dims:sutra:$ef]:-0}"; done | sort -g | tail -1)
+    best_p=$(for ef in "${EFS_SINGLE[@]}"; do echo "${R[recall:$dims:pgv:$ef]:-0}"; done | sort -g | tail -1)
+    both=$(awk -v a="$best_s" -v b="$best_p" 'BEGIN {print (a < b) ? a : b}')
+    equal_recall "0.95" 0.95
+    equal_recall "the highest both reach" "$both"
+    echo "(QPS at the lowest ef_search of the sweep whose recall@10 reaches the target, '-' when none does;" \
+        "queries returning fewer than 10 rows at ef 20 / 320: sutra $(fig short:$dims:sutra:20) / $(fig short:$dims:sutra:320)," \
+        "pgvector $(fig short:$dims:pgv:20) / $(fig short:$dims:pgv:320))"
+    if [ -n "$inserts" ]; then
+        for c in 1 4; do
+            row "single-row inserts/s, $c writer(s)" "$(fig "ins:sutra:$c")" "$(fig "ins:pgv:$c")" \
+                "$(ratio "ins:sutra:$c" "ins:pgv:$c")"
+            row "  p50 / p99 latency, ms  (lower: better)" "$(fig "insp50:sutra:$c") / $(fig "insp99:sutra:$c")" \
+                "$(fig "insp50:pgv:$c") / $(fig "insp99:pgv:$c")" \
+                "$(ratio "insp50:sutra:$c" "insp50:pgv:$c") / $(ratio "insp99:sutra:$c" "insp99:pgv:$c")"
+        done
+        for side in "${SIDES[@]}"; do sql -c "DROP TABLE fresh_$side" -c "DROP SEQUENCE ins_$side"; done
+    fi
     echo "reproduce: bench/hnsw.sh single   (SUTRA_BENCH_INSTALLED=1: without building)"
-    for side in "${SIDES[@]}"; do sql -c "DROP TABLE items_$side, queries_$side, fresh_$side" -c "DROP SEQUENCE ins_$side"; done
+    for side in "${SIDES[@]}"; do sql -c "DROP TABLE items_$side, queries_$side"; done
 }
 
 # --- Part tenants: 1,000 tenants ------------------------------------------------------------------
@@ -480,8 +517,9 @@ part_tiny() {
 }
 
 case $PARTS in
-    single) part_single ;;
+    single) part_single 128 inserts; part_single 768 ;;
+    single128) part_single 128 inserts ;;
     tenants) part_tenants ;;
     tiny) part_tiny ;;
-    all) part_single; part_tenants; part_tiny ;;
+    all) part_single 128 inserts; part_single 768; part_tenants; part_tiny ;;
 esac

@@ -23,7 +23,8 @@ import uuid
 
 import numpy as np
 
-DIMS = 128
+# Part single runs at 128 and 768 dimensions (BENCH_DIMS); the other parts at 128.
+DIMS = int(os.environ.get("BENCH_DIMS", "128"))
 SEED_SINGLE = 20240601
 SEED_TENANTS = 20240602
 BUCKETS = ("small", "medium", "large")  # < 100 rows, 100 to 1000, > 1000
