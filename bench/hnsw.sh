@@ -11,8 +11,9 @@
 #     per-transaction logs) at each ef_search with 1 and 2 clients: a random held-out query per
 #     transaction, -M prepared,
 #       SELECT id FROM items ORDER BY embedding <=> (SELECT v FROM queries WHERE qid = :q) LIMIT 10
-#     and the two compared at equal recall: the QPS of each at the lowest ef_search of the sweep
-#     that reaches recall@10 0.95, and the highest recall both reach. At 128 dimensions, then
+#     and the two compared at equal recall, recall@10 0.95 and the highest recall both reach: the
+#     QPS of each on its QPS/recall curve at that recall (linear between the two sweep points
+#     around it), and at the lowest ef_search of the sweep that reaches it. At 128 dimensions, then
 #     single-row inserts into the indexed table with 1 and 4 writers (pgbench, one row of 20,000
 #     fresh vectors from the same clusters per transaction): inserts/s, p50/p99.
 #   tenants: 1,000 tenants of power-law sizes (1 to ~13,000 rows), 200,000 x 128 rows, each
@@ -177,30 +178,45 @@ row() { printf '%-44s %14s %16s %15s\n' "$@"; }
 trow() { printf '  %-42s %4s %9s %6s %6s %7s %8s %8s %9s  %s\n' "$@"; }
 
 # --- Part single: one tenant --------------------------------------------------------------------
-# single_at TARGET SIDE C: for SIDE, the lowest ef_search whose recall@10 reaches TARGET, and
-# its QPS with C clients ("ef qps"), or nothing.
+# single_at TARGET SIDE C: for SIDE with C clients, "ef qps" at the lowest ef_search of the sweep
+# whose recall@10 reaches TARGET, then "efs qps" on SIDE's QPS/recall curve at recall TARGET:
+# linear between the two sweep points around it (efs "a-b"), or that lowest one's when the first
+# point reaches it already. Nothing when no point reaches TARGET.
 single_at() {
-    local target=$1 side=$2 c=$3 ef
+    local target=$1 side=$2 c=$3 ef points=""
     for ef in "${EFS_SINGLE[@]}"; do
-        if awk -v r="${R[recall:$DIM:$side:$ef]:-0}" -v t="$target" 'BEGIN {exit !(r >= t)}'; then
-            printf '%s %s' "$ef" "${R[qps:$DIM:$side:$ef:$c]}"
-            return
-        fi
+        points+="$ef ${R[recall:$DIM:$side:$ef]:-0} ${R[qps:$DIM:$side:$ef:$c]:-0} "
     done
+    awk -v t="$target" -v p="$points" 'BEGIN {
+        n = split(p, f, " ") / 3
+        for (i = 1; i <= n; i++) {
+            e[i] = f[3 * i - 2]; r[i] = f[3 * i - 1]; q[i] = f[3 * i]
+            if (r[i] >= t) {
+                if (i == 1 || r[i] == r[i - 1]) { printf "%s %s %s %s", e[i], q[i], e[i], q[i]; exit }
+                x = q[i - 1] + (t - r[i - 1]) * (q[i] - q[i - 1]) / (r[i] - r[i - 1])
+                printf "%s %s %s-%s %.0f", e[i], q[i], e[i - 1], e[i], x; exit
+            }
+        }
+    }'
 }
 
-# equal_recall LABEL TARGET: the QPS of both sides at the lowest ef_search reaching TARGET, 1 and
-# 2 clients, and their ratio.
+# equal_recall LABEL TARGET: the QPS of both sides at recall@10 TARGET, 1 and 2 clients, and
+# their ratio: on each side's QPS/recall curve, and at the lowest ef_search reaching TARGET.
 equal_recall() {
-    local label=$1 target=$2 c s p s_ef s_qps p_ef p_qps
+    local label=$1 target=$2 c s p s_ef s_qps p_ef p_qps s_efs s_at p_efs p_at
     for c in 1 2; do
-        read -r s_ef s_qps <<<"$(single_at "$target" sutra "$c")"
-        read -r p_ef p_qps <<<"$(single_at "$target" pgv "$c")"
+        read -r s_ef s_qps s_efs s_at <<<"$(single_at "$target" sutra "$c")"
+        read -r p_ef p_qps p_efs p_at <<<"$(single_at "$target" pgv "$c")"
+        R[eq:s]=${s_at:-}
+        R[eq:p]=${p_at:-}
+        s=${s_at:+$s_at (ef $s_efs)}
+        p=${p_at:+$p_at (ef $p_efs)}
+        row "QPS at recall@10 $target ($label), $c client(s)" "${s:--}" "${p:--}" "$(ratio eq:s eq:p)"
         R[eq:s]=${s_qps:-}
         R[eq:p]=${p_qps:-}
         s=${s_qps:+$s_qps (ef $s_ef)}
         p=${p_qps:+$p_qps (ef $p_ef)}
-        row "QPS at recall@10 >= $target ($label), $c client(s)" "${s:--}" "${p:--}" "$(ratio eq:s eq:p)"
+        row "  at the lowest ef_search reaching it" "${s:--}" "${p:--}" "$(ratio eq:s eq:p)"
     done
 }
 
@@ -302,8 +318,9 @@ part_single() {
     both=$(awk -v a="$best_s" -v b="$best_p" 'BEGIN {print (a < b) ? a : b}')
     equal_recall "0.95" 0.95
     equal_recall "the highest both reach" "$both"
-    echo "(QPS at the lowest ef_search of the sweep whose recall@10 reaches the target, '-' when none does;" \
-        "queries returning fewer than 10 rows at ef 20 / 320: sutra $(fig short:$dims:sutra:20) / $(fig short:$dims:sutra:320)," \
+    echo "(QPS at a recall: on the side's QPS/recall curve, linear between the two ef_search of the sweep around" \
+        "it; below, at the lowest ef_search whose recall@10 reaches it; '-' when none does. Queries returning" \
+        "fewer than 10 rows at ef 20 / 320: sutra $(fig short:$dims:sutra:20) / $(fig short:$dims:sutra:320)," \
         "pgvector $(fig short:$dims:pgv:20) / $(fig short:$dims:pgv:320))"
     if [ -n "$inserts" ]; then
         for c in 1 4; do
