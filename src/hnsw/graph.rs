@@ -2,33 +2,13 @@
 
 use pgrx::pg_sys;
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use sutra_core::hnsw::{Graph, Scored, Space};
 
 use super::pages::{
-    element_item, partition_pages, prefetch_item, ElementData, ElementView, Locked, Meta, Partition, PrefetchStage, Tid,
+    element_item, partition_pages, prefetch_item, ElementData, ElementView, IdHasher, Locked, Meta, Partition,
+    PrefetchStage, Tid,
 };
-
-/// A hasher for element ids (packed block and offset): one multiplication, enough for keys
-/// that are not chosen by an adversary.
-#[derive(Default)]
-pub struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (n ^ (n >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
 
 pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 pub type IdSet = HashSet<u64, BuildHasherDefault<IdHasher>>;

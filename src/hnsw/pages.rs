@@ -192,12 +192,12 @@ pub struct Partition {
     pub key: Key,
 }
 
-/// A hasher for [`RECENT`]'s keys (relation and block packed in one integer): one
-/// multiplication.
+/// A hasher for ids packed in one integer (an element's block and offset, a relation and a
+/// block): one multiplication, enough for keys that are not chosen by an adversary.
 #[derive(Default)]
-struct BlockHasher(u64);
+pub struct IdHasher(u64);
 
-impl std::hash::Hasher for BlockHasher {
+impl std::hash::Hasher for IdHasher {
     fn finish(&self) -> u64 {
         self.0
     }
@@ -219,7 +219,7 @@ const RECENT_MAX: usize = 1 << 16;
 thread_local! {
     /// The buffer each index block (relation file number, block) was in when this backend last
     /// pinned it: a hint for `ReadRecentBuffer`, never trusted without its check.
-    static RECENT: RefCell<HashMap<u64, pg_sys::Buffer, std::hash::BuildHasherDefault<BlockHasher>>> =
+    static RECENT: RefCell<HashMap<u64, pg_sys::Buffer, std::hash::BuildHasherDefault<IdHasher>>> =
         RefCell::new(HashMap::default());
 }
 
