@@ -810,6 +810,66 @@ mod tests {
         assert!(!h.build(1, || true));
     }
 
+    /// A graph of points on a line, each linked to the 3 on either side, element 7 unreadable;
+    /// `batched` scores neighbours through its own `distances` (in reverse, then put in order).
+    struct LineGraph {
+        batched: bool,
+        batches: Vec<usize>,
+        visited: Vec<bool>,
+    }
+
+    impl Graph for LineGraph {
+        type Id = usize;
+
+        fn distance(&mut self, q: &[f32], id: usize) -> Option<f32> {
+            (id != 7).then(|| (q[0] - id as f32).powi(2))
+        }
+
+        fn distances(&mut self, q: &[f32], ids: &[usize], out: &mut Vec<Option<f32>>) {
+            if !self.batched {
+                out.clear();
+                for &id in ids {
+                    let d = self.distance(q, id);
+                    out.push(d);
+                }
+                return;
+            }
+            self.batches.push(ids.len());
+            let mut rev: Vec<Option<f32>> = ids.iter().rev().map(|&id| self.distance(q, id)).collect();
+            rev.reverse();
+            *out = rev;
+        }
+
+        fn neighbors(&mut self, id: usize, _level: usize, out: &mut Vec<usize>) {
+            out.extend((id.saturating_sub(3)..=(id + 3).min(99)).filter(|&n| n != id));
+        }
+
+        fn visit(&mut self, id: usize) -> bool {
+            !std::mem::replace(&mut self.visited[id], true)
+        }
+
+        fn clear_visited(&mut self) {
+            self.visited.iter_mut().for_each(|v| *v = false);
+        }
+    }
+
+    #[test]
+    fn neighbours_scored_in_one_batch_give_the_same_search() {
+        let run = |batched: bool| {
+            let mut g = LineGraph { batched, batches: Vec::new(), visited: vec![false; 100] };
+            let q = [8.4];
+            let entry = [Scored { dist: g.distance(&q, 90).unwrap(), id: 90 }];
+            (search_layer(&mut g, &q, &entry, 6, 0), g.batches)
+        };
+        let (plain, _) = run(false);
+        let (batched, batches) = run(true);
+        assert_eq!(plain, batched);
+        assert!(batches.iter().any(|&n| n > 1), "{batches:?}");
+        let ids: Vec<usize> = batched.iter().map(|s| s.id).collect();
+        // The unreadable element is skipped, the rest are the nearest.
+        assert_eq!(ids, vec![8, 9, 10, 6, 11, 5]);
+    }
+
     #[test]
     fn search_returns_sorted_distinct_results() {
         let space = Space::new(Metric::L2);
