@@ -182,8 +182,19 @@ unsafe extern "C-unwind" fn assign_tenant_id(newval: *const c_char, _extra: *mut
         return;
     }
     let tenant = newval.as_ref().and_then(|p| CStr::from_ptr(p).to_str().ok()).and_then(tenant_of_value);
-    super::planner::context_changed(tenant);
+    if let Some(listener) = PLAN_LISTENER.get() {
+        listener(tenant);
+    }
     crate::backend::events::context_changed(tenant);
+}
+
+/// Told of every change of the session's context before anyone else (the planner hook, whose
+/// plans for one tenant must not run for another).
+static PLAN_LISTENER: OnceLock<fn(Option<[u8; 16]>)> = OnceLock::new();
+
+/// Registers [`PLAN_LISTENER`] (from `_PG_init`).
+pub fn on_change_for_plans(listener: fn(Option<[u8; 16]>)) {
+    let _ = PLAN_LISTENER.set(listener);
 }
 
 /// Assign hook of `sutra.context_secret`: values verified under the old secret are forgotten.

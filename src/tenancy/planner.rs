@@ -37,10 +37,11 @@ pub fn init() {
         PREV_PLANNER = pg_sys::planner_hook;
         pg_sys::planner_hook = Some(planner);
     }
+    super::context::on_change_for_plans(context_changed);
 }
 
 /// The session's context now names `tenant`: plans made for another tenant are planned again.
-pub fn context_changed(tenant: Option<[u8; 16]>) {
+fn context_changed(tenant: Option<[u8; 16]>) {
     let Some(tenant) = tenant else { return };
     if PLANNED_FOR.with(|p| p.get()).is_some_and(|planned| planned != tenant) {
         // SAFETY: marks every cached plan of this backend invalid; it only sets flags, so it is
