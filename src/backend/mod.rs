@@ -1,7 +1,7 @@
 //! Backend-wide helpers that every concept module uses and that belong to none of them: who is
 //! calling and running sutra's own code with other rights ([`caller`]), the events the tenant
 //! context announces ([`events`]), the one utility-statement hook
-//! ([`utility`]), clocks and random bytes. Nothing here imports a concept module.
+//! ([`utility`]), walking plan trees ([`plan`]), clocks and random bytes. Nothing here imports a concept module.
 
 use std::ffi::c_void;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -10,6 +10,7 @@ use pgrx::{pg_sys, PgSqlErrorCode};
 
 pub mod caller;
 pub mod events;
+pub mod plan;
 pub mod utility;
 
 /// Seconds since the Unix epoch.

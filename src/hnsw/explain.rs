@@ -124,23 +124,13 @@ unsafe fn explain_standard(
 
 /// Whether the plan scans index `index` anywhere (its subplans included).
 unsafe fn plan_uses(pstmt: *mut pg_sys::PlannedStmt, index: pg_sys::Oid) -> bool {
-    let subplans = pgrx::PgList::<pg_sys::Plan>::from_pg((*pstmt).subplans);
-    uses((*pstmt).planTree, index) || subplans.iter_ptr().any(|p| uses(p, index))
-}
-
-unsafe fn uses(plan: *mut pg_sys::Plan, index: pg_sys::Oid) -> bool {
-    if plan.is_null() {
-        return false;
-    }
-    let list = |l: *mut pg_sys::List| pgrx::PgList::<pg_sys::Plan>::from_pg(l).iter_ptr().any(|p| uses(p, index));
-    let here = match (*plan).type_ {
-        pg_sys::NodeTag::T_IndexScan => (*(plan as *mut pg_sys::IndexScan)).indexid == index,
-        pg_sys::NodeTag::T_IndexOnlyScan => (*(plan as *mut pg_sys::IndexOnlyScan)).indexid == index,
-        pg_sys::NodeTag::T_Append => list((*(plan as *mut pg_sys::Append)).appendplans),
-        pg_sys::NodeTag::T_MergeAppend => list((*(plan as *mut pg_sys::MergeAppend)).mergeplans),
-        pg_sys::NodeTag::T_SubqueryScan => uses((*(plan as *mut pg_sys::SubqueryScan)).subplan, index),
-        pg_sys::NodeTag::T_CustomScan => list((*(plan as *mut pg_sys::CustomScan)).custom_plans),
-        _ => false,
-    };
-    here || uses((*plan).lefttree, index) || uses((*plan).righttree, index)
+    let mut found = false;
+    crate::backend::plan::for_each_node(pstmt, |plan| {
+        found |= match (*plan).type_ {
+            pg_sys::NodeTag::T_IndexScan => (*(plan as *mut pg_sys::IndexScan)).indexid == index,
+            pg_sys::NodeTag::T_IndexOnlyScan => (*(plan as *mut pg_sys::IndexOnlyScan)).indexid == index,
+            _ => false,
+        };
+    });
+    found
 }

@@ -330,17 +330,6 @@ fn distance_operators() -> Vec<String> {
     ops
 }
 
-/// The pointers a PostgreSQL list holds.
-///
-/// # Safety
-/// `list` is null or a valid pointer list.
-unsafe fn pointers(list: *mut pg_sys::List) -> Vec<*mut std::ffi::c_void> {
-    if list.is_null() {
-        return Vec::new();
-    }
-    (0..(*list).length as usize).map(|i| (*(*list).elements.add(i)).ptr_value).collect()
-}
-
 /// The vector searches a statement on a coordinator runs through Citus: one for each Citus scan
 /// whose query to the workers orders by a distance sutra_hnsw serves (a nearest-neighbour search,
 /// on one shard or on each). On Citus a statement is metered on the node its session is
@@ -353,33 +342,19 @@ pub unsafe fn vector_searches(pstmt: *mut pg_sys::PlannedStmt) -> u64 {
         return 0;
     }
     let mut scans = Vec::new();
-    let mut plans: Vec<*mut pg_sys::Plan> = vec![(*pstmt).planTree];
-    plans.extend(pointers((*pstmt).subplans).into_iter().map(|p| p as *mut pg_sys::Plan));
-    while let Some(plan) = plans.pop() {
-        if plan.is_null() {
-            continue;
+    crate::backend::plan::for_each_node(pstmt, |plan| {
+        if (*plan).type_ != pg_sys::NodeTag::T_CustomScan {
+            return;
         }
-        plans.push((*plan).lefttree);
-        plans.push((*plan).righttree);
-        let children = match (*plan).type_ {
-            pg_sys::NodeTag::T_Append => pointers((*(plan as *mut pg_sys::Append)).appendplans),
-            pg_sys::NodeTag::T_MergeAppend => pointers((*(plan as *mut pg_sys::MergeAppend)).mergeplans),
-            pg_sys::NodeTag::T_SubqueryScan => vec![(*(plan as *mut pg_sys::SubqueryScan)).subplan as *mut _],
-            pg_sys::NodeTag::T_CustomScan => {
-                let scan = plan as *mut pg_sys::CustomScan;
-                let methods = (*scan).methods;
-                if !methods.is_null()
-                    && !(*methods).CustomName.is_null()
-                    && CStr::from_ptr((*methods).CustomName).to_bytes().starts_with(b"Citus")
-                {
-                    scans.extend(pointers((*scan).custom_private).first().copied());
-                }
-                pointers((*scan).custom_plans)
-            }
-            _ => Vec::new(),
-        };
-        plans.extend(children.into_iter().map(|p| p as *mut pg_sys::Plan));
-    }
+        let scan = plan as *mut pg_sys::CustomScan;
+        let methods = (*scan).methods;
+        if !methods.is_null()
+            && !(*methods).CustomName.is_null()
+            && CStr::from_ptr((*methods).CustomName).to_bytes().starts_with(b"Citus")
+        {
+            scans.extend(pgrx::PgList::<std::ffi::c_void>::from_pg((*scan).custom_private).get_ptr(0));
+        }
+    });
     if scans.is_empty() {
         return 0;
     }
