@@ -47,6 +47,8 @@ thread_local! {
     /// how many shared slots were reused).
     static ALL_KNOWN: RefCell<(Generation, std::collections::HashSet<[u8; 16]>)> =
         RefCell::new(((0, 0), Default::default()));
+    /// Whether this transaction made or dropped a shard of a tenant table (a Citus worker).
+    static SHARDS_CHANGED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// A status generation and a count of reused shared slots: what per-backend knowledge of quota
@@ -98,9 +100,7 @@ unsafe fn drops_a_tenant_shard(drop: *mut pg_sys::DropStmt) -> bool {
     if (*drop).removeType != pg_sys::ObjectType::OBJECT_TABLE {
         return false;
     }
-    let objects = (*drop).objects;
-    (0..if objects.is_null() { 0 } else { (*objects).length as usize }).any(|i| {
-        let names = (*(*objects).elements.add(i)).ptr_value as *mut pg_sys::List;
+    pgrx::PgList::<pg_sys::List>::from_pg((*drop).objects).iter_ptr().any(|names| {
         let relation = pg_sys::makeRangeVarFromNameList(names);
         let relid = pg_sys::RangeVarGetRelidExtended(
             relation,
@@ -116,9 +116,7 @@ unsafe fn drops_a_tenant_shard(drop: *mut pg_sys::DropStmt) -> bool {
 /// Before `ALTER TABLE parent ATTACH PARTITION part` on a Citus worker: a shard about to become
 /// a partition gives up a row quota trigger of its own for its parent's.
 unsafe fn before_attach(alter: *mut pg_sys::AlterTableStmt) {
-    let cmds = (*alter).cmds;
-    for i in 0..if cmds.is_null() { 0 } else { (*cmds).length as usize } {
-        let cmd = (*(*cmds).elements.add(i)).ptr_value as *mut pg_sys::AlterTableCmd;
+    for cmd in pgrx::PgList::<pg_sys::AlterTableCmd>::from_pg((*alter).cmds).iter_ptr() {
         if (*cmd).subtype != pg_sys::AlterTableType::AT_AttachPartition || (*cmd).def.is_null() {
             continue;
         }
@@ -185,20 +183,12 @@ unsafe fn on_shard_ddl(call: &crate::backend::utility::Utility, next: &dyn Fn())
             })
             .unwrap_or(false)
     });
-    if !shard_made && !shard_dropped {
-        return;
+    if shard_made || shard_dropped {
+        // Now, so that rows Citus copies in are not added meanwhile, and again at commit, when
+        // every backend can see the shard (or its absence).
+        shmem::forget_quota_counts(shmem::my_db());
+        SHARDS_CHANGED.with(|c| c.set(true));
     }
-    let db = shmem::my_db();
-    shmem::for_each_slot(|s| {
-        if s.db() == db {
-            s.quota.forget();
-        }
-    });
-    shmem::for_each_table_slot(|t| {
-        if t.db() == db {
-            t.quota.forget();
-        }
-    });
 }
 
 /// Takes deltas back from the counts they went to (pinned since).
@@ -229,12 +219,16 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
             let deltas = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
             undo(&deltas);
             unpin_all();
+            SHARDS_CHANGED.with(|c| c.set(false));
         }
         pg_sys::XactEvent::XACT_EVENT_COMMIT
         | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT
         | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
             PENDING.with(|p| p.borrow_mut().clear());
             unpin_all();
+            if SHARDS_CHANGED.with(|c| c.replace(false)) {
+                shmem::forget_quota_counts(shmem::my_db());
+            }
         }
         _ => {}
     }
@@ -271,35 +265,39 @@ unsafe extern "C-unwind" fn subxact_callback(
 type TenantTables = Vec<(pg_sys::Oid, String)>;
 
 thread_local! {
-    /// The registered tenant tables, as of a status generation (registrations change it).
+    /// The registered tenant tables, as of a status generation (registrations change it); on a
+    /// Citus worker, the shards it holds, as of a count of shard changes.
     static TENANT_TABLES: RefCell<Option<(u64, TenantTables)>> = const { RefCell::new(None) };
 }
 
 /// The registered tenant tables and their tenant columns; on a Citus worker, the shards of
 /// tenant tables it holds.
 fn tenant_tables() -> TenantTables {
-    if crate::tenancy::citus::is_worker() {
-        return crate::tenancy::citus::local_tenant_shards();
-    }
-    let generation = crate::tenancy::context::status_generation();
+    let worker = crate::tenancy::citus::is_worker();
+    let generation = if worker { shmem::shards_changed() } else { crate::tenancy::context::status_generation() };
     if let Some(tables) =
         TENANT_TABLES.with(|t| t.borrow().as_ref().filter(|(g, _)| *g == generation).map(|(_, v)| v.clone()))
     {
         return tables;
     }
-    let tables = crate::backend::caller::with_catalog_search_path(|| {
-        Spi::connect(|client| {
-            let t = client.select("SELECT table_name::oid, tenant_column::text FROM sutra.tenant_tables", None, &[])?;
-            let mut out = Vec::new();
-            for row in t {
-                if let (Some(oid), Some(col)) = (row.get::<pg_sys::Oid>(1)?, row.get::<String>(2)?) {
-                    out.push((oid, col));
+    let tables = if worker {
+        crate::tenancy::citus::local_tenant_shards()
+    } else {
+        crate::backend::caller::with_catalog_search_path(|| {
+            Spi::connect(|client| {
+                let t =
+                    client.select("SELECT table_name::oid, tenant_column::text FROM sutra.tenant_tables", None, &[])?;
+                let mut out = Vec::new();
+                for row in t {
+                    if let (Some(oid), Some(col)) = (row.get::<pg_sys::Oid>(1)?, row.get::<String>(2)?) {
+                        out.push((oid, col));
+                    }
                 }
-            }
-            Ok::<_, pgrx::spi::Error>(out)
+                Ok::<_, pgrx::spi::Error>(out)
+            })
         })
-    })
-    .unwrap_or_default();
+        .unwrap_or_default()
+    };
     TENANT_TABLES.with(|t| *t.borrow_mut() = Some((generation, tables.clone())));
     tables
 }
@@ -473,22 +471,25 @@ fn registered(relid: pg_sys::Oid) -> bool {
     if let Some(known) = REGISTERED.with(|r| r.borrow().get(generation, &relid)) {
         return known;
     }
-    let root = crate::backend::caller::with_catalog_search_path(|| {
-        Spi::get_one_with_args::<pg_sys::Oid>(
-            "SELECT coalesce(pg_partition_root($1), $1::regclass)::oid",
-            &[relid.into()],
-        )
-    })
-    .ok()
-    .flatten()
-    .unwrap_or(relid);
     let known = if crate::tenancy::citus::is_worker() {
+        // SAFETY: a catalog cache lookup by oid.
+        let root = if unsafe { pg_sys::get_rel_relispartition(relid) } {
+            crate::backend::caller::with_catalog_search_path(|| {
+                Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_partition_root($1)::oid", &[relid.into()])
+            })
+            .ok()
+            .flatten()
+            .unwrap_or(relid)
+        } else {
+            relid
+        };
         crate::tenancy::citus::shard_tenant_column(root).is_some()
     } else {
         crate::backend::caller::with_catalog_search_path(|| {
             Spi::get_one_with_args::<bool>(
-                "SELECT EXISTS (SELECT 1 FROM sutra.tenant_tables t WHERE t.table_name = $1::regclass)",
-                &[root.into()],
+                "SELECT EXISTS (SELECT 1 FROM sutra.tenant_tables t
+                                WHERE t.table_name = coalesce(pg_partition_root($1), $1::regclass))",
+                &[relid.into()],
             )
         })
         .ok()

@@ -399,6 +399,9 @@ struct Header {
     spill_capacity: usize,
     /// Slots given to another key so far (per-backend caches of what a slot held check it).
     reused: AtomicU64,
+    /// Shards of tenant tables made or dropped on this node so far (a Citus worker's caches of
+    /// the shards it holds check it).
+    shards_changed: AtomicU64,
     /// Statements refused because every candidate slot was pinned.
     refused: AtomicU64,
     /// Every tenant's metering since server start, whatever slot it was counted in.
@@ -705,6 +708,29 @@ pub fn metering_health() -> (i64, i64) {
 /// (quota counts known) holds while this does not change.
 pub fn reused() -> u64 {
     header().map_or(0, |h| h.reused.load(Ordering::Acquire))
+}
+
+/// How many times shards of tenant tables were made or dropped here (see [`forget_quota_counts`]).
+pub fn shards_changed() -> u64 {
+    header().map_or(0, |h| h.shards_changed.load(Ordering::Acquire))
+}
+
+/// The tenant shards this node holds changed: the quota counts of database `db` are to be
+/// counted again from its tables, and the caches of what it holds are stale.
+pub fn forget_quota_counts(db: u32) {
+    for_each_slot(|s| {
+        if s.db() == db {
+            s.quota.forget();
+        }
+    });
+    for_each_table_slot(|t| {
+        if t.db() == db {
+            t.quota.forget();
+        }
+    });
+    if let Some(h) = header() {
+        h.shards_changed.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 /// The tables' sizes, slots in use, slots reused and statements refused, for `sutra.metrics()`.
