@@ -718,3 +718,38 @@ def test_vector_searches_are_counted_once_on_the_coordinator(app):
     assert after[0][3] - before[0][3] == 2, (before[0], after[0])
     for i in (1, 2):
         assert after[i][3] == before[i][3], f"worker {i} counted the coordinator's searches"
+
+
+def test_a_table_dressed_as_a_shard_moves_no_counts(app):
+    """On a worker, a role's own table named like a shard, with a policy named and written like
+    sutra's insert policy, gets no say over quota counts: rows written there, naming a tenant,
+    are counted for nobody."""
+    tenant = app["globex"]
+    totals = "SELECT rows FROM sutra._quota_counts(%s) q WHERE q.table_name IS NULL"
+    with node(0) as c:
+        # A schema of the role's own (Citus refuses changes to public on a worker).
+        c.execute("CREATE SCHEMA own AUTHORIZATION app")
+    try:
+        with node(1, "app") as a:
+            a.execute("SET search_path = own")
+            a.execute("CREATE TABLE mine_4242 (tenant_id uuid NOT NULL, body text)")
+            a.execute("CREATE POLICY sutra_tenant_insert ON mine_4242 FOR INSERT"
+                      " WITH CHECK (tenant_id = sutra.current_tenant_checked('write'))")
+            # It looks like a shard to the handler that gives shards their quota triggers...
+            assert a.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'mine_4242'::regclass"
+                             " AND tgname LIKE 'sutra_quota%'").fetchone()[0] == 2
+            # (the tenant's counts on this node known again, so that a counted row would show)
+            with node(1) as w:
+                before = w.execute(totals, (tenant,)).fetchone()[0]
+            # ...but the triggers ask Citus's catalog, which knows no such shard.
+            a.execute("INSERT INTO mine_4242 SELECT %s, 'planted ' || i FROM generate_series(1, 50) i", (tenant,))
+        with node(1) as w:
+            counted = w.execute("SELECT coalesce(sum(rows), 0) FROM sutra._quota_counts(%s) q"
+                                " WHERE q.table_name = 'own.mine_4242'::regclass", (tenant,)).fetchone()[0]
+            assert counted == 0, counted
+            assert w.execute(totals, (tenant,)).fetchone()[0] == before
+    finally:
+        with node(1) as w:
+            w.execute("DROP TABLE IF EXISTS own.mine_4242")
+        with node(0) as c:
+            c.execute("DROP SCHEMA own CASCADE")
